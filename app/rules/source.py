@@ -1,0 +1,95 @@
+"""YAML text -> plain data plus the line and column of every key and item.
+
+PyYAML's composer keeps node positions; we build the data ourselves from the node tree
+so that validation errors can point at `file:line:column`, and duplicate keys (which
+PyYAML silently overwrites) are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from app.rules.errors import ConfigIssue, RulesError
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(slots=True)
+class Document:
+    data: Any
+    file: str
+    positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: Path) -> tuple[int | None, int | None]:
+        """Position of `path`, or of its nearest ancestor that has one."""
+        for end in range(len(path), -1, -1):
+            found = self.positions.get(tuple(path[:end]))
+            if found:
+                return found
+        return None, None
+
+    def issue(self, path: Path, message: str) -> ConfigIssue:
+        line, column = self.where(path)
+        return ConfigIssue(self.file, line, column, format_path(path), message)
+
+
+def format_path(path: Path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def parse_yaml(text: str, file: str) -> Document:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        doc = Document(data=None, file=file)
+        issues: list[ConfigIssue] = []
+        if node is not None:
+            doc.data = _build(loader, node, (), doc, issues)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise RulesError([ConfigIssue(file, line, column, "", f"invalid YAML: {problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise RulesError([ConfigIssue(file, None, None, "", f"invalid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+    if issues:
+        raise RulesError(issues)
+    return doc
+
+
+def _build(
+    loader: yaml.SafeLoader, node: yaml.Node, path: Path, doc: Document, issues: list[ConfigIssue]
+) -> Any:
+    doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # resolve `<<: *anchor` merge keys
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                issues.append(doc.issue(path, "mapping keys must be plain strings"))
+                continue
+            key = str(key) if not isinstance(key, str) else key
+            child = (*path, key)
+            if key in result:
+                line = key_node.start_mark.line + 1
+                issues.append(
+                    ConfigIssue(doc.file, line, key_node.start_mark.column + 1,
+                                format_path(child), "duplicate key")
+                )
+                continue
+            doc.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            result[key] = _build(loader, value_node, child, doc, issues)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(loader, item, (*path, i), doc, issues) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)

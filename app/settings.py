@@ -1,0 +1,124 @@
+"""Service settings, read once from the environment and `.env`.
+
+OpenAI's own variables keep their usual names (OPENAI_API_KEY, OPENAI_BASE_URL,
+OPENAI_WEBHOOK_SECRET); everything of ours is prefixed SWITCHBOARD_.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHBOARD_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    # --- OpenAI -------------------------------------------------------------
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")
+    )
+    """Without a key the service runs in dry-run mode: it decides and logs, calls nothing."""
+
+    openai_base_url: str = Field(
+        default=DEFAULT_BASE_URL,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+    )
+    webhook_secrets: CommaList = Field(
+        default=(),
+        validation_alias=AliasChoices("OPENAI_WEBHOOK_SECRET", "webhook_secrets"),
+    )
+    """One or more `whsec_...` secrets, comma-separated while a secret is being rotated."""
+
+    # --- Webhook ------------------------------------------------------------
+    insecure_skip_signature: bool = False
+    """Development only: accept unsigned webhooks when no secret is configured."""
+    webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    # --- Routing ------------------------------------------------------------
+    routes_file: Path = Path("routes.yaml")
+    default_region: str = "US"
+    caller_id_headers: CommaList = ("P-Asserted-Identity", "Remote-Party-ID", "From")
+    anonymous_numbers: CommaList = ()
+    """Fixed numbers some carriers send for withheld callers (e.g. +266696687)."""
+
+    # --- Call control -------------------------------------------------------
+    call_deadline_seconds: float = Field(default=5.0, gt=0)
+    """Overall budget for one call's API requests, retries included."""
+    upstream_timeout_seconds: float = Field(default=2.0, gt=0)
+    """Timeout of a single API request."""
+    dedupe_horizon_seconds: int = Field(default=72 * 3600, ge=1)
+
+    # --- Logging ------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_phone_numbers: bool = False
+    """Log phone numbers in full; masked by default since they are personal data."""
+
+    # --- Server (used by `switchboard serve`) ---------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    _split = field_validator(
+        "webhook_secrets", "caller_id_headers", "anonymous_numbers", mode="before"
+    )(_split_commas)
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        import phonenumbers
+
+        value = value.strip().upper()
+        if value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not an ISO 3166 region phonenumbers knows")
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from app.webhook import decode_secret
+
+        for secret in value:
+            decode_secret(secret)  # raises ValueError with a precise message
+        return value
+
+    @model_validator(mode="after")
+    def _needs_secret(self) -> Settings:
+        if not self.webhook_secrets and not self.insecure_skip_signature:
+            raise ValueError(
+                "OPENAI_WEBHOOK_SECRET is not set. Set it to the webhook's signing secret "
+                "(whsec_...), or set SWITCHBOARD_INSECURE_SKIP_SIGNATURE=true for local "
+                "development only."
+            )
+        return self
+
+    @property
+    def dry_run(self) -> bool:
+        return self.openai_api_key is None or not self.openai_api_key.get_secret_value()

@@ -1,0 +1,457 @@
+"""SIP INVITE headers -> who is calling whom. Pure: no I/O, never raises on input.
+
+Follows the RFC 3261 grammar for name-addr / addr-spec closely enough for the values
+real trunks send, and degrades to "could not parse" rather than failing: every field of
+the result may be None, and the call is still routed on what was understood.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import unquote
+
+import phonenumbers
+
+# RFC 3261 7.3.3 and later RFCs' compact header names.
+COMPACT_FORMS = MappingProxyType(
+    {
+        "a": "accept-contact",
+        "b": "referred-by",
+        "c": "content-type",
+        "d": "request-disposition",
+        "e": "content-encoding",
+        "f": "from",
+        "i": "call-id",
+        "j": "reject-contact",
+        "k": "supported",
+        "l": "content-length",
+        "m": "contact",
+        "o": "event",
+        "r": "refer-to",
+        "s": "subject",
+        "t": "to",
+        "u": "allow-events",
+        "v": "via",
+        "x": "session-expires",
+        "y": "identity",
+    }
+)
+
+ANONYMOUS_USERS = frozenset(
+    {"anonymous", "restricted", "unknown", "unavailable", "private", "withheld"}
+)
+ANONYMOUS_HOST = "anonymous.invalid"
+
+_VISUAL_SEPARATORS = re.compile(r"[\s\-.()\[\]]")
+_DIAL_STRING = re.compile(r"\+?[0-9]{2,20}")
+MAX_ADDRESSES_PER_HEADER = 16
+
+
+def canonical_name(name: str) -> str:
+    """Lower-case header name with compact forms expanded (`f` -> `from`)."""
+    key = name.strip().lower()
+    return COMPACT_FORMS.get(key, key)
+
+
+class Headers:
+    """Case-insensitive, order-preserving multi-map of SIP headers."""
+
+    __slots__ = ("_by_name", "_items")
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items = tuple((name, value) for name, value in items)
+        by_name: dict[str, list[str]] = {}
+        for name, value in self._items:
+            by_name.setdefault(canonical_name(name), []).append(value)
+        self._by_name = {k: tuple(v) for k, v in by_name.items()}
+
+    def get_all(self, name: str) -> tuple[str, ...]:
+        return self._by_name.get(canonical_name(name), ())
+
+    def get(self, name: str) -> str | None:
+        values = self.get_all(name)
+        return values[0] if values else None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and canonical_name(name) in self._by_name
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self._items)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One parsed name-addr or addr-spec, with a phone number when it carries one."""
+
+    raw: str
+    uri: str
+    scheme: str
+    display_name: str | None = None
+    user: str | None = None
+    host: str | None = None
+    uri_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    number: str | None = None
+    """E.164 (`+14155550123`) when the user part is a possible phone number."""
+    digits: str | None = None
+    """The dialled digits as sent (separators removed), when the user part is a dial string."""
+
+    @property
+    def is_anonymous(self) -> bool:
+        if self.host is not None and self.host.lower() == ANONYMOUS_HOST:
+            return True
+        if self.scheme in ("sip", "sips", "tel"):
+            return not self.user or self.user.strip().lower() in ANONYMOUS_USERS
+        return False
+
+    @property
+    def number_key(self) -> str | None:
+        """What number matchers compare: E.164 when known, else the raw dial string."""
+        return self.number or self.digits
+
+
+@dataclass(frozen=True, slots=True)
+class CallIdentity:
+    """Who is calling whom, as far as the INVITE's headers say."""
+
+    headers: Headers
+    caller: Address | None = None
+    caller_header: str | None = None
+    called: Address | None = None
+    forwarded_from: Address | None = None
+    anonymous: bool = False
+    display_name: str | None = None
+    media_security: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityPolicy:
+    """How to read identities; comes from settings."""
+
+    default_region: str = "US"
+    caller_headers: Sequence[str] = ("P-Asserted-Identity", "Remote-Party-ID", "From")
+    anonymous_numbers: frozenset[str] = frozenset()
+
+
+def identify(
+    headers: Headers, policy: IdentityPolicy, media_security: str | None = None
+) -> CallIdentity:
+    region = policy.default_region
+    caller, caller_header = _pick_caller(headers, policy)
+    from_addresses = _addresses(headers, "from", region)
+    from_address = from_addresses[0] if from_addresses else None
+    to_addresses = _addresses(headers, "to", region)
+    anonymous = (
+        caller is None
+        or caller.is_anonymous
+        or (from_address is not None and from_address.is_anonymous)
+        or _privacy_requested(headers)
+        or (caller.number is not None and caller.number in policy.anonymous_numbers)
+        or _rpid_private(headers)
+    )
+    display = (caller.display_name if caller else None) or (
+        from_address.display_name if from_address else None
+    )
+    return CallIdentity(
+        headers=headers,
+        caller=caller,
+        caller_header=caller_header,
+        called=to_addresses[0] if to_addresses else None,
+        forwarded_from=_forwarded_from(headers, region),
+        anonymous=anonymous,
+        display_name=display,
+        media_security=media_security,
+    )
+
+
+def _pick_caller(headers: Headers, policy: IdentityPolicy) -> tuple[Address | None, str | None]:
+    """The first header in policy order that names a (non-anonymous) caller."""
+    fallback: tuple[Address | None, str | None] = (None, None)
+    for name in policy.caller_headers:
+        addresses = _addresses(headers, name, policy.default_region)
+        usable = [a for a in addresses if not a.is_anonymous]
+        if usable:
+            with_number = [a for a in usable if a.number_key]
+            return (with_number or usable)[0], canonical_name(name)
+        if addresses and fallback[0] is None:
+            fallback = (addresses[0], canonical_name(name))
+    return fallback
+
+
+def _addresses(headers: Headers, name: str, region: str) -> list[Address]:
+    found = []
+    for value in headers.get_all(name):
+        for part in split_list(value)[:MAX_ADDRESSES_PER_HEADER]:
+            address = parse_address(part, region)
+            if address is not None:
+                found.append(address)
+    return found
+
+
+def _forwarded_from(headers: Headers, region: str) -> Address | None:
+    diversions = _addresses(headers, "diversion", region)
+    if diversions:
+        return diversions[0]  # RFC 5806: the most recent redirection comes first
+    # RFC 7044: entries in order; the one before the current target redirected the call.
+    history = _addresses(headers, "history-info", region)
+    return history[-2] if len(history) >= 2 else None
+
+
+def _privacy_requested(headers: Headers) -> bool:
+    for value in headers.get_all("privacy"):
+        tokens = {t.strip().lower() for t in value.replace(",", ";").split(";")}
+        if "id" in tokens:
+            return True
+    return False
+
+
+def _rpid_private(headers: Headers) -> bool:
+    for value in headers.get_all("remote-party-id"):
+        for part in split_list(value):
+            params = _split_params(part.rpartition(">")[2] if ">" in part else part)
+            if params.get("privacy", "").lower() in ("full", "uri"):
+                return True
+    return False
+
+
+# --- grammar ------------------------------------------------------------------
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-separated header value, respecting quotes and <...>."""
+    parts: list[str] = []
+    current: list[str] = []
+    in_quotes = escaped = False
+    depth = 0
+    for char in value:
+        if in_quotes:
+            current.append(char)
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_quotes = False
+            continue
+        if char == '"':
+            in_quotes = True
+        elif char == "<":
+            depth += 1
+        elif char == ">":
+            depth = max(0, depth - 1)
+        elif char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current).strip())
+    return [p for p in parts if p]
+
+
+def parse_address(value: str, region: str = "US") -> Address | None:
+    """Parse one name-addr / addr-spec with its header parameters; None if hopeless."""
+    text = value.strip()
+    if not text:
+        return None
+    display: str | None = None
+    rest = text
+    if rest.startswith('"'):
+        display, rest = _quoted_string(rest)
+        if display is None:
+            return None
+        rest = rest.lstrip()
+    angle = _find_unquoted(rest, "<")
+    if angle >= 0:
+        if display is None:
+            token = rest[:angle].strip()
+            display = token or None
+        close = rest.find(">", angle)
+        if close < 0:
+            return None
+        uri = rest[angle + 1 : close].strip()
+        params = _split_params(rest[close + 1 :])
+    else:
+        if display is not None:
+            return None  # a quoted display name must be followed by <uri>
+        uri, params_text = _split_bare(rest)
+        params = _split_params(params_text)
+    return _parse_uri(text, uri, display, params, region)
+
+
+def _quoted_string(text: str) -> tuple[str | None, str]:
+    out: list[str] = []
+    i = 1
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if char == '"':
+            return "".join(out), text[i + 1 :]
+        out.append(char)
+        i += 1
+    return None, ""
+
+
+def _find_unquoted(text: str, target: str) -> int:
+    in_quotes = False
+    for i, char in enumerate(text):
+        if char == '"':
+            in_quotes = not in_quotes
+        elif char == target and not in_quotes:
+            return i
+    return -1
+
+
+def _split_bare(text: str) -> tuple[str, str]:
+    """addr-spec without <>: every `;param` belongs to the header (RFC 3261 20.10)."""
+    text = text.strip()
+    # Tolerate `Name sip:user@host` (display name without angle brackets).
+    match = re.search(r"(?i)\b(sips?|tel):", text)
+    if match and match.start() > 0:
+        text = text[match.start() :]
+    at = text.find("@")
+    semi = text.find(";")
+    if 0 <= semi < at:
+        # A sloppy `sip:+1555;npdi@host`: the first `;` is inside the user part.
+        semi = text.find(";", at)
+    if semi < 0:
+        return text, ""
+    return text[:semi].strip(), text[semi:]
+
+
+def _split_params(text: str) -> Mapping[str, str]:
+    params: dict[str, str] = {}
+    for chunk in _split_unquoted(text, ";"):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        name, _, raw = chunk.partition("=")
+        name = name.strip().lower()
+        if not name or name in params:
+            continue
+        raw = raw.strip()
+        if raw.startswith('"'):
+            quoted, _ = _quoted_string(raw)
+            raw = quoted if quoted is not None else raw.strip('"')
+        params[name] = raw
+    return MappingProxyType(params)
+
+
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    current: list[str] = []
+    in_quotes = False
+    for char in text:
+        if char == '"':
+            in_quotes = not in_quotes
+        if char == sep and not in_quotes:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _parse_uri(
+    raw: str, uri: str, display: str | None, params: Mapping[str, str], region: str
+) -> Address | None:
+    scheme, colon, rest = uri.partition(":")
+    scheme = scheme.strip().lower()
+    if not colon or not scheme or not scheme.replace("+", "").replace("-", "").isalnum():
+        return None
+    display = display.strip() if display else None
+    if scheme == "tel":
+        number_part, _, tel_params = rest.partition(";")
+        uri_params = _split_params(tel_params)
+        user = unquote(number_part).strip()
+        number, digits = _normalise(user, uri_params.get("phone-context"), region)
+        return Address(
+            raw=raw,
+            uri=uri,
+            scheme=scheme,
+            display_name=display or None,
+            user=user or None,
+            uri_params=uri_params,
+            params=params,
+            number=number,
+            digits=digits,
+        )
+    if scheme not in ("sip", "sips"):
+        return Address(raw=raw, uri=uri, scheme=scheme, display_name=display or None, params=params)
+    at = rest.rfind("@")
+    userinfo, hostpart = (rest[:at], rest[at + 1 :]) if at >= 0 else ("", rest)
+    hostpart = hostpart.partition("?")[0]
+    hostport, _, uri_param_text = hostpart.partition(";")
+    uri_params = _split_params(uri_param_text)
+    host = _host(hostport)
+    user_text = userinfo.partition(":")[0]  # drop any password (RFC 3261 19.1.1)
+    user = unquote(user_text).strip()
+    subscriber, _, user_params_text = user.partition(";")
+    user_params = _split_params(user_params_text)
+    number = digits = None
+    if uri_params.get("user") == "phone" or _looks_dialable(subscriber):
+        number, digits = _normalise(subscriber, user_params.get("phone-context"), region)
+    return Address(
+        raw=raw,
+        uri=uri,
+        scheme=scheme,
+        display_name=display or None,
+        user=user or None,
+        host=host,
+        uri_params=uri_params,
+        params=params,
+        number=number,
+        digits=digits,
+    )
+
+
+def _host(hostport: str) -> str | None:
+    hostport = hostport.strip()
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        return hostport[: end + 1].lower() if end > 0 else None
+    host = hostport.partition(":")[0].strip().lower()
+    return host or None
+
+
+def _looks_dialable(user: str) -> bool:
+    return bool(_DIAL_STRING.fullmatch(_VISUAL_SEPARATORS.sub("", user)))
+
+
+def _normalise(user: str, context: str | None, region: str) -> tuple[str | None, str | None]:
+    """(E.164 or None, cleaned dial string or None) for a telephone-subscriber."""
+    cleaned = _VISUAL_SEPARATORS.sub("", user)
+    if not _DIAL_STRING.fullmatch(cleaned):
+        return None, None
+    candidate = cleaned
+    parse_region: str | None = region
+    if cleaned.startswith("+"):
+        parse_region = None
+    elif context:
+        prefix = _VISUAL_SEPARATORS.sub("", context)
+        if _DIAL_STRING.fullmatch(prefix) and prefix.startswith("+"):
+            candidate, parse_region = prefix + cleaned, None
+    return to_e164(candidate, parse_region), cleaned
+
+
+def to_e164(text: str, region: str | None) -> str | None:
+    """E.164 for a possible phone number, else None. Used for rules and calls alike."""
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
