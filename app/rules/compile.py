@@ -35,7 +35,9 @@ def load_rules(path: FilePath, *, region: str) -> RuleSet:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise RulesError([ConfigIssue(str(path), None, None, "", f"cannot read: {reason}")]) from None
+        raise RulesError(
+            [ConfigIssue(str(path), None, None, "", f"cannot read: {reason}")]
+        ) from None
     return compile_rules(text, str(path), region=region)
 
 
@@ -67,7 +69,8 @@ class _Compiler:
                 self.issues.append(
                     self.doc.issue(
                         (*path, "name"),
-                        f"duplicate route name {route.name!r} (first used by routes[{seen[route.name]}])",
+                        f"duplicate route name {route.name!r} "
+                        f"(first used by routes[{seen[route.name]}])",
                     )
                 )
             seen.setdefault(route.name, index)
@@ -174,15 +177,18 @@ def _data_path(data: Any, loc: tuple[int | str, ...]) -> Path:
     path: list[str | int] = []
     node = data
     for position, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if _has(node, part):
             node = node[part]
             path.append(part)
         elif isinstance(node, dict) and isinstance(part, str) and position == len(loc) - 1:
             path.append(part)  # a missing key: point at it by name
     return tuple(path)
+
+
+def _has(node: Any, part: int | str) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
 def _message(error: Any, path: Path) -> str:

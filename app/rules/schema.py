@@ -229,8 +229,7 @@ def validate_target_uri(uri: str) -> str:
     if _TEL.fullmatch(text) or (_SIP.fullmatch(text) and "?" not in text.partition("@")[2]):
         return text
     raise ValueError(
-        f"{uri!r} is not a transfer target: use tel:+14155550123, sip:user@host or "
-        "sips:user@host"
+        f"{uri!r} is not a transfer target: use tel:+14155550123, sip:user@host or sips:user@host"
     )
 
 

@@ -56,7 +56,9 @@ def parse_yaml(text: str, file: str) -> Document:
         line = mark.line + 1 if mark else None
         column = mark.column + 1 if mark else None
         problem = exc.problem or exc.context or "invalid YAML"
-        raise RulesError([ConfigIssue(file, line, column, "", f"invalid YAML: {problem}")]) from None
+        raise RulesError(
+            [ConfigIssue(file, line, column, "", f"invalid YAML: {problem}")]
+        ) from None
     except yaml.YAMLError as exc:
         raise RulesError([ConfigIssue(file, None, None, "", f"invalid YAML: {exc}")]) from None
     finally:
@@ -83,8 +85,13 @@ def _build(
             if key in result:
                 line = key_node.start_mark.line + 1
                 issues.append(
-                    ConfigIssue(doc.file, line, key_node.start_mark.column + 1,
-                                format_path(child), "duplicate key")
+                    ConfigIssue(
+                        doc.file,
+                        line,
+                        key_node.start_mark.column + 1,
+                        format_path(child),
+                        "duplicate key",
+                    )
                 )
                 continue
             doc.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)

@@ -1,0 +1,227 @@
+"""The one module that talks to OpenAI's call-control API.
+
+`POST {base}/realtime/calls/{call_id}/accept|reject|refer|hangup`. A phone is ringing, so
+every request has a short timeout, and retries (connection failures, 429, 5xx, with
+jittered backoff) stay inside one deadline for the whole call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Literal, Protocol
+
+import httpx
+
+Operation = Literal["accept", "reject", "refer", "hangup"]
+OPERATIONS: tuple[Operation, ...] = ("accept", "reject", "refer", "hangup")
+STATUS_LABELS = ("2xx", "404", "429", "4xx", "5xx", "timeout", "connection_error")
+
+logger = logging.getLogger("switchboard.calls")
+
+# Observes every attempt: (operation, status label, seconds).
+Observer = Callable[[Operation, str, float], None]
+
+
+class CallControlError(Exception):
+    """A call-control request that did not succeed."""
+
+    retryable = False
+
+    def __init__(self, operation: Operation, detail: str, status: int | None = None) -> None:
+        super().__init__(f"{operation} failed: {detail}")
+        self.operation = operation
+        self.detail = detail
+        self.status = status
+
+
+class CallGone(CallControlError):
+    """404: the call no longer exists (the caller hung up). Never retried."""
+
+
+class UpstreamRejected(CallControlError):
+    """A 4xx that a repeat of the same request cannot fix."""
+
+
+class UpstreamUnavailable(CallControlError):
+    """Failed in a way that a later attempt may fix (5xx, 429, timeout, network)."""
+
+    retryable = True
+
+
+class CallController(Protocol):
+    """What the router needs from call control; the dry-run one calls nothing."""
+
+    async def accept(self, call_id: str, body: bytes, deadline: float) -> None: ...
+    async def reject(self, call_id: str, status_code: int, deadline: float) -> None: ...
+    async def refer(self, call_id: str, target_uri: str, deadline: float) -> None: ...
+    async def hangup(self, call_id: str, deadline: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempt_timeout: float = 2.0
+    base_backoff: float = 0.05
+    max_backoff: float = 1.0
+
+
+def build_http_client(
+    base_url: str,
+    api_key: str,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """One long-lived pooled client per process."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {api_key}", "User-Agent": "switchboard/0.1"},
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=60),
+        timeout=httpx.Timeout(2.0, connect=1.0),
+        transport=transport,
+    )
+
+
+class CallControl:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        policy: RetryPolicy | None = None,
+        observer: Observer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._policy = policy or RetryPolicy()
+        self._observe = observer or (lambda op, status, seconds: None)
+        self._clock = clock
+
+    async def accept(self, call_id: str, body: bytes, deadline: float) -> None:
+        await self._post("accept", call_id, body, deadline)
+
+    async def reject(self, call_id: str, status_code: int, deadline: float) -> None:
+        await self._post("reject", call_id, _json({"status_code": status_code}), deadline)
+
+    async def refer(self, call_id: str, target_uri: str, deadline: float) -> None:
+        await self._post("refer", call_id, _json({"target_uri": target_uri}), deadline)
+
+    async def hangup(self, call_id: str, deadline: float) -> None:
+        await self._post("hangup", call_id, None, deadline)
+
+    async def _post(
+        self, operation: Operation, call_id: str, body: bytes | None, deadline: float
+    ) -> None:
+        url = f"/realtime/calls/{call_id}/{operation}"
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        attempt = 0
+        while True:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise UpstreamUnavailable(operation, "deadline exceeded before a response")
+            timeout = min(self._policy.attempt_timeout, remaining)
+            started = self._clock()
+            try:
+                response = await self._client.post(
+                    url, content=body, headers=headers, timeout=timeout
+                )
+            except (
+                httpx.ConnectError,
+                httpx.ConnectTimeout,
+                httpx.PoolTimeout,
+                httpx.RemoteProtocolError,
+            ) as exc:
+                # The request did not reach the API: safe to send again.
+                self._observe(operation, "connection_error", self._clock() - started)
+                failure: CallControlError = UpstreamUnavailable(operation, _describe(exc))
+                retry_after = None
+            except httpx.TimeoutException as exc:
+                # Sent but unanswered: it may have taken effect, so do not repeat it here.
+                self._observe(operation, "timeout", self._clock() - started)
+                raise UpstreamUnavailable(operation, _describe(exc)) from None
+            except httpx.HTTPError as exc:
+                self._observe(operation, "connection_error", self._clock() - started)
+                raise UpstreamUnavailable(operation, _describe(exc)) from None
+            else:
+                status = response.status_code
+                self._observe(operation, _status_label(status), self._clock() - started)
+                if status < 300:
+                    return
+                detail = f"HTTP {status}: {_error_text(response)}"
+                if status == 404:
+                    raise CallGone(operation, detail, status)
+                if status != 429 and status < 500:
+                    raise UpstreamRejected(operation, detail, status)
+                failure = UpstreamUnavailable(operation, detail, status)
+                retry_after = _retry_after(response)
+            attempt += 1
+            pause = retry_after if retry_after is not None else self._backoff(attempt)
+            if self._clock() + pause >= deadline:
+                raise failure
+            logger.debug("retrying %s for %s in %.3fs: %s", operation, call_id, pause, failure)
+            await asyncio.sleep(pause)
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self._policy.max_backoff, self._policy.base_backoff * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+
+
+class DryRunCallControl:
+    """Decides nothing differently, calls nothing: used when no API key is set."""
+
+    async def accept(self, call_id: str, body: bytes, deadline: float) -> None:
+        logger.info("dry run: would accept %s", call_id)
+
+    async def reject(self, call_id: str, status_code: int, deadline: float) -> None:
+        logger.info("dry run: would reject %s with %d", call_id, status_code)
+
+    async def refer(self, call_id: str, target_uri: str, deadline: float) -> None:
+        logger.info("dry run: would refer %s", call_id)
+
+    async def hangup(self, call_id: str, deadline: float) -> None:
+        logger.info("dry run: would hang up %s", call_id)
+
+
+def _json(payload: dict[str, object]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _status_label(status: int) -> str:
+    if status < 300:
+        return "2xx"
+    if status in (404, 429):
+        return str(status)
+    return "4xx" if status < 500 else "5xx"
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+        message = payload["error"]["message"]
+        if isinstance(message, str):
+            return message[:200]
+    except (ValueError, KeyError, TypeError):
+        pass
+    return response.text[:200] or response.reason_phrase
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

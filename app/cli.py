@@ -1,0 +1,152 @@
+"""`switchboard` command line: serve, check, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+from pydantic import ValidationError
+
+from app.settings import MissingWebhookSecret, Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            name = ".".join(str(p) for p in error["loc"])
+            print(f"switchboard: setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    result: int = args.handler(args, settings)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard", description="Route SIP calls arriving at the OpenAI Realtime API."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the webhook service")
+    serve.add_argument("--host", help="listen address (default: SWITCHBOARD_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: SWITCHBOARD_PORT or 8000)")
+    serve.add_argument("--routes", type=Path, help="routes file (default: SWITCHBOARD_ROUTES_FILE)")
+    serve.set_defaults(handler=_serve)
+
+    check = commands.add_parser("check", help="validate a routes file; exit 0 if valid, 1 if not")
+    check.add_argument("routes", nargs="?", type=Path, help="default: SWITCHBOARD_ROUTES_FILE")
+    check.set_defaults(handler=_check)
+
+    simulate = commands.add_parser(
+        "simulate", help="send a signed realtime.call.incoming webhook to a running instance"
+    )
+    simulate.add_argument("--url", help="webhook URL (default: http://HOST:PORT/webhooks/openai)")
+    simulate.add_argument("--caller", default="+14155550123", help="calling number or SIP user")
+    simulate.add_argument("--called", default="+18005550100", help="called number")
+    simulate.add_argument("--name", help="caller display name")
+    simulate.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="an extra SIP header (repeatable), e.g. -H 'X-Customer-Tier: gold'",
+    )
+    simulate.add_argument("--call-id", help="call id (default: a random rtc_... id)")
+    simulate.add_argument("--webhook-id", help="webhook id (default: random; reuse to redeliver)")
+    simulate.add_argument("--media-security", default="srtp", help="srtp, rtp or '' for absent")
+    simulate.set_defaults(handler=_simulate)
+    return parser
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from app.logs import configure_logging
+    from app.main import create_app
+    from app.rules import RulesError, load_rules
+
+    overrides = {
+        k: v
+        for k, v in (("host", args.host), ("port", args.port), ("routes_file", args.routes))
+        if v is not None
+    }
+    settings = settings.model_copy(update=overrides)
+    configure_logging(settings.log_level)
+    try:
+        settings.check_can_serve()
+        rules = load_rules(settings.routes_file, region=settings.default_region)
+    except MissingWebhookSecret as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    except RulesError as exc:
+        print(f"switchboard: cannot start, {settings.routes_file} is invalid:", file=sys.stderr)
+        print(exc, file=sys.stderr)
+        return 1
+    app = create_app(settings, rules=rules)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from app.rules import RulesError, load_rules
+
+    path: Path = args.routes or settings.routes_file
+    try:
+        rules = load_rules(path, region=settings.default_region)
+    except RulesError as exc:
+        print(exc, file=sys.stderr)
+        count = len(exc.issues)
+        print(f"{path}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK, {len(rules.routes)} routes, version {rules.version}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from app.simulate import incoming_call_event, parse_header_line, signed_request
+
+    try:
+        extra = [parse_header_line(line) for line in args.header]
+    except ValueError as exc:
+        print(f"switchboard simulate: {exc}", file=sys.stderr)
+        return 2
+    event = incoming_call_event(
+        caller=args.caller,
+        called=args.called,
+        caller_name=args.name,
+        extra_headers=extra,
+        call_id=args.call_id,
+        media_security=args.media_security or None,
+    )
+    secret = settings.webhook_secrets[0] if settings.webhook_secrets else None
+    if secret is None:
+        print("switchboard simulate: no OPENAI_WEBHOOK_SECRET; sending unsigned", file=sys.stderr)
+    body, headers = signed_request(event, secret, webhook_id=args.webhook_id)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # noqa: S104
+    url = args.url or f"http://{host}:{settings.port}/webhooks/openai"
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        print(f"switchboard simulate: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"POST {url} -> {response.status_code}")
+    try:
+        print(json.dumps(response.json(), indent=2))
+    except ValueError:
+        print(response.text)
+    return 0 if response.is_success else 1

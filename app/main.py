@@ -1,0 +1,201 @@
+"""The ASGI application: create_app(settings) wires the pieces; errors map to HTTP here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.calls import CallControl, CallController, DryRunCallControl, RetryPolicy, build_http_client
+from app.callstate import CallStateStore, MemoryCallStateStore
+from app.metrics import Metrics
+from app.router import CallRouter
+from app.rules import RuleSet, load_rules
+from app.settings import Settings
+from app.sip import IdentityPolicy
+from app.webhook import (
+    IncomingCall,
+    SignatureVerifier,
+    WebhookError,
+    parse_event,
+)
+
+logger = logging.getLogger("switchboard")
+
+WEBHOOK_PATH = "/webhooks/openai"
+
+
+class BodyTooLarge(WebhookError):
+    status_code = 413
+
+
+@dataclass(slots=True)
+class RulesHolder:
+    """The active RuleSet; replaced whole, read once per request."""
+
+    current: RuleSet | None = None
+
+
+def create_app(
+    settings: Settings,
+    *,
+    rules: RuleSet | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    store: CallStateStore | None = None,
+) -> FastAPI:
+    settings.check_can_serve()
+    metrics = Metrics()
+    holder = RulesHolder(rules)
+    verifier = (
+        SignatureVerifier(
+            settings.webhook_secrets, tolerance_seconds=settings.webhook_tolerance_seconds
+        )
+        if settings.webhook_secrets
+        else None
+    )
+    client: httpx.AsyncClient | None = None
+    if settings.dry_run:
+        controller: CallController = DryRunCallControl()
+    else:
+        assert settings.openai_api_key is not None
+        client = build_http_client(
+            settings.openai_base_url,
+            settings.openai_api_key.get_secret_value(),
+            transport=transport,
+        )
+        controller = CallControl(
+            client,
+            policy=RetryPolicy(attempt_timeout=settings.upstream_timeout_seconds),
+            observer=metrics.observe_upstream,
+        )
+    router = CallRouter(
+        controller=controller,
+        store=store or MemoryCallStateStore(horizon_seconds=settings.dedupe_horizon_seconds),
+        metrics=metrics,
+        policy=IdentityPolicy(
+            default_region=settings.default_region,
+            caller_headers=settings.caller_id_headers,
+            anonymous_numbers=frozenset(settings.anonymous_numbers),
+        ),
+        deadline_seconds=settings.call_deadline_seconds,
+        dry_run=settings.dry_run,
+        log_numbers=settings.log_phone_numbers,
+    )
+    metrics.dry_run.set(1 if settings.dry_run else 0)
+
+    def activate(ruleset: RuleSet) -> None:
+        holder.current = ruleset
+        metrics.routes_loaded(ruleset.route_actions(), ruleset.loaded_at)
+        logger.info(
+            "rules loaded",
+            extra={
+                "event": "rules_loaded",
+                "source": ruleset.source,
+                "rules_version": ruleset.version,
+                "routes": len(ruleset.routes),
+            },
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.dry_run:
+            logger.warning(
+                "OPENAI_API_KEY is not set: dry-run mode, calls are decided and logged "
+                "but no call-control request is made",
+                extra={"event": "dry_run"},
+            )
+        if verifier is None:
+            logger.warning(
+                "INSECURE: webhook signatures are not verified (no OPENAI_WEBHOOK_SECRET)",
+                extra={"event": "insecure"},
+            )
+        activate(holder.current or load_rules(settings.routes_file, region=settings.default_region))
+        try:
+            yield
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    app = FastAPI(
+        title="Switchboard",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.exception_handler(WebhookError)
+    async def _webhook_error(request: Request, exc: WebhookError) -> Response:
+        result = {401: "unauthorized", 413: "too_large"}.get(exc.status_code, "malformed")
+        metrics.webhooks.labels(result).inc()
+        logger.info(
+            "webhook refused",
+            extra={"event": "webhook_refused", "status": exc.status_code, "reason": exc.reason},
+        )
+        return JSONResponse({"error": exc.reason}, status_code=exc.status_code)
+
+    @app.post(WEBHOOK_PATH)
+    async def webhook(request: Request) -> Response:
+        body = await _read_body(request, settings.max_body_bytes)
+        if verifier is not None:
+            webhook_id = verifier.verify(request.headers, body)
+        else:
+            webhook_id = request.headers.get("webhook-id", "")[:256]
+        event = parse_event(body, webhook_id)
+        if not isinstance(event, IncomingCall):
+            metrics.webhooks.labels("ignored").inc()
+            metrics.ignored_event(event.type)
+            return JSONResponse({"status": "ignored", "type": event.type})
+        rules = holder.current
+        if rules is None:
+            metrics.webhooks.labels("not_ready").inc()
+            return JSONResponse({"error": "routing rules are not loaded yet"}, status_code=503)
+        answer = await router.handle(event, rules)
+        return JSONResponse(dict(answer.body), status_code=answer.status_code)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        rules = holder.current
+        if rules is None:
+            return JSONResponse({"status": "not ready", "detail": "rules not loaded"}, 503)
+        detail: dict[str, Any] = {
+            "status": "ready",
+            "rules_version": rules.version,
+            "rules_source": rules.source,
+            "routes": len(rules.routes),
+            "dry_run": settings.dry_run,
+        }
+        return JSONResponse(detail)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
+
+    app.state.rules = holder
+    app.state.metrics = metrics
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most `limit` bytes; a larger body is refused without reading it all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body over {limit} bytes")
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise BodyTooLarge(f"body over {limit} bytes")
+    return bytes(chunks)

@@ -1,0 +1,124 @@
+"""Prometheus metrics. Labels are bounded sets (never phone numbers); each app has its own
+registry so that several apps (tests) can live in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from app.calls import OPERATIONS, STATUS_LABELS
+
+# `*_created` series double the output and no dashboard of ours reads them.
+disable_created_metrics()
+
+WEBHOOK_RESULTS = (
+    "routed",  # acted on (or the caller was gone); answered 200
+    "duplicate",  # an earlier delivery's answer replayed
+    "ignored",  # a verified event of another type
+    "retry",  # answered 5xx so that OpenAI redelivers
+    "not_ready",  # no rules loaded yet
+    "unauthorized",  # missing or bad signature
+    "malformed",  # bad JSON or no call_id
+    "too_large",
+)
+OUTCOMES = (
+    "accepted",
+    "rejected",
+    "referred",
+    "caller_gone",
+    "failed",
+    "upstream_error",
+    "refer_failed",
+    "dry_run",
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.webhooks = Counter(
+            "switchboard_webhooks", "Webhook deliveries by result.", ["result"], registry=r
+        )
+        self.decisions = Counter(
+            "switchboard_decisions",
+            "Routing decisions by route and action.",
+            ["route", "action"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "switchboard_call_outcomes",
+            "Calls by action and outcome.",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.upstream = Counter(
+            "switchboard_upstream_requests",
+            "Call-control API requests by operation and status.",
+            ["operation", "status"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "switchboard_upstream_latency_seconds",
+            "Call-control API request latency.",
+            ["operation"],
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.decision_latency = Histogram(
+            "switchboard_decision_latency_seconds",
+            "SIP parsing plus rule matching time.",
+            registry=r,
+            buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2),
+        )
+        self.duplicates = Counter(
+            "switchboard_duplicates_suppressed",
+            "Deliveries answered without acting again.",
+            registry=r,
+        )
+        self.ignored = Counter(
+            "switchboard_ignored_events", "Verified events of other types.", ["type"], registry=r
+        )
+        self.rules_loaded = Gauge(
+            "switchboard_rules_loaded_timestamp_seconds",
+            "When the active rules were loaded.",
+            registry=r,
+        )
+        self.dry_run = Gauge(
+            "switchboard_dry_run", "1 when no API key is set and nothing is called.", registry=r
+        )
+        for result in WEBHOOK_RESULTS:
+            self.webhooks.labels(result)
+        for operation in OPERATIONS:
+            self.upstream_latency.labels(operation)
+            for status in STATUS_LABELS:
+                self.upstream.labels(operation, status)
+        for action in ("accept", "reject", "refer"):
+            for outcome in OUTCOMES:
+                self.outcomes.labels(action, outcome)
+
+    def routes_loaded(self, route_actions: Iterable[tuple[str, str]], loaded_at: float) -> None:
+        for route, action in route_actions:
+            self.decisions.labels(route, action)
+        self.rules_loaded.set(loaded_at)
+
+    def observe_upstream(self, operation: str, status: str, seconds: float) -> None:
+        self.upstream.labels(operation, status).inc()
+        self.upstream_latency.labels(operation).observe(seconds)
+
+    def ignored_event(self, event_type: str) -> None:
+        # Event types come from a signed payload, but keep the label set bounded anyway.
+        family = event_type.split(".", 1)[0] if "." in event_type else "other"
+        self.ignored.labels(family if family in ("realtime", "live", "response") else "other").inc()
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,178 @@
+"""One incoming call: identify -> decide -> act -> answer, exactly once.
+
+The webhook answer contract (docs/webhooks.md):
+- 200 when the action succeeded, or can never succeed (the caller is gone, the API
+  refused the request for good): a redelivery would not help.
+- 503 when it failed in a way that a redelivery may fix (API 5xx/429, timeout, network):
+  OpenAI retries, and the retry acts again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app.calls import CallControlError, CallController, CallGone
+from app.callstate import Answer, CallStateStore
+from app.logs import mask
+from app.metrics import Metrics
+from app.rules import Accept, Decision, Refer, Reject, RuleSet
+from app.sip import CallIdentity, Headers, IdentityPolicy, identify
+from app.webhook import IncomingCall
+
+logger = logging.getLogger("switchboard.call")
+
+# Time allowed to hang up a call whose transfer failed, even past the call's deadline.
+CLEANUP_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    name: str
+    retryable: bool = False
+    error: str | None = None
+
+
+class CallRouter:
+    def __init__(
+        self,
+        *,
+        controller: CallController,
+        store: CallStateStore,
+        metrics: Metrics,
+        policy: IdentityPolicy,
+        deadline_seconds: float,
+        dry_run: bool,
+        log_numbers: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._controller = controller
+        self._store = store
+        self._metrics = metrics
+        self._policy = policy
+        self._deadline_seconds = deadline_seconds
+        self._dry_run = dry_run
+        self._log_numbers = log_numbers
+        self._clock = clock
+
+    async def handle(self, call: IncomingCall, rules: RuleSet) -> Answer:
+        received = self._clock()
+        claim = await self._store.claim((f"webhook:{call.webhook_id}", f"call:{call.call_id}"))
+        if isinstance(claim, Answer):
+            self._metrics.duplicates.inc()
+            self._metrics.webhooks.labels("duplicate").inc()
+            logger.info(
+                "duplicate delivery",
+                extra={
+                    "event": "duplicate",
+                    "call_id": call.call_id,
+                    "webhook_id": call.webhook_id,
+                    "status": claim.status_code,
+                },
+            )
+            return Answer(claim.status_code, {**claim.body, "duplicate": True})
+        answer = Answer(503, {"call_id": call.call_id, "error": "internal error"})
+        remember = False
+        try:
+            answer, remember = await self._route(call, rules, received)
+        finally:
+            await self._store.finish(claim, answer, remember=remember)
+        return answer
+
+    async def _route(
+        self, call: IncomingCall, rules: RuleSet, received: float
+    ) -> tuple[Answer, bool]:
+        started = time.perf_counter()
+        identity = identify(
+            Headers((h.name, h.value) for h in call.sip_headers), self._policy, call.media_security
+        )
+        decision = rules.decide(identity)
+        decided = time.perf_counter()
+        self._metrics.decision_latency.observe(decided - started)
+        self._metrics.decisions.labels(decision.route, decision.action.kind).inc()
+
+        outcome = await self._act(call.call_id, decision, received + self._deadline_seconds)
+        acted = time.perf_counter()
+        self._metrics.outcomes.labels(decision.action.kind, outcome.name).inc()
+        self._metrics.webhooks.labels("retry" if outcome.retryable else "routed").inc()
+
+        body: dict[str, Any] = {
+            "call_id": call.call_id,
+            "route": decision.route,
+            "action": decision.action.kind,
+            "outcome": outcome.name,
+        }
+        if outcome.error:
+            body["error"] = outcome.error
+        self._log(call, identity, decision, outcome, decide=decided - started, act=acted - decided)
+        return Answer(503 if outcome.retryable else 200, body), not outcome.retryable
+
+    async def _act(self, call_id: str, decision: Decision, deadline: float) -> Outcome:
+        action = decision.action
+        if self._dry_run:
+            return Outcome("dry_run")
+        try:
+            if isinstance(action, Accept):
+                await self._controller.accept(call_id, action.body, deadline)
+                return Outcome("accepted")
+            if isinstance(action, Reject):
+                await self._controller.reject(call_id, action.status_code, deadline)
+                return Outcome("rejected")
+            await self._controller.accept(call_id, action.accept_body, deadline)
+        except CallGone:
+            return Outcome("caller_gone")
+        except CallControlError as exc:
+            name = "upstream_error" if exc.retryable else "failed"
+            return Outcome(name, retryable=exc.retryable, error=str(exc))
+        return await self._transfer(call_id, action, deadline)
+
+    async def _transfer(self, call_id: str, action: Refer, deadline: float) -> Outcome:
+        """The call is answered now: a failed transfer cannot be undone by a redelivery."""
+        try:
+            await self._controller.refer(call_id, action.target_uri, deadline)
+            return Outcome("referred")
+        except CallGone:
+            return Outcome("caller_gone")
+        except CallControlError as exc:
+            error = str(exc)
+        # Do not leave the caller in dead air with a bare session.
+        try:
+            await self._controller.hangup(call_id, self._clock() + CLEANUP_SECONDS)
+        except CallControlError as exc:
+            error += f"; hangup also failed: {exc.detail}"
+        return Outcome("refer_failed", error=error)
+
+    def _log(
+        self,
+        call: IncomingCall,
+        identity: CallIdentity,
+        decision: Decision,
+        outcome: Outcome,
+        *,
+        decide: float,
+        act: float,
+    ) -> None:
+        reveal = self._log_numbers
+        caller, called = identity.caller, identity.called
+        logger.log(
+            logging.WARNING if outcome.error else logging.INFO,
+            "call routed",
+            extra={
+                "event": "call",
+                "call_id": call.call_id,
+                "webhook_id": call.webhook_id,
+                "route": decision.route,
+                "action": decision.action.kind,
+                "outcome": outcome.name,
+                "error": outcome.error,
+                "rules_version": decision.rules_version,
+                "caller": mask(caller.number_key or caller.user, reveal=reveal) if caller else None,
+                "called": mask(called.number_key or called.user, reveal=reveal) if called else None,
+                "anonymous": identity.anonymous,
+                "decide_ms": round(decide * 1000, 3),
+                "act_ms": round(act * 1000, 1),
+            },
+        )
