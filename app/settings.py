@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # --- Webhook ------------------------------------------------------------
     insecure_skip_signature: bool = False
     """Development only: accept unsigned webhooks when no secret is configured."""
-    webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=86400)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     # --- Routing ------------------------------------------------------------

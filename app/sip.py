@@ -155,7 +155,7 @@ def identify(
         or caller.is_anonymous
         or (from_address is not None and from_address.is_anonymous)
         or _privacy_requested(headers)
-        or (caller.number is not None and caller.number in policy.anonymous_numbers)
+        or any(key in policy.anonymous_numbers for key in (caller.number, caller.digits) if key)
         or _rpid_private(headers)
     )
     display = (caller.display_name if caller else None) or (
@@ -452,6 +452,8 @@ def to_e164(text: str, region: str | None) -> str | None:
         parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(parsed):
+    # IS_POSSIBLE_LOCAL_ONLY (`5551234` in US) lacks the area code: not an E.164 number.
+    reason = phonenumbers.is_possible_number_with_reason(parsed)
+    if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)

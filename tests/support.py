@@ -1,0 +1,72 @@
+"""Helpers shared by the test suites: secrets, independently signed deliveries, events."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from standardwebhooks.webhooks import Webhook
+
+SECRET = "whsec_" + base64.b64encode(b"switchboard-test-secret-0123456789").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"some-other-secret-abcdefghijklmnop").decode()
+
+
+def new_id(prefix: str = "rtc") -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def incoming_event(
+    call_id: str | None = None,
+    *,
+    caller: str = "+14155550123",
+    called: str = "+18005550100",
+    headers: Sequence[tuple[str, str]] = (),
+    from_value: str | None = None,
+    media_security: str | None = "srtp",
+) -> dict[str, Any]:
+    """A realtime.call.incoming event shaped like OpenAI's documented example."""
+    sip_headers = [
+        {"name": "From", "value": from_value or f"<sip:{caller}@sip.telnyx.com>;tag=a1b2c3"},
+        {"name": "To", "value": f"<sip:{called}@sip.api.openai.com>"},
+        {"name": "Call-ID", "value": f"{secrets.token_hex(8)}@10.0.0.1"},
+        *({"name": n, "value": v} for n, v in headers),
+    ]
+    data: dict[str, Any] = {"call_id": call_id or new_id(), "sip_headers": sip_headers}
+    if media_security is not None:
+        data["sip_media_security"] = media_security
+    return {
+        "object": "event",
+        "id": new_id("evt"),
+        "type": "realtime.call.incoming",
+        "created_at": int(time.time()),
+        "data": data,
+    }
+
+
+def sign(
+    body: bytes | str,
+    *,
+    secret: str = SECRET,
+    webhook_id: str | None = None,
+    timestamp: float | None = None,
+) -> dict[str, str]:
+    """Standard Webhooks headers made with the reference package, not our code."""
+    text = body.decode() if isinstance(body, bytes) else body
+    msg_id = webhook_id or new_id("wh")
+    when = datetime.fromtimestamp(int(timestamp if timestamp is not None else time.time()), tz=UTC)
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, when, text),
+    }
+
+
+def signed(event: dict[str, Any], **kwargs: Any) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(event).encode()
+    return body, sign(body, **kwargs)
