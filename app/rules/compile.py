@@ -163,7 +163,7 @@ def _accept_body(session: dict[str, Any]) -> bytes:
 def _validation_issues(exc: ValidationError, doc: Document) -> Iterator[ConfigIssue]:
     seen: dict[Path, list[str]] = {}
     for error in exc.errors(include_url=False):
-        path = _data_path(doc.data, error["loc"])
+        path = _data_path(doc.data, error["loc"], missing=error["type"] == "missing")
         message = _message(error, path)
         messages = seen.setdefault(path, [])
         if message not in messages:
@@ -172,7 +172,7 @@ def _validation_issues(exc: ValidationError, doc: Document) -> Iterator[ConfigIs
     yield from sorted(issues, key=lambda i: (i.line or 0, i.column or 0))
 
 
-def _data_path(data: Any, loc: tuple[int | str, ...]) -> Path:
+def _data_path(data: Any, loc: tuple[int | str, ...], *, missing: bool) -> Path:
     """Drop the parts of a pydantic location that name union members, not keys."""
     path: list[str | int] = []
     node = data
@@ -180,7 +180,7 @@ def _data_path(data: Any, loc: tuple[int | str, ...]) -> Path:
         if _has(node, part):
             node = node[part]
             path.append(part)
-        elif isinstance(node, dict) and isinstance(part, str) and position == len(loc) - 1:
+        elif missing and isinstance(node, dict) and position == len(loc) - 1:
             path.append(part)  # a missing key: point at it by name
     return tuple(path)
 

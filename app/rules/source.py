@@ -99,4 +99,9 @@ def _build(
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, item, (*path, i), doc, issues) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    value = loader.construct_object(node, deep=True)
+    if isinstance(value, int) and not isinstance(value, bool) and str(value) != node.value:
+        # YAML 1.1 reads `+442079460958` as 442079460958 and `0100` as octal 64: a phone
+        # number written without quotes would silently change. Keep what was written.
+        return node.value
+    return value
