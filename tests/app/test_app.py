@@ -81,7 +81,8 @@ def client(api: respx.Router) -> Iterator[TestClient]:
 
 def post_event(client: TestClient, event: dict[str, Any], **sign_args: Any) -> httpx.Response:
     body, headers = signed(event, **sign_args)
-    return client.post("/webhooks/openai", content=body, headers=headers)
+    response: httpx.Response = client.post("/webhooks/openai", content=body, headers=headers)
+    return response
 
 
 def sent(api: respx.Router) -> list[tuple[str, Any]]:

@@ -232,7 +232,8 @@ def test_dry_run_without_api_key(tmp_path: Path, fake_api: FakeOpenAI) -> None:
             "routes:\n  - name: x\n    reject: {status_code: 200}\n",
             {"OPENAI_WEBHOOK_SECRET": SECRET},
             1,
-            "routes.yaml:3:14: routes[0].reject.status_code: Input should be greater than or equal to 400",
+            "routes.yaml:3:14: routes[0].reject.status_code: "
+            "Input should be greater than or equal to 400",
         ),
         ("routes: []\n", {}, 2, "OPENAI_WEBHOOK_SECRET is not set"),
         ("routes: []\n", {"OPENAI_WEBHOOK_SECRET": "nope!"}, 2, "not whsec_ followed by base64"),

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for key in list(os.environ):
+        if key.startswith(("OPENAI_", "SWITCHBOARD_")):
+            monkeypatch.delenv(key)
+
+
+def test_check_sample_routes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(REPO / "routes.yaml")]) == 0
+    assert "OK, 6 routes" in capsys.readouterr().out
+
+
+def test_check_reports_every_error_with_file_line_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        "routes:\n"
+        "  - name: a\n"
+        "    reject: {status_code: 700}\n"
+        "  - name: b\n"
+        "    refer: {target_uri: 'http://x'}\n"
+    )
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{path}:3:14: routes[0].reject.status_code: Input should be less than or equal to 699"
+        in err
+    )
+    assert f"{path}:5:13: routes[1].refer.target_uri: 'http://x' is not a transfer target" in err
+    assert f"{path}: 2 errors" in err
+
+
+def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path / "nope.yaml")]) == 1
+    assert "cannot read: No such file or directory" in capsys.readouterr().err
+
+
+def test_check_defaults_to_the_configured_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "mine.yaml").write_text("routes:\n  - name: all\n    reject: {}\n")
+    monkeypatch.setenv("SWITCHBOARD_ROUTES_FILE", str(tmp_path / "mine.yaml"))
+    assert main(["check"]) == 0
+    assert "OK, 1 routes" in capsys.readouterr().out
+
+
+def test_bad_setting_is_reported(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SWITCHBOARD_DEFAULT_REGION", "XX")
+    assert main(["check"]) == 2
+    assert "setting default_region" in capsys.readouterr().err
+
+
+def test_simulate_rejects_a_bad_header(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "-H", "no colon here"]) == 2
+    assert "expected 'Name: value'" in capsys.readouterr().err
+
+
+def test_simulate_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--url", "http://127.0.0.1:9/webhooks/openai"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
