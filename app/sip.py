@@ -109,6 +109,9 @@ class Address:
     def is_anonymous(self) -> bool:
         if self.host is not None and self.host.lower() == ANONYMOUS_HOST:
             return True
+        display = (self.display_name or "").strip().lower()
+        if display in ANONYMOUS_USERS and self.number_key is None:
+            return True  # RFC 3323 style: `Anonymous <sip:c8oqz84zk7z@privacy.org>`
         if self.scheme in ("sip", "sips", "tel"):
             return not self.user or self.user.strip().lower() in ANONYMOUS_USERS
         return False
@@ -151,11 +154,18 @@ def identify(
     from_address = from_addresses[0] if from_addresses else None
     to_addresses = _addresses(headers, "to", region)
     anonymous = (
-        caller is None
-        or caller.is_anonymous
+        # No caller header at all is a withheld caller; one we cannot read is merely unknown.
+        (
+            caller is None
+            and not any(v.strip() for n in policy.caller_headers for v in headers.get_all(n))
+        )
+        or (caller is not None and caller.is_anonymous)
         or (from_address is not None and from_address.is_anonymous)
         or _privacy_requested(headers)
-        or any(key in policy.anonymous_numbers for key in (caller.number, caller.digits) if key)
+        or (
+            caller is not None
+            and any(k in policy.anonymous_numbers for k in (caller.number, caller.digits) if k)
+        )
         or _rpid_private(headers)
     )
     display = (caller.display_name if caller else None) or (
