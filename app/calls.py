@@ -119,9 +119,13 @@ class CallControl:
         url = f"/realtime/calls/{call_id}/{operation}"
         headers = {"Content-Type": "application/json"} if body is not None else {}
         attempt = 0
+        failure: CallControlError | None = None
         while True:
             remaining = deadline - self._clock()
             if remaining <= 0:
+                # A sleep may overrun the deadline: report the last failure, not a vague one.
+                if failure is not None:
+                    raise failure
                 raise UpstreamUnavailable(operation, "deadline exceeded before a response")
             timeout = min(self._policy.attempt_timeout, remaining)
             started = self._clock()
@@ -137,7 +141,7 @@ class CallControl:
             ) as exc:
                 # The request did not reach the API: safe to send again.
                 self._observe(operation, "connection_error", self._clock() - started)
-                failure: CallControlError = UpstreamUnavailable(operation, _describe(exc))
+                failure = UpstreamUnavailable(operation, _describe(exc))
                 retry_after = None
             except httpx.TimeoutException as exc:
                 # Sent but unanswered: it may have taken effect, so do not repeat it here.

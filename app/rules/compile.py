@@ -110,7 +110,7 @@ class _Compiler:
         if found is None:
             known = sorted(self.spec.sessions)
             hint = _did_you_mean(name, known) or (
-                f" (defined: {', '.join(known)})" if known else " (no sessions: are defined)"
+                f" (defined: {', '.join(known)})" if known else " (no sessions are defined)"
             )
             self.issues.append(self.doc.issue(path, f"unknown session {name!r}{hint}"))
             return None
@@ -195,6 +195,8 @@ def _message(error: Any, path: Path) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(path[-1]) if path else "?"
+        if key in _KNOWN_KEYS:  # e.g. `voice:` directly in a session, not under audio.output
+            return "unknown key (valid elsewhere in the file, not at this level)"
         return "unknown key" + _did_you_mean(key, _KNOWN_KEYS)
     if kind == "missing":
         return "required key is missing"
