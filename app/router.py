@@ -104,6 +104,7 @@ class CallRouter:
             "route": decision.route,
             "action": decision.action.kind,
             "outcome": outcome.name,
+            "rules_version": decision.rules_version,
         }
         if outcome.error:
             body["error"] = outcome.error

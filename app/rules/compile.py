@@ -86,6 +86,7 @@ class _Compiler:
             version=version,
             source=self.doc.file,
             loaded_at=time.time(),
+            files=(self.doc.file,),
         )
 
     def _action(self, spec: schema.ActionSpec, path: Path) -> Action | None:

@@ -116,6 +116,8 @@ class RuleSet:
     """Content hash of the file the rules came from."""
     source: str
     loaded_at: float
+    files: tuple[str, ...] = ()
+    """Every file the rules were built from (the routes file first): what to watch."""
 
     def decide(self, call: CallIdentity) -> Decision:
         for route in self.routes:

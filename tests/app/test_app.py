@@ -107,6 +107,7 @@ def test_accept_sends_merged_session(client: TestClient, api: respx.Router) -> N
         "route": "support",
         "action": "accept",
         "outcome": "accepted",
+        "rules_version": compile_rules(ROUTES, "routes.yaml", region="US").version,
     }
     assert sent(api) == [
         (

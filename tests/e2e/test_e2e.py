@@ -24,6 +24,11 @@ def deliver(service: Service, event: dict[str, Any], **sign_args: Any) -> httpx.
     return httpx.post(service.webhook_url, content=body, headers=headers, timeout=10)
 
 
+def service_version(service: Service) -> str:
+    version: str = httpx.get(f"{service.url}/readyz").json()["rules_version"]
+    return version
+
+
 def ops(fake: FakeOpenAI, call_id: str) -> list[tuple[str, Any]]:
     return [(r.operation, r.body) for r in fake.for_call(call_id)]
 
@@ -37,6 +42,7 @@ def test_accept(service: Service, fake_api: FakeOpenAI) -> None:
         "route": "support",
         "action": "accept",
         "outcome": "accepted",
+        "rules_version": service_version(service),
     }
     assert ops(fake_api, call_id) == [
         (
