@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from pydantic import ValidationError
 
 from app.settings import MissingWebhookSecret, Settings
+
+if TYPE_CHECKING:
+    from app.rules import RuleSet
+    from app.sip import IdentityPolicy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,6 +69,41 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--webhook-id", help="webhook id (default: random; reuse to redeliver)")
     simulate.add_argument("--media-security", default="srtp", help="srtp, rtp or '' for absent")
     simulate.set_defaults(handler=_simulate)
+
+    explain = commands.add_parser(
+        "explain", help="show how a call would be routed, and why earlier routes did not match"
+    )
+    explain.add_argument("--routes", type=Path, help="default: SWITCHBOARD_ROUTES_FILE")
+    explain.add_argument("--caller", default="+14155550123", help="calling number or SIP user")
+    explain.add_argument("--called", default="+18005550100", help="called number")
+    explain.add_argument("--name", help="caller display name")
+    explain.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a SIP header (repeatable); From/To given here replace the made-up ones",
+    )
+    explain.add_argument(
+        "--headers-file",
+        type=Path,
+        help="raw INVITE header lines ('Name: value'), '-' for standard input",
+    )
+    explain.add_argument("--time", help="when the call arrives, ISO 8601 with offset (default now)")
+    explain.add_argument("--media-security", default="srtp", help="srtp, rtp or '' for absent")
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    explain.set_defaults(handler=_explain)
+
+    test = commands.add_parser(
+        "test", help="check sample calls against their expected routes; exit 1 on any mismatch"
+    )
+    test.add_argument("calls", type=Path, help="YAML file of sample calls with expectations")
+    test.add_argument("--routes", type=Path, help="default: SWITCHBOARD_ROUTES_FILE")
+    test.set_defaults(handler=_test)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of routes.yaml")
+    schema.set_defaults(handler=_schema)
     return parser
 
 
@@ -91,6 +132,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(exc, file=sys.stderr)
         return 1
     app = create_app(settings, rules=rules)
+    if hasattr(signal, "SIGHUP"):
+        # Until the app takes SIGHUP as "reload" (at start-up), it must not end the process.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     uvicorn.run(
         app,
         host=settings.host,
@@ -150,3 +194,87 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError:
         print(response.text)
     return 0 if response.is_success else 1
+
+
+def _policy(settings: Settings) -> IdentityPolicy:
+    from app.sip import IdentityPolicy
+
+    return IdentityPolicy(
+        default_region=settings.default_region,
+        caller_headers=settings.caller_id_headers,
+        anonymous_numbers=frozenset(settings.anonymous_numbers),
+    )
+
+
+def _load(path: Path, settings: Settings) -> RuleSet | None:
+    from app.rules import RulesError, load_rules
+
+    try:
+        return load_rules(path, region=settings.default_region)
+    except RulesError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _explain(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from app.explain import explain, sample_call, to_json, to_text
+    from app.simulate import parse_header_line
+
+    try:
+        lines = list(args.header)
+        if args.headers_file is not None:
+            raw = (
+                sys.stdin.read()
+                if str(args.headers_file) == "-"
+                else args.headers_file.read_text(encoding="utf-8")
+            )
+            lines += [line for line in raw.splitlines() if line.strip()]
+        headers = [parse_header_line(line) for line in lines]
+        now = datetime.fromisoformat(args.time) if args.time else datetime.now(UTC)
+        if now.tzinfo is None:
+            raise ValueError("--time needs a UTC offset, e.g. 2026-11-24T10:00:00-08:00")
+    except (OSError, ValueError) as exc:
+        print(f"switchboard explain: {exc}", file=sys.stderr)
+        return 2
+    rules = _load(args.routes or settings.routes_file, settings)
+    if rules is None:
+        return 1
+    call = sample_call(
+        _policy(settings),
+        caller=args.caller,
+        called=args.called,
+        caller_name=args.name,
+        headers=headers,
+        media_security=args.media_security or None,
+    )
+    result = explain(rules, call, now)
+    if args.json:
+        print(json.dumps(to_json(result, rules), indent=2, ensure_ascii=False))
+    else:
+        print(to_text(result, rules))
+    return 0
+
+
+def _test(args: argparse.Namespace, settings: Settings) -> int:
+    from app.routetest import SampleFileError, load_samples, report, run_samples
+
+    try:
+        samples = load_samples(args.calls)
+    except SampleFileError as exc:
+        print(f"switchboard test: {exc}", file=sys.stderr)
+        return 2
+    rules = _load(args.routes or settings.routes_file, settings)
+    if rules is None:
+        return 1
+    results = run_samples(rules, samples, _policy(settings))
+    print(report(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _schema(args: argparse.Namespace, settings: Settings) -> int:
+    from app.rules.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0

@@ -42,6 +42,7 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "1 change detected" lines
 
 
 def mask(value: str | None, *, reveal: bool = False) -> str | None:

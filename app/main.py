@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.admin import install_admin
 from app.calls import CallControl, CallController, DryRunCallControl, RetryPolicy, build_http_client
 from app.callstate import CallStateStore, MemoryCallStateStore
 from app.metrics import Metrics
+from app.reload import RulesManager
 from app.router import CallRouter
-from app.rules import RuleSet, load_rules
+from app.rules import RuleSet
 from app.settings import Settings
 from app.sip import IdentityPolicy
 from app.webhook import (
@@ -35,13 +36,6 @@ class BodyTooLarge(WebhookError):
     status_code = 413
 
 
-@dataclass(slots=True)
-class RulesHolder:
-    """The active RuleSet; replaced whole, read once per request."""
-
-    current: RuleSet | None = None
-
-
 def create_app(
     settings: Settings,
     *,
@@ -51,7 +45,13 @@ def create_app(
 ) -> FastAPI:
     settings.check_can_serve()
     metrics = Metrics()
-    holder = RulesHolder(rules)
+    manager = RulesManager(
+        settings.routes_file,
+        region=settings.default_region,
+        metrics=metrics,
+        rules=rules,
+        on_activate=metrics.routes_loaded,
+    )
     verifier = (
         SignatureVerifier(
             settings.webhook_secrets, tolerance_seconds=settings.webhook_tolerance_seconds
@@ -89,19 +89,6 @@ def create_app(
     )
     metrics.dry_run.set(1 if settings.dry_run else 0)
 
-    def activate(ruleset: RuleSet) -> None:
-        holder.current = ruleset
-        metrics.routes_loaded(ruleset.route_actions(), ruleset.loaded_at)
-        logger.info(
-            "rules loaded",
-            extra={
-                "event": "rules_loaded",
-                "source": ruleset.source,
-                "rules_version": ruleset.version,
-                "routes": len(ruleset.routes),
-            },
-        )
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.dry_run:
@@ -115,9 +102,11 @@ def create_app(
                 "INSECURE: webhook signatures are not verified (no OPENAI_WEBHOOK_SECRET)",
                 extra={"event": "insecure"},
             )
-        activate(holder.current or load_rules(settings.routes_file, region=settings.default_region))
         try:
-            yield
+            async with manager.running(
+                watch=settings.watch_rules, debounce_ms=settings.watch_debounce_ms
+            ):
+                yield
         finally:
             if client is not None:
                 await client.aclose()
@@ -153,7 +142,7 @@ def create_app(
             metrics.webhooks.labels("ignored").inc()
             metrics.ignored_event(event.type)
             return JSONResponse({"status": "ignored", "type": event.type})
-        rules = holder.current
+        rules = manager.current  # once: the whole call is decided on these rules
         if rules is None:
             metrics.webhooks.labels("not_ready").inc()
             return JSONResponse({"error": "routing rules are not loaded yet"}, status_code=503)
@@ -166,7 +155,7 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        rules = holder.current
+        rules = manager.current
         if rules is None:
             return JSONResponse({"status": "not ready", "detail": "rules not loaded"}, 503)
         detail: dict[str, Any] = {
@@ -176,6 +165,9 @@ def create_app(
             "routes": len(rules.routes),
             "dry_run": settings.dry_run,
         }
+        # Still 200 after a failed reload: the previous, valid rules keep serving.
+        last = manager.last_reload
+        detail["last_reload"] = last.as_dict() if last is not None else None
         return JSONResponse(detail)
 
     @app.get("/metrics")
@@ -183,7 +175,9 @@ def create_app(
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
 
-    app.state.rules = holder
+    install_admin(app, manager, settings.admin_token)
+
+    app.state.rules = manager
     app.state.metrics = metrics
     return app
 

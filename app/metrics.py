@@ -3,8 +3,6 @@ registry so that several apps (tests) can live in one process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -16,6 +14,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from app.calls import OPERATIONS, STATUS_LABELS
+from app.rules import RuleSet
 
 # `*_created` series double the output and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -30,6 +29,11 @@ WEBHOOK_RESULTS = (
     "malformed",  # bad JSON or no call_id
     "too_large",
 )
+RELOAD_RESULTS = (
+    "success",  # new rules swapped in
+    "failure",  # invalid or unreadable: the previous rules keep serving
+    "unchanged",  # same content hash: nothing to do
+)
 OUTCOMES = (
     "accepted",
     "rejected",
@@ -39,6 +43,9 @@ OUTCOMES = (
     "upstream_error",
     "refer_failed",
     "dry_run",
+    "fallback_accepted",
+    "fallback_rejected",
+    "fallback_referred",
 )
 
 
@@ -88,9 +95,29 @@ class Metrics:
         self.ignored = Counter(
             "switchboard_ignored_events", "Verified events of other types.", ["type"], registry=r
         )
+        self.split_arms = Counter(
+            "switchboard_split_arms",
+            "Calls per arm of a split route.",
+            ["route", "arm"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "switchboard_rate_limited",
+            "Calls over a route's per-caller limit.",
+            ["route"],
+            registry=r,
+        )
         self.rules_loaded = Gauge(
             "switchboard_rules_loaded_timestamp_seconds",
             "When the active rules were loaded.",
+            registry=r,
+        )
+        self.rules_reloads = Counter(
+            "switchboard_rules_reloads", "Rule reloads by result.", ["result"], registry=r
+        )
+        self.rules_reload_ok = Gauge(
+            "switchboard_rules_last_reload_ok",
+            "0 while the last reload failed and the previous rules still serve, else 1.",
             registry=r,
         )
         self.dry_run = Gauge(
@@ -98,6 +125,9 @@ class Metrics:
         )
         for result in WEBHOOK_RESULTS:
             self.webhooks.labels(result)
+        for result in RELOAD_RESULTS:
+            self.rules_reloads.labels(result)
+        self.rules_reload_ok.set(1)
         for operation in OPERATIONS:
             self.upstream_latency.labels(operation)
             for status in STATUS_LABELS:
@@ -106,10 +136,15 @@ class Metrics:
             for outcome in OUTCOMES:
                 self.outcomes.labels(action, outcome)
 
-    def routes_loaded(self, route_actions: Iterable[tuple[str, str]], loaded_at: float) -> None:
-        for route, action in route_actions:
-            self.decisions.labels(route, action)
-        self.rules_loaded.set(loaded_at)
+    def routes_loaded(self, rules: RuleSet) -> None:
+        for name, action in rules.route_actions():
+            self.decisions.labels(name, action)
+        for name, arm in rules.split_arms():
+            self.split_arms.labels(name, arm)
+        for route in rules.routes:
+            if route.rate_limit is not None:
+                self.rate_limited.labels(route.name)
+        self.rules_loaded.set(rules.loaded_at)
 
     def observe_upstream(self, operation: str, status: str, seconds: float) -> None:
         self.upstream.labels(operation, status).inc()

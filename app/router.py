@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from app.calls import CallControlError, CallController, CallGone
 from app.callstate import Answer, CallStateStore
 from app.logs import mask
 from app.metrics import Metrics
-from app.rules import Accept, Decision, Refer, Reject, RuleSet
+from app.ratelimit import RateLimiter
+from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet, caller_key
 from app.sip import CallIdentity, Headers, IdentityPolicy, identify
 from app.webhook import IncomingCall
 
@@ -47,8 +49,10 @@ class CallRouter:
         deadline_seconds: float,
         dry_run: bool,
         log_numbers: bool = False,
+        limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._limiter = limiter or RateLimiter()
         self._controller = controller
         self._store = store
         self._metrics = metrics
@@ -89,10 +93,12 @@ class CallRouter:
         identity = identify(
             Headers((h.name, h.value) for h in call.sip_headers), self._policy, call.media_security
         )
-        decision = rules.decide(identity)
+        decision = self._limit(rules.decide(identity, datetime.now(UTC), call.call_id), identity)
         decided = time.perf_counter()
         self._metrics.decision_latency.observe(decided - started)
         self._metrics.decisions.labels(decision.route, decision.action.kind).inc()
+        if decision.arm is not None:
+            self._metrics.split_arms.labels(decision.route, decision.arm).inc()
 
         outcome = await self._act(call.call_id, decision, received + self._deadline_seconds)
         acted = time.perf_counter()
@@ -106,15 +112,42 @@ class CallRouter:
             "outcome": outcome.name,
             "rules_version": decision.rules_version,
         }
-        if outcome.error:
-            body["error"] = outcome.error
+        for key, value in (
+            ("arm", decision.arm),
+            ("note", decision.note),
+            ("error", outcome.error),
+        ):
+            if value:
+                body[key] = value
         self._log(call, identity, decision, outcome, decide=decided - started, act=acted - decided)
         return Answer(503 if outcome.retryable else 200, body), not outcome.retryable
 
+    def _limit(self, decision: Decision, identity: CallIdentity) -> Decision:
+        limit = decision.rate_limit
+        if limit is None:
+            return decision
+        if self._limiter.allow(decision.route, caller_key(identity) or "anonymous", limit):
+            return decision
+        self._metrics.rate_limited.labels(decision.route).inc()
+        return replace(decision, action=limit.over_limit, fallback=None, note="rate limited")
+
     async def _act(self, call_id: str, decision: Decision, deadline: float) -> Outcome:
-        action = decision.action
         if self._dry_run:
             return Outcome("dry_run")
+        outcome = await self._perform(call_id, decision.action, deadline)
+        fallback = decision.fallback
+        if fallback is None or outcome.name not in ("failed", "upstream_error"):
+            return outcome
+        # The route's own action failed: the fallback gets its own short budget.
+        budget = max(deadline, self._clock() + CLEANUP_SECONDS)
+        second = await self._perform(call_id, fallback, budget)
+        if second.name in ("accepted", "rejected", "referred"):
+            return Outcome(f"fallback_{second.name}", error=outcome.error)
+        if second.name == "caller_gone":
+            return second
+        return outcome
+
+    async def _perform(self, call_id: str, action: Action, deadline: float) -> Outcome:
         try:
             if isinstance(action, Accept):
                 await self._controller.accept(call_id, action.body, deadline)
@@ -166,8 +199,10 @@ class CallRouter:
                 "call_id": call.call_id,
                 "webhook_id": call.webhook_id,
                 "route": decision.route,
+                "arm": decision.arm,
                 "action": decision.action.kind,
                 "outcome": outcome.name,
+                "note": decision.note,
                 "error": outcome.error,
                 "rules_version": decision.rules_version,
                 "caller": mask(caller.number_key or caller.user, reveal=reveal) if caller else None,

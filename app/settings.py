@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MIN_ADMIN_TOKEN = 16
 
 
 class MissingWebhookSecret(Exception):
@@ -67,6 +68,15 @@ class Settings(BaseSettings):
     anonymous_numbers: CommaList = ()
     """Fixed numbers some carriers send for withheld callers (e.g. +266696687)."""
 
+    # --- Rules reload and admin ----------------------------------------------
+    watch_rules: bool = True
+    """Reload when the routes file (or a file it uses) changes; SIGHUP and the admin API
+    reload either way."""
+    watch_debounce_ms: int = Field(default=300, ge=10, le=60_000)
+    """How long the files must be quiet after a change before they are read."""
+    admin_token: SecretStr | None = None
+    """Bearer token for /admin/*; without one the admin endpoints answer 403."""
+
     # --- Call control -------------------------------------------------------
     call_deadline_seconds: float = Field(default=5.0, gt=0)
     """Overall budget for one call's API requests, retries included."""
@@ -104,6 +114,18 @@ class Settings(BaseSettings):
         if value not in phonenumbers.SUPPORTED_REGIONS:
             raise ValueError(f"{value!r} is not an ISO 3166 region phonenumbers knows")
         return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # `SWITCHBOARD_ADMIN_TOKEN=` in .env means "no admin API"
+        token = value.get_secret_value().strip()
+        if len(token) < MIN_ADMIN_TOKEN:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN} characters (e.g. `openssl rand -hex 32`)"
+            )
+        return SecretStr(token)
 
     @field_validator("webhook_secrets")
     @classmethod

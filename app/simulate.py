@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
+from app.sip import canonical_name
 from app.webhook import INCOMING_CALL, decode_secret
 
 
@@ -21,6 +22,30 @@ def parse_header_line(line: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+def invite_headers(
+    *,
+    caller: str,
+    called: str,
+    caller_name: str | None = None,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    trunk_host: str = "trunk.example.com",
+) -> list[tuple[str, str]]:
+    """The INVITE headers a carrier trunk would send; extra From/To replace the made-up ones."""
+    given = {canonical_name(name) for name, _ in extra_headers}
+    display = f'"{_escape(caller_name)}" ' if caller_name else ""
+    tag = secrets.token_hex(4)
+    made_up = [
+        ("Via", f"SIP/2.0/TLS {trunk_host}:5061;branch=z9hG4bK{tag}"),
+        ("From", f"{display}<sip:{caller}@{trunk_host}>;tag={tag}"),
+        ("To", f"<sip:{called}@sip.api.openai.com>"),
+        ("Call-ID", f"{secrets.token_hex(12)}@{trunk_host}"),
+        ("CSeq", "1 INVITE"),
+        ("Contact", f"<sip:{caller}@{trunk_host}:5061;transport=tls>"),
+        ("User-Agent", "switchboard-simulate"),
+    ]
+    return [(n, v) for n, v in made_up if canonical_name(n) not in given] + list(extra_headers)
+
+
 def incoming_call_event(
     *,
     caller: str,
@@ -29,23 +54,15 @@ def incoming_call_event(
     extra_headers: Sequence[tuple[str, str]] = (),
     call_id: str | None = None,
     media_security: str | None = "srtp",
-    trunk_host: str = "trunk.example.com",
 ) -> dict[str, object]:
-    """The event as OpenAI sends it, with the INVITE headers a carrier trunk would send."""
-    call_id = call_id or f"rtc_{secrets.token_hex(16)}"
-    display = f'"{_escape(caller_name)}" ' if caller_name else ""
-    tag = secrets.token_hex(4)
-    sip_headers = [
-        {"name": "Via", "value": f"SIP/2.0/TLS {trunk_host}:5061;branch=z9hG4bK{tag}"},
-        {"name": "From", "value": f"{display}<sip:{caller}@{trunk_host}>;tag={tag}"},
-        {"name": "To", "value": f"<sip:{called}@sip.api.openai.com>"},
-        {"name": "Call-ID", "value": f"{secrets.token_hex(12)}@{trunk_host}"},
-        {"name": "CSeq", "value": "1 INVITE"},
-        {"name": "Contact", "value": f"<sip:{caller}@{trunk_host}:5061;transport=tls>"},
-        {"name": "User-Agent", "value": "switchboard-simulate"},
-    ]
-    sip_headers += [{"name": n, "value": v} for n, v in extra_headers]
-    data: dict[str, object] = {"call_id": call_id, "sip_headers": sip_headers}
+    """The event as OpenAI sends it, with realistic INVITE headers."""
+    headers = invite_headers(
+        caller=caller, called=called, caller_name=caller_name, extra_headers=extra_headers
+    )
+    data: dict[str, object] = {
+        "call_id": call_id or f"rtc_{secrets.token_hex(16)}",
+        "sip_headers": [{"name": n, "value": v} for n, v in headers],
+    }
     if media_security:
         data["sip_media_security"] = media_security
     return {

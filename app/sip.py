@@ -256,6 +256,9 @@ def _rpid_private(headers: Headers) -> bool:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quotes and <...>."""
+    if "," not in value:  # the usual single address: nothing to split (same result, faster)
+        single = value.strip()
+        return [single] if single else []
     parts: list[str] = []
     current: list[str] = []
     in_quotes = escaped = False
@@ -332,6 +335,8 @@ def _quoted_string(text: str) -> tuple[str | None, str]:
 
 
 def _find_unquoted(text: str, target: str) -> int:
+    if '"' not in text:
+        return text.find(target)
     in_quotes = False
     for i, char in enumerate(text):
         if char == '"':
@@ -377,6 +382,8 @@ def _split_params(text: str) -> Mapping[str, str]:
 
 
 def _split_unquoted(text: str, sep: str) -> list[str]:
+    if '"' not in text:
+        return text.split(sep)
     parts: list[str] = []
     current: list[str] = []
     in_quotes = False

@@ -1,33 +1,60 @@
-"""routes.yaml text -> validated spec -> immutable RuleSet."""
+"""routes.yaml text -> validated spec -> immutable RuleSet.
+
+Every problem in a file is reported at once, each with file, line, column and key path:
+schema errors from pydantic, and references (sessions, lists, schedules, route names)
+checked on the raw data so that they show up even when the schema check failed too.
+"""
 
 from __future__ import annotations
 
 import difflib
 import hashlib
 import json
+import re
 import time
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path as FilePath
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from app.rules import schema
+from app.rules.conditions import (
+    AllOf,
+    AnonymousIs,
+    AnyOf,
+    Condition,
+    ForwardedIs,
+    InSchedule,
+    MediaSecurityIs,
+    NotOf,
+    NumberMatches,
+    TextMatches,
+)
 from app.rules.errors import ConfigIssue, RulesError
+from app.rules.numbers import ListFileError, NumberSet, load_number_file
 from app.rules.ruleset import (
     Accept,
     Action,
-    AnonymousIs,
-    Condition,
-    HeaderEquals,
-    HeaderPresent,
-    NumberIs,
+    Arm,
+    RateLimit,
     Refer,
     Reject,
     Route,
+    RouteIndex,
     RuleSet,
+    SessionTemplate,
+    Split,
+    indexable,
 )
-from app.rules.source import Document, Path, parse_yaml
+from app.rules.schedule import build_schedule, parse_timezone
+from app.rules.source import Document, Path, format_path, parse_yaml
+from app.rules.templates import Template
+
+# Session strings that may hold {placeholders}.
+TEMPLATED_KEYS = ("instructions", "prompt", "tracing")
 
 
 def load_rules(path: FilePath, *, region: str) -> RuleSet:
@@ -35,9 +62,8 @@ def load_rules(path: FilePath, *, region: str) -> RuleSet:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise RulesError(
-            [ConfigIssue(str(path), None, None, "", f"cannot read: {reason}")]
-        ) from None
+        issue = ConfigIssue(str(path), None, None, "", f"cannot read: {reason}")
+        raise RulesError([issue]) from None
     return compile_rules(text, str(path), region=region)
 
 
@@ -47,101 +73,214 @@ def compile_rules(text: str, file: str, *, region: str) -> RuleSet:
         raise RulesError([ConfigIssue(file, None, None, "", "the file is empty: add routes:")])
     if not isinstance(doc.data, dict):
         raise RulesError([doc.issue((), "the top level must be a mapping with routes:")])
+    issues = list(_reference_issues(doc))
+    spec = None
     try:
         spec = schema.RoutesFile.model_validate(doc.data, context={"region": region})
     except ValidationError as exc:
-        raise RulesError(list(_validation_issues(exc, doc))) from None
-    return _Compiler(doc, spec).build(version=hashlib.sha256(text.encode()).hexdigest()[:12])
+        issues.extend(_validation_issues(exc, doc))
+    if issues or spec is None:
+        raise RulesError(sorted(issues, key=lambda i: (i.line or 0, i.column or 0)))
+    return _Compiler(doc, spec, region).build(text)
 
 
 class _Compiler:
-    def __init__(self, doc: Document, spec: schema.RoutesFile) -> None:
+    def __init__(self, doc: Document, spec: schema.RoutesFile, region: str) -> None:
         self.doc = doc
         self.spec = spec
+        self.region = region
+        self.base = FilePath(doc.file).parent
         self.issues: list[ConfigIssue] = []
+        self.files: list[str] = [doc.file]
+        self.digest = hashlib.sha256()
 
-    def build(self, version: str) -> RuleSet:
+    def build(self, text: str) -> RuleSet:
+        self.digest.update(text.encode())
+        self.lists = self._lists()
+        self.schedules = {
+            name: build_schedule(name, s.timezone, s.weekly, s.include, s.exclude)
+            for name, s in self.spec.schedules.items()
+        }
         routes = []
-        seen: dict[str, int] = {}
-        for index, route in enumerate(self.spec.routes):
-            path: Path = ("routes", index)
-            if route.name in seen:
-                self.issues.append(
-                    self.doc.issue(
-                        (*path, "name"),
-                        f"duplicate route name {route.name!r} "
-                        f"(first used by routes[{seen[route.name]}])",
-                    )
-                )
-            seen.setdefault(route.name, index)
-            action = self._action(route, path)
-            if action is not None:
-                routes.append(Route(route.name, self._conditions(route.match), action))
+        for position, route in enumerate(self.spec.routes):
+            built = self._route(route, ("routes", position))
+            if built is not None:
+                routes.append(built)
         default = self._action(self.spec.default, ("default",))
         if self.issues or default is None:
             raise RulesError(self.issues)
+        index = _build_index(routes)
         return RuleSet(
             routes=tuple(routes),
             default=default,
-            version=version,
+            version=self.digest.hexdigest()[:12],
             source=self.doc.file,
             loaded_at=time.time(),
-            files=(self.doc.file,),
+            files=tuple(self.files),
+            timezone=parse_timezone(self.spec.timezone),
+            index=index,
+            warnings=tuple(_unreachable(routes, index)),
         )
+
+    # --- lists, routes, actions ---------------------------------------------------------
+
+    def _lists(self) -> dict[str, NumberSet]:
+        lists: dict[str, NumberSet] = {}
+        for name, spec in self.spec.lists.items():
+            if isinstance(spec, schema.InlineList):
+                lists[name] = NumberSet.of(spec.root)
+                continue
+            path = self.base / spec.file
+            self.files.append(str(path))
+            try:
+                lists[name] = load_number_file(path, self.region, column=spec.column)
+                self.digest.update(path.read_bytes())
+            except ListFileError as exc:
+                for line, message in exc.problems:
+                    self.issues.append(ConfigIssue(str(path), line, None, f"lists.{name}", message))
+            except OSError as exc:
+                self.issues.append(self.doc.issue(("lists", name, "file"), str(exc)))
+        return lists
+
+    def _route(self, spec: schema.RouteSpec, path: Path) -> Route | None:
+        action: Action | Split | None
+        if spec.split is not None:
+            arms = []
+            for i, arm in enumerate(spec.split):
+                built = self._action(arm, (*path, "split", i))
+                if built is not None:
+                    arms.append(Arm(arm.name or chr(ord("a") + i), arm.weight, built))
+            action = Split(tuple(arms), sum(a.weight for a in arms)) if arms else None
+        else:
+            action = self._action(spec, path)
+        rate_limit = None
+        if spec.rate_limit is not None:
+            over = self._action(spec.rate_limit.over_limit, (*path, "rate_limit", "over_limit"))
+            if over is not None:
+                rate_limit = RateLimit(spec.rate_limit.calls, spec.rate_limit.per, over)
+        fallback = self._action(spec.fallback, (*path, "fallback")) if spec.fallback else None
+        if action is None:
+            return None
+        conditions = self._conditions(spec.match) if spec.match is not None else ()
+        return Route(spec.name, conditions, action, rate_limit, fallback)
 
     def _action(self, spec: schema.ActionSpec, path: Path) -> Action | None:
         if spec.reject is not None:
             return Reject(spec.reject.status_code)
         if spec.accept is not None:
-            session = self._session(spec.accept.session, (*path, "accept", "session"))
-            if session is None:
-                return None
+            session = self._session(spec.accept.session)
             overrides = _dump(spec.accept, exclude={"session"})
-            return Accept(_accept_body(_deep_merge(session, overrides)))
+            body, template = _session_body(_deep_merge(session, overrides))
+            return Accept(body, template)
         assert spec.refer is not None
-        session = self._session(spec.refer.session, (*path, "refer", "session"))
-        if session is None:
-            return None
-        return Refer(spec.refer.target_uri, _accept_body(session))
+        body, template = _session_body(self._session(spec.refer.session))
+        target = spec.refer.target_uri
+        target_template = Template.parse(target) if "{" in target else None
+        return Refer(target, body, target_template, template)
 
-    def _session(self, name: str | None, path: Path) -> dict[str, Any] | None:
-        if name is None:
-            return {}
-        found = self.spec.sessions.get(name)
-        if found is None:
-            known = sorted(self.spec.sessions)
-            hint = _did_you_mean(name, known) or (
-                f" (defined: {', '.join(known)})" if known else " (no sessions are defined)"
-            )
-            self.issues.append(self.doc.issue(path, f"unknown session {name!r}{hint}"))
-            return None
-        return _dump(found)
+    def _session(self, name: str | None) -> dict[str, Any]:
+        # References were checked before compiling: the name exists.
+        return {} if name is None else _dump(self.spec.sessions[name])
 
-    @staticmethod
-    def _conditions(match: schema.MatchSpec | None) -> tuple[Condition, ...]:
-        if match is None:
-            return ()
-        conditions: list[Condition] = []
-        for party in ("caller", "called"):
-            patterns = getattr(match, party)
-            if patterns is not None:
-                exact = frozenset(p for p in patterns if not p.endswith("*"))
-                prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
-                conditions.append(NumberIs(party, exact, prefixes))
+    # --- conditions ----------------------------------------------------------------------
+
+    def _conditions(self, match: schema.MatchSpec) -> tuple[Condition, ...]:
+        found: list[Condition] = []
+        for party in ("caller", "called", "forwarded_from"):
+            value = getattr(match, party)
+            if value is not None:
+                found.append(self._number(party, value))
+        if match.caller_name is not None:
+            found.append(_text(None, match.caller_name))
         for name, condition in (match.headers or {}).items():
-            if isinstance(condition, str):
-                conditions.append(HeaderEquals(name, condition.strip()))
-            elif condition.equals is not None:
-                conditions.append(HeaderEquals(name, condition.equals.strip()))
-            else:
-                conditions.append(HeaderPresent(name, bool(condition.present)))
+            found.append(_text(name, condition))
         if match.anonymous is not None:
-            conditions.append(AnonymousIs(match.anonymous))
-        return tuple(conditions)
+            found.append(AnonymousIs(match.anonymous))
+        if match.forwarded is not None:
+            found.append(ForwardedIs(match.forwarded))
+        if match.media_security is not None:
+            found.append(MediaSecurityIs(frozenset({match.media_security})))
+        if match.schedule is not None:
+            found.append(InSchedule(self.schedules[match.schedule], inside=True))
+        if match.outside_schedule is not None:
+            found.append(InSchedule(self.schedules[match.outside_schedule], inside=False))
+        for sub in match.all or ():
+            found.extend(self._conditions(sub))
+        if match.any is not None:
+            found.append(AnyOf(tuple(self._one(sub) for sub in match.any)))
+        if match.not_ is not None:
+            found.append(NotOf(self._one(match.not_)))
+        return tuple(found)
+
+    def _one(self, match: schema.MatchSpec) -> Condition:
+        conditions = self._conditions(match)
+        return conditions[0] if len(conditions) == 1 else AllOf(conditions)
+
+    def _number(self, party: Any, value: tuple[str, ...] | schema.NumberCondition) -> NumberMatches:
+        if isinstance(value, tuple):
+            return NumberMatches(party, (NumberSet.of(value),), label=_patterns_label(value))
+        sets: list[NumberSet] = []
+        labels: list[str] = []
+        if value.equals is not None:
+            sets.append(NumberSet.of(value.equals))
+            labels.append(_patterns_label(value.equals))
+        if value.prefix is not None:
+            sets.append(NumberSet.of(value.prefix))
+            labels.append(_patterns_label(value.prefix))
+        if value.list is not None:
+            named = [self.lists.get(n, NumberSet()) for n in value.list]
+            sets.append(named[0].union(*named[1:]))
+            labels.append("in list " + " or ".join(value.list))
+        if value.regex is not None:
+            labels.append(f"matches /{value.regex}/")
+        if value.country is not None:
+            labels.append("in " + " or ".join(value.country))
+        if value.type is not None:
+            labels.append("is " + " or ".join(value.type))
+        return NumberMatches(
+            party,
+            tuple(sets),
+            re.compile(value.regex) if value.regex is not None else None,
+            frozenset(value.country or ()),
+            frozenset(value.type or ()),
+            label=" and ".join(labels),
+        )
+
+
+def _text(header: str | None, spec: str | schema.TextCondition) -> TextMatches:
+    if isinstance(spec, str):
+        return TextMatches(header, equals=spec.strip())
+    present = (
+        spec.present
+        if spec.present is not None
+        else (None if spec.absent is None else not spec.absent)
+    )
+    return TextMatches(
+        header,
+        equals=spec.equals.strip() if spec.equals is not None else None,
+        contains=spec.contains,
+        regex=(
+            re.compile(spec.regex, re.IGNORECASE if spec.ignore_case else 0)
+            if spec.regex is not None
+            else None
+        ),
+        present=present,
+        ignore_case=spec.ignore_case,
+    )
+
+
+def _patterns_label(patterns: tuple[str, ...]) -> str:
+    shown = ", ".join(patterns[:5]) + (
+        f", ... ({len(patterns)} in all)" if len(patterns) > 5 else ""
+    )
+    return f"is {shown}" if len(patterns) == 1 else f"in [{shown}]"
+
+
+# --- sessions ------------------------------------------------------------------------------
 
 
 def _dump(model: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_unset=True, exclude=exclude)
+    return model.model_dump(mode="json", exclude_unset=True, exclude=exclude, by_alias=True)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -154,26 +293,253 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _accept_body(session: dict[str, Any]) -> bytes:
-    return json.dumps({"type": "realtime", **session}, separators=(",", ":")).encode()
+def _session_body(session: dict[str, Any]) -> tuple[bytes, SessionTemplate | None]:
+    body = json.dumps({"type": "realtime", **session}, separators=(",", ":"), ensure_ascii=False)
+    paths = [
+        path
+        for key in TEMPLATED_KEYS
+        if key in session
+        for path in _string_paths(session[key], (key,))
+        if _has_braces(path, session)
+    ]
+    if not paths:
+        return body.encode(), None
+    templates = tuple(Template.parse(_at(session, p)) for p in paths)
+    return body.encode(), SessionTemplate(session, tuple(paths), templates)
 
 
-# --- error reporting ---------------------------------------------------------------
+def _string_paths(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
+    if isinstance(value, str):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _string_paths(item, (*path, key))
+
+
+def _at(session: Mapping[str, Any], path: tuple[str | int, ...]) -> Any:
+    node: Any = session
+    for part in path:
+        node = node[part]
+    return node
+
+
+def _has_braces(path: tuple[str | int, ...], session: Mapping[str, Any]) -> bool:
+    text = _at(session, path)
+    return "{" in text or "}" in text
+
+
+# --- the route index and unreachable routes ------------------------------------------------
+
+
+def _build_index(routes: list[Route]) -> RouteIndex:
+    always: list[int] = []
+    tables: dict[str, dict[str, list[int]]] = {
+        "called_exact": {},
+        "called_prefix": {},
+        "caller_exact": {},
+        "caller_prefix": {},
+    }
+    for i, route in enumerate(routes):
+        found = indexable(route)
+        if found is None:
+            always.append(i)
+            continue
+        party, condition = found
+        numbers = condition.sets[0]
+        for number in numbers.exact:
+            tables[f"{party}_exact"].setdefault(number, []).append(i)
+        for prefix in numbers.prefixes:
+            tables[f"{party}_prefix"].setdefault(prefix, []).append(i)
+    lengths = {len(p) for key in ("called_prefix", "caller_prefix") for p in tables[key]}
+    frozen = {name: {k: tuple(v) for k, v in table.items()} for name, table in tables.items()}
+    return RouteIndex(tuple(always), prefix_lengths=tuple(sorted(lengths)), **frozen)
+
+
+MAX_PAIRWISE = 2000
+
+
+def _unreachable(routes: list[Route], index: RouteIndex) -> Iterator[str]:
+    """Routes that an earlier route always catches first (a warning, not an error)."""
+    # Its position, found once: `routes.index()` per route made this quadratic.
+    catch_at = next((i for i, r in enumerate(routes) if not r.conditions), None)
+    always = set(index.always)
+    for j, route in enumerate(routes):
+        if catch_at is not None and j > catch_at:
+            yield (
+                f"route {route.name!r} can never match: route {routes[catch_at].name!r} before "
+                "it matches every call"
+            )
+            continue
+        if not route.conditions:
+            continue
+        earlier = _earlier_candidates(route, j, index, always)
+        if earlier is None:
+            continue
+        for i in earlier:
+            if _covers(routes[i], route):
+                yield (
+                    f"route {route.name!r} can never match: route {routes[i].name!r} before it "
+                    "matches every call it would"
+                )
+                break
+
+
+def _earlier_candidates(
+    route: Route, j: int, index: RouteIndex, always: set[int]
+) -> list[int] | None:
+    found = indexable(route)
+    if found is None:
+        earlier = [i for i in index.always if i < j] if j in always else []
+        return earlier if len(earlier) <= MAX_PAIRWISE else None
+    party, condition = found
+    numbers = condition.sets[0]
+    exact_table = index.called_exact if party == "called" else index.caller_exact
+    prefix_table = index.called_prefix if party == "called" else index.caller_prefix
+    hits = {i for i in index.always if i < j}
+    for key in (*numbers.exact, *numbers.prefixes):
+        hits.update(i for i in exact_table.get(key, ()) if i < j)
+        for n in range(1, len(key) + 1):
+            hits.update(i for i in prefix_table.get(key[:n], ()) if i < j)
+    return sorted(hits) if len(hits) <= MAX_PAIRWISE else None
+
+
+def _covers(first: Route, later: Route) -> bool:
+    """Every call `later` matches, `first` matches too (for conditions we can compare)."""
+    return all(any(_implies(d, c) for d in later.conditions) for c in first.conditions)
+
+
+def _implies(d: Condition, c: Condition) -> bool:
+    if d == c:
+        return True
+    if (
+        isinstance(d, NumberMatches)
+        and isinstance(c, NumberMatches)
+        and d.party == c.party
+        and len(d.sets) == 1
+        and len(c.sets) == 1
+        and c.regex is None
+        and not c.countries
+        and not c.types
+    ):
+        inner, outer = d.sets[0], c.sets[0]
+        return all(n in outer for n in inner.exact) and all(
+            any(p.startswith(q) for q in outer.prefixes) for p in inner.prefixes
+        )
+    return False
+
+
+# --- references checked on the raw data ----------------------------------------------------
+
+
+def _reference_issues(doc: Document) -> Iterator[ConfigIssue]:
+    data: dict[str, Any] = doc.data
+    known = {
+        kind: set(data[kind]) if isinstance(data.get(kind), dict) else set()
+        for kind in ("sessions", "lists", "schedules")
+    }
+    routes = data.get("routes")
+    seen: dict[str, int] = {}
+    if isinstance(routes, list):
+        for i, route in enumerate(routes):
+            if not isinstance(route, dict):
+                continue
+            name = route.get("name")
+            if isinstance(name, str):
+                if name in seen:
+                    yield doc.issue(
+                        ("routes", i, "name"),
+                        f"duplicate route name {name!r} (first used by routes[{seen[name]}])",
+                    )
+                seen.setdefault(name, i)
+            yield from _route_references(doc, route, ("routes", i), known)
+    if isinstance(data.get("default"), dict):
+        yield from _action_references(doc, data["default"], ("default",), known)
+
+
+def _route_references(
+    doc: Document, route: dict[str, Any], path: Path, known: dict[str, set[str]]
+) -> Iterator[ConfigIssue]:
+    yield from _action_references(doc, route, path, known)
+    for key in ("fallback",):
+        if isinstance(route.get(key), dict):
+            yield from _action_references(doc, route[key], (*path, key), known)
+    limit = route.get("rate_limit")
+    if isinstance(limit, dict) and isinstance(limit.get("over_limit"), dict):
+        yield from _action_references(
+            doc, limit["over_limit"], (*path, "rate_limit", "over_limit"), known
+        )
+    if isinstance(route.get("split"), list):
+        for i, arm in enumerate(route["split"]):
+            if isinstance(arm, dict):
+                yield from _action_references(doc, arm, (*path, "split", i), known)
+    if isinstance(route.get("match"), dict):
+        yield from _match_references(doc, route["match"], (*path, "match"), known)
+
+
+def _action_references(
+    doc: Document, action: dict[str, Any], path: Path, known: dict[str, set[str]]
+) -> Iterator[ConfigIssue]:
+    for kind in ("accept", "refer"):
+        value = action.get(kind)
+        if kind == "accept" and isinstance(value, str):
+            yield from _reference(doc, "sessions", value, (*path, kind, "session"), known)
+        elif isinstance(value, dict) and isinstance(value.get("session"), str):
+            yield from _reference(
+                doc, "sessions", value["session"], (*path, kind, "session"), known
+            )
+
+
+def _match_references(
+    doc: Document, match: dict[str, Any], path: Path, known: dict[str, set[str]]
+) -> Iterator[ConfigIssue]:
+    for party in ("caller", "called", "forwarded_from"):
+        value = match.get(party)
+        if isinstance(value, dict) and "list" in value:
+            names = value["list"] if isinstance(value["list"], list) else [value["list"]]
+            for name in names:
+                if isinstance(name, str):
+                    yield from _reference(doc, "lists", name, (*path, party, "list"), known)
+    for key in ("schedule", "outside_schedule"):
+        if isinstance(match.get(key), str):
+            yield from _reference(doc, "schedules", match[key], (*path, key), known)
+    for key in ("all", "any"):
+        if isinstance(match.get(key), list):
+            for i, sub in enumerate(match[key]):
+                if isinstance(sub, dict):
+                    yield from _match_references(doc, sub, (*path, key, i), known)
+    if isinstance(match.get("not"), dict):
+        yield from _match_references(doc, match["not"], (*path, "not"), known)
+
+
+def _reference(
+    doc: Document, kind: str, name: str, path: Path, known: dict[str, set[str]]
+) -> Iterator[ConfigIssue]:
+    if name in known[kind]:
+        return
+    singular = kind[:-1]
+    names = sorted(known[kind])
+    hint = _did_you_mean(name, names) or (
+        f" (defined: {', '.join(names)})" if names else f" (no {kind} are defined)"
+    )
+    yield doc.issue(path, f"unknown {singular} {name!r}{hint}")
+
+
+# --- error reporting ---------------------------------------------------------------------
 
 
 def _validation_issues(exc: ValidationError, doc: Document) -> Iterator[ConfigIssue]:
     seen: dict[Path, list[str]] = {}
     for error in exc.errors(include_url=False):
-        path = _data_path(doc.data, error["loc"], missing=error["type"] == "missing")
+        path = _data_path(doc.data, error["loc"], keep_last=error["type"] == "missing")
         message = _message(error, path)
         messages = seen.setdefault(path, [])
         if message not in messages:
             messages.append(message)
-    issues = [doc.issue(path, "; ".join(messages[:3])) for path, messages in seen.items()]
-    yield from sorted(issues, key=lambda i: (i.line or 0, i.column or 0))
+    for path, messages in seen.items():
+        yield doc.issue(path, "; ".join(messages[:3]))
 
 
-def _data_path(data: Any, loc: tuple[int | str, ...], *, missing: bool) -> Path:
+def _data_path(data: Any, loc: tuple[int | str, ...], *, keep_last: bool) -> Path:
     """Drop the parts of a pydantic location that name union members, not keys."""
     path: list[str | int] = []
     node = data
@@ -181,7 +547,7 @@ def _data_path(data: Any, loc: tuple[int | str, ...], *, missing: bool) -> Path:
         if _has(node, part):
             node = node[part]
             path.append(part)
-        elif missing and isinstance(node, dict) and position == len(loc) - 1:
+        elif keep_last and isinstance(part, str) and position == len(loc) - 1:
             path.append(part)  # a missing key: point at it by name
     return tuple(path)
 
@@ -196,9 +562,15 @@ def _message(error: Any, path: Path) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(path[-1]) if path else "?"
-        if key in _KNOWN_KEYS:  # e.g. `voice:` directly in a session, not under audio.output
-            return "unknown key (valid elsewhere in the file, not at this level)"
-        return "unknown key" + _did_you_mean(key, _KNOWN_KEYS)
+        models = _models_at(path[:-1])
+        allowed = {key for model in models for key in _fields(model)}
+        hint = _did_you_mean(key, allowed)
+        if hint:
+            return f"unknown key{hint}"
+        below = next((p for m in models if (p := _find_below(m, key))), None)
+        if below:
+            return f"unknown key here: {key} belongs under {below}"
+        return f"unknown key (expected one of: {', '.join(sorted(allowed))})"
     if kind == "missing":
         return "required key is missing"
     message = str(error["msg"])
@@ -210,20 +582,66 @@ def _did_you_mean(word: str, candidates: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _all_keys() -> frozenset[str]:
-    keys: set[str] = set()
-    pending: list[type[BaseModel]] = [schema.RoutesFile]
-    seen: set[type[BaseModel]] = set()
-    while pending:
-        model = pending.pop()
-        if model in seen:
-            continue
-        seen.add(model)
-        keys.update(model.model_fields)
-        for value in vars(schema).values():
-            if isinstance(value, type) and issubclass(value, BaseModel) and value not in seen:
-                pending.append(value)
-    return frozenset(keys)
+def _models_at(path: Path) -> list[type[BaseModel]]:
+    """The schema models that describe the mapping at `path` (several for a union)."""
+    candidates: list[Any] = [schema.RoutesFile]
+    for part in path:
+        candidates = [
+            following
+            for tp in candidates
+            for member in _members(tp)
+            for following in _step(member, part)
+        ]
+    return [
+        member
+        for tp in candidates
+        for member in _members(tp)
+        if isinstance(member, type) and issubclass(member, BaseModel)
+    ]
 
 
-_KNOWN_KEYS = _all_keys()
+def _fields(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _find_below(model: type[BaseModel], key: str, depth: int = 3) -> str | None:
+    """Where under `model` a key is valid (`audio.output` for `voice` in a session)."""
+    queue: list[tuple[type[BaseModel], str]] = [(model, "")]
+    for _ in range(depth):
+        following: list[tuple[type[BaseModel], str]] = []
+        for current, where in queue:
+            for name, field in current.model_fields.items():
+                for member in _members(field.annotation):
+                    if isinstance(member, type) and issubclass(member, BaseModel):
+                        inner = f"{where}.{name}" if where else name
+                        if key in _fields(member):
+                            return inner
+                        following.append((member, inner))
+        queue = following
+    return None
+
+
+def _members(tp: Any) -> list[Any]:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(tp) for m in _members(arg)]
+    return [tp]
+
+
+def _step(tp: Any, part: str | int) -> list[Any]:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        for name, field in tp.model_fields.items():
+            if part in (name, field.alias):
+                return [field.annotation]
+        return []
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple) and isinstance(part, int) and args:
+        return [args[0]]
+    if origin is dict and isinstance(part, str) and len(args) == 2:
+        return [args[1]]
+    return []
+
+
+__all__ = ["compile_rules", "format_path", "load_rules"]

@@ -1,13 +1,48 @@
-"""Compiled, immutable routing rules: RuleSet.decide(identity) -> Decision."""
+"""Compiled, immutable routing rules: RuleSet.decide(call, now) -> Decision."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from datetime import UTC, datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
-from app.sip import CallIdentity, canonical_name
+from app.rules.conditions import Condition, NumberMatches
+from app.rules.templates import (
+    Template,
+    UnsafeValue,
+    call_values,
+    quote_text,
+    uri_token,
+    validate_target_uri,
+)
+from app.sip import CallIdentity
+
+DEFAULT_ROUTE = "default"
+ACTION_KINDS = ("accept", "reject", "refer")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTemplate:
+    """A session whose strings hold placeholders; rendered per call."""
+
+    session: Mapping[str, Any]
+    paths: tuple[tuple[str | int, ...], ...]
+    """Where the templated strings are, so only they are rendered."""
+    templates: tuple[Template, ...]
+
+    def render(self, values: Mapping[str, str]) -> bytes:
+        session: Any = json.loads(json.dumps(self.session))
+        for path, template in zip(self.paths, self.templates, strict=True):
+            node = session
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = template.render(values, quote_text)
+        return _encode({"type": "realtime", **session})
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +50,7 @@ class Accept:
     body: bytes
     """JSON body of the accept request, `type: realtime` included; encoded once at load."""
 
+    template: SessionTemplate | None = None
     kind: Literal["accept"] = "accept"
 
     @property
@@ -35,11 +71,56 @@ class Refer:
     accept_body: bytes
     """REFER needs an answered call: this session is accepted first."""
 
+    target_template: Template | None = None
+    accept_template: SessionTemplate | None = None
     kind: Literal["refer"] = "refer"
 
 
 Action = Accept | Reject | Refer
-ACTION_KINDS = ("accept", "reject", "refer")
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    name: str
+    weight: int
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Weighted choice between actions, sticky per caller."""
+
+    arms: tuple[Arm, ...]
+    total: int
+    kind: Literal["split"] = "split"
+
+    def choose(self, route: str, key: str) -> Arm:
+        digest = hashlib.blake2b(f"{route}\0{key}".encode(), digest_size=8).digest()
+        point = int.from_bytes(digest, "big") % self.total
+        for arm in self.arms:
+            if point < arm.weight:
+                return arm
+            point -= arm.weight
+        return self.arms[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    calls: int
+    per_seconds: float
+    over_limit: Action
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    conditions: tuple[Condition, ...]
+    action: Action | Split
+    rate_limit: RateLimit | None = None
+    fallback: Action | None = None
+
+    def matches(self, call: CallIdentity, now: datetime) -> bool:
+        return all(condition(call, now) for condition in self.conditions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,65 +128,54 @@ class Decision:
     route: str
     action: Action
     rules_version: str
-
-
-class Condition(Protocol):
-    def __call__(self, call: CallIdentity) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class NumberIs:
-    """Caller or called number equal to one of `exact` or starting with one of `prefixes`."""
-
-    party: Literal["caller", "called"]
-    exact: frozenset[str]
-    prefixes: tuple[str, ...]
-
-    def __call__(self, call: CallIdentity) -> bool:
-        address = call.caller if self.party == "caller" else call.called
-        key = address.number_key if address is not None else None
-        if key is None:
-            return False
-        return key in self.exact or (bool(self.prefixes) and key.startswith(self.prefixes))
+    arm: str | None = None
+    fallback: Action | None = None
+    rate_limit: RateLimit | None = None
+    note: str | None = None
+    """Why the action differs from the route's (e.g. an unsafe transfer target)."""
 
 
 @dataclass(frozen=True, slots=True)
-class HeaderEquals:
-    name: str
-    value: str
+class RouteIndex:
+    """Candidate routes for a call without testing every route.
 
-    def __call__(self, call: CallIdentity) -> bool:
-        return any(v.strip() == self.value for v in call.headers.get_all(self.name))
+    A route whose match requires the called (or caller) number to be one of a few exact
+    numbers or prefixes is filed under them; all other routes are always candidates.
+    Candidates are tested in file order, so the first match still wins.
+    """
 
+    always: tuple[int, ...]
+    called_exact: Mapping[str, tuple[int, ...]]
+    called_prefix: Mapping[str, tuple[int, ...]]
+    caller_exact: Mapping[str, tuple[int, ...]]
+    caller_prefix: Mapping[str, tuple[int, ...]]
+    prefix_lengths: tuple[int, ...]
 
-@dataclass(frozen=True, slots=True)
-class HeaderPresent:
-    name: str
-    present: bool
-
-    def __call__(self, call: CallIdentity) -> bool:
-        return (canonical_name(self.name) in call.headers) is self.present
-
-
-@dataclass(frozen=True, slots=True)
-class AnonymousIs:
-    anonymous: bool
-
-    def __call__(self, call: CallIdentity) -> bool:
-        return call.anonymous is self.anonymous
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    name: str
-    conditions: tuple[Condition, ...]
-    action: Action
-
-    def matches(self, call: CallIdentity) -> bool:
-        return all(condition(call) for condition in self.conditions)
-
-
-DEFAULT_ROUTE = "default"
+    def candidates(self, call: CallIdentity) -> list[int]:
+        found: list[int] = list(self.always)
+        extra = False
+        for address, exact, prefix in (
+            (call.called, self.called_exact, self.called_prefix),
+            (call.caller, self.caller_exact, self.caller_prefix),
+        ):
+            key = address.number_key if address is not None else None
+            if key is None:
+                continue
+            hit = exact.get(key)
+            if hit:
+                found.extend(hit)
+                extra = True
+            if prefix:
+                for n in self.prefix_lengths:
+                    if n > len(key):
+                        break
+                    hit = prefix.get(key[:n])
+                    if hit:
+                        found.extend(hit)
+                        extra = True
+        if extra:
+            found = sorted(set(found))
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,20 +183,136 @@ class RuleSet:
     routes: tuple[Route, ...]
     default: Action
     version: str
-    """Content hash of the file the rules came from."""
+    """Content hash of the files the rules came from."""
     source: str
     loaded_at: float
     files: tuple[str, ...] = ()
     """Every file the rules were built from (the routes file first): what to watch."""
+    timezone: ZoneInfo = dataclasses.field(default_factory=lambda: ZoneInfo("UTC"))
+    index: RouteIndex | None = None
+    warnings: tuple[str, ...] = ()
 
-    def decide(self, call: CallIdentity) -> Decision:
-        for route in self.routes:
-            if route.matches(call):
-                return Decision(route.name, route.action, self.version)
-        return Decision(DEFAULT_ROUTE, self.default, self.version)
+    def match(self, call: CallIdentity, now: datetime) -> Route | None:
+        """The first route that matches, or None (the default applies)."""
+        order = self.index.candidates(call) if self.index is not None else range(len(self.routes))
+        routes = self.routes
+        for i in order:
+            if routes[i].matches(call, now):
+                return routes[i]
+        return None
+
+    def decide(
+        self, call: CallIdentity, now: datetime | None = None, call_id: str = ""
+    ) -> Decision:
+        now = now or datetime.now(UTC)
+        route = self.match(call, now)
+        if route is None:
+            return self._finish(call, now, DEFAULT_ROUTE, self.default, None, None, None)
+        action, arm = route.action, None
+        if isinstance(action, Split):
+            chosen = action.choose(route.name, caller_key(call) or call_id)
+            action, arm = chosen.action, chosen.name
+        return self._finish(call, now, route.name, action, arm, route.fallback, route.rate_limit)
+
+    def _finish(
+        self,
+        call: CallIdentity,
+        now: datetime,
+        route: str,
+        action: Action,
+        arm: str | None,
+        fallback: Action | None,
+        rate_limit: RateLimit | None,
+    ) -> Decision:
+        note = None
+        extra = [a for a in (fallback, rate_limit.over_limit if rate_limit else None) if a]
+        if _templated(action) or any(_templated(a) for a in extra):
+            values = call_values(call, route, now, self.timezone)
+            action, note = render(action, values)
+            if fallback is not None:
+                fallback, _ = render(fallback, values)
+            if rate_limit is not None:
+                over, _ = render(rate_limit.over_limit, values)
+                rate_limit = dataclasses.replace(rate_limit, over_limit=over)
+        return Decision(route, action, self.version, arm, fallback, rate_limit, note)
 
     def route_actions(self) -> Iterator[tuple[str, str]]:
         """(route, action kind) pairs, for pre-creating metric labels."""
         for route in self.routes:
-            yield route.name, route.action.kind
+            if isinstance(route.action, Split):
+                for arm in route.action.arms:
+                    yield route.name, arm.action.kind
+            else:
+                yield route.name, route.action.kind
+            if route.rate_limit is not None:
+                yield route.name, route.rate_limit.over_limit.kind
+            if route.fallback is not None:
+                yield route.name, route.fallback.kind
         yield DEFAULT_ROUTE, self.default.kind
+
+    def split_arms(self) -> Iterator[tuple[str, str]]:
+        for route in self.routes:
+            if isinstance(route.action, Split):
+                for arm in route.action.arms:
+                    yield route.name, arm.name
+
+
+def caller_key(call: CallIdentity) -> str:
+    """Who the caller is, for sticky splits and rate limits; empty when unknown.
+
+    An anonymous address (`sip:anonymous@anonymous.invalid`, `sip:restricted@<gateway>`,
+    RFC 3323's random `sip:c8oqz84zk7z@privacy.org`) says nothing about who calls: all
+    of them are one unknown caller, not one caller per gateway or per call."""
+    if call.caller is None or call.caller.is_anonymous:
+        return ""
+    return call.caller.number_key or call.caller.uri
+
+
+def _templated(action: Action) -> bool:
+    if isinstance(action, Accept):
+        return action.template is not None
+    if isinstance(action, Refer):
+        return action.target_template is not None or action.accept_template is not None
+    return False
+
+
+UNSAFE_TARGET_STATUS = 603
+
+
+def render(action: Action, values: Mapping[str, str]) -> tuple[Action, str | None]:
+    """The action with this call's values in; an unsafe transfer becomes a reject."""
+    if isinstance(action, Accept) and action.template is not None:
+        return Accept(action.template.render(values)), None
+    if isinstance(action, Refer):
+        target = action.target_uri
+        if action.target_template is not None:
+            try:
+                target = validate_target_uri(action.target_template.render(values, uri_token))
+            except (UnsafeValue, ValueError) as exc:
+                return Reject(UNSAFE_TARGET_STATUS), f"unsafe transfer target: {exc}"
+        body = action.accept_body
+        if action.accept_template is not None:
+            body = action.accept_template.render(values)
+        return Refer(target, body), None
+    return action, None
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def indexable(route: Route) -> tuple[str, NumberMatches] | None:
+    """The called/caller number condition a route can be filed under, if any."""
+    for party in ("called", "caller"):
+        for condition in route.conditions:
+            if (
+                isinstance(condition, NumberMatches)
+                and condition.party == party
+                and len(condition.sets) == 1
+                and condition.regex is None
+                and not condition.countries
+                and not condition.types
+                and len(condition.sets[0]) <= 1000
+            ):
+                return party, condition
+    return None

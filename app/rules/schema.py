@@ -7,11 +7,28 @@ parts of the file (a route naming a session that does not exist) are checked by 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from app.sip import canonical_name, to_e164
+from app.rules.numbers import normalise_pattern
+from app.rules.schedule import parse_dates, parse_days, parse_timezone, parse_window
+from app.rules.templates import (
+    check_target_template,
+    placeholders,
+    validate_target_uri,
+)
+from app.sip import canonical_name
 
 
 class Strict(BaseModel):
@@ -19,6 +36,16 @@ class Strict(BaseModel):
 
 
 # --- session config: the body of POST /realtime/calls/{id}/accept -----------------
+
+
+def _templates(value: Any) -> Any:
+    """Check {placeholders} in every string of a value (load-time errors)."""
+    if isinstance(value, str):
+        placeholders(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _templates(item)
+    return value
 
 
 class AudioFormat(Strict):
@@ -103,11 +130,15 @@ class Prompt(Strict):
     version: str | None = None
     variables: dict[str, Any] | None = None
 
+    _tmpl = field_validator("variables")(_templates)
+
 
 class Tracing(Strict):
     workflow_name: str | None = None
     group_id: str | None = None
     metadata: dict[str, Any] | None = None
+
+    _tmpl = field_validator("workflow_name", "group_id", "metadata")(_templates)
 
 
 class Truncation(Strict):
@@ -120,7 +151,9 @@ class Reasoning(Strict):
 
 
 class SessionConfig(Strict):
-    """A realtime session; the router adds `type: realtime` when accepting."""
+    """A realtime session; the router adds `type: realtime` when accepting.
+
+    `instructions`, `prompt.variables` and `tracing` strings may hold {placeholders}."""
 
     model: str | None = None
     instructions: str | None = None
@@ -140,31 +173,20 @@ class SessionConfig(Strict):
     reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
 
+    _tmpl = field_validator("instructions")(_templates)
+
 
 # --- matchers ---------------------------------------------------------------------
 
-_PREFIX = re.compile(r"\+?[0-9]{1,20}")
-_SEPARATORS = re.compile(r"[\s\-.()]")
 
-
-def normalise_number_pattern(pattern: str, region: str) -> str:
-    """`+1 415 555 0100` -> `+14155550100`; `+1415*` stays a prefix; `1001` an extension."""
-    text = _SEPARATORS.sub("", pattern.strip())
-    if text.endswith("*"):
-        stem = text[:-1]
-        if not _PREFIX.fullmatch(stem):
-            raise ValueError(f"{pattern!r} is not a number prefix (digits, optional +, then *)")
-        return text
-    if not _PREFIX.fullmatch(text):
-        raise ValueError(f"{pattern!r} is not a phone number")
-    e164 = to_e164(text, region)
-    if e164 is None and text.startswith("+"):
-        raise ValueError(f"{pattern!r} is not a possible E.164 number")
-    return e164 or text  # short codes and extensions are compared as dialled
+def _region(info: ValidationInfo) -> str:
+    return str((info.context or {}).get("region", "US"))
 
 
 def _number_patterns(value: Any, info: ValidationInfo) -> Any:
-    region = (info.context or {}).get("region", "US")
+    """A number, a prefix ending in `*`, or a list of them -> normalised tuple."""
+    if isinstance(value, dict):
+        return value
     items = [value] if isinstance(value, str | int) else value
     if not isinstance(items, list) or not items:
         raise ValueError("expected a number, a prefix ending in *, or a non-empty list of them")
@@ -172,36 +194,157 @@ def _number_patterns(value: Any, info: ValidationInfo) -> Any:
     for item in items:
         if isinstance(item, bool) or not isinstance(item, str | int):
             raise ValueError("numbers must be written as strings, e.g. '+14155550123'")
-        out.append(normalise_number_pattern(str(item), region))
+        out.append(normalise_pattern(str(item), _region(info)))
     return tuple(out)
 
 
-class HeaderCondition(Strict):
-    equals: str | None = None
-    present: bool | None = None
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+NumberType = Literal[
+    "fixed_line",
+    "mobile",
+    "fixed_line_or_mobile",
+    "toll_free",
+    "premium_rate",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "unknown",
+]
+
+
+class NumberCondition(Strict):
+    """Every key given must hold."""
+
+    equals: Patterns | None = None
+    prefix: Patterns | None = None
+    list: Patterns | None = None
+    """Names of lists under `lists:`; the number must be in one of them."""
+    regex: str | None = None
+    country: Patterns | None = None
+    """ISO 3166 regions, e.g. US, GB."""
+    type: tuple[NumberType, ...] | None = None
+
+    _lists = field_validator("list", "type", mode="before")(_one_or_many)
+    _re = field_validator("regex")(_regex)
+
+    @field_validator("equals", mode="before")
+    @classmethod
+    def _equals(cls, value: Any, info: ValidationInfo) -> Any:
+        result = _number_patterns(value, info)
+        if isinstance(result, tuple) and any(p.endswith("*") for p in result):
+            raise ValueError("equals takes whole numbers; use prefix: for prefixes")
+        return result
+
+    @field_validator("prefix", mode="before")
+    @classmethod
+    def _prefix(cls, value: Any, info: ValidationInfo) -> Any:
+        items = [value] if isinstance(value, str | int) else value
+        if not isinstance(items, list) or not items:
+            raise ValueError("expected a prefix or a non-empty list of prefixes")
+        return tuple(
+            normalise_pattern(str(item).rstrip("*") + "*", _region(info)) for item in items
+        )
+
+    @field_validator("country", mode="before")
+    @classmethod
+    def _country(cls, value: Any) -> Any:
+        import phonenumbers
+
+        items = _one_or_many(value)
+        if not isinstance(items, list):
+            return items
+        out = []
+        for item in items:
+            code = str(item).strip().upper()
+            if code not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(f"{item!r} is not an ISO 3166 region code (e.g. US, GB, DE)")
+            out.append(code)
+        return tuple(out)
 
     @model_validator(mode="after")
-    def _one(self) -> HeaderCondition:
-        if (self.equals is None) == (self.present is None):
-            raise ValueError("give exactly one of: equals, present")
+    def _not_empty(self) -> NumberCondition:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of: equals, prefix, list, regex, country, type")
         return self
+
+
+# YAML also takes a single string where a list is expected (normalised before validation);
+# the JSON Schema says so, for editors.
+_PATTERNS_SCHEMA = WithJsonSchema(
+    {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+)
+Patterns = Annotated[tuple[str, ...], _PATTERNS_SCHEMA]
+NumberMatch = Annotated[Patterns | NumberCondition, Field(union_mode="left_to_right")]
+
+
+class TextCondition(Strict):
+    equals: str | None = None
+    contains: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+    absent: bool | None = None
+    ignore_case: bool = False
+
+    _re = field_validator("regex")(_regex)
+
+    @model_validator(mode="after")
+    def _one(self) -> TextCondition:
+        given = [
+            k
+            for k in ("equals", "contains", "regex", "present", "absent")
+            if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("give exactly one of: equals, contains, regex, present, absent")
+        return self
+
+
+TextMatch = Annotated[str | TextCondition, Field(union_mode="left_to_right")]
 
 
 class MatchSpec(Strict):
     """All conditions given must hold."""
 
-    caller: tuple[str, ...] | None = None
-    called: tuple[str, ...] | None = None
-    headers: dict[str, str | HeaderCondition] | None = None
-    anonymous: bool | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    _numbers = field_validator("caller", "called", mode="before")(_number_patterns)
+    caller: NumberMatch | None = None
+    called: NumberMatch | None = None
+    forwarded_from: NumberMatch | None = None
+    caller_name: TextMatch | None = None
+    headers: dict[str, TextMatch] | None = None
+    anonymous: bool | None = None
+    forwarded: bool | None = None
+    """A Diversion or History-Info header is present."""
+    media_security: Literal["srtp", "rtp", "none"] | None = None
+    schedule: str | None = None
+    """Name of a schedule under `schedules:` that must hold now."""
+    outside_schedule: str | None = None
+    all: list[MatchSpec] | None = None
+    any: list[MatchSpec] | None = None
+    not_: MatchSpec | None = Field(default=None, alias="not")
+
+    _numbers = field_validator("caller", "called", "forwarded_from", mode="before")(
+        _number_patterns
+    )
 
     @field_validator("headers")
     @classmethod
-    def _header_names(
-        cls, value: dict[str, str | HeaderCondition] | None
-    ) -> dict[str, str | HeaderCondition] | None:
+    def _header_names(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
             seen: set[str] = set()
             for name in value:
@@ -213,24 +356,70 @@ class MatchSpec(Strict):
         return value
 
 
-# --- actions ----------------------------------------------------------------------
-
-_TEL = re.compile(r"tel:\+?[0-9][0-9\-.()]{1,30}(;[A-Za-z0-9\-]+(=[A-Za-z0-9\-+.%]+)?)*")
-_SIP = re.compile(
-    r"sips?:([A-Za-z0-9\-_.!~*'()&=+$,;?/%]+@)?"
-    r"([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
-    r"(;[A-Za-z0-9\-_.!~*'()%]+(=[A-Za-z0-9\-_.!~*'()%\[\]:]+)?)*"
-)
+# --- schedules and lists ----------------------------------------------------------------
 
 
-def validate_target_uri(uri: str) -> str:
-    """A single tel:, sip: or sips: URI with no embedded headers, spaces or brackets."""
-    text = uri.strip()
-    if _TEL.fullmatch(text) or (_SIP.fullmatch(text) and "?" not in text.partition("@")[2]):
-        return text
-    raise ValueError(
-        f"{uri!r} is not a transfer target: use tel:+14155550123, sip:user@host or sips:user@host"
-    )
+class ScheduleSpec(Strict):
+    timezone: str
+    weekly: dict[str, str | list[str]] = Field(default_factory=dict)
+    """Days (`mon-fri`, `sat`, `mon,wed`, `daily`) -> windows (`09:00-17:00`)."""
+    include: list[str] = Field(default_factory=list)
+    """Dates or ranges (`2026-12-24`, `2026-12-24..2026-12-26`) inside all day."""
+    exclude: list[str] = Field(default_factory=list)
+    """Dates or ranges never inside: holidays."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        parse_timezone(value)
+        return value
+
+    @field_validator("weekly")
+    @classmethod
+    def _weekly(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for days, windows in value.items():
+            parse_days(days)
+            for window in [windows] if isinstance(windows, str) else windows:
+                parse_window(window)
+        return value
+
+    @field_validator("include", "exclude", mode="before")
+    @classmethod
+    def _dates(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list):
+            items = [str(item) for item in items]  # YAML reads 2026-12-25 as a date
+            for item in items:
+                parse_dates(item)
+        return items
+
+
+class ListFile(Strict):
+    file: str
+    """Path to a .txt or .csv file, relative to the routes file."""
+    column: int = Field(default=1, ge=1)
+    """For CSV: which column holds the number."""
+
+
+class InlineList(RootModel[Patterns]):
+    model_config = ConfigDict(frozen=True)
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return _number_patterns(value, info)
+
+
+# --- actions ----------------------------------------------------------------------------
+
+
+def _target(value: str) -> str:
+    check_target_template(value)
+    if "{" in value:
+        # Check the shape with a harmless stand-in for each placeholder.
+        validate_target_uri(re.sub(r"\{[^{}]*\}", "x1", value))
+        return value.strip()
+    return validate_target_uri(value)
 
 
 class AcceptAction(SessionConfig):
@@ -244,16 +433,34 @@ class RejectAction(Strict):
 
 class ReferAction(Strict):
     target_uri: str
+    """tel:, sip: or sips:; `{placeholders}` only as the number or the user part."""
     session: str | None = None
     """Session for the short accept that REFER needs; a minimal one by default."""
 
-    _uri = field_validator("target_uri")(validate_target_uri)
+    _uri = field_validator("target_uri")(_target)
+
+
+ACTION_KEYS = ("accept", "reject", "refer")
+
+
+def _or(*others: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """Add the shorthand forms (a string, a number) to a field's JSON Schema."""
+
+    def extend(field_schema: dict[str, Any]) -> None:
+        field_schema.setdefault("anyOf", []).extend(others)
+
+    return extend
 
 
 class ActionSpec(Strict):
-    accept: AcceptAction | None = None
-    reject: RejectAction | None = None
-    refer: ReferAction | None = None
+    accept: AcceptAction | None = Field(default=None, json_schema_extra=_or({"type": "string"}))
+    """A session (by name, or inline with overrides)."""
+    reject: RejectAction | None = Field(default=None, json_schema_extra=_or({"type": "integer"}))
+    """A SIP status code, 603 Decline by default."""
+    refer: ReferAction | None = Field(default=None, json_schema_extra=_or({"type": "string"}))
+    """A tel:, sip: or sips: URI to transfer to."""
+
+    _choices: ClassVar[tuple[str, ...]] = ACTION_KEYS
 
     @field_validator("accept", mode="before")
     @classmethod
@@ -263,8 +470,6 @@ class ActionSpec(Strict):
     @field_validator("reject", mode="before")
     @classmethod
     def _reject_shorthand(cls, value: Any) -> Any:
-        if value is None:
-            return {}
         if isinstance(value, int) and not isinstance(value, bool):
             return {"status_code": value}
         return value
@@ -276,7 +481,7 @@ class ActionSpec(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _keep_bare_reject(cls, data: Any) -> Any:
+    def _bare_reject(cls, data: Any) -> Any:
         # `reject:` with nothing after it means "reject with the default code".
         if isinstance(data, dict) and "reject" in data and data["reject"] is None:
             return {**data, "reject": {}}
@@ -284,24 +489,91 @@ class ActionSpec(Strict):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ActionSpec:
-        given = [n for n in ("accept", "reject", "refer") if getattr(self, n) is not None]
+        given = [n for n in self._choices if getattr(self, n, None) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one action: accept, reject or refer"
+                f"give exactly one action: {', '.join(self._choices)}"
                 + (f" (found {', '.join(given)})" if given else "")
             )
         return self
+
+
+class ArmSpec(ActionSpec):
+    weight: int = Field(ge=0)
+    name: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration like 30s, 5m or 1h")
+        return float(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2] or "s"]
+    return value
+
+
+class RateLimitSpec(Strict):
+    calls: int = Field(ge=1)
+    per: Annotated[
+        float,
+        Field(gt=0, le=7 * 86400),
+        WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]}),
+    ]
+    """Window: seconds, or 30s / 5m / 1h."""
+    over_limit: ActionSpec = Field(
+        default_factory=lambda: ActionSpec(reject=RejectAction(status_code=486))
+    )
+
+    _per = field_validator("per", mode="before")(_duration)
 
 
 class RouteSpec(ActionSpec):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     match: MatchSpec | None = None
     """Absent: the route matches every call."""
+    split: list[ArmSpec] | None = Field(default=None, min_length=1)
+    """Weighted choice between actions (A/B tests), sticky per caller."""
+    rate_limit: RateLimitSpec | None = None
+    fallback: ActionSpec | None = None
+    """What to do when the action fails (e.g. accept failed -> reject 503)."""
+
+    _choices: ClassVar[tuple[str, ...]] = (*ACTION_KEYS, "split")
+
+    @field_validator("split")
+    @classmethod
+    def _weights(cls, value: list[ArmSpec] | None) -> list[ArmSpec] | None:
+        if value is not None:
+            if sum(arm.weight for arm in value) <= 0:
+                raise ValueError("the weights of a split must add up to more than 0")
+            names = [arm.name for arm in value if arm.name]
+            if len(names) != len(set(names)):
+                raise ValueError("arm names in a split must differ")
+        return value
 
 
 class RoutesFile(Strict):
     version: Literal[1] = 1
+    timezone: str = "UTC"
+    """Timezone of {date}, {time} and {weekday} in templates."""
+    lists: dict[str, InlineList | ListFile] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
     sessions: dict[str, SessionConfig] = Field(default_factory=dict)
     routes: list[RouteSpec] = Field(default_factory=list)
     default: ActionSpec = Field(default_factory=lambda: ActionSpec(reject=RejectAction()))
     """What happens to a call no route matches."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        parse_timezone(value)
+        return value
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of routes.yaml, for editors (yaml-language-server)."""
+    result = RoutesFile.model_json_schema(by_alias=True)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **result,
+        "title": "Switchboard routes.yaml",
+    }

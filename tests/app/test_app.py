@@ -51,6 +51,7 @@ def make_settings(**overrides: Any) -> Settings:
         "openai_base_url": BASE,
         "webhook_secrets": SECRET,
         "max_body_bytes": 4096,
+        "watch_rules": False,  # the tests' rules are not on disk (tests/app/test_reload.py)
     }
     values.update(overrides)
     return Settings(**values)

@@ -817,14 +817,16 @@ ERROR_CASES = [
     pytest.param(
         "sessions: {desk: {}}\n" + one_route("session: desk\naccept: {}"),
         [
-            "routes.yaml:4:5: routes[0].session:"
-            " unknown key (valid elsewhere in the file, not at this level)"
+            "routes.yaml:4:5: routes[0].session: unknown key here: session belongs under accept"
         ],
         id="known-key-misplaced",
     ),
     pytest.param(
         one_route("colour: red\nreject: 486"),
-        ["routes.yaml:3:5: routes[0].colour: unknown key"],
+        [
+            "routes.yaml:3:5: routes[0].colour: unknown key (expected one of: accept, fallback,"
+            " match, name, rate_limit, refer, reject, split)"
+        ],
         id="unknown-key-no-suggestion",
     ),
     # status codes
@@ -973,7 +975,8 @@ ERROR_CASES = [
         one_route("match: {headers: {X-Tier: {equals: gold, present: true}}}\nreject: 486"),
         [
             "routes.yaml:3:23: routes[0].match.headers.X-Tier:"
-            " Input should be a valid string; give exactly one of: equals, present"
+            " Input should be a valid string;"
+            " give exactly one of: equals, contains, regex, present, absent"
         ],
         id="header-equals-and-present",
     ),
@@ -981,7 +984,8 @@ ERROR_CASES = [
         one_route("match: {headers: {X-Tier: {}}}\nreject: 486"),
         [
             "routes.yaml:3:23: routes[0].match.headers.X-Tier:"
-            " Input should be a valid string; give exactly one of: equals, present"
+            " Input should be a valid string;"
+            " give exactly one of: equals, contains, regex, present, absent"
         ],
         id="header-condition-empty",
     ),
@@ -1068,7 +1072,7 @@ ERROR_CASES = [
         one_route("accept: {}\nreject: 486"),
         [
             "routes.yaml:2:5: routes[0]:"
-            " give exactly one action: accept, reject or refer (found accept, reject)"
+            " give exactly one action: accept, reject, refer, split (found accept, reject)"
         ],
         id="two-actions",
     ),
@@ -1076,13 +1080,13 @@ ERROR_CASES = [
         one_route("reject: 486\nrefer: tel:+14155550123\naccept: {}"),
         [
             "routes.yaml:2:5: routes[0]:"
-            " give exactly one action: accept, reject or refer (found accept, reject, refer)"
+            " give exactly one action: accept, reject, refer, split (found accept, reject, refer)"
         ],
         id="three-actions",
     ),
     pytest.param(
         one_route("match: {anonymous: true}"),
-        ["routes.yaml:2:5: routes[0]: give exactly one action: accept, reject or refer"],
+        ["routes.yaml:2:5: routes[0]: give exactly one action: accept, reject, refer, split"],
         id="no-action",
     ),
     pytest.param(
@@ -1195,14 +1199,13 @@ def test_several_schema_errors_are_all_reported_in_file_order() -> None:
         default: {reject: 700}
         """
     assert issues(text) == [
-        "routes.yaml:2:10: sessions.desk.voice:"
-        " unknown key (valid elsewhere in the file, not at this level)",
+        "routes.yaml:2:10: sessions.desk.voice: unknown key here: voice belongs under audio.output",
         "routes.yaml:5:31: routes[0].match.calld: unknown key (did you mean 'called'?)",
         "routes.yaml:6:5: routes[0].reject: Input should be greater than or equal to 400",
         f"routes.yaml:8:5: routes[1].refer: 'sip:agent@example.com?Subject=vip' {URI_HELP}",
-        "routes.yaml:9:5: routes[2]: give exactly one action: accept, reject or refer",
+        "routes.yaml:9:5: routes[2]: give exactly one action: accept, reject, refer, split",
         "routes.yaml:10:5: routes[3]:"
-        " give exactly one action: accept, reject or refer (found accept, reject)",
+        " give exactly one action: accept, reject, refer, split (found accept, reject)",
         "routes.yaml:13:11: default.reject: Input should be less than or equal to 699",
     ]
 

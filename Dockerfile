@@ -1,0 +1,55 @@
+# Switchboard container image: one uvicorn worker per container.
+#
+#   docker build -t switchboard .
+#   docker run --rm -p 127.0.0.1:8000:8000 --env-file .env \
+#     -v "$PWD/routes.yaml:/config/routes.yaml:ro" switchboard
+#
+# The build stage turns the source into wheels (Switchboard's and every runtime
+# dependency's); the final stage installs them offline, so it holds neither the source,
+# nor build tools, nor the development dependencies. See docs/deploy.md.
+# tests/ship/test_container.py repeats these steps outside Docker and lints this file.
+
+ARG PYTHON_IMAGE=python:3.11-slim-trixie
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN pip wheel --wheel-dir /wheels .
+
+
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-index --find-links=/wheels /wheels/switchboard-*.whl
+
+RUN groupadd --system --gid 10001 switchboard \
+    && useradd --system --uid 10001 --gid switchboard --no-create-home \
+       --home-dir /nonexistent --shell /usr/sbin/nologin switchboard
+WORKDIR /srv/switchboard
+USER 10001:10001
+
+# Mount routes.yaml (and lists/ next to it) at /config; settings come from the
+# environment (OPENAI_WEBHOOK_SECRET, OPENAI_API_KEY, ...; see .env.example).
+ENV SWITCHBOARD_HOST=0.0.0.0 \
+    SWITCHBOARD_PORT=8000 \
+    SWITCHBOARD_ROUTES_FILE=/config/routes.yaml
+EXPOSE 8000
+
+# Liveness. Slim images have no curl: urlopen raises (exit 1) on a refused connection,
+# a timeout or any non-2xx answer.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SWITCHBOARD_PORT', '8000'), timeout=3)"]
+
+# Exec form: switchboard (uvicorn) is PID 1 and gets SIGTERM from `docker stop`; it stops
+# taking connections, finishes the requests in flight (up to 10 s) and exits.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["switchboard"]
+CMD ["serve"]

@@ -1,0 +1,41 @@
+"""Per-route, per-caller call limits (N calls per window), for robocall floods.
+
+Counts every call that reaches the route, including refused ones, so a flood stays
+refused while it goes on. State is in-process and survives rule reloads by route name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from app.rules import RateLimit
+
+MAX_KEYS = 200_000
+
+
+class RateLimiter:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS
+    ) -> None:
+        self._clock = clock
+        self._max_keys = max_keys
+        self._hits: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._hits)
+
+    def allow(self, route: str, caller: str, limit: RateLimit) -> bool:
+        now = self._clock()
+        key = (route, caller)
+        hits = self._hits.get(key)
+        if hits is None or hits.maxlen != limit.calls:
+            hits = deque(hits or (), maxlen=limit.calls)
+            self._hits[key] = hits
+        self._hits.move_to_end(key)
+        over = len(hits) >= limit.calls and now - hits[0] < limit.per_seconds
+        hits.append(now)
+        while len(self._hits) > self._max_keys:
+            self._hits.popitem(last=False)  # the longest-idle caller
+        return not over

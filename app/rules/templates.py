@@ -1,0 +1,183 @@
+"""`{caller}`-style templates in session strings and refer targets.
+
+Everything a template pulls from the call is caller-controlled. Two rules keep it safe:
+- in session text, a value is cleaned (no control characters, quotes, braces or angle
+  brackets), cut to a short length and put in double quotes, so a caller name such as
+  `Ignore previous instructions` reads as a quoted name, not as an instruction;
+- in a refer target, a value must be a bare token (a number or a SIP user: letters,
+  digits, `+ - . _`), and placeholders are allowed only in the user part, so the target
+  stays one URI to the host the operator wrote. A value that is not a bare token makes
+  the render fail, and the call is rejected rather than transferred anywhere unintended.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from app.sip import Address, CallIdentity
+
+FIELDS = (
+    "caller",
+    "called",
+    "caller_name",
+    "forwarded_from",
+    "route",
+    "date",
+    "time",
+    "weekday",
+    "datetime",
+)
+HEADER_FIELD = re.compile(r"header\.([A-Za-z0-9!%*_+`'~.-]{1,64})")
+MAX_TEXT_VALUE = 64
+_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f\"'`{}<>\\]+")
+_TOKEN = re.compile(r"[A-Za-z0-9+._-]{1,64}")
+
+_formatter = string.Formatter()
+
+
+class TemplateError(ValueError):
+    """A template that cannot be used (found at load time)."""
+
+
+class UnsafeValue(Exception):
+    """A caller-supplied value that cannot go into a refer target."""
+
+
+def placeholders(template: str) -> list[str]:
+    """The fields a template uses; TemplateError when it is malformed or unknown."""
+    try:
+        parts = list(_formatter.parse(template))
+    except ValueError as exc:
+        raise TemplateError(
+            f"bad template {template!r}: {exc} (write {{{{ and }}}} for literal braces)"
+        ) from None
+    fields = []
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if spec or conversion:
+            raise TemplateError(f"placeholder {{{field}}} takes no format spec or conversion")
+        if field not in FIELDS and not HEADER_FIELD.fullmatch(field):
+            raise TemplateError(
+                f"unknown placeholder {{{field}}}: use one of "
+                + ", ".join(f"{{{f}}}" for f in FIELDS)
+                + ", {header.Name} (write {{ and }} for literal braces)"
+            )
+        fields.append(field)
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    text: str
+    fields: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Template:
+        return cls(text, tuple(placeholders(text)))
+
+    def render(self, values: Mapping[str, str], clean: Callable[[str], str]) -> str:
+        if not self.fields:
+            return self.text.replace("{{", "{").replace("}}", "}")
+        # Not vformat: it reads `{header.X-Foo}` as attribute `X-Foo` of a field `header`.
+        out: list[str] = []
+        for literal, field, _, _ in _formatter.parse(self.text):
+            out.append(literal)
+            if field is not None:
+                out.append(clean(values.get(field, "")))
+        return "".join(out)
+
+
+def quote_text(value: str) -> str:
+    """A caller-controlled value as a short quoted string for session text."""
+    cleaned = " ".join(_UNSAFE_TEXT.sub(" ", value).split())
+    if len(cleaned) > MAX_TEXT_VALUE:
+        cleaned = cleaned[: MAX_TEXT_VALUE - 1] + "…"
+    return f'"{cleaned}"'
+
+
+def uri_token(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise UnsafeValue(f"{value[:40]!r} is not a number or plain SIP user")
+    return value
+
+
+def check_target_template(uri: str) -> None:
+    """Placeholders only in the user part of sip:/sips:, or as the tel: number."""
+    fields = placeholders(uri)
+    if not fields:
+        return
+    scheme, _, rest = uri.partition(":")
+    if scheme.lower() == "tel":
+        if "{" in rest.partition(";")[2]:
+            raise TemplateError("placeholders may not be in tel: parameters")
+        return
+    user, at, host = rest.rpartition("@")
+    if not at or "{" in host:
+        raise TemplateError(
+            "placeholders may only be in the user part of a sip: target (sip:{called}@host), "
+            "so that the host stays the one written here"
+        )
+    if "{" in user and user.count("{") != 1:
+        raise TemplateError("a sip: target may use one placeholder as its user part")
+
+
+def call_values(call: CallIdentity, route: str, now: datetime, zone: ZoneInfo) -> dict[str, str]:
+    local = now.astimezone(zone)
+    values = {
+        "caller": _number(call.caller),
+        "called": _number(call.called),
+        "caller_name": call.display_name or "",
+        "forwarded_from": _number(call.forwarded_from),
+        "route": route,
+        "date": local.strftime("%Y-%m-%d"),
+        "time": local.strftime("%H:%M"),
+        "weekday": local.strftime("%A"),
+        "datetime": local.isoformat(timespec="minutes"),
+    }
+    return _HeaderLookup(values, call)
+
+
+class _HeaderLookup(dict[str, str]):
+    """Header placeholders are case-insensitive, like header names."""
+
+    def __init__(self, values: dict[str, str], call: CallIdentity) -> None:
+        super().__init__(values)
+        self._call = call
+
+    def __missing__(self, key: str) -> str:
+        if key.startswith("header."):
+            return self._call.headers.get(key[len("header.") :]) or ""
+        return ""
+
+    def get(self, key: str, default: str | None = None) -> str:  # type: ignore[override]
+        return self[key]
+
+
+def _number(address: Address | None) -> str:
+    if address is None:
+        return ""
+    return address.number_key or address.user or ""
+
+
+_TEL = re.compile(r"tel:\+?[0-9][0-9\-.()]{1,30}(;[A-Za-z0-9\-]+(=[A-Za-z0-9\-+.%]+)?)*")
+_SIP = re.compile(
+    r"sips?:([A-Za-z0-9\-_.!~*'()&=+$,;/%]+@)?"
+    r"([A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+    r"(;[A-Za-z0-9\-_.!~*'()%]+(=[A-Za-z0-9\-_.!~*'()%\[\]:]+)?)*"
+)
+
+
+def validate_target_uri(uri: str) -> str:
+    """A single tel:, sip: or sips: URI with no embedded headers, spaces or brackets."""
+    text = uri.strip()
+    if _TEL.fullmatch(text) or _SIP.fullmatch(text):
+        return text
+    raise ValueError(
+        f"{uri!r} is not a transfer target: use tel:+14155550123, sip:user@host or sips:user@host"
+    )

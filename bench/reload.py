@@ -1,0 +1,258 @@
+"""Reload time, and whether a reload stalls the event loop.
+
+For each size: `load_rules` wall time with nothing else running; then the project's own
+`RulesManager` (wired as app.main wires it, metrics included) starts (first load, in a
+worker thread) and reloads twice after the routes file changed (each: a load in a worker
+thread, then the swap on the loop), while an asyncio task sleeps 1 ms at a time and records
+every gap between its wake-ups. A gap well over 1 ms is time the loop could not run:
+webhooks would wait that long. Two reloads because the first one's predecessor (the
+startup rules) is still referenced by `RulesManager.running`, so only the second reload
+shows the cost of dropping the previous rules on the loop.
+
+Usage: python -m bench.reload [--routes 10,1000,10000] [--numbers 10000,1000000] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.metrics import Metrics
+from app.reload import RulesManager
+from app.rules import RuleSet, load_rules
+from bench.workload import (
+    LIST_SIZES,
+    REGION,
+    ROUTE_SIZES,
+    size_label,
+    table,
+    write_list,
+    write_routes,
+)
+
+TICK_SECONDS = 0.001
+IDLE_SECONDS = 0.3
+SETTLE_SECONDS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    seconds: float
+    """Wall time of the startup load or the reload, as the caller of RulesManager sees it."""
+    load_seconds: float
+    """Time the loader itself ran in the worker thread."""
+    worst_gap_ms: float
+    worst_gap_loading_ms: float
+    """Worst gap while the worker thread was loading (GIL contention)."""
+    worst_gap_after_ms: float
+    """Worst gap after the load returned: swap, metrics labels, dropping old rules."""
+    ticks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    routes: int
+    numbers: int
+    load_seconds: float | None
+    """load_rules alone, nothing else running (None: not measured here)."""
+    idle_gap_ms: float
+    """Worst tick gap with nothing to do: the timer's own resolution."""
+    startup: Phase
+    reloads: tuple[Phase, ...]
+    results: tuple[str, ...]
+
+    @property
+    def worst_gap_ms(self) -> float:
+        return max(p.worst_gap_ms for p in self.reloads)
+
+
+class _Ticker:
+    def __init__(self) -> None:
+        self.gaps: list[tuple[float, float]] = []
+        """(wake-up time, gap since the previous wake-up) in seconds."""
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        clock = time.perf_counter
+        last = clock()
+        while not self._stop:
+            await asyncio.sleep(TICK_SECONDS)
+            now = clock()
+            self.gaps.append((now, now - last))
+            last = now
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop = True
+        if self._task is not None:
+            await self._task
+
+    def worst(self, start: float, end: float) -> float:
+        """Worst gap (ms) among wake-ups in [start, end]."""
+        inside = [gap for at, gap in self.gaps if start <= at <= end]
+        return max(inside, default=0.0) * 1000
+
+    def count(self, start: float, end: float) -> int:
+        return sum(1 for at, _ in self.gaps if start <= at <= end)
+
+
+def _phase(
+    ticker: _Ticker, started: float, ended: float, span: tuple[float, float], settle_end: float
+) -> Phase:
+    load_start, load_end = span
+    # A gap that ends just after the load returned began while it ran.
+    return Phase(
+        seconds=ended - started,
+        load_seconds=load_end - load_start,
+        worst_gap_ms=ticker.worst(started, settle_end),
+        worst_gap_loading_ms=ticker.worst(started, load_end + TICK_SECONDS),
+        worst_gap_after_ms=ticker.worst(load_end + TICK_SECONDS, settle_end),
+        ticks=ticker.count(started, settle_end),
+    )
+
+
+RELOADS = 2
+
+
+async def measure_manager(path: Path) -> tuple[float, Phase, list[Phase], list[str]]:
+    """(idle worst gap ms, startup, reloads, reload results) for one routes file."""
+    spans: list[tuple[float, float]] = []
+
+    def loader(p: Path) -> RuleSet:
+        started = time.perf_counter()
+        try:
+            return load_rules(p, region=REGION)
+        finally:
+            spans.append((started, time.perf_counter()))
+
+    metrics = Metrics()
+    manager = RulesManager(
+        path, region=REGION, metrics=metrics, loader=loader, on_activate=metrics.routes_loaded
+    )
+    ticker = _Ticker()
+    ticker.start()
+    await asyncio.sleep(IDLE_SECONDS)
+    idle = ticker.worst(0.0, time.perf_counter())
+    started = time.perf_counter()
+    async with manager.running(watch=False, debounce_ms=100, sighup=False):
+        ended = time.perf_counter()
+        await asyncio.sleep(SETTLE_SECONDS)
+        startup = _phase(ticker, started, ended, spans[-1], time.perf_counter())
+        reloads: list[Phase] = []
+        results: list[str] = []
+        for n in range(RELOADS):
+            # Change the file so that the new rules differ and are swapped in.
+            with path.open("a", encoding="utf-8") as f:
+                f.write(f"# reload {n + 1} by bench.reload\n")
+            started = time.perf_counter()
+            status = await manager.reload("admin")
+            ended = time.perf_counter()
+            await asyncio.sleep(SETTLE_SECONDS)
+            reloads.append(_phase(ticker, started, ended, spans[-1], time.perf_counter()))
+            results.append(status.result)
+        await ticker.stop()
+    return idle, startup, reloads, results
+
+
+def run_size(path: Path, routes: int, numbers: int, *, plain_load: bool = True) -> ReloadResult:
+    load_seconds = None
+    if plain_load:
+        gc.collect()
+        started = time.perf_counter()
+        rules = load_rules(path, region=REGION)
+        load_seconds = time.perf_counter() - started
+        del rules
+    gc.collect()
+    idle, startup, reloads, results = asyncio.run(measure_manager(path))
+    return ReloadResult(
+        routes, numbers, load_seconds, idle, startup, tuple(reloads), tuple(results)
+    )
+
+
+def run(
+    root: Path,
+    *,
+    route_sizes: Sequence[int] = ROUTE_SIZES,
+    list_sizes: Sequence[int] = LIST_SIZES,
+    plain_load: bool = True,
+    progress: bool = True,
+) -> list[ReloadResult]:
+    results = []
+    for numbers in list_sizes:
+        directory = root / f"numbers-{numbers}"
+        list_file = directory / "spam.txt"
+        if not list_file.exists():
+            write_list(directory, numbers)
+        for routes in route_sizes:
+            routes_file = write_routes(directory, routes, list_file)
+            result = run_size(routes_file.path, routes, numbers, plain_load=plain_load)
+            results.append(result)
+            if progress:
+                print(
+                    f"  reload {size_label(routes)} routes, {size_label(numbers)} numbers: "
+                    + ", ".join(f"{p.seconds:.2f} s" for p in result.reloads)
+                    + f"; worst loop stall {result.worst_gap_ms:.1f} ms",
+                    flush=True,
+                )
+    return results
+
+
+def render(results: Sequence[ReloadResult]) -> str:
+    def gaps(p: Phase) -> str:
+        return f"{p.worst_gap_loading_ms:.0f} / {p.worst_gap_after_ms:.0f}"
+
+    header = ["routes", "listed"]
+    if any(r.load_seconds is not None for r in results):
+        header.append("load_rules alone (s)")
+    header += ["startup (s)"]
+    header += [f"reload {n + 1} (s)" for n in range(RELOADS)]
+    header += ["idle worst gap (ms)"]
+    header += [f"reload {n + 1} worst gap: loading / after (ms)" for n in range(RELOADS)]
+    rows = []
+    for r in results:
+        row = [size_label(r.routes), size_label(r.numbers)]
+        if any(x.load_seconds is not None for x in results):
+            row.append(f"{r.load_seconds:.2f}" if r.load_seconds is not None else "")
+        row.append(f"{r.startup.seconds:.2f}")
+        row += [f"{p.seconds:.2f}" for p in r.reloads]
+        row.append(f"{r.idle_gap_ms:.1f}")
+        row += [gaps(p) for p in r.reloads]
+        rows.append(row)
+    failures = [r for r in results if any(x != "success" for x in r.results)]
+    note = (
+        "\nReload results other than success: "
+        + "; ".join(f"{r.routes}x{r.numbers}: {r.results}" for r in failures)
+        + "\n"
+        if failures
+        else ""
+    )
+    return table(header, rows) + "\n" + note
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--routes", type=_sizes, default=list(ROUTE_SIZES))
+    parser.add_argument("--numbers", type=_sizes, default=list(LIST_SIZES))
+    parser.add_argument("--dir", type=Path, default=None, help="keep the generated files here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
+        root = args.dir or Path(tmp)
+        results = run(root, route_sizes=args.routes, list_sizes=args.numbers)
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()
