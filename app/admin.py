@@ -40,7 +40,7 @@ class AdminRefused(Exception):
 def install_admin(app: FastAPI, manager: RulesManager, token: SecretStr | None) -> None:
     expected = token.get_secret_value().encode() if token is not None else None
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:
         if expected is None:
             raise AdminRefused(
                 403, "the admin API is disabled: set SWITCHBOARD_ADMIN_TOKEN to enable it"
@@ -48,7 +48,8 @@ def install_admin(app: FastAPI, manager: RulesManager, token: SecretStr | None) 
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise AdminRefused(401, "a bearer token is required", REALM)
-        if not hmac.compare_digest(given.strip().encode(), expected):
+        # Headers arrive decoded as latin-1: compare the bytes that were sent.
+        if not hmac.compare_digest(given.strip().encode("latin-1"), expected):
             raise AdminRefused(401, "invalid token", f'{REALM}, error="invalid_token"')
 
     @app.exception_handler(AdminRefused)
@@ -94,6 +95,7 @@ def describe_rules(rules: RuleSet) -> dict[str, Any]:
         "loaded_at": rules.loaded_at,
         "routes": [describe_route(route) for route in rules.routes],
         "default": {"action": _kind(rules.default)},
+        "warnings": list(rules.warnings),
     }
 
 

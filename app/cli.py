@@ -132,6 +132,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(exc, file=sys.stderr)
         return 1
     app = create_app(settings, rules=rules)
+    del rules  # this frame lasts as long as the server: do not pin the first rules after a reload
     if hasattr(signal, "SIGHUP"):
         # Until the app takes SIGHUP as "reload" (at start-up), it must not end the process.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -157,6 +158,8 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
         count = len(exc.issues)
         print(f"{path}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
+    for warning in rules.warnings:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"{path}: OK, {len(rules.routes)} routes, version {rules.version}")
     return 0
 

@@ -52,7 +52,8 @@ class CallRouter:
         limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._limiter = limiter or RateLimiter()
+        # Not `limiter or ...`: an empty RateLimiter has len() 0 and is falsy.
+        self._limiter = limiter if limiter is not None else RateLimiter()
         self._controller = controller
         self._store = store
         self._metrics = metrics
@@ -129,7 +130,10 @@ class CallRouter:
         if self._limiter.allow(decision.route, caller_key(identity) or "anonymous", limit):
             return decision
         self._metrics.rate_limited.labels(decision.route).inc()
-        return replace(decision, action=limit.over_limit, fallback=None, note="rate limited")
+        # The caller did not get the split arm's action: do not count it as that arm.
+        return replace(
+            decision, action=limit.over_limit, arm=None, fallback=None, note="rate limited"
+        )
 
     async def _act(self, call_id: str, decision: Decision, deadline: float) -> Outcome:
         if self._dry_run:

@@ -71,6 +71,9 @@ class DecideResult:
     """Calls that did not land on the route the workload meant (should be 0)."""
     gc_collections: tuple[int, int, int]
     """Garbage collections (gen 0, 1, 2) during the timed calls."""
+    on_cpu: float
+    """CPU time / wall time of the timed calls: under 1, other work took the CPU away
+    (then tail latencies include time this process was not running)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +137,9 @@ def measure_rules(
     time_calls(rules, maker.calls(WARMUP_CALLS))
     measured = maker.calls(calls)
     before = _gc_counts()
+    cpu, wall = time.process_time(), time.perf_counter()
     total, parse, match, mismatches = time_calls(rules, measured)
+    on_cpu = (time.process_time() - cpu) / (time.perf_counter() - wall)
     after = _gc_counts()
     kinds: dict[str, list[int]] = defaultdict(list)
     for call, ns in zip(measured, total, strict=True):
@@ -154,6 +159,7 @@ def measure_rules(
         by_kind={kind: Stats.of_ns(ns) for kind, ns in sorted(kinds.items())},
         mismatches=mismatches + naive_mismatches,
         gc_collections=(after[0] - before[0], after[1] - before[1], after[2] - before[2]),
+        on_cpu=on_cpu,
     )
 
 
@@ -307,6 +313,10 @@ def render(results: Sequence[DecideResult], lists: Sequence[ListResult]) -> str:
     )
     notes = [
         f"mismatched decisions: {sum(r.mismatches for r in results)}",
+        "on-CPU share of the timed calls (1.00: never preempted): "
+        + ", ".join(
+            f"{size_label(r.routes)}x{size_label(r.numbers)} {r.on_cpu:.2f}" for r in results
+        ),
         "gc collections (gen0/gen1/gen2) during the timed calls: "
         + ", ".join(
             f"{size_label(r.routes)}x{size_label(r.numbers)} {'/'.join(map(str, r.gc_collections))}"

@@ -416,8 +416,9 @@ class InlineList(RootModel[Patterns]):
 def _target(value: str) -> str:
     check_target_template(value)
     if "{" in value:
-        # Check the shape with a harmless stand-in for each placeholder.
-        validate_target_uri(re.sub(r"\{[^{}]*\}", "x1", value))
+        # Check the shape with a harmless stand-in for each placeholder: digits, which
+        # fit both a tel: number and a sip: user (`x1` made every `tel:{...}` an error).
+        validate_target_uri(re.sub(r"\{[^{}]*\}", "15550100", value))
         return value.strip()
     return validate_target_uri(value)
 

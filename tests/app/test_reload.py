@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from app.main import create_app
 from app.metrics import Metrics
 from app.reload import RulesManager
 from app.rules import RuleSet, compile_rules
+from app.sip import CallIdentity
 from tests.app.test_app import BASE, make_settings
 from tests.support import incoming_event, signed
 
@@ -180,6 +183,7 @@ def test_admin_routes_shows_the_active_rules(client: TestClient, routes: Path) -
     assert "X-Customer-Tier" in vip["match"] and "gold" in vip["match"]
     assert "+18005550100" in str(main["conditions"])
     assert rules["default"] == {"action": "reject"}
+    assert rules["warnings"] == []
     assert body["last_reload"] is None
     assert body["watching"] is False
     assert body["watched_files"] == [str(routes)]
@@ -391,6 +395,44 @@ async def test_a_cancelled_caller_does_not_cancel_the_reload(routes: Path) -> No
         status = await manager.reload("admin")  # joins nothing: the first already started
         assert manager.current is not None and manager.current.version == version(RULES_B)
         assert status.result == "unchanged"
+
+
+class Probe:
+    """A condition that never matches and records the thread its rules were freed in."""
+
+    def __init__(self, freed: list[str]) -> None:
+        self.freed = freed
+
+    def __call__(self, call: CallIdentity, now: datetime) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return "probe"
+
+    def __del__(self) -> None:
+        self.freed.append(threading.current_thread().name)
+
+
+@pytest.mark.anyio
+async def test_replaced_rules_are_freed_off_the_event_loop(routes: Path) -> None:
+    # Freeing rules with a million listed numbers takes ~0.1 s: not on the loop. And the
+    # start-up rules must not stay pinned for the life of the server.
+    freed: list[str] = []
+    loads: list[int] = []
+
+    def load(path: Path) -> RuleSet:
+        loads.append(1)
+        rules = compile_rules(RULES_A if len(loads) == 1 else RULES_B, str(path), region="US")
+        if len(loads) > 1:
+            return rules
+        probe = dataclasses.replace(rules.routes[0], name="probe", conditions=(Probe(freed),))
+        return dataclasses.replace(rules, routes=(*rules.routes, probe))
+
+    manager = RulesManager(routes, region="US", metrics=Metrics(), loader=load)
+    async with manager.running(watch=False, debounce_ms=50, sighup=False):
+        assert (await manager.reload("admin")).result == "success"
+        assert len(freed) == 1
+        assert freed[0] != threading.main_thread().name
 
 
 async def wait_for(condition: Callable[[], bool], what: str, limit: float = 20) -> None:

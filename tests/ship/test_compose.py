@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import main as switchboard
 from app.metrics import Metrics
+from app.rules import load_rules
 from tests.ship.support import (
     REPO,
     final_stage,
@@ -126,11 +127,16 @@ def test_routes_and_lists_are_mounted_read_only(
     assert map_container_path(str(lists_dir), mounts) == REPO / "lists"
     for mount in mounts:
         assert mount.read_only, f"{mount.target} should be mounted read-only"
-    # What the container would load is a valid routes file.
+    # What the container would load is a valid routes file, and every file it is built
+    # from (number lists...) is inside the mounts, so the container can read it too.
     monkeypatch.chdir(tmp_path)
     for key in [k for k in os.environ if k.startswith("SWITCHBOARD_")]:
         monkeypatch.delenv(key)
     assert switchboard(["check", str(routes)]) == 0
+    mounted = [m.host_path() for m in mounts]
+    for used in load_rules(routes, region="US").files:
+        path = Path(used).resolve()
+        assert any(path == m or m in path.parents for m in mounted), f"{used} is not mounted"
 
 
 def test_monitoring_profile_runs_prometheus_on_the_repo_config(compose: dict[str, Any]) -> None:

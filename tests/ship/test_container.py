@@ -351,6 +351,8 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
     )
     command = image_command()
     command[0] = str(venv / "bin" / command[0])
+    probe = healthcheck(final)
+    probe[0] = str(venv / "bin" / "python")
     log = tmp_path / "serve.log"
     process = start(command, cwd=workdir, env=env, log=log)
     try:
@@ -358,8 +360,6 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
         assert ready.json()["dry_run"] is True
         assert ready.json()["rules_source"].endswith("routes.yaml")
 
-        probe = healthcheck(final)
-        probe[0] = str(venv / "bin" / "python")
         assert subprocess.run(probe, env=env, timeout=30, check=False).returncode == 0
 
         simulate = subprocess.run(
@@ -386,3 +386,5 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
     assert "Finished server process" in log.read_text()
     probe_after = subprocess.run(probe, env=env, capture_output=True, timeout=30, check=False)
     assert probe_after.returncode != 0, "the health check must fail once the service is gone"
+    for heavy in (venv, wheels):  # pytest keeps tmp dirs around
+        shutil.rmtree(heavy, ignore_errors=True)

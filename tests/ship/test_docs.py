@@ -1,7 +1,8 @@
 """Every command shown in the docs is exercised by a test, so the docs cannot rot.
 
-Every line of a ```sh block (also ```shell, ```bash, ```console) in README.md and docs/*.md
-is a command. Each one must be listed in COVERED below, with how it is covered:
+Every line of a ```sh block (also ```shell, ```bash, ```zsh) in README.md and docs/*.md is
+a command; in a transcript (a block with `$ ` prompts, or a ```console block) only the `$ `
+lines are. Each one must be listed in COVERED below, with how it is covered:
 
 - RUN: run for real, verbatim, with bash, in a copy of the repository in which the
   documented `./scripts/serve` was started first, as a reader following the docs would
@@ -32,6 +33,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +49,6 @@ from tests.ship.support import (
     free_port,
     image_command,
     load_compose,
-    map_container_path,
     service_environment,
     service_mounts,
     start,
@@ -360,6 +361,7 @@ def test_documented_commands_run(tmp_path: Path) -> None:
                 assert expect in result.stdout, f"{command.where}: {command.text}\n{output}"
     finally:
         returncode = stop(process)
+        shutil.rmtree(repo / ".venv", ignore_errors=True)  # pytest keeps tmp dirs around
     assert returncode in (0, -15), log.read_text()
 
 
@@ -513,28 +515,38 @@ class DockerCommands:
             assert services["switchboard"]["env_file"] in (".env", [".env"])
 
     def in_container(self, argv: list[str], env: dict[str, str], mounts: list[Mount]) -> None:
-        """Run `switchboard ...` as the container would, with /config mapped to the host."""
+        """Run `switchboard ...` as the container would: in a directory tree holding only
+        what the bind mounts put there, at their container paths."""
         assert argv[0] == "switchboard"
         subcommand, args = argv[1], argv[2:]
         if subcommand == "serve":
             return  # started for real from the installed wheel in test_container.py
         assert subcommand == "check", f"teach the docs test `switchboard {subcommand}`"
-        routes = map_container_path(env["SWITCHBOARD_ROUTES_FILE"], mounts)
-        assert routes is not None and routes.is_file(), "the routes file is not mounted"
-        mapped = []
-        for arg in args:
-            host = map_container_path(arg, mounts) if arg.startswith("/") else None
-            assert not arg.startswith("/") or host is not None, f"{arg} is not mounted"
-            mapped.append(str(host) if host else arg)
+        root = Path(tempfile.mkdtemp(dir=self.tmp_path))
+        for mount in mounts:
+            assert mount.bind, "only bind mounts are modelled"
+            target = root / mount.target.lstrip("/")
+            if mount.host_path().is_dir():
+                shutil.copytree(mount.host_path(), target)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(mount.host_path(), target)
+
+        def inside(path: str) -> str:
+            assert path.startswith("/"), f"{path}: the image's WORKDIR holds nothing"
+            assert (root / path.lstrip("/")).exists(), f"{path} is not mounted"
+            return str(root / path.lstrip("/"))
+
         with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(self.tmp_path)
+            mp.chdir(root)
             for key in [k for k in os.environ if k.startswith("SWITCHBOARD_")]:
                 mp.delenv(key)
             for key, value in env.items():
                 if key.startswith("SWITCHBOARD_"):
                     mp.setenv(key, value)
-            mp.setenv("SWITCHBOARD_ROUTES_FILE", str(routes))
-            assert switchboard(["check", *mapped]) == 0
+            mp.setenv("SWITCHBOARD_ROUTES_FILE", inside(env["SWITCHBOARD_ROUTES_FILE"]))
+            paths = [inside(a) if not a.startswith("-") else a for a in args]
+            assert switchboard(["check", *paths]) == 0
 
 
 def env_file_settings() -> dict[str, str]:

@@ -10,7 +10,8 @@
     `# warning: <text>`        the block compiles with an unreachable-route warning holding
                                <text> (every other block must compile without warnings)
     `SWITCHBOARD_DEFAULT_REGION=XX` in those comments: compile with region XX (else US)
-  A yaml block that is a list of sample calls (or `calls:`) is loaded as a sample calls file.
+  A yaml block that is a list of sample calls (or `calls:`) is a sample calls file: it must
+  load, and a `$ switchboard test` example must run it.
 - A block preceded by `<!-- file: NAME -->` is also a file that other examples use: list
   files (next to docs/routes.md for the compile checks) and the routes, calls and header
   files of the commands.
@@ -18,7 +19,8 @@
   directory holding those files. `NAME=value` words before it are set in the environment,
   `> FILE` writes standard output to FILE, and a trailing `# exit status N` is the expected
   exit code (0 otherwise). Every non-blank line shown after the command, other than `...`,
-  must appear in its output, in that order (12-hex-digit rules versions may differ).
+  must appear in its standard output or error, in order within each (12-hex-digit rules
+  versions may differ).
 """
 
 from __future__ import annotations
@@ -196,9 +198,12 @@ def test_the_doc_has_examples() -> None:
 def test_yaml_example(block: Block, tmp_path: Path) -> None:
     write_files(files_for(block), tmp_path / "docs")
     if is_sample_calls(block):
+        # Loaded here; run by a `$ switchboard test` example of the doc.
         path = tmp_path / "calls.yaml"
         path.write_text(block.text, encoding="utf-8")
         assert load_samples(path)
+        runs = [c.argv[1:2] for b in SH_BLOCKS for c in parse_commands(b) if c.argv[0] == "test"]
+        assert [block.file] in runs, f"{DOC_NAME}:{block.line}: no `switchboard test` runs it"
         return
     text = routes_text(block)
     error = block.marker("error")
@@ -316,16 +321,20 @@ def test_sh_example(
             (tmp_path / command.redirect).write_text(out, encoding="utf-8")
             out = ""
         assert code == command.exit_code, f"{where}\nexit status {code}\n{out}{err}"
-        actual = [_normal(line) for line in (out + err).splitlines()]
+        streams = [[_normal(line) for line in text.splitlines()] for text in (out, err)]
+        positions = [0, 0]
         shown = [_normal(s) for s in command.shown if s.strip() and s.strip() != "..."]
         if command.redirect is None:
             assert shown, f"{where}: show at least one line of its output"
-        position = 0
         for line in shown:
-            try:
-                position = actual.index(line, position) + 1
-            except ValueError:
-                output = "\n".join(actual)
+            # In order within standard output and within standard error, which a terminal
+            # interleaves.
+            for n, stream in enumerate(streams):
+                if line in stream[positions[n] :]:
+                    positions[n] = stream.index(line, positions[n]) + 1
+                    break
+            else:
+                output = "\n".join(streams[0] + streams[1])
                 pytest.fail(f"{where}\nline not in the output: {line!r}\noutput:\n{output}")
 
 

@@ -202,3 +202,21 @@ def test_committed_schema_file_is_current(capsys: pytest.CaptureFixture[str]) ->
         .read_text()
         .startswith("# yaml-language-server: $schema=./routes.schema.json")
     )
+
+
+def test_check_warns_about_routes_that_can_never_match(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (workdir / "routes.yaml").write_text(
+        "routes:\n"
+        "  - {name: all-415, match: {called: '+1415*'}, accept: {}}\n"
+        "  - {name: one-415, match: {called: '+14155550100'}, reject: {}}\n"
+        "  - {name: other, match: {called: '+14165550100'}, reject: {}}\n"
+    )
+    assert main(["check"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "routes.yaml: warning: route 'one-415' can never match: "
+        "route 'all-415' before it matches every call it would\n"
+    )
+    assert "OK, 3 routes" in captured.out
