@@ -34,11 +34,20 @@ class CallControlError(Exception):
 
     retryable = False
 
-    def __init__(self, operation: Operation, detail: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        operation: Operation,
+        detail: str,
+        status: int | None = None,
+        *,
+        uncertain: bool = False,
+    ) -> None:
         super().__init__(f"{operation} failed: {detail}")
         self.operation = operation
         self.detail = detail
         self.status = status
+        self.uncertain = uncertain
+        """Sent but unanswered: the API may have carried it out."""
 
 
 class CallGone(CallControlError):
@@ -146,10 +155,10 @@ class CallControl:
             except httpx.TimeoutException as exc:
                 # Sent but unanswered: it may have taken effect, so do not repeat it here.
                 self._observe(operation, "timeout", self._clock() - started)
-                raise UpstreamUnavailable(operation, _describe(exc)) from None
+                raise UpstreamUnavailable(operation, _describe(exc), uncertain=True) from None
             except httpx.HTTPError as exc:
                 self._observe(operation, "connection_error", self._clock() - started)
-                raise UpstreamUnavailable(operation, _describe(exc)) from None
+                raise UpstreamUnavailable(operation, _describe(exc), uncertain=True) from None
             else:
                 status = response.status_code
                 self._observe(operation, _status_label(status), self._clock() - started)

@@ -223,18 +223,17 @@ def _explain(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime
 
     from app.explain import explain, sample_call, to_json, to_text
-    from app.simulate import parse_header_line
+    from app.simulate import parse_header_block, parse_header_line
 
     try:
-        lines = list(args.header)
+        headers = [parse_header_line(line) for line in args.header]
         if args.headers_file is not None:
             raw = (
                 sys.stdin.read()
                 if str(args.headers_file) == "-"
                 else args.headers_file.read_text(encoding="utf-8")
             )
-            lines += [line for line in raw.splitlines() if line.strip()]
-        headers = [parse_header_line(line) for line in lines]
+            headers += parse_header_block(raw)
         now = datetime.fromisoformat(args.time) if args.time else datetime.now(UTC)
         if now.tzinfo is None:
             raise ValueError("--time needs a UTC offset, e.g. 2026-11-24T10:00:00-08:00")

@@ -76,7 +76,9 @@ def create_app(
         )
     router = CallRouter(
         controller=controller,
-        store=store or MemoryCallStateStore(horizon_seconds=settings.dedupe_horizon_seconds),
+        store=store
+        if store is not None
+        else MemoryCallStateStore(horizon_seconds=settings.dedupe_horizon_seconds),
         metrics=metrics,
         policy=IdentityPolicy(
             default_region=settings.default_region,

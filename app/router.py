@@ -36,6 +36,8 @@ class Outcome:
     name: str
     retryable: bool = False
     error: str | None = None
+    uncertain: bool = False
+    """The failed request may still have taken effect (it timed out)."""
 
 
 class CallRouter:
@@ -142,6 +144,8 @@ class CallRouter:
         fallback = decision.fallback
         if fallback is None or outcome.name not in ("failed", "upstream_error"):
             return outcome
+        if outcome.uncertain:
+            return outcome  # the call may be answered already: a fallback could act twice
         # The route's own action failed: the fallback gets its own short budget.
         budget = max(deadline, self._clock() + CLEANUP_SECONDS)
         second = await self._perform(call_id, fallback, budget)
@@ -164,7 +168,7 @@ class CallRouter:
             return Outcome("caller_gone")
         except CallControlError as exc:
             name = "upstream_error" if exc.retryable else "failed"
-            return Outcome(name, retryable=exc.retryable, error=str(exc))
+            return Outcome(name, exc.retryable, str(exc), exc.uncertain)
         return await self._transfer(call_id, action, deadline)
 
     async def _transfer(self, call_id: str, action: Refer, deadline: float) -> Outcome:

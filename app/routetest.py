@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from app.explain import action_fields, sample_call
-from app.rules import RuleSet
+from app.rules import RulesError, RuleSet
+from app.rules.source import parse_yaml
 from app.simulate import parse_header_line
 from app.sip import IdentityPolicy
 
@@ -63,11 +63,12 @@ class SampleFileError(Exception):
 
 def load_samples(path: Path) -> list[SampleCall]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # The routes file's loader: `+14155550123` unquoted stays text, not a number.
+        data = parse_yaml(path.read_text(encoding="utf-8"), str(path)).data
     except (OSError, UnicodeDecodeError) as exc:
         raise SampleFileError(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SampleFileError(f"{path}: invalid YAML: {exc}") from None
+    except RulesError as exc:
+        raise SampleFileError(str(exc)) from None
     if isinstance(data, dict) and "calls" in data:
         data = data["calls"]
     try:

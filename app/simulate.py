@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -20,6 +21,31 @@ def parse_header_line(line: str) -> tuple[str, str]:
     if not sep or not name.strip() or " " in name.strip():
         raise ValueError(f"expected 'Name: value', got {line!r}")
     return name.strip(), value.strip()
+
+
+_START_LINE = re.compile(r"[A-Z]+ \S+ SIP/2\.0|SIP/2\.0 \d{3}.*")
+
+
+def parse_header_block(text: str) -> list[tuple[str, str]]:
+    """Headers from a pasted SIP message: the request line is skipped, folded lines are
+    joined, and the headers end at the first blank line (the SDP body is not headers)."""
+    headers: list[tuple[str, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            if headers:
+                break
+            continue
+        if not headers and _START_LINE.fullmatch(line.strip()):
+            continue
+        if line[0] in " \t" and headers:
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value} {line.strip()}")
+            continue
+        try:
+            headers.append(parse_header_line(line))
+        except ValueError as exc:
+            raise ValueError(f"line {number}: {exc}") from None
+    return headers
 
 
 def invite_headers(

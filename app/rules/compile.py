@@ -34,7 +34,7 @@ from app.rules.conditions import (
     TextMatches,
 )
 from app.rules.errors import ConfigIssue, RulesError
-from app.rules.numbers import ListFileError, NumberSet, load_number_file
+from app.rules.numbers import ListFileError, NumberSet, e164_prefix_hint, load_number_file
 from app.rules.ruleset import (
     Accept,
     Action,
@@ -53,8 +53,12 @@ from app.rules.schedule import build_schedule, parse_timezone
 from app.rules.source import Document, Path, format_path, parse_yaml
 from app.rules.templates import Template
 
-# Session strings that may hold {placeholders}.
-TEMPLATED_KEYS = ("instructions", "prompt", "tracing")
+# Session strings that may hold {placeholders} (the schema checks exactly these).
+TEMPLATED_KEYS: tuple[tuple[str, ...], ...] = (
+    ("instructions",),
+    ("prompt", "variables"),
+    ("tracing",),
+)
 
 
 def load_rules(path: FilePath, *, region: str) -> RuleSet:
@@ -92,6 +96,7 @@ class _Compiler:
         self.base = FilePath(doc.file).parent
         self.issues: list[ConfigIssue] = []
         self.files: list[str] = [doc.file]
+        self.warnings: list[str] = []
         self.digest = hashlib.sha256()
 
     def build(self, text: str) -> RuleSet:
@@ -119,7 +124,7 @@ class _Compiler:
             files=tuple(self.files),
             timezone=parse_timezone(self.spec.timezone),
             index=index,
-            warnings=tuple(_unreachable(routes, index)),
+            warnings=(*dict.fromkeys(self.warnings), *_unreachable(routes, index)),
         )
 
     # --- lists, routes, actions ---------------------------------------------------------
@@ -217,6 +222,14 @@ class _Compiler:
         return conditions[0] if len(conditions) == 1 else AllOf(conditions)
 
     def _number(self, party: Any, value: tuple[str, ...] | schema.NumberCondition) -> NumberMatches:
+        patterns = value if isinstance(value, tuple) else (value.prefix or ())
+        for pattern in patterns:
+            hint = e164_prefix_hint(pattern[:-1], self.region) if pattern.endswith("*") else None
+            if hint is not None:
+                self.warnings.append(
+                    f"prefix {pattern} is compared as dialled (extensions, short codes), but "
+                    f"numbers arrive in E.164: for national numbers write {hint}*"
+                )
         if isinstance(value, tuple):
             return NumberMatches(party, (NumberSet.of(value),), label=_patterns_label(value))
         sets: list[NumberSet] = []
@@ -297,9 +310,9 @@ def _session_body(session: dict[str, Any]) -> tuple[bytes, SessionTemplate | Non
     body = json.dumps({"type": "realtime", **session}, separators=(",", ":"), ensure_ascii=False)
     paths = [
         path
-        for key in TEMPLATED_KEYS
-        if key in session
-        for path in _string_paths(session[key], (key,))
+        for where in TEMPLATED_KEYS
+        if _exists(session, where)
+        for path in _string_paths(_at(session, where), where)
         if _has_braces(path, session)
     ]
     if not paths:
@@ -314,6 +327,15 @@ def _string_paths(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str
     elif isinstance(value, dict):
         for key, item in value.items():
             yield from _string_paths(item, (*path, key))
+
+
+def _exists(session: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = session
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _at(session: Mapping[str, Any], path: tuple[str | int, ...]) -> Any:

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 
 from app.rules.numbers import NumberSet, number_info
 from app.rules.schedule import Schedule
-from app.sip import Address, CallIdentity, canonical_name
+from app.sip import Address, CallIdentity
 
 # Caller-controlled text is cut before a regular expression sees it (bounded work).
 MAX_REGEX_INPUT = 512
@@ -135,8 +135,7 @@ class ForwardedIs:
     forwarded: bool
 
     def __call__(self, call: CallIdentity, now: datetime) -> bool:
-        headers = call.headers
-        found = canonical_name("diversion") in headers or canonical_name("history-info") in headers
+        found = call.forwarded_from is not None or "diversion" in call.headers
         return found is self.forwarded
 
     def describe(self) -> str:

@@ -57,6 +57,26 @@ def normalise_pattern(pattern: str, region: str) -> str:
     return e164 or text  # short codes and extensions are compared as dialled
 
 
+def e164_prefix_hint(stem: str, region: str) -> str | None:
+    """The E.164 form of a prefix written nationally (`020` in GB -> `+4420`, `0049` in
+    DE -> `+49`), or None. Such a prefix is compared as dialled, which suits extensions
+    but never matches a number the trunk sent in E.164, hence a warning at load."""
+    if stem.startswith("+"):
+        return None
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    if metadata is None:
+        return None
+    international = metadata.international_prefix
+    if international:
+        found = re.match(international, stem)
+        if found and found.end() < len(stem):
+            return "+" + stem[found.end() :]
+    trunk = metadata.national_prefix
+    if trunk and stem.startswith(trunk) and len(stem) > len(trunk) + 1:
+        return f"+{metadata.country_code}{stem[len(trunk) :]}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class NumberSet:
     exact: frozenset[str] = frozenset()
@@ -139,7 +159,7 @@ def load_number_file(path: Path, region: str, *, column: int = 1) -> NumberSet:
         if not value:
             continue
         # Fast path: already E.164 (what carriers and exports mostly hold).
-        if value[0] == "+" and value[1:].isdigit() and 7 <= len(value) <= 16:
+        if value[0] == "+" and value[1:].isdigit() and 8 <= len(value) <= 16:
             exact.add(value)
             continue
         try:

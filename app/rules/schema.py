@@ -7,6 +7,7 @@ parts of the file (a route naming a session that does not exist) are checked by 
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -227,6 +228,15 @@ NumberType = Literal[
 ]
 
 
+_TYPE_NAMES = list(typing.get_args(NumberType))
+NumberTypes = Annotated[
+    tuple[NumberType, ...],
+    WithJsonSchema(
+        {"anyOf": [{"enum": _TYPE_NAMES}, {"type": "array", "items": {"enum": _TYPE_NAMES}}]}
+    ),
+]
+
+
 class NumberCondition(Strict):
     """Every key given must hold."""
 
@@ -237,7 +247,7 @@ class NumberCondition(Strict):
     regex: str | None = None
     country: Patterns | None = None
     """ISO 3166 regions, e.g. US, GB."""
-    type: tuple[NumberType, ...] | None = None
+    type: NumberTypes | None = None
 
     _lists = field_validator("list", "type", mode="before")(_one_or_many)
     _re = field_validator("regex")(_regex)
@@ -317,6 +327,13 @@ class TextCondition(Strict):
 TextMatch = Annotated[str | TextCondition, Field(union_mode="left_to_right")]
 
 
+def _as_text(value: Any) -> Any:
+    """`X-Priority: 1` is the text "1": YAML would make it a number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 class MatchSpec(Strict):
     """All conditions given must hold."""
 
@@ -334,13 +351,25 @@ class MatchSpec(Strict):
     schedule: str | None = None
     """Name of a schedule under `schedules:` that must hold now."""
     outside_schedule: str | None = None
-    all: list[MatchSpec] | None = None
-    any: list[MatchSpec] | None = None
+    all: list[MatchSpec] | None = Field(default=None, min_length=1)
+    any: list[MatchSpec] | None = Field(default=None, min_length=1)
     not_: MatchSpec | None = Field(default=None, alias="not")
 
     _numbers = field_validator("caller", "called", "forwarded_from", mode="before")(
         _number_patterns
     )
+
+    @field_validator("caller_name", mode="before")
+    @classmethod
+    def _name_text(cls, value: Any) -> Any:
+        return _as_text(value)
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _header_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {name: _as_text(v) for name, v in value.items()}
+        return value
 
     @field_validator("headers")
     @classmethod
@@ -539,6 +568,13 @@ class RouteSpec(ActionSpec):
     """What to do when the action fails (e.g. accept failed -> reject 503)."""
 
     _choices: ClassVar[tuple[str, ...]] = (*ACTION_KEYS, "split")
+
+    @field_validator("name")
+    @classmethod
+    def _not_default(cls, value: str) -> str:
+        if value == "default":
+            raise ValueError("'default' names the action for calls no route matches; pick another")
+        return value
 
     @field_validator("split")
     @classmethod

@@ -152,7 +152,7 @@ class _HeaderLookup(dict[str, str]):
 
     def __missing__(self, key: str) -> str:
         if key.startswith("header."):
-            return self._call.headers.get(key[len("header.") :]) or ""
+            return (self._call.headers.get(key[len("header.") :]) or "").strip()
         return ""
 
     def get(self, key: str, default: str | None = None) -> str:  # type: ignore[override]
@@ -160,8 +160,8 @@ class _HeaderLookup(dict[str, str]):
 
 
 def _number(address: Address | None) -> str:
-    if address is None:
-        return ""
+    if address is None or address.is_anonymous:
+        return ""  # never `anonymous` or a privacy service's random token
     return address.number_key or address.user or ""
 
 

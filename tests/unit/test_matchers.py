@@ -699,6 +699,7 @@ def test_text_match(match: str, call: dict[str, Any], expected: bool) -> None:
 
 DIVERSION = ("Diversion", "<sip:+14155550123@pbx.example.com>;reason=no-answer")
 HISTORY = ("History-Info", "<sip:+14155550123@pbx.example.com>;index=1")
+HISTORY_TARGET = ("History-Info", "<sip:+18005550100@sip.api.openai.com;cause=302>;index=1.1")
 ANONYMOUS_FROM = '"Anonymous" <sip:anonymous@anonymous.invalid>;tag=1928301774'
 
 FLAG_CASES = [
@@ -710,7 +711,13 @@ FLAG_CASES = [
     ),
     pytest.param("{anonymous: true}", invite(caller=None), True, id="anonymous-no-from"),
     pytest.param("{forwarded: true}", invite(DIVERSION), True, id="forwarded-diversion"),
-    pytest.param("{forwarded: true}", invite(HISTORY), True, id="forwarded-history-info"),
+    pytest.param(
+        "{forwarded: true}", invite(HISTORY, HISTORY_TARGET), True, id="forwarded-history-info"
+    ),
+    # One History-Info entry records the call's target, not a redirection.
+    pytest.param(
+        "{forwarded: true}", invite(HISTORY), False, id="history-info-without-redirection"
+    ),
     pytest.param("{forwarded: true}", invite(), False, id="forwarded-not"),
     pytest.param("{forwarded: false}", invite(), True, id="not-forwarded"),
     pytest.param("{forwarded: false}", invite(DIVERSION), False, id="not-forwarded-but-is"),
@@ -790,7 +797,6 @@ COMBINATOR_CASES = [
         True,
         id="all-of-any-and-not",
     ),
-    pytest.param("{all: []}", invite(), True, id="all-empty-matches"),
 ]
 
 
@@ -1809,3 +1815,28 @@ def test_warnings_do_not_change_decisions() -> None:
         "route 'gold' can never match: route 'everyone' before it matches every call",
     )
     assert ruleset.decide(invite(), NOON).action == Reject(480)
+
+
+@pytest.mark.parametrize("combinator", ["all", "any"])
+def test_empty_combinators_are_errors(combinator: str) -> None:
+    text = f"routes:\n  - name: a\n    match: {{{combinator}: []}}\n    reject: {{}}\n"
+    with pytest.raises(RulesError) as caught:
+        compile_rules(text, "routes.yaml", region="US")
+    assert str(caught.value) == (
+        f"routes.yaml:3:13: routes[0].match.{combinator}:"
+        " List should have at least 1 item after validation, not 0"
+    )
+
+
+def test_national_prefixes_warn_with_their_e164_form() -> None:
+    text = (
+        "routes:\n"
+        "  - {name: london, match: {caller: '020*'}, reject: {}}\n"
+        "  - {name: extensions, match: {called: '10*'}, reject: {}}\n"
+    )
+    rules = compile_rules(text, "routes.yaml", region="GB")
+    assert rules.warnings == (
+        "prefix 020* is compared as dialled (extensions, short codes), but numbers arrive "
+        "in E.164: for national numbers write +4420*",
+    )
+    assert compile_rules(text, "routes.yaml", region="US").warnings == ()

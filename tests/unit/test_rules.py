@@ -816,9 +816,7 @@ ERROR_CASES = [
     ),
     pytest.param(
         "sessions: {desk: {}}\n" + one_route("session: desk\naccept: {}"),
-        [
-            "routes.yaml:4:5: routes[0].session: unknown key here: session belongs under accept"
-        ],
+        ["routes.yaml:4:5: routes[0].session: unknown key here: session belongs under accept"],
         id="known-key-misplaced",
     ),
     pytest.param(
