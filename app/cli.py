@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,7 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = ".".join(str(p) for p in error["loc"])
             print(f"switchboard: setting {name}: {error['msg']}", file=sys.stderr)
         return 2
-    result: int = args.handler(args, settings)
+    try:
+        result: int = args.handler(args, settings)
+    except BrokenPipeError:
+        # `switchboard schema | head`: the reader left; there is nobody to tell.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result
 
 
