@@ -7,6 +7,10 @@ For each size (routes x listed numbers) the same generated calls are timed three
   if route.matches(call, now)` (fewer calls at large sizes: it is slow);
 - list lookup alone: `number in NumberSet` against `any(number == x for x in a_list)`.
 
+Each call also notes whether the OS preempted the thread during it (involuntary context
+switches, read outside the timed span): on a shared machine the "not preempted" columns
+show the code's own cost, the others what a caller would have seen.
+
 Usage: python -m bench.decide [--routes 10,1000,10000] [--numbers 10000,1000000]
                               [--calls 20000] [--dir DIR]
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import resource
 import tempfile
 import time
 from collections import defaultdict
@@ -64,6 +69,9 @@ class DecideResult:
     """Headers(...) + identify alone."""
     match: Stats
     """rules.decide alone."""
+    quiet: Stats
+    """Total, over the calls during which the OS did not preempt this thread."""
+    preempted_share: float
     naive: Stats
     """identify + decide with the index removed: every route tested in order."""
     by_kind: dict[str, Stats]
@@ -90,28 +98,43 @@ def _policy() -> IdentityPolicy:
     return IdentityPolicy(default_region=REGION)
 
 
-def time_calls(
-    rules: RuleSet, calls: Sequence[Call]
-) -> tuple[list[int], list[int], list[int], int]:
-    """(total, parse, decide) nanoseconds per call, and how many calls went elsewhere."""
+@dataclass(slots=True)
+class Timings:
+    total: list[int]
+    parse: list[int]
+    match: list[int]
+    preempted: list[bool]
+    """Whether the OS switched this thread out involuntarily during the call."""
+    mismatches: int
+
+
+RUSAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
+def _involuntary_switches() -> int:
+    return resource.getrusage(RUSAGE).ru_nivcsw
+
+
+def time_calls(rules: RuleSet, calls: Sequence[Call]) -> Timings:
+    """Per-call nanoseconds: total, identify, decide; preemption outside the timed span."""
     policy = _policy()
     clock = time.perf_counter_ns
-    total: list[int] = []
-    parse: list[int] = []
-    match: list[int] = []
-    mismatches = 0
+    switches = _involuntary_switches
+    out = Timings([], [], [], [], 0)
     for call in calls:
+        before = switches()
         t0 = clock()
         identity = identify(Headers(call.headers), policy, "srtp")
         t1 = clock()
         decision = rules.decide(identity, NOW, "rtc_bench")
         t2 = clock()
-        total.append(t2 - t0)
-        parse.append(t1 - t0)
-        match.append(t2 - t1)
+        out.preempted.append(switches() != before)
+        out.total.append(t2 - t0)
+        out.parse.append(t1 - t0)
+        out.match.append(t2 - t1)
         if decision.route != call.expected_route:
-            mismatches += 1
-    return total, parse, match, mismatches
+            out.mismatches += 1
+    return out
 
 
 def _gc_counts() -> tuple[int, int, int]:
@@ -138,26 +161,27 @@ def measure_rules(
     measured = maker.calls(calls)
     before = _gc_counts()
     cpu, wall = time.process_time(), time.perf_counter()
-    total, parse, match, mismatches = time_calls(rules, measured)
+    timed = time_calls(rules, measured)
     on_cpu = (time.process_time() - cpu) / (time.perf_counter() - wall)
     after = _gc_counts()
     kinds: dict[str, list[int]] = defaultdict(list)
-    for call, ns in zip(measured, total, strict=True):
+    for call, ns in zip(measured, timed.total, strict=True):
         kinds[call.kind].append(ns)
+    quiet = [ns for ns, hit in zip(timed.total, timed.preempted, strict=True) if not hit]
     naive_rules = dataclasses.replace(rules, index=None)
-    naive_total, _, _, naive_mismatches = time_calls(
-        naive_rules, maker.calls(naive_calls(len(rules.routes), calls))
-    )
+    naive = time_calls(naive_rules, maker.calls(naive_calls(len(rules.routes), calls)))
     return DecideResult(
         routes=len(rules.routes),
         numbers=numbers,
         load_seconds=load_seconds,
-        total=Stats.of_ns(total),
-        parse=Stats.of_ns(parse),
-        match=Stats.of_ns(match),
-        naive=Stats.of_ns(naive_total),
+        total=Stats.of_ns(timed.total),
+        parse=Stats.of_ns(timed.parse),
+        match=Stats.of_ns(timed.match),
+        quiet=Stats.of_ns(quiet or timed.total),
+        preempted_share=sum(timed.preempted) / len(timed.preempted),
+        naive=Stats.of_ns(naive.total),
         by_kind={kind: Stats.of_ns(ns) for kind, ns in sorted(kinds.items())},
-        mismatches=mismatches + naive_mismatches,
+        mismatches=timed.mismatches + naive.mismatches,
         gc_collections=(after[0] - before[0], after[1] - before[1], after[2] - before[2]),
         on_cpu=on_cpu,
     )
@@ -253,6 +277,7 @@ def render(results: Sequence[DecideResult], lists: Sequence[ListResult]) -> str:
                 size_label(r.numbers),
                 str(r.total.count),
                 *r.total.row(),
+                f"{r.quiet.p99:.1f} / {r.quiet.max:.1f} ({r.preempted_share:.1%})",
                 f"{r.parse.p50:.1f} / {r.parse.p99:.1f}",
                 f"{r.match.p50:.1f} / {r.match.p99:.1f}",
                 str(r.naive.count),
@@ -268,6 +293,7 @@ def render(results: Sequence[DecideResult], lists: Sequence[ListResult]) -> str:
             "p99",
             "max",
             "mean",
+            "not preempted: p99 / max (share preempted)",
             "identify p50 / p99",
             "decide p50 / p99",
             "naive calls",

@@ -38,6 +38,7 @@ from bench.workload import (
 
 TICK_SECONDS = 0.001
 IDLE_SECONDS = 0.3
+BUSY_SECONDS = 0.3
 SETTLE_SECONDS = 0.1
 
 
@@ -63,6 +64,9 @@ class ReloadResult:
     """load_rules alone, nothing else running (None: not measured here)."""
     idle_gap_ms: float
     """Worst tick gap with nothing to do: the timer's own resolution."""
+    busy_gap_ms: float
+    """Worst tick gap while a worker thread runs plain Python bytecode (no long C calls):
+    what sharing the GIL costs at best (CPython switches threads every 5 ms)."""
     startup: Phase
     reloads: tuple[Phase, ...]
     results: tuple[str, ...]
@@ -70,6 +74,16 @@ class ReloadResult:
     @property
     def worst_gap_ms(self) -> float:
         return max(p.worst_gap_ms for p in self.reloads)
+
+
+def _pure_python(seconds: float) -> int:
+    """Bytecode only, no long C call: the best case for sharing the GIL."""
+    end = time.perf_counter() + seconds
+    total = 0
+    while time.perf_counter() < end:
+        for i in range(1000):
+            total += i
+    return total
 
 
 class _Ticker:
@@ -123,8 +137,10 @@ def _phase(
 RELOADS = 2
 
 
-async def measure_manager(path: Path) -> tuple[float, Phase, list[Phase], list[str]]:
-    """(idle worst gap ms, startup, reloads, reload results) for one routes file."""
+async def measure_manager(
+    path: Path,
+) -> tuple[tuple[float, float], Phase, list[Phase], list[str]]:
+    """((idle, busy) worst gaps in ms, startup, reloads, reload results) for one routes file."""
     spans: list[tuple[float, float]] = []
 
     def loader(p: Path) -> RuleSet:
@@ -143,6 +159,9 @@ async def measure_manager(path: Path) -> tuple[float, Phase, list[Phase], list[s
     await asyncio.sleep(IDLE_SECONDS)
     idle = ticker.worst(0.0, time.perf_counter())
     started = time.perf_counter()
+    await asyncio.to_thread(_pure_python, BUSY_SECONDS)
+    busy = ticker.worst(started, time.perf_counter())
+    started = time.perf_counter()
     async with manager.running(watch=False, debounce_ms=100, sighup=False):
         ended = time.perf_counter()
         await asyncio.sleep(SETTLE_SECONDS)
@@ -160,7 +179,7 @@ async def measure_manager(path: Path) -> tuple[float, Phase, list[Phase], list[s
             reloads.append(_phase(ticker, started, ended, spans[-1], time.perf_counter()))
             results.append(status.result)
         await ticker.stop()
-    return idle, startup, reloads, results
+    return (idle, busy), startup, reloads, results
 
 
 def run_size(path: Path, routes: int, numbers: int, *, plain_load: bool = True) -> ReloadResult:
@@ -172,9 +191,9 @@ def run_size(path: Path, routes: int, numbers: int, *, plain_load: bool = True) 
         load_seconds = time.perf_counter() - started
         del rules
     gc.collect()
-    idle, startup, reloads, results = asyncio.run(measure_manager(path))
+    (idle, busy), startup, reloads, results = asyncio.run(measure_manager(path))
     return ReloadResult(
-        routes, numbers, load_seconds, idle, startup, tuple(reloads), tuple(results)
+        routes, numbers, load_seconds, idle, busy, startup, tuple(reloads), tuple(results)
     )
 
 
@@ -215,7 +234,7 @@ def render(results: Sequence[ReloadResult]) -> str:
         header.append("load_rules alone (s)")
     header += ["startup (s)"]
     header += [f"reload {n + 1} (s)" for n in range(RELOADS)]
-    header += ["idle worst gap (ms)"]
+    header += ["idle / busy-thread worst gap (ms)"]
     header += [f"reload {n + 1} worst gap: loading / after (ms)" for n in range(RELOADS)]
     rows = []
     for r in results:
@@ -224,7 +243,7 @@ def render(results: Sequence[ReloadResult]) -> str:
             row.append(f"{r.load_seconds:.2f}" if r.load_seconds is not None else "")
         row.append(f"{r.startup.seconds:.2f}")
         row += [f"{p.seconds:.2f}" for p in r.reloads]
-        row.append(f"{r.idle_gap_ms:.1f}")
+        row.append(f"{r.idle_gap_ms:.1f} / {r.busy_gap_ms:.1f}")
         row += [gaps(p) for p in r.reloads]
         rows.append(row)
     failures = [r for r in results if any(x != "success" for x in r.results)]

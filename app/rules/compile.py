@@ -138,13 +138,12 @@ class _Compiler:
             path = self.base / spec.file
             self.files.append(str(path))
             try:
-                lists[name] = load_number_file(path, self.region, column=spec.column)
-                self.digest.update(path.read_bytes())
+                lists[name] = load_number_file(
+                    path, self.region, column=spec.column, digest=self.digest
+                )
             except ListFileError as exc:
                 for line, message in exc.problems:
                     self.issues.append(ConfigIssue(str(path), line, None, f"lists.{name}", message))
-            except OSError as exc:
-                self.issues.append(self.doc.issue(("lists", name, "file"), str(exc)))
         return lists
 
     def _route(self, spec: schema.RouteSpec, path: Path) -> Route | None:

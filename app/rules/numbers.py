@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import phonenumbers
 
@@ -75,6 +76,10 @@ def e164_prefix_hint(stem: str, region: str) -> str | None:
     if trunk and stem.startswith(trunk) and len(stem) > len(trunk) + 1:
         return f"+{metadata.country_code}{stem[len(trunk) :]}"
     return None
+
+
+class Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +143,17 @@ class ListFileError(Exception):
         self.problems = problems
 
 
-def load_number_file(path: Path, region: str, *, column: int = 1) -> NumberSet:
-    """Read a .txt (one number per line) or .csv (numbers in `column`) list."""
+def load_number_file(
+    path: Path, region: str, *, column: int = 1, digest: Hash | None = None
+) -> NumberSet:
+    """Read a .txt (one number per line) or .csv (numbers in `column`) list.
+
+    `digest` is fed the very bytes parsed, so a version never describes another edit."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+        if digest is not None:
+            digest.update(data)
+        text = data.decode("utf-8-sig")
     except OSError as exc:
         raise ListFileError([(None, f"cannot read {path}: {exc.strerror or exc}")]) from None
     except UnicodeDecodeError:
