@@ -16,6 +16,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path as FilePath
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -39,6 +40,9 @@ from app.rules.ruleset import (
     Accept,
     Action,
     Arm,
+    CallFeatures,
+    Destination,
+    MaxDuration,
     RateLimit,
     Refer,
     Reject,
@@ -52,6 +56,7 @@ from app.rules.ruleset import (
 from app.rules.schedule import build_schedule, parse_timezone
 from app.rules.source import Document, Path, format_path, parse_yaml
 from app.rules.templates import Template
+from app.rules.tools import in_call_tools
 
 # Session strings that may hold {placeholders} (the schema checks exactly these).
 TEMPLATED_KEYS: tuple[tuple[str, ...], ...] = (
@@ -174,13 +179,71 @@ class _Compiler:
         if spec.accept is not None:
             session = self._session(spec.accept.session)
             overrides = _dump(spec.accept, exclude={"session"})
-            body, template = _session_body(_deep_merge(session, overrides))
-            return Accept(body, template)
+            merged = _deep_merge(session, overrides)
+            features = self._features(merged.pop("call", None), (*path, "accept"))
+            if features is not None:
+                merged = self._with_tools(merged, features, (*path, "accept"))
+            body, template = _session_body(merged)
+            return Accept(body, template, features)
         assert spec.refer is not None
-        body, template = _session_body(self._session(spec.refer.session))
+        session = self._session(spec.refer.session)
+        session.pop("call", None)  # a transfer route's short session has no in-call features
+        body, template = _session_body(session)
         target = spec.refer.target_uri
         target_template = Template.parse(target) if "{" in target else None
-        return Refer(target, body, target_template, template)
+        return Refer(target, body, target_template, template, spec.refer.announce)
+
+    def _features(self, raw: dict[str, Any] | None, path: Path) -> CallFeatures | None:
+        if not raw:
+            return None
+        try:
+            spec = schema.CallFeaturesSpec.model_validate(raw)
+        except ValidationError as exc:
+            # Each part was valid; only their merge (session + route override) is not.
+            for error in exc.errors(include_url=False):
+                message = str(error["msg"]).removeprefix("Value error, ")
+                self.issues.append(self.doc.issue((*path, "call"), message))
+            return None
+        duration = spec.max_duration
+        if isinstance(duration, float | int):
+            duration = schema.MaxDuration(seconds=float(duration))
+        return CallFeatures(
+            greeting=bool(spec.greeting),
+            greeting_instructions=spec.greeting if isinstance(spec.greeting, str) else None,
+            transfers=MappingProxyType(
+                {name: _destination(d) for name, d in (spec.transfers or {}).items()}
+            ),
+            transfer_message=spec.transfer_message,
+            end_call=bool(spec.end_call),
+            dtmf=MappingProxyType(
+                {
+                    key: None if isinstance(action, str) else action.transfer
+                    for key, action in (spec.dtmf or {}).items()
+                }
+            ),
+            max_duration=(
+                MaxDuration(duration.seconds, duration.warning_before, duration.warning)
+                if duration is not None
+                else None
+            ),
+        )
+
+    def _with_tools(
+        self, session: dict[str, Any], features: CallFeatures, path: Path
+    ) -> dict[str, Any]:
+        """The model's side of the features: a transfer_call and an end_call tool."""
+        tools = list(session.get("tools") or [])
+        taken = {tool.get("name") for tool in tools}
+        for tool in in_call_tools(features):
+            if tool["name"] in taken:
+                self.issues.append(
+                    self.doc.issue(
+                        (*path, "tools"),
+                        f"the tool name {tool['name']} is Switchboard's (call: features)",
+                    )
+                )
+            tools.append(tool)
+        return {**session, "tools": tools} if tools else session
 
     def _session(self, name: str | None) -> dict[str, Any]:
         # References were checked before compiling: the name exists.
@@ -257,6 +320,12 @@ class _Compiler:
             frozenset(value.type or ()),
             label=" and ".join(labels),
         )
+
+
+def _destination(spec: str | schema.Destination) -> Destination:
+    if isinstance(spec, str):
+        return Destination(spec)
+    return Destination(spec.uri, spec.description)
 
 
 def _text(header: str | None, spec: str | schema.TextCondition) -> TextMatches:

@@ -46,11 +46,54 @@ class SessionTemplate:
 
 
 @dataclass(frozen=True, slots=True)
+class Destination:
+    uri: str
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MaxDuration:
+    seconds: float
+    warning_before: float | None = None
+    warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallFeatures:
+    """What Switchboard does during an accepted call, over the sideband WebSocket."""
+
+    greeting: bool = False
+    greeting_instructions: str | None = None
+    transfers: Mapping[str, Destination] = dataclasses.field(default_factory=dict)
+    transfer_message: str | None = None
+    end_call: bool = False
+    dtmf: Mapping[str, str | None] = dataclasses.field(default_factory=dict)
+    """Digit -> destination name to transfer to, or None to hang up."""
+    max_duration: MaxDuration | None = None
+    announce: str | None = None
+    """Refer routes: a line said before transferring to `refer_to`."""
+    refer_to: str | None = None
+
+    @property
+    def sideband(self) -> bool:
+        """Whether the call needs the WebSocket (a max duration alone does not)."""
+        return bool(
+            self.greeting
+            or self.transfers
+            or self.end_call
+            or self.dtmf
+            or self.refer_to
+            or (self.max_duration is not None and self.max_duration.warning_before)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Accept:
     body: bytes
     """JSON body of the accept request, `type: realtime` included; encoded once at load."""
 
     template: SessionTemplate | None = None
+    features: CallFeatures | None = None
     kind: Literal["accept"] = "accept"
 
     @property
@@ -73,6 +116,8 @@ class Refer:
 
     target_template: Template | None = None
     accept_template: SessionTemplate | None = None
+    announce: str | None = None
+    """Said over the sideband before the REFER; the transfer then happens after the answer."""
     kind: Literal["refer"] = "refer"
 
 
@@ -282,7 +327,7 @@ UNSAFE_TARGET_STATUS = 603
 def render(action: Action, values: Mapping[str, str]) -> tuple[Action, str | None]:
     """The action with this call's values in; an unsafe transfer becomes a reject."""
     if isinstance(action, Accept) and action.template is not None:
-        return Accept(action.template.render(values)), None
+        return Accept(action.template.render(values), features=action.features), None
     if isinstance(action, Refer):
         target = action.target_uri
         if action.target_template is not None:
@@ -293,7 +338,7 @@ def render(action: Action, values: Mapping[str, str]) -> tuple[Action, str | Non
         body = action.accept_body
         if action.accept_template is not None:
             body = action.accept_template.render(values)
-        return Refer(target, body), None
+        return Refer(target, body, announce=action.announce), None
     return action, None
 
 

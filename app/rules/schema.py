@@ -151,10 +151,107 @@ class Reasoning(Strict):
     effort: Literal["minimal", "low", "medium", "high"]
 
 
+# --- in-call features: Switchboard's, over the sideband; never sent to OpenAI --------
+
+_DESTINATION = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+DTMF_KEYS = frozenset("0123456789*#ABCD")
+
+
+class Destination(Strict):
+    uri: str
+    """tel:, sip: or sips: URI (no placeholders: the model picks names, never addresses)."""
+    description: str | None = None
+    """What the model is told this destination is for."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return validate_target_uri(value)
+
+
+class DtmfAction(Strict):
+    transfer: str | None = None
+    """A destination name from `transfers:`."""
+    hangup: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DtmfAction:
+        if (self.transfer is None) == (self.hangup is None):
+            raise ValueError("give exactly one of: transfer, hangup")
+        if self.hangup is False:
+            raise ValueError("hangup: true, or leave the key out")
+        return self
+
+
+class MaxDuration(Strict):
+    seconds: float = Field(gt=0, le=24 * 3600)
+    warning_before: float | None = Field(default=None, gt=0)
+    """Seconds before the end to say `warning`."""
+    warning: str = "Tell the caller politely that the call has to end in a moment."
+    """Instructions for the spoken warning."""
+
+    @model_validator(mode="after")
+    def _order(self) -> MaxDuration:
+        if self.warning_before is not None and self.warning_before >= self.seconds:
+            raise ValueError("warning_before must be shorter than seconds")
+        return self
+
+
+class CallFeaturesSpec(Strict):
+    """What Switchboard does during an accepted call, over the sideband WebSocket."""
+
+    greeting: bool | str | None = None
+    """The agent speaks first: true, or instructions for what to say."""
+    transfers: dict[str, Destination | str] | None = None
+    """Names the model may transfer to (a `transfer_call` tool): a URI or {uri, description}."""
+    transfer_message: str | None = None
+    """Instructions for a short line the agent says before a transfer."""
+    end_call: bool | None = None
+    """Give the model an `end_call` tool to hang up after saying goodbye."""
+    dtmf: dict[str, Literal["hangup"] | DtmfAction] | None = None
+    """Keypad digits -> `hangup` or {transfer: name}."""
+    max_duration: float | MaxDuration | None = None
+    """Hang up after this many seconds (optionally with a spoken warning)."""
+
+    @field_validator("transfers")
+    @classmethod
+    def _names(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for name, destination in (value or {}).items():
+            if not _DESTINATION.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a destination name (lower-case letters, digits, - and _)"
+                )
+            if isinstance(destination, str):
+                validate_target_uri(destination)
+        return value
+
+    @field_validator("dtmf", mode="before")
+    @classmethod
+    def _digits(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key in value:
+                if str(key) not in DTMF_KEYS:
+                    raise ValueError(f"{key!r} is not a keypad key (0-9, *, #, A-D)")
+            return {str(k): v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _dtmf_targets(self) -> CallFeaturesSpec:
+        names = set(self.transfers or {})
+        for key, action in (self.dtmf or {}).items():
+            if isinstance(action, DtmfAction) and action.transfer not in (None, *names):
+                raise ValueError(
+                    f"dtmf {key!r} transfers to {action.transfer!r}, which is not in transfers"
+                    + (f" ({', '.join(sorted(names))})" if names else "")
+                )
+        return self
+
+
 class SessionConfig(Strict):
     """A realtime session; the router adds `type: realtime` when accepting.
 
-    `instructions`, `prompt.variables` and `tracing` strings may hold {placeholders}."""
+    `instructions`, `prompt.variables` and `tracing` strings may hold {placeholders}.
+    `call:` holds Switchboard's in-call features and is not sent to OpenAI."""
 
     model: str | None = None
     instructions: str | None = None
@@ -173,6 +270,7 @@ class SessionConfig(Strict):
     truncation: Literal["auto", "disabled"] | Truncation | None = None
     reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
+    call: CallFeaturesSpec | None = None
 
     _tmpl = field_validator("instructions")(_templates)
 
@@ -466,6 +564,8 @@ class ReferAction(Strict):
     """tel:, sip: or sips:; `{placeholders}` only as the number or the user part."""
     session: str | None = None
     """Session for the short accept that REFER needs; a minimal one by default."""
+    announce: str | None = None
+    """Instructions for a short line said before transferring (over the sideband)."""
 
     _uri = field_validator("target_uri")(_target)
 
