@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+from app.calllog import CallEvent, CallLog, CallRecord, CallStatus
 from app.calls import CallControlError, CallController, CallGone
 from app.callstate import Answer, CallStateStore
 from app.logs import mask
 from app.metrics import Metrics
 from app.ratelimit import RateLimiter
 from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet, caller_key
+from app.rules.ruleset import CallFeatures
 from app.sip import CallIdentity, Headers, IdentityPolicy, identify
 from app.webhook import IncomingCall
 
@@ -38,6 +40,12 @@ class Outcome:
     error: str | None = None
     uncertain: bool = False
     """The failed request may still have taken effect (it timed out)."""
+    live: bool = False
+    """Switchboard stays on the call (in-call features over the sideband)."""
+
+
+class InCallStarter(Protocol):
+    def start(self, call_id: str, features: CallFeatures) -> bool: ...
 
 
 class CallRouter:
@@ -52,8 +60,12 @@ class CallRouter:
         dry_run: bool,
         log_numbers: bool = False,
         limiter: RateLimiter | None = None,
+        call_log: CallLog | None = None,
+        incall: InCallStarter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._call_log = call_log
+        self._incall = incall
         # Not `limiter or ...`: an empty RateLimiter has len() 0 and is falsy.
         self._limiter = limiter if limiter is not None else RateLimiter()
         self._controller = controller
@@ -123,7 +135,47 @@ class CallRouter:
             if value:
                 body[key] = value
         self._log(call, identity, decision, outcome, decide=decided - started, act=acted - decided)
+        if not outcome.retryable:
+            self._record(call, identity, decision, outcome)
         return Answer(503 if outcome.retryable else 200, body), not outcome.retryable
+
+    def _record(
+        self, call: IncomingCall, identity: CallIdentity, decision: Decision, outcome: Outcome
+    ) -> None:
+        if self._call_log is None:
+            return
+        answered = outcome.name in ("accepted", "fallback_accepted")
+        status: CallStatus = "active" if outcome.live else ("answered" if answered else "ended")
+        caller, called = self._numbers(identity)
+        now = time.time()
+        decided = {"route": decision.route, "action": decision.action.kind}
+        decided.update((k, v) for k, v in (("arm", decision.arm), ("note", decision.note)) if v)
+        result = {"outcome": outcome.name, **({"error": outcome.error} if outcome.error else {})}
+        self._call_log.started(
+            CallRecord(
+                call_id=call.call_id,
+                started_at=now,
+                route=decision.route,
+                action=decision.action.kind,
+                outcome=outcome.name,
+                status=status,
+                caller=caller,
+                called=called,
+                rules_version=decision.rules_version,
+                ended_at=now if status == "ended" else None,
+                end_reason=outcome.name if status == "ended" else None,
+                events=(CallEvent(now, "decision", decided), CallEvent(now, outcome.name, result)),
+            )
+        )
+
+    def _numbers(self, identity: CallIdentity) -> tuple[str | None, str | None]:
+        """Caller and called as logs may show them (masked unless configured)."""
+        reveal = self._log_numbers
+        caller, called = identity.caller, identity.called
+        return (
+            mask(caller.number_key or caller.user, reveal=reveal) if caller else None,
+            mask(called.number_key or called.user, reveal=reveal) if called else None,
+        )
 
     def _limit(self, decision: Decision, identity: CallIdentity) -> Decision:
         limit = decision.rate_limit
@@ -149,8 +201,8 @@ class CallRouter:
         # The route's own action failed: the fallback gets its own short budget.
         budget = max(deadline, self._clock() + CLEANUP_SECONDS)
         second = await self._perform(call_id, fallback, budget)
-        if second.name in ("accepted", "rejected", "referred"):
-            return Outcome(f"fallback_{second.name}", error=outcome.error)
+        if second.name in ("accepted", "rejected", "referred", "transferring"):
+            return Outcome(f"fallback_{second.name}", error=outcome.error, live=second.live)
         if second.name == "caller_gone":
             return second
         return outcome
@@ -159,7 +211,7 @@ class CallRouter:
         try:
             if isinstance(action, Accept):
                 await self._controller.accept(call_id, action.body, deadline)
-                return Outcome("accepted")
+                return Outcome("accepted", live=self._stay_on(call_id, action.features))
             if isinstance(action, Reject):
                 await self._controller.reject(call_id, action.status_code, deadline)
                 return Outcome("rejected")
@@ -169,7 +221,16 @@ class CallRouter:
         except CallControlError as exc:
             name = "upstream_error" if exc.retryable else "failed"
             return Outcome(name, exc.retryable, str(exc), exc.uncertain)
+        if action.announce and self._stay_on(
+            call_id, CallFeatures(announce=action.announce, refer_to=action.target_uri)
+        ):
+            return Outcome("transferring", live=True)  # after the line is said
         return await self._transfer(call_id, action, deadline)
+
+    def _stay_on(self, call_id: str, features: CallFeatures | None) -> bool:
+        if features is None or self._incall is None:
+            return False
+        return self._incall.start(call_id, features)
 
     async def _transfer(self, call_id: str, action: Refer, deadline: float) -> Outcome:
         """The call is answered now: a failed transfer cannot be undone by a redelivery."""
@@ -197,8 +258,7 @@ class CallRouter:
         decide: float,
         act: float,
     ) -> None:
-        reveal = self._log_numbers
-        caller, called = identity.caller, identity.called
+        caller, called = self._numbers(identity)
         logger.log(
             logging.WARNING if outcome.error else logging.INFO,
             "call routed",
@@ -213,8 +273,8 @@ class CallRouter:
                 "note": decision.note,
                 "error": outcome.error,
                 "rules_version": decision.rules_version,
-                "caller": mask(caller.number_key or caller.user, reveal=reveal) if caller else None,
-                "called": mask(called.number_key or called.user, reveal=reveal) if called else None,
+                "caller": caller,
+                "called": called,
                 "anonymous": identity.anonymous,
                 "decide_ms": round(decide * 1000, 3),
                 "act_ms": round(act * 1000, 1),

@@ -1,0 +1,409 @@
+"""During an accepted call: greet, transfer when asked, end calls, enforce limits.
+
+One `CallSession` task per call that needs it, owned by `InCallManager`. A session joins
+the call's sideband WebSocket, answers the model's `transfer_call` / `end_call` tools and
+keypad presses, runs the max-duration timer, and records everything in the call log. Its
+failures stay inside it: they are logged and counted, never felt by other calls or by the
+webhook path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from app.calllog import CallLog
+from app.calls import CallController, CallControlError, CallGone
+from app.metrics import Metrics
+from app.rules.ruleset import CallFeatures
+from app.rules.tools import END_CALL_TOOL, TRANSFER_TOOL
+from app.sideband import Sideband, SidebandConnector, SidebandError, SidebandRefused
+
+logger = logging.getLogger("switchboard.incall")
+
+CONNECT_DELAYS = (0.2, 0.5, 1.0)
+"""Pauses between sideband connection attempts: brief, the caller is on the line."""
+SAY_TIMEOUT = 8.0
+"""How long to wait for the agent to finish a line before transferring anyway."""
+END_CALL_DELAY = 1.5
+"""After `end_call`, let the goodbye play out before hanging up."""
+API_DEADLINE = 5.0
+
+
+class InCallManager:
+    def __init__(
+        self,
+        *,
+        connector: SidebandConnector,
+        controller: CallController,
+        call_log: CallLog,
+        metrics: Metrics,
+        connect_delays: Sequence[float] = CONNECT_DELAYS,
+        end_call_delay: float = END_CALL_DELAY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.connector = connector
+        self.controller = controller
+        self.call_log = call_log
+        self.metrics = metrics
+        self.connect_delays = tuple(connect_delays)
+        self.end_call_delay = end_call_delay
+        self.clock = clock
+        self._sessions: dict[str, CallSession] = {}
+        self._closing = False
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._sessions
+
+    def start(self, call_id: str, features: CallFeatures) -> bool:
+        """Begin in-call handling; False when shutting down or already running."""
+        if self._closing or call_id in self._sessions:
+            return False
+        session = CallSession(self, call_id, features)
+        self._sessions[call_id] = session
+        self.metrics.active_calls.inc()
+        session.task = asyncio.create_task(self._run(session), name=f"call {call_id}")
+        return True
+
+    async def _run(self, session: CallSession) -> None:
+        try:
+            await session.run()
+        except Exception:  # a bug in one call must not touch the others
+            logger.exception("in-call handling failed", extra={"call_id": session.call_id})
+            session.end_reason = session.end_reason or "error"
+        finally:
+            self._sessions.pop(session.call_id, None)
+            self.metrics.active_calls.dec()
+            if not session.detached:
+                self.metrics.call_duration.observe(self.clock() - session.started)
+                self.call_log.ended(session.call_id, session.end_reason or "ended")
+
+    async def hangup(self, call_id: str) -> str | None:
+        session = self._sessions.get(call_id)
+        return None if session is None else await session.hangup("operator")
+
+    async def transfer(self, call_id: str, destination: str) -> str:
+        session = self._sessions.get(call_id)
+        if session is None:
+            raise LookupError(call_id)
+        if destination not in session.features.transfers:
+            raise ValueError(
+                f"{destination!r} is not a destination of this call "
+                f"({', '.join(sorted(session.features.transfers)) or 'none'})"
+            )
+        return await session.transfer(destination, reason="operator")
+
+    async def shutdown(self) -> None:
+        """Leave every call: close the sidebands cleanly; the calls carry on at OpenAI."""
+        self._closing = True
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            session.detached = True
+            await session.detach()
+        tasks = [s.task for s in sessions if s.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+
+
+class CallSession:
+    def __init__(self, manager: InCallManager, call_id: str, features: CallFeatures) -> None:
+        self.manager = manager
+        self.call_id = call_id
+        self.features = features
+        self.started = manager.clock()
+        self.task: asyncio.Task[None] | None = None
+        self.sideband: Sideband | None = None
+        self.end_reason: str | None = None
+        self.detached = False
+        self._handled_tools: set[str] = set()
+        self._response_done = asyncio.Event()
+        self._children: set[asyncio.Task[Any]] = set()
+        self._hung_up = False
+
+    # --- the call's life ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        features = self.features
+        timer = self._spawn(self._max_duration()) if features.max_duration is not None else None
+        try:
+            if features.sideband:
+                self.sideband = await self._connect()
+            if self.sideband is None:
+                if timer is None:
+                    self.end_reason = "sideband_unavailable"
+                    self.manager.call_log.status(self.call_id, "answered")
+                    self.detached = True  # the end cannot be seen: do not invent one
+                    return
+                await asyncio.wait([timer])  # ends at the limit, or early on a hangup
+                return
+            await self._greet()
+            if features.refer_to is not None:
+                self._spawn(self._announce_and_refer(features.refer_to))
+            await self._listen()
+        finally:
+            for child in list(self._children):
+                child.cancel()
+            if self.sideband is not None and not self.detached:
+                with contextlib.suppress(Exception):
+                    await self.sideband.close()
+
+    async def _connect(self) -> Sideband | None:
+        log, metrics = self.manager.call_log, self.manager.metrics
+        attempts = (0.0, *self.manager.connect_delays)
+        last = "no attempt"
+        for pause in attempts:
+            if pause:
+                await asyncio.sleep(pause)
+            try:
+                sideband = await self.manager.connector.connect(self.call_id)
+            except SidebandRefused as exc:
+                last = str(exc)
+                if exc.status == 404:
+                    break  # the call is gone: nothing to retry
+            except SidebandError as exc:
+                last = str(exc)
+            else:
+                log.event(self.call_id, "sideband_connected")
+                return sideband
+        metrics.sideband_failures.labels("connect").inc()
+        log.event(self.call_id, "sideband_failed", {"error": last})
+        logger.warning(
+            "sideband unavailable",
+            extra={"event": "sideband_failed", "call_id": self.call_id, "error": last},
+        )
+        return None
+
+    async def _listen(self) -> None:
+        assert self.sideband is not None
+        try:
+            async for event in self.sideband.events():
+                self._dispatch(event)
+        except SidebandError as exc:
+            if self.detached:
+                return
+            self.manager.metrics.sideband_failures.labels("dropped").inc()
+            self.manager.call_log.event(self.call_id, "sideband_dropped", {"error": str(exc)})
+            # Try to rejoin: the call may well go on without us.
+            rejoined = await self._connect()
+            if rejoined is None:
+                self.end_reason = self.end_reason or "sideband_lost"
+                return
+            self.sideband = rejoined
+            await self._listen()
+            return
+        if not self.detached:
+            self.end_reason = self.end_reason or "ended"
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "response.done":
+            self._response_done.set()
+            response = event.get("response")
+            output = response.get("output") if isinstance(response, dict) else None
+            for item in output if isinstance(output, list) else ():
+                if isinstance(item, dict) and item.get("type") == "function_call":
+                    self._tool_call(item)
+        elif kind == "response.function_call_arguments.done":
+            self._tool_call(event)
+        elif kind == "input_audio_buffer.dtmf_event_received":
+            digit = event.get("event")
+            if isinstance(digit, str):
+                self._spawn(self._dtmf(digit[:1]))
+        elif kind == "error":
+            error = event.get("error")
+            self.manager.call_log.event(
+                self.call_id, "error", error if isinstance(error, dict) else {"error": str(error)}
+            )
+
+    # --- what the agent says ----------------------------------------------------------------
+
+    async def _greet(self) -> None:
+        if not self.features.greeting:
+            return
+        response: dict[str, Any] = {}
+        if self.features.greeting_instructions:
+            response["instructions"] = self.features.greeting_instructions
+        await self._send({"type": "response.create", "response": response})
+        self.manager.call_log.event(self.call_id, "greeting")
+
+    async def _say(self, instructions: str) -> None:
+        """Have the agent say a short line, and wait (bounded) until it has."""
+        self._response_done.clear()
+        if await self._send(
+            {"type": "response.create", "response": {"instructions": instructions}}
+        ):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._response_done.wait(), SAY_TIMEOUT)
+
+    async def _send(self, event: dict[str, Any]) -> bool:
+        if self.sideband is None:
+            return False
+        try:
+            await self.sideband.send(event)
+        except SidebandError:
+            return False
+        return True
+
+    # --- tools, keys and timers ---------------------------------------------------------------
+
+    def _tool_call(self, item: dict[str, Any]) -> None:
+        tool_call = item.get("call_id")
+        name = item.get("name")
+        if not isinstance(tool_call, str) or tool_call in self._handled_tools:
+            return  # arguments.done and response.done both carry it: act once
+        self._handled_tools.add(tool_call)
+        raw = item.get("arguments")
+        try:
+            arguments = json.loads(raw) if isinstance(raw, str) and raw else {}
+        except ValueError:
+            arguments = None
+        self.manager.call_log.event(
+            self.call_id, "tool_call", {"name": name, "arguments": arguments}
+        )
+        if name == TRANSFER_TOOL and self.features.transfers:
+            self._spawn(self._transfer_tool(tool_call, arguments))
+        elif name == END_CALL_TOOL and self.features.end_call:
+            self._spawn(self._end_call_tool(tool_call))
+
+    async def _tool_output(self, tool_call: str, output: dict[str, Any], *, respond: bool) -> None:
+        await self._send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "function_call_output",
+                    "call_id": tool_call,
+                    "output": json.dumps(output),
+                },
+            }
+        )
+        if respond:
+            await self._send({"type": "response.create"})
+
+    async def _transfer_tool(self, tool_call: str, arguments: Any) -> None:
+        name = arguments.get("destination") if isinstance(arguments, dict) else None
+        if not isinstance(name, str) or name not in self.features.transfers:
+            known = ", ".join(sorted(self.features.transfers))
+            await self._tool_output(
+                tool_call,
+                {"error": f"unknown destination {name!r}: use one of {known}"},
+                respond=True,
+            )
+            self._transfer_recorded(str(name), "rejected_destination", "tool")
+            return
+        await self._tool_output(
+            tool_call, {"status": "transferring", "destination": name}, respond=False
+        )
+        await self.transfer(name, reason="tool")
+
+    async def _end_call_tool(self, tool_call: str) -> None:
+        await self._tool_output(tool_call, {"status": "ending the call"}, respond=False)
+        await asyncio.sleep(self.manager.end_call_delay)
+        await self.hangup("end_call")
+
+    async def _dtmf(self, digit: str) -> None:
+        self.manager.call_log.event(self.call_id, "dtmf", {"digit": digit})
+        if digit not in self.features.dtmf:
+            return
+        destination = self.features.dtmf[digit]
+        if destination is None:
+            await self.hangup("dtmf")
+        else:
+            await self.transfer(destination, reason="dtmf")
+
+    async def _max_duration(self) -> None:
+        limit = self.features.max_duration
+        assert limit is not None
+        if limit.warning_before:
+            await asyncio.sleep(limit.seconds - limit.warning_before)
+            if limit.warning and await self._send(
+                {"type": "response.create", "response": {"instructions": limit.warning}}
+            ):
+                self.manager.call_log.event(self.call_id, "warning")
+            await asyncio.sleep(limit.warning_before)
+        else:
+            await asyncio.sleep(limit.seconds)
+        await self.hangup("max_duration")
+
+    async def _announce_and_refer(self, target: str) -> None:
+        if self.features.announce:
+            await self._say(self.features.announce)
+        await self._refer(target, destination=None, reason="route")
+
+    # --- acting on the call ---------------------------------------------------------------------
+
+    async def transfer(self, destination: str, *, reason: str) -> str:
+        if self.features.transfer_message:
+            await self._say(self.features.transfer_message)
+        return await self._refer(
+            self.features.transfers[destination].uri, destination=destination, reason=reason
+        )
+
+    async def _refer(self, uri: str, *, destination: str | None, reason: str) -> str:
+        controller = self.manager.controller
+        try:
+            await controller.refer(self.call_id, uri, self.manager.clock() + API_DEADLINE)
+            outcome = "referred"
+        except CallGone:
+            outcome = "caller_gone"
+        except CallControlError as exc:
+            outcome = "failed"
+            self.manager.call_log.event(self.call_id, "error", {"error": str(exc)})
+        self._transfer_recorded(destination or uri, outcome, reason, uri=uri)
+        if outcome == "referred":
+            self.end_reason = self.end_reason or "transferred"
+        elif outcome == "failed" and reason == "route":
+            await self.hangup("refer_failed")  # a bare transfer session must not linger
+        return outcome
+
+    def _transfer_recorded(
+        self, destination: str, outcome: str, reason: str, *, uri: str | None = None
+    ) -> None:
+        self.manager.metrics.transfers.labels(outcome).inc()
+        data = {"destination": destination, "outcome": outcome, "by": reason}
+        if uri is not None:
+            data["uri"] = uri
+        self.manager.call_log.event(self.call_id, "transfer", data)
+
+    async def hangup(self, reason: str) -> str:
+        if self._hung_up:
+            return "already_hung_up"
+        self._hung_up = True
+        try:
+            await self.manager.controller.hangup(self.call_id, self.manager.clock() + API_DEADLINE)
+            outcome = "hung_up"
+        except CallGone:
+            outcome = "caller_gone"
+        except CallControlError as exc:
+            outcome = "failed"
+            self._hung_up = False
+            self.manager.call_log.event(self.call_id, "error", {"error": str(exc)})
+        self.manager.metrics.hangups.labels(reason).inc()
+        self.manager.call_log.event(self.call_id, "hangup", {"reason": reason, "outcome": outcome})
+        if outcome != "failed":
+            self.end_reason = self.end_reason or reason
+            if self.sideband is None and self.task is not None:
+                # Nothing will tell us the call ended: it did, now.
+                for child in list(self._children):
+                    if child is not asyncio.current_task():
+                        child.cancel()
+        return outcome
+
+    async def detach(self) -> None:
+        for child in list(self._children):
+            child.cancel()
+        if self.sideband is not None:
+            with contextlib.suppress(Exception):
+                await self.sideband.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._children.add(task)
+        task.add_done_callback(self._children.discard)
+        return task
