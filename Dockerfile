@@ -2,7 +2,7 @@
 #
 #   docker build -t switchboard .
 #   docker run --rm -p 127.0.0.1:8000:8000 --env-file .env \
-#     -v "$PWD/routes.yaml:/config/routes.yaml:ro" switchboard
+#     -v "$PWD/routes.yaml:/config/routes.yaml:ro" -v switchboard-data:/data switchboard
 #
 # The build stage turns the source into wheels (Switchboard's and every runtime
 # dependency's); the final stage installs them offline, so it holds neither the source,
@@ -30,17 +30,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels /wheels/switchboard-*.whl
 
+# /data: the call log (SQLite), owned by the service's user. A volume mounted there starts
+# as a copy of it, so the user can write to it even with a read-only root filesystem.
 RUN groupadd --system --gid 10001 switchboard \
     && useradd --system --uid 10001 --gid switchboard --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin switchboard
+       --home-dir /nonexistent --shell /usr/sbin/nologin switchboard \
+    && install -d -o 10001 -g 10001 -m 0750 /data
 WORKDIR /srv/switchboard
 USER 10001:10001
 
 # Mount routes.yaml (and lists/ next to it) at /config; settings come from the
-# environment (OPENAI_WEBHOOK_SECRET, OPENAI_API_KEY, ...; see .env.example).
+# environment (OPENAI_WEBHOOK_SECRET, OPENAI_API_KEY, ...; see .env.example). Every call
+# is recorded in /data/calls.db: keep /data on a named volume so that it outlives the
+# container (without one, Docker gives each container a new anonymous volume).
 ENV SWITCHBOARD_HOST=0.0.0.0 \
     SWITCHBOARD_PORT=8000 \
-    SWITCHBOARD_ROUTES_FILE=/config/routes.yaml
+    SWITCHBOARD_ROUTES_FILE=/config/routes.yaml \
+    SWITCHBOARD_CALLS_DB=/data/calls.db
+VOLUME ["/data"]
 EXPOSE 8000
 
 # Liveness. Slim images have no curl: urlopen raises (exit 1) on a refused connection,

@@ -1,4 +1,6 @@
-"""Admin API behind a bearer token: POST /admin/reload, GET /admin/routes.
+"""Admin API behind a bearer token: POST /admin/reload, GET /admin/routes, and the calls:
+GET /admin/calls, GET /admin/calls/{call_id}, POST /admin/calls/{call_id}/hangup and
+POST /admin/calls/{call_id}/transfer.
 
 Without SWITCHBOARD_ADMIN_TOKEN the endpoints answer 403: they exist, and say why they are
 closed, rather than a 404 that looks like a wrong URL or an old version.
@@ -9,15 +11,19 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hmac
+import json
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from app.calllog import CallLog, CallRecord, CallStatus
 from app.reload import RulesManager
 from app.rules import RuleSet
 
@@ -29,6 +35,32 @@ MAX_ITEMS = 20
 MAX_DEPTH = 6
 
 
+MAX_CALLS = 1000
+"""Most calls GET /admin/calls lists at once."""
+
+
+class CallsControl(Protocol):
+    """In-call control of the calls in progress (the in-call manager provides it)."""
+
+    async def hangup(self, call_id: str) -> str | None:
+        """Hang up; None when the call is unknown or not active, else the outcome."""
+        ...
+
+    async def transfer(self, call_id: str, destination: str) -> str:
+        """Transfer to one of the call's allowed destinations; returns the outcome.
+
+        Raises LookupError for an unknown or inactive call, ValueError for a destination
+        that is not on the call's allowlist."""
+        ...
+
+
+class TransferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    destination: str = Field(min_length=1, max_length=256)
+    """A destination name from the call's route (its allowlist), e.g. `sales`."""
+
+
 class AdminRefused(Exception):
     def __init__(self, status_code: int, error: str, challenge: str | None = None) -> None:
         super().__init__(error)
@@ -37,7 +69,14 @@ class AdminRefused(Exception):
         self.challenge = challenge
 
 
-def install_admin(app: FastAPI, manager: RulesManager, token: SecretStr | None) -> None:
+def install_admin(
+    app: FastAPI,
+    manager: RulesManager,
+    token: SecretStr | None,
+    *,
+    call_log: CallLog,
+    calls_control: CallsControl | None = None,
+) -> None:
     expected = token.get_secret_value().encode() if token is not None else None
 
     async def authorize(request: Request) -> None:
@@ -66,6 +105,17 @@ def install_admin(app: FastAPI, manager: RulesManager, token: SecretStr | None) 
         headers = {"WWW-Authenticate": exc.challenge} if exc.challenge else None
         return JSONResponse({"error": exc.error}, status_code=exc.status_code, headers=headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if not request.url.path.startswith("/admin/"):
+            return await request_validation_exception_handler(request, exc)
+        # The admin API's own shape, {"error": ...}, naming each bad field.
+        problems = [
+            f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', '')}"
+            for error in exc.errors()
+        ]
+        return JSONResponse({"error": "; ".join(problems) or "invalid request"}, 422)
+
     @app.post("/admin/reload", dependencies=[Depends(authorize)])
     async def reload() -> Response:
         logger.info(
@@ -85,6 +135,84 @@ def install_admin(app: FastAPI, manager: RulesManager, token: SecretStr | None) 
             "watching": manager.watching,
             "watched_files": list(manager.watched_files()),
         }
+
+    @app.get("/admin/calls", dependencies=[Depends(authorize)])
+    async def calls(
+        status: Annotated[CallStatus | None, Query()] = None,
+        route: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        since: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_CALLS)] = 100,
+    ) -> list[dict[str, Any]]:
+        found = await call_log.recent(status=status, route=route, since=since, limit=limit)
+        return [describe_call(record) for record in found]
+
+    @app.get("/admin/calls/{call_id}", dependencies=[Depends(authorize)])
+    async def call(call_id: str) -> Response:
+        record = await call_log.get(call_id)
+        if record is None:
+            return JSONResponse({"error": "no such call"}, status_code=404)
+        return JSONResponse(describe_call(record, events=True))
+
+    def unavailable() -> Response:
+        return JSONResponse({"error": "in-call control is not available"}, status_code=503)
+
+    @app.post("/admin/calls/{call_id}/hangup", dependencies=[Depends(authorize)])
+    async def hangup(call_id: str) -> Response:
+        if calls_control is None:
+            return unavailable()
+        outcome = await calls_control.hangup(call_id)
+        _log_control("hangup", call_id, outcome)
+        if outcome is None:
+            return JSONResponse({"error": "no such active call"}, status_code=404)
+        return JSONResponse({"call_id": call_id, "outcome": outcome})
+
+    @app.post("/admin/calls/{call_id}/transfer", dependencies=[Depends(authorize)])
+    async def transfer(call_id: str, body: Annotated[TransferRequest, Body()]) -> Response:
+        if calls_control is None:
+            return unavailable()
+        try:
+            outcome = await calls_control.transfer(call_id, body.destination)
+        except LookupError:
+            _log_control("transfer", call_id, None, destination=body.destination)
+            return JSONResponse({"error": "no such active call"}, status_code=404)
+        except ValueError as exc:
+            _log_control("transfer", call_id, "rejected_destination", destination=body.destination)
+            message = str(exc) or f"{body.destination!r} is not a destination of this call"
+            return JSONResponse({"error": message}, status_code=422)
+        _log_control("transfer", call_id, outcome, destination=body.destination)
+        return JSONResponse(
+            {"call_id": call_id, "destination": body.destination, "outcome": outcome}
+        )
+
+
+def _log_control(action: str, call_id: str, outcome: str | None, **extra: str) -> None:
+    logger.info(
+        f"admin {action}",
+        extra={
+            "event": f"admin_{action}",
+            "call_id": call_id,
+            "outcome": outcome if outcome is not None else "not_active",
+            **extra,
+        },
+    )
+
+
+CALL_FIELDS = tuple(f.name for f in dataclasses.fields(CallRecord) if f.name != "events")
+
+
+def describe_call(record: CallRecord, *, events: bool = False) -> dict[str, Any]:
+    """A call as the admin API shows it: its fields, its duration (null while it lasts)
+    and, for one call, its events in order."""
+    out: dict[str, Any] = {name: getattr(record, name) for name in CALL_FIELDS}
+    out["duration"] = record.duration
+    if events:
+        out["events"] = [{"at": e.at, "kind": e.kind, "data": _json(e.data)} for e in record.events]
+    return out
+
+
+def _json(data: Mapping[str, Any]) -> Any:
+    """Event data as JSON can carry it (a custom call log may hold other values)."""
+    return json.loads(json.dumps(dict(data), default=str))
 
 
 def describe_rules(rules: RuleSet) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from app.calllog import CallLog
-from app.calls import CallController, CallControlError, CallGone
+from app.calls import CallControlError, CallController, CallGone
 from app.metrics import Metrics
 from app.rules.ruleset import CallFeatures
 from app.rules.tools import END_CALL_TOOL, TRANSFER_TOOL
@@ -33,6 +33,8 @@ SAY_TIMEOUT = 8.0
 END_CALL_DELAY = 1.5
 """After `end_call`, let the goodbye play out before hanging up."""
 API_DEADLINE = 5.0
+SAID = {"switchboard": "say"}
+"""Metadata of the lines Switchboard asks for: their `response.done` carries it back."""
 
 
 class InCallManager:
@@ -125,6 +127,7 @@ class CallSession:
         self._handled_tools: set[str] = set()
         self._response_done = asyncio.Event()
         self._children: set[asyncio.Task[Any]] = set()
+        self._actions: set[asyncio.Task[str]] = set()
         self._hung_up = False
 
     # --- the call's life ------------------------------------------------------------------
@@ -135,7 +138,13 @@ class CallSession:
         try:
             if features.sideband:
                 self.sideband = await self._connect()
+            if self.detached:
+                return  # shut down while joining: leave the call as it is
             if self.sideband is None:
+                if features.refer_to is not None:
+                    # The line cannot be said: transfer the caller all the same.
+                    await self._refer(features.refer_to, destination=None, reason="route")
+                    return
                 if timer is None:
                     self.end_reason = "sideband_unavailable"
                     self.manager.call_log.status(self.call_id, "answered")
@@ -150,7 +159,9 @@ class CallSession:
         finally:
             for child in list(self._children):
                 child.cancel()
-            if self.sideband is not None and not self.detached:
+            if self._actions:  # OpenAI may close the sideband before it answers
+                await asyncio.wait(list(self._actions), timeout=2 * API_DEADLINE)
+            if self.sideband is not None:
                 with contextlib.suppress(Exception):
                     await self.sideband.close()
 
@@ -161,6 +172,8 @@ class CallSession:
         for pause in attempts:
             if pause:
                 await asyncio.sleep(pause)
+            if self.detached:
+                return None
             try:
                 sideband = await self.manager.connector.connect(self.call_id)
             except SidebandRefused as exc:
@@ -197,15 +210,13 @@ class CallSession:
                 return
             self.sideband = rejoined
             await self._listen()
-            return
-        if not self.detached:
-            self.end_reason = self.end_reason or "ended"
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "response.done":
-            self._response_done.set()
             response = event.get("response")
+            if isinstance(response, dict) and response.get("metadata") == SAID:
+                self._response_done.set()  # our line, not a response still finishing
             output = response.get("output") if isinstance(response, dict) else None
             for item in output if isinstance(output, list) else ():
                 if isinstance(item, dict) and item.get("type") == "function_call":
@@ -237,7 +248,10 @@ class CallSession:
         """Have the agent say a short line, and wait (bounded) until it has."""
         self._response_done.clear()
         if await self._send(
-            {"type": "response.create", "response": {"instructions": instructions}}
+            {
+                "type": "response.create",
+                "response": {"instructions": instructions, "metadata": SAID},
+            }
         ):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._response_done.wait(), SAY_TIMEOUT)
@@ -346,6 +360,9 @@ class CallSession:
         )
 
     async def _refer(self, uri: str, *, destination: str | None, reason: str) -> str:
+        return await self._settle(self._refer_now(uri, destination=destination, reason=reason))
+
+    async def _refer_now(self, uri: str, *, destination: str | None, reason: str) -> str:
         controller = self.manager.controller
         try:
             await controller.refer(self.call_id, uri, self.manager.clock() + API_DEADLINE)
@@ -372,6 +389,9 @@ class CallSession:
         self.manager.call_log.event(self.call_id, "transfer", data)
 
     async def hangup(self, reason: str) -> str:
+        return await self._settle(self._hangup(reason))
+
+    async def _hangup(self, reason: str) -> str:
         if self._hung_up:
             return "already_hung_up"
         self._hung_up = True
@@ -401,6 +421,14 @@ class CallSession:
         if self.sideband is not None:
             with contextlib.suppress(Exception):
                 await self.sideband.close()
+
+    async def _settle(self, action: Coroutine[Any, Any, str]) -> str:
+        """Carry a hangup or transfer through to its record even if the call ends meanwhile:
+        not cancelled with the session's tasks, and waited for before the call is ended."""
+        task = asyncio.create_task(action)
+        self._actions.add(task)
+        task.add_done_callback(self._actions.discard)
+        return await asyncio.shield(task)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,14 +12,18 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.admin import install_admin
+from app.admin import CallsControl, install_admin
+from app.calllog import CallLog
+from app.calllog_sqlite import ManagedCallLog, build_call_log
 from app.calls import CallControl, CallController, DryRunCallControl, RetryPolicy, build_http_client
 from app.callstate import CallStateStore, MemoryCallStateStore
+from app.incall import InCallManager
 from app.metrics import Metrics
 from app.reload import RulesManager
 from app.router import CallRouter
 from app.rules import RuleSet
 from app.settings import Settings
+from app.sideband import WebSocketConnector
 from app.sip import IdentityPolicy
 from app.webhook import (
     IncomingCall,
@@ -42,9 +47,17 @@ def create_app(
     rules: RuleSet | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     store: CallStateStore | None = None,
+    call_log: CallLog | None = None,
+    calls_control: CallsControl | None = None,
 ) -> FastAPI:
+    """The app. `call_log`: where every call is recorded, by default the one
+    SWITCHBOARD_CALLS_DB names; either way it is opened at start-up and closed last at
+    shutdown when it has open()/close() (ManagedCallLog). `calls_control`: what the admin
+    API's hang-up and transfer use (tests inject one; else the in-call manager)."""
     settings.check_can_serve()
     metrics = Metrics()
+    if call_log is None:
+        call_log = build_call_log(settings.calls_db, settings.calls_retention_days)
     manager = RulesManager(
         settings.routes_file,
         region=settings.default_region,
@@ -60,6 +73,7 @@ def create_app(
         else None
     )
     client: httpx.AsyncClient | None = None
+    incall: InCallManager | None = None
     if settings.dry_run:
         controller: CallController = DryRunCallControl()
     else:
@@ -74,6 +88,16 @@ def create_app(
             policy=RetryPolicy(attempt_timeout=settings.upstream_timeout_seconds),
             observer=metrics.observe_upstream,
         )
+        incall = InCallManager(
+            connector=WebSocketConnector(
+                settings.openai_base_url, settings.openai_api_key.get_secret_value()
+            ),
+            controller=controller,
+            call_log=call_log,
+            metrics=metrics,
+        )
+        if calls_control is None:
+            calls_control = incall
     router = CallRouter(
         controller=controller,
         store=store
@@ -88,11 +112,18 @@ def create_app(
         deadline_seconds=settings.call_deadline_seconds,
         dry_run=settings.dry_run,
         log_numbers=settings.log_phone_numbers,
+        call_log=call_log,
+        incall=incall,
     )
     metrics.dry_run.set(1 if settings.dry_run else 0)
 
+    managed = call_log if isinstance(call_log, ManagedCallLog) else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if managed is not None:
+            # Opened first and closed last: everything else may write to it until it stops.
+            await asyncio.to_thread(managed.open)
         if settings.dry_run:
             logger.warning(
                 "OPENAI_API_KEY is not set: dry-run mode, calls are decided and logged "
@@ -110,8 +141,15 @@ def create_app(
             ):
                 yield
         finally:
-            if client is not None:
-                await client.aclose()
+            # Uvicorn gets here once the requests in flight (webhooks) have finished.
+            try:
+                if incall is not None:
+                    await incall.shutdown()  # the calls carry on at OpenAI, without us
+                if client is not None:
+                    await client.aclose()
+            finally:
+                if managed is not None:
+                    await asyncio.to_thread(managed.close)
 
     app = FastAPI(
         title="Switchboard",
@@ -177,10 +215,13 @@ def create_app(
         payload, content_type = metrics.render()
         return Response(payload, media_type=content_type)
 
-    install_admin(app, manager, settings.admin_token)
+    install_admin(
+        app, manager, settings.admin_token, call_log=call_log, calls_control=calls_control
+    )
 
     app.state.rules = manager
     app.state.metrics = metrics
+    app.state.call_log = call_log
     return app
 
 

@@ -46,7 +46,28 @@ OUTCOMES = (
     "fallback_accepted",
     "fallback_rejected",
     "fallback_referred",
+    "transferring",  # accepted; the transfer follows an announcement over the sideband
+    "fallback_transferring",
 )
+TRANSFER_OUTCOMES = (
+    "referred",  # the REFER was accepted
+    "failed",  # the API refused it or could not be reached
+    "caller_gone",  # the call had ended
+    "rejected_destination",  # not on the call's allowlist: nothing was sent
+)
+HANGUP_REASONS = (
+    "end_call",  # the model called its end_call tool
+    "max_duration",  # the route's time limit
+    "dtmf",  # a key the route maps to hang up
+    "operator",  # POST /admin/calls/{call_id}/hangup
+    "refer_failed",  # a transfer failed and the call was hung up
+)
+SIDEBAND_STAGES = (
+    "connect",  # the sideband WebSocket could not be opened
+    "dropped",  # it closed before the call ended
+)
+# Calls last seconds to an hour; longer ones are counted in +Inf.
+CALL_DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 2700.0, 3600.0)
 
 
 class Metrics:
@@ -123,6 +144,35 @@ class Metrics:
         self.dry_run = Gauge(
             "switchboard_dry_run", "1 when no API key is set and nothing is called.", registry=r
         )
+        self.active_calls = Gauge(
+            "switchboard_active_calls",
+            "Calls in progress with a sideband (status active).",
+            registry=r,
+        )
+        self.call_duration = Histogram(
+            "switchboard_call_duration_seconds",
+            "Duration of the calls that ended, from the webhook to the end.",
+            registry=r,
+            buckets=CALL_DURATION_BUCKETS,
+        )
+        self.transfers = Counter(
+            "switchboard_transfers", "In-call transfers by outcome.", ["outcome"], registry=r
+        )
+        self.hangups = Counter(
+            "switchboard_hangups", "Hang-ups by Switchboard, by reason.", ["reason"], registry=r
+        )
+        self.sideband_failures = Counter(
+            "switchboard_sideband_failures",
+            "Sideband connections that failed, by stage.",
+            ["stage"],
+            registry=r,
+        )
+        for outcome in TRANSFER_OUTCOMES:
+            self.transfers.labels(outcome)
+        for reason in HANGUP_REASONS:
+            self.hangups.labels(reason)
+        for stage in SIDEBAND_STAGES:
+            self.sideband_failures.labels(stage)
         for result in WEBHOOK_RESULTS:
             self.webhooks.labels(result)
         for result in RELOAD_RESULTS:

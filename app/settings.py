@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     """Timeout of a single API request."""
     dedupe_horizon_seconds: int = Field(default=72 * 3600, ge=1)
 
+    # --- Call log -----------------------------------------------------------
+    calls_db: str = "calls.db"
+    """SQLite file of every call's record and events (relative to the working directory;
+    the container image uses /data/calls.db on a volume). `:memory:` keeps them in memory
+    only, lost at exit."""
+    calls_retention_days: int = Field(default=30, ge=1, le=36500)
+    """Calls older than this are deleted (at start-up, then hourly)."""
+
     # --- Logging ------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_phone_numbers: bool = False
@@ -103,6 +111,14 @@ class Settings(BaseSettings):
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("calls_db")
+    @classmethod
+    def _calls_db(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must be a file path, or :memory:")
         return value
 
     @field_validator("default_region")

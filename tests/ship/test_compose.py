@@ -103,7 +103,12 @@ def test_router_service(compose: dict[str, Any]) -> None:
     assert set(env) <= documented, "compose sets a setting that .env.example does not document"
     # Pinned in compose: a .env written for a local run must not move the container.
     image_env = final_stage().env()
-    for name in ("SWITCHBOARD_HOST", "SWITCHBOARD_PORT", "SWITCHBOARD_ROUTES_FILE"):
+    for name in (
+        "SWITCHBOARD_HOST",
+        "SWITCHBOARD_PORT",
+        "SWITCHBOARD_ROUTES_FILE",
+        "SWITCHBOARD_CALLS_DB",
+    ):
         assert env[name] == image_env[name], name
 
     port = env["SWITCHBOARD_PORT"]
@@ -126,17 +131,39 @@ def test_routes_and_lists_are_mounted_read_only(
     lists_dir = PurePosixPath(routes_in_container).parent / "lists"
     assert map_container_path(str(lists_dir), mounts) == REPO / "lists"
     for mount in mounts:
-        assert mount.read_only, f"{mount.target} should be mounted read-only"
+        if mount.bind:
+            assert mount.read_only, f"{mount.target} should be mounted read-only"
     # What the container would load is a valid routes file, and every file it is built
     # from (number lists...) is inside the mounts, so the container can read it too.
     monkeypatch.chdir(tmp_path)
     for key in [k for k in os.environ if k.startswith("SWITCHBOARD_")]:
         monkeypatch.delenv(key)
     assert switchboard(["check", str(routes)]) == 0
-    mounted = [m.host_path() for m in mounts]
+    mounted = [m.host_path() for m in mounts if m.bind]
     for used in load_rules(routes, region="US").files:
         path = Path(used).resolve()
         assert any(path == m or m in path.parents for m in mounted), f"{used} is not mounted"
+
+
+def test_the_call_database_is_on_a_writable_named_volume(compose: dict[str, Any]) -> None:
+    """The root filesystem is read-only: the call log needs a volume of its own, named so
+    that it outlives the container, and the only writable mount."""
+    service = compose["services"]["switchboard"]
+    assert service["read_only"] is True
+    database = PurePosixPath(service_environment(service)["SWITCHBOARD_CALLS_DB"])
+    writable = [m for m in service_mounts(service) if not m.read_only]
+    assert len(writable) == 1, writable
+    (volume,) = writable
+    assert not volume.bind and volume.source in compose["volumes"]
+    assert PurePosixPath(volume.target) == database.parent  # with its -wal and -shm files
+    tmpfs = service.get("tmpfs", [])
+    assert not any(database.is_relative_to(t) for t in tmpfs), "on tmpfs it would not last"
+    # The image makes that directory for its user, so the fresh volume is writable by it.
+    image = final_stage()
+    assert any(f"-o 10001 -g 10001 -m 0750 {database.parent}" in r.args for r in image.all("RUN"))
+    assert any(str(database.parent) in v.args for v in image.all("VOLUME"))
+    user = image.last("USER")
+    assert user is not None and user.args == "10001:10001"
 
 
 def test_monitoring_profile_runs_prometheus_on_the_repo_config(compose: dict[str, Any]) -> None:
@@ -290,8 +317,6 @@ def test_alerts_cover_what_operations_needs() -> None:
     assert {"5xx", "timeout", "connection_error"} <= used[
         "switchboard_upstream_requests_total{status}"
     ]
-    assert {"switchboard_rules_last_reload_ok", "switchboard_rules_reloads_total"} & set(
-        used
-    )
+    assert {"switchboard_rules_last_reload_ok", "switchboard_rules_reloads_total"} & set(used)
     assert "switchboard_decisions_total" in used
     assert "switchboard_dry_run" in used

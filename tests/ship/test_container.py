@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 import pytest
@@ -117,6 +117,10 @@ def test_serves_switchboard_in_exec_form_on_all_interfaces() -> None:
     env = stage.env()
     assert env["SWITCHBOARD_HOST"] == "0.0.0.0"
     assert env["SWITCHBOARD_ROUTES_FILE"].startswith("/config/")
+    # The call log lives on the volume the image declares, not in the read-only WORKDIR.
+    calls_db = PurePosixPath(env["SWITCHBOARD_CALLS_DB"])
+    volumes = [v.exec_form() or v.args.split() for v in stage.all("VOLUME")]
+    assert [str(calls_db.parent)] in volumes
     expose = stage.last("EXPOSE")
     assert expose is not None and expose.args == env["SWITCHBOARD_PORT"]
     stopsignal = stage.last("STOPSIGNAL")
@@ -337,6 +341,10 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
     workdir = tmp_path / "workdir"  # WORKDIR: empty, so no stray .env is read
     workdir.mkdir()
     image_env = final.env()
+    # /data: the volume for the call log (the image makes it for its user).
+    data = tmp_path / "data"
+    data.mkdir()
+    calls_db = data / PurePosixPath(image_env["SWITCHBOARD_CALLS_DB"]).relative_to("/data")
     port = free_port()
     env = clean_env(**image_env)
     env.update(
@@ -344,6 +352,7 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
         SWITCHBOARD_ROUTES_FILE=str(
             config / Path(image_env["SWITCHBOARD_ROUTES_FILE"]).relative_to("/config")
         ),
+        SWITCHBOARD_CALLS_DB=str(calls_db),
         # The image listens on 0.0.0.0; the test keeps to loopback.
         SWITCHBOARD_HOST="127.0.0.1",
         SWITCHBOARD_PORT=str(port),
@@ -377,6 +386,7 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
         assert answer["route"] and answer["outcome"] == "dry_run"
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'switchboard_webhooks_total{result="routed"} 1.0' in metrics
+        assert calls_db.is_file(), "the call log is opened at start-up"
     finally:
         # `docker stop` sends SIGTERM to PID 1: uvicorn shuts down gracefully. (Outside a
         # container it then re-raises SIGTERM, so the status says "terminated by SIGTERM";
@@ -384,6 +394,7 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
         returncode = stop(process)
     assert returncode in (0, -signal.SIGTERM), log.read_text()
     assert "Finished server process" in log.read_text()
+    assert not list(workdir.iterdir()), "nothing is written to the WORKDIR"
     probe_after = subprocess.run(probe, env=env, capture_output=True, timeout=30, check=False)
     assert probe_after.returncode != 0, "the health check must fail once the service is gone"
     for heavy in (venv, wheels):  # pytest keeps tmp dirs around

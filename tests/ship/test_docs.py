@@ -467,7 +467,12 @@ class DockerCommands:
             elif name == "--env-file":
                 self.env_file(value, where)
                 from_file = env_file_settings()
-                pinned = {"SWITCHBOARD_HOST", "SWITCHBOARD_PORT", "SWITCHBOARD_ROUTES_FILE"}
+                pinned = {
+                    "SWITCHBOARD_HOST",
+                    "SWITCHBOARD_PORT",
+                    "SWITCHBOARD_ROUTES_FILE",
+                    "SWITCHBOARD_CALLS_DB",
+                }
                 assert not pinned & set(from_file), f"{where}: .env would move the container"
                 env.update(from_file)
             elif name in ("-e", "--env"):
@@ -524,8 +529,10 @@ class DockerCommands:
         assert subcommand == "check", f"teach the docs test `switchboard {subcommand}`"
         root = Path(tempfile.mkdtemp(dir=self.tmp_path))
         for mount in mounts:
-            assert mount.bind, "only bind mounts are modelled"
             target = root / mount.target.lstrip("/")
+            if not mount.bind:  # a named volume: a directory, empty the first time
+                target.mkdir(parents=True, exist_ok=True)
+                continue
             if mount.host_path().is_dir():
                 shutil.copytree(mount.host_path(), target)
             else:
@@ -571,10 +578,16 @@ def test_env_example_works_as_a_docker_env_file(
     for key, value in env_file_settings().items():
         monkeypatch.setenv(key, value)
     image = final_stage().env()
-    for key in ("SWITCHBOARD_HOST", "SWITCHBOARD_PORT", "SWITCHBOARD_ROUTES_FILE"):
+    for key in (
+        "SWITCHBOARD_HOST",
+        "SWITCHBOARD_PORT",
+        "SWITCHBOARD_ROUTES_FILE",
+        "SWITCHBOARD_CALLS_DB",
+    ):
         monkeypatch.setenv(key, image[key])  # the image's ENV, which the file leaves alone
     settings = Settings()
     assert settings.host == "0.0.0.0" and str(settings.routes_file) == "/config/routes.yaml"
+    assert settings.calls_db == "/data/calls.db"
     assert settings.dry_run
 
 

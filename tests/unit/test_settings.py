@@ -34,6 +34,7 @@ def test_defaults() -> None:
     assert s.max_body_bytes == 1024 * 1024
     assert s.caller_id_headers == ("P-Asserted-Identity", "Remote-Party-ID", "From")
     assert s.dedupe_horizon_seconds == 72 * 3600
+    assert (s.calls_db, s.calls_retention_days) == ("calls.db", 30)
 
 
 def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,6 +63,8 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"webhook_tolerance_seconds": 0}, "greater than or equal to 1"),
         ({"webhook_tolerance_seconds": 10**9}, "less than or equal to 86400"),
         ({"call_deadline_seconds": 0}, "greater than 0"),
+        ({"calls_retention_days": 0}, "greater than or equal to 1"),
+        ({"calls_db": "  "}, "must be a file path, or :memory:"),
     ],
     ids=[
         "base-url",
@@ -71,6 +74,8 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "tolerance-0",
         "tolerance-huge",
         "deadline-0",
+        "retention-0",
+        "calls-db-blank",
     ],
 )
 def test_invalid_settings(values: dict[str, Any], message: str) -> None:

@@ -1,0 +1,588 @@
+"""The call log on SQLite (stdlib sqlite3), and the choice between it and the in-memory one.
+
+Writes (`started`, `event`, `status`, `ended`) only put an operation on a queue: they never
+block the event loop. One writer thread owns the write connection and commits what has
+queued up in one transaction (a batch). Reads (`get`, `recent`) run in worker threads
+(`asyncio.to_thread`), each with its own connection; WAL mode lets them read while the
+writer writes. A read first waits for the writes queued before it, so what was just
+written is what is read.
+
+`open()` creates the schema, ends every call that a previous run left `active` or
+`answered` (reason `unknown`: the process stopped before it saw the end), and deletes the
+calls older than the retention; the writer thread then repeats the deletion hourly.
+`close()` writes what is queued and closes the connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, Protocol, runtime_checkable
+
+from app.calllog import CallEvent, CallLog, CallRecord, CallStatus
+
+logger = logging.getLogger("switchboard.calllog")
+
+MEMORY: Final = ":memory:"
+"""SWITCHBOARD_CALLS_DB value for a call log kept in memory only (lost at exit)."""
+
+SCHEMA_VERSION: Final = 1
+DAY: Final = 86400.0
+RETENTION_INTERVAL: Final = 3600.0
+"""Seconds between two deletions of expired calls while running."""
+MAX_BATCH: Final = 1000
+"""Operations committed in one transaction at most."""
+BARRIER_TIMEOUT: Final = 10.0
+"""How long a read waits for the writes queued before it."""
+CLOSE_TIMEOUT: Final = 30.0
+"""How long close() waits for the writer to write what is queued."""
+RECOVERED_NOTE: Final = "open at shutdown"
+
+STATUSES: Final[frozenset[str]] = frozenset(("active", "answered", "ended"))
+OPEN_STATUSES: Final = ("active", "answered")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS calls (
+    call_id       TEXT PRIMARY KEY,
+    started_at    REAL NOT NULL,
+    route         TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    outcome       TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('active', 'answered', 'ended')),
+    caller        TEXT,
+    called        TEXT,
+    rules_version TEXT NOT NULL,
+    ended_at      REAL,
+    end_reason    TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_by_start ON calls (started_at);
+CREATE INDEX IF NOT EXISTS calls_by_status ON calls (status, started_at);
+CREATE INDEX IF NOT EXISTS calls_by_route ON calls (route, started_at);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    at      REAL NOT NULL,
+    kind    TEXT NOT NULL,
+    data    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_call ON events (call_id, at);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_SELECT_CALLS = (
+    "SELECT call_id, started_at, route, action, outcome, status, caller, called, "
+    "rules_version, ended_at, end_reason FROM calls "
+)
+# Again for the same call (a redelivery acted on again): the new decision and outcome
+# replace the old ones, the first start time stays, and the events add up.
+_UPSERT_CALL = (
+    "INSERT INTO calls (call_id, started_at, route, action, outcome, status, caller, called, "
+    "rules_version, ended_at, end_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (call_id) DO UPDATE SET "
+    "started_at = min(calls.started_at, excluded.started_at), "
+    "route = excluded.route, action = excluded.action, outcome = excluded.outcome, "
+    "status = excluded.status, caller = excluded.caller, called = excluded.called, "
+    "rules_version = excluded.rules_version, ended_at = excluded.ended_at, "
+    "end_reason = excluded.end_reason"
+)
+
+Clock = Callable[[], float]
+_Op = Callable[[sqlite3.Connection], None]
+
+
+class CallLogError(Exception):
+    """The call database cannot be opened or used."""
+
+
+@runtime_checkable
+class ManagedCallLog(CallLog, Protocol):
+    """A call log with a lifetime: create_app opens it at start-up and closes it last."""
+
+    def open(self) -> None:
+        """Blocking (disk I/O): run it in a thread from async code. Idempotent."""
+        ...
+
+    def close(self) -> None:
+        """Blocking: write what is queued, release the files. Safe to call twice."""
+        ...
+
+
+def build_call_log(db: str, retention_days: int, *, clock: Clock = time.time) -> ManagedCallLog:
+    """SWITCHBOARD_CALLS_DB -> the call log: `:memory:` keeps it in memory, else SQLite."""
+    if db == MEMORY:
+        from app.calllog_memory import InMemoryCallLog
+
+        return InMemoryCallLog(retention_days=retention_days, clock=clock)
+    return SqliteCallLog(db, retention_days=retention_days, clock=clock)
+
+
+def encode_data(data: Mapping[str, Any] | None) -> str:
+    """Event data as stored: JSON, with anything JSON does not know written as text."""
+    return json.dumps(dict(data or {}), default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_data(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"value": text}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def as_status(value: str) -> CallStatus:
+    if value == "active":
+        return "active"
+    if value == "answered":
+        return "answered"
+    return "ended"
+
+
+class SqliteCallLog:
+    """CallLog on one SQLite file; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        retention_days: int = 30,
+        clock: Clock = time.time,
+        retention_interval: float = RETENTION_INTERVAL,
+    ) -> None:
+        if retention_days < 1:
+            raise ValueError("retention_days must be at least 1")
+        self.path = Path(path)
+        self.retention_days = retention_days
+        self._clock = clock
+        self._retention_interval = retention_interval
+        self._queue: queue.SimpleQueue[_Op | threading.Event | None] = queue.SimpleQueue()
+        self._state_lock = threading.Lock()  # orders writes against close()
+        self._opened = False
+        self._closed = False
+        self._dropped = 0
+        self._writer: threading.Thread | None = None
+        self._write_conn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self.write_errors = 0
+        """Operations that could not be written (each one logged)."""
+
+    # --- lifetime ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self._state_lock:
+            if self._closed:
+                raise CallLogError("the call log is closed")
+            if self._opened:
+                return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = self._connect()
+            except (OSError, sqlite3.Error) as exc:
+                raise CallLogError(
+                    f"cannot open the call database {self.path}: {exc} "
+                    "(SWITCHBOARD_CALLS_DB must be a writable path)"
+                ) from exc
+            try:
+                self._prepare(conn)
+                deleted = self._expire(conn)
+                recovered = self._recover(conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise CallLogError(f"cannot use the call database {self.path}: {exc}") from exc
+            self._write_conn = conn
+            self._writer = threading.Thread(
+                target=self._write_loop, name="switchboard-calllog", daemon=True
+            )
+            self._writer.start()
+            self._opened = True
+        if recovered:
+            logger.warning(
+                "calls left open by the previous run marked ended (unknown)",
+                extra={"event": "calllog_recovered", "calls": recovered},
+            )
+        logger.info(
+            "call log opened",
+            extra={
+                "event": "calllog_opened",
+                "path": str(self.path),
+                "retention_days": self.retention_days,
+                "expired_calls": deleted,
+            },
+        )
+
+    def close(self) -> None:
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            writer = self._writer
+            if writer is not None:
+                self._queue.put(None)  # after every write accepted so far
+        if writer is not None:
+            writer.join(CLOSE_TIMEOUT)
+            if writer.is_alive():
+                logger.error(
+                    "the call log writer did not finish in time; queued writes may be lost",
+                    extra={"event": "calllog_close_timeout"},
+                )
+            elif self._write_conn is not None:
+                self._write_conn.close()
+        elif self._pending():
+            logger.warning(
+                "call log closed before it was opened: queued writes dropped",
+                extra={"event": "calllog_dropped"},
+            )
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in readers:
+            conn.close()
+
+    def _pending(self) -> bool:
+        return not self._queue.empty()
+
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False: one thread uses a connection at a time, but close() may
+        # come from another one.
+        conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version} is newer than this Switchboard's ({SCHEMA_VERSION})"
+            )
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal":
+            raise sqlite3.DatabaseError(f"cannot switch to WAL mode (journal_mode is {mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(_SCHEMA)
+
+    def _recover(self, conn: sqlite3.Connection) -> int:
+        """End the calls a previous run left open. Their end is not known: ended_at is the
+        last moment the call was seen (its last event, or its start)."""
+        now = self._clock()
+        with conn:
+            rows = conn.execute(
+                "SELECT c.call_id, max(c.started_at, coalesce(max(e.at), c.started_at)) "
+                "FROM calls c LEFT JOIN events e ON e.call_id = c.call_id "
+                "WHERE c.status IN ('active', 'answered') GROUP BY c.call_id"
+            ).fetchall()
+            note = encode_data({"reason": "unknown", "note": RECOVERED_NOTE})
+            for call_id, last_seen in rows:
+                conn.execute(
+                    "UPDATE calls SET status = 'ended', ended_at = ?, end_reason = 'unknown' "
+                    "WHERE call_id = ?",
+                    (last_seen, call_id),
+                )
+                conn.execute(
+                    "INSERT INTO events (call_id, at, kind, data) VALUES (?, ?, 'ended', ?)",
+                    (call_id, now, note),
+                )
+        return len(rows)
+
+    def _expire(self, conn: sqlite3.Connection) -> int:
+        """Delete the calls started before the retention, and their events."""
+        cutoff = self._clock() - self.retention_days * DAY
+        with conn:
+            conn.execute(
+                "DELETE FROM events WHERE call_id IN "
+                "(SELECT call_id FROM calls WHERE started_at < ?)",
+                (cutoff,),
+            )
+            deleted = conn.execute("DELETE FROM calls WHERE started_at < ?", (cutoff,)).rowcount
+            # Events of no call (written for an id that never started) age out too.
+            conn.execute("DELETE FROM events WHERE at < ?", (cutoff,))
+        return deleted
+
+    # --- writes: queued, never blocking -------------------------------------------------
+
+    def _submit(self, op: _Op) -> None:
+        with self._state_lock:
+            if not self._closed:
+                self._queue.put(op)
+                return
+            self._dropped += 1
+            first = self._dropped == 1
+        if first:
+            logger.warning("call log write after close dropped", extra={"event": "calllog_dropped"})
+
+    def started(self, record: CallRecord) -> None:
+        now = self._clock()
+        ended_at = record.ended_at
+        if record.status == "ended" and ended_at is None:
+            ended_at = now
+        row = (
+            record.call_id,
+            record.started_at,
+            record.route,
+            record.action,
+            record.outcome,
+            record.status,
+            record.caller,
+            record.called,
+            record.rules_version,
+            ended_at,
+            record.end_reason,
+        )
+        events = [(record.call_id, e.at, e.kind, dict(e.data)) for e in record.events]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(_UPSERT_CALL, row)
+            conn.executemany(
+                "INSERT INTO events (call_id, at, kind, data) VALUES (?, ?, ?, ?)",
+                [(c, at, kind, encode_data(data)) for c, at, kind, data in events],
+            )
+
+        self._submit(op)
+
+    def event(self, call_id: str, kind: str, data: Mapping[str, Any] | None = None) -> None:
+        at = self._clock()
+        copied = dict(data or {})
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO events (call_id, at, kind, data) VALUES (?, ?, ?, ?)",
+                (call_id, at, kind, encode_data(copied)),
+            )
+
+        self._submit(op)
+
+    def status(self, call_id: str, status: CallStatus) -> None:
+        if status == "ended":
+            self._end(call_id, None)
+            return
+        if status not in STATUSES:
+            raise ValueError(f"unknown call status {status!r}")
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE calls SET status = ? WHERE call_id = ? AND status != 'ended'",
+                (status, call_id),
+            )
+
+        self._submit(op)
+
+    def ended(self, call_id: str, reason: str) -> None:
+        self._end(call_id, reason)
+
+    def _end(self, call_id: str, reason: str | None) -> None:
+        at = self._clock()
+
+        def op(conn: sqlite3.Connection) -> None:
+            # The first end wins: its time, and the first reason given.
+            changed = conn.execute(
+                "UPDATE calls SET status = 'ended', ended_at = coalesce(ended_at, ?), "
+                "end_reason = ? WHERE call_id = ? "
+                "AND (status != 'ended' OR (end_reason IS NULL AND ? IS NOT NULL))",
+                (at, reason, call_id, reason),
+            ).rowcount
+            if changed:
+                conn.execute(
+                    "INSERT INTO events (call_id, at, kind, data) VALUES (?, ?, 'ended', ?)",
+                    (call_id, at, encode_data({"reason": reason} if reason else {})),
+                )
+
+        self._submit(op)
+
+    # --- the writer thread ---------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        conn = self._write_conn
+        assert conn is not None
+        next_expiry = time.monotonic() + self._retention_interval
+        stop = False
+        while not stop:
+            try:
+                first = self._queue.get(timeout=max(0.0, next_expiry - time.monotonic()))
+            except queue.Empty:
+                first = _NOTHING
+            ops: list[_Op] = []
+            barriers: list[threading.Event] = []
+            item: _Op | threading.Event | None = first
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    barriers.append(item)
+                elif item is not _NOTHING:
+                    ops.append(item)
+                if stop or len(ops) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if ops:
+                self._apply(conn, ops)
+            for barrier in barriers:
+                barrier.set()
+            if time.monotonic() >= next_expiry:
+                next_expiry = time.monotonic() + self._retention_interval
+                try:
+                    deleted = self._expire(conn)
+                except sqlite3.Error as exc:
+                    logger.error(
+                        "call log retention failed",
+                        extra={"event": "calllog_write_failed", "error": str(exc)},
+                    )
+                else:
+                    if deleted:
+                        logger.info(
+                            "expired calls deleted",
+                            extra={"event": "calllog_expired", "calls": deleted},
+                        )
+        # Anything that slipped in after the stop marker (nothing should: close() orders it).
+        leftovers: list[_Op] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is not None:
+                leftovers.append(item)
+        if leftovers:
+            self._apply(conn, leftovers)
+
+    def _apply(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        """One transaction; if it fails, one per operation, so that a bad one (data JSON
+        cannot encode, a full disk for a moment...) loses only itself."""
+        try:
+            with conn:
+                for op in ops:
+                    op(conn)
+            return
+        except Exception as exc:
+            if len(ops) == 1:
+                self._failed(exc)
+                return
+        for op in ops:
+            try:
+                with conn:
+                    op(conn)
+            except Exception as exc:
+                self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.write_errors += 1
+        logger.error(
+            "call log write failed",
+            extra={"event": "calllog_write_failed", "error": str(exc), "path": str(self.path)},
+        )
+
+    # --- reads: in worker threads -------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.isolation_level = None  # explicit BEGIN: one snapshot per read
+            with self._readers_lock:
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def _catch_up(self) -> None:
+        """Wait until the writes queued so far are committed (read-your-writes)."""
+        barrier = threading.Event()
+        with self._state_lock:
+            if self._closed:
+                raise CallLogError("the call log is closed")
+            if not self._opened:
+                raise CallLogError("the call log is not open")
+            self._queue.put(barrier)
+        if not barrier.wait(BARRIER_TIMEOUT):
+            logger.warning(
+                "call log read did not wait for pending writes (writer busy)",
+                extra={"event": "calllog_slow"},
+            )
+
+    async def get(self, call_id: str) -> CallRecord | None:
+        return await asyncio.to_thread(self._get, call_id)
+
+    def _get(self, call_id: str) -> CallRecord | None:
+        self._catch_up()
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute(_SELECT_CALLS + "WHERE call_id = ?", (call_id,)).fetchone()
+            if row is None:
+                return None
+            events = conn.execute(
+                "SELECT at, kind, data FROM events WHERE call_id = ? ORDER BY at, id",
+                (call_id,),
+            ).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        return _record(row, tuple(CallEvent(at, kind, decode_data(d)) for at, kind, d in events))
+
+    async def recent(
+        self,
+        *,
+        status: CallStatus | None = None,
+        route: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[CallRecord]:
+        return await asyncio.to_thread(self._recent, status, route, since, limit)
+
+    def _recent(
+        self, status: CallStatus | None, route: str | None, since: float | None, limit: int
+    ) -> list[CallRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        if route is not None:
+            where.append("route = ?")
+            args.append(route)
+        if since is not None:
+            where.append("started_at >= ?")
+            args.append(since)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        self._catch_up()
+        rows = (
+            self._reader()
+            .execute(
+                _SELECT_CALLS + clause + "ORDER BY started_at DESC, call_id LIMIT ?",
+                (*args, max(0, limit)),
+            )
+            .fetchall()
+        )
+        return [_record(row, ()) for row in rows]
+
+
+_NOTHING: Final[Any] = object()
+"""The writer's wake-up with nothing queued (time for the hourly retention)."""
+
+
+def _record(row: tuple[Any, ...], events: tuple[CallEvent, ...]) -> CallRecord:
+    (call_id, started_at, route, action, outcome, status) = row[:6]
+    caller, called, rules_version, ended_at, end_reason = row[6:]
+    return CallRecord(
+        call_id=call_id,
+        started_at=started_at,
+        route=route,
+        action=action,
+        outcome=outcome,
+        status=as_status(status),
+        caller=caller,
+        called=called,
+        rules_version=rules_version,
+        ended_at=ended_at,
+        end_reason=end_reason,
+        events=events,
+    )
