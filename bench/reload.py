@@ -3,11 +3,10 @@
 For each size: `load_rules` wall time with nothing else running; then the project's own
 `RulesManager` (wired as app.main wires it, metrics included) starts (first load, in a
 worker thread) and reloads twice after the routes file changed (each: a load in a worker
-thread, then the swap on the loop), while an asyncio task sleeps 1 ms at a time and records
-every gap between its wake-ups. A gap well over 1 ms is time the loop could not run:
-webhooks would wait that long. Two reloads because the first one's predecessor (the
-startup rules) is still referenced by `RulesManager.running`, so only the second reload
-shows the cost of dropping the previous rules on the loop.
+thread, the swap on the loop, the previous rules released), while an asyncio task sleeps
+1 ms at a time and records every gap between its wake-ups. A gap well over 1 ms is time
+the loop could not run: webhooks would wait that long. Full garbage collections are timed
+too (they hold the GIL, whichever thread runs them).
 
 Usage: python -m bench.reload [--routes 10,1000,10000] [--numbers 10000,1000000] [--dir DIR]
 """
@@ -54,6 +53,9 @@ class Phase:
     worst_gap_after_ms: float
     """Worst gap after the load returned: swap, metrics labels, dropping old rules."""
     ticks: int
+    full_gc_ms: tuple[float, ...]
+    """Each full (generation 2) garbage collection in the phase, in ms, in any thread:
+    CPython holds the GIL throughout, so the loop waits too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,32 @@ def _pure_python(seconds: float) -> int:
     return total
 
 
+class _GcWatch:
+    """Times every full garbage collection (generation 2) while installed."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.spans.append((self._started, time.perf_counter()))
+
+    def __enter__(self) -> _GcWatch:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def within(self, start: float, end: float) -> tuple[float, ...]:
+        return tuple((b - a) * 1000 for a, b in self.spans if start <= a <= end)
+
+
 class _Ticker:
     def __init__(self) -> None:
         self.gaps: list[tuple[float, float]] = []
@@ -115,22 +143,34 @@ class _Ticker:
         inside = [gap for at, gap in self.gaps if start <= at <= end]
         return max(inside, default=0.0) * 1000
 
+    def worst_starting(self, start: float, end: float) -> float:
+        """Worst gap (ms) among the gaps that began in [start, end)."""
+        inside = [gap for at, gap in self.gaps if start <= at - gap < end]
+        return max(inside, default=0.0) * 1000
+
     def count(self, start: float, end: float) -> int:
         return sum(1 for at, _ in self.gaps if start <= at <= end)
 
 
 def _phase(
-    ticker: _Ticker, started: float, ended: float, span: tuple[float, float], settle_end: float
+    ticker: _Ticker,
+    watch: _GcWatch,
+    started: float,
+    ended: float,
+    span: tuple[float, float],
+    settle_end: float,
 ) -> Phase:
     load_start, load_end = span
-    # A gap that ends just after the load returned began while it ran.
+    # A gap is the loader's when it began while the loader ran (the loop only gets the GIL
+    # back once the worker lets go of it, often right after the load returned).
     return Phase(
         seconds=ended - started,
         load_seconds=load_end - load_start,
         worst_gap_ms=ticker.worst(started, settle_end),
-        worst_gap_loading_ms=ticker.worst(started, load_end + TICK_SECONDS),
-        worst_gap_after_ms=ticker.worst(load_end + TICK_SECONDS, settle_end),
+        worst_gap_loading_ms=ticker.worst_starting(started, load_end),
+        worst_gap_after_ms=ticker.worst_starting(load_end, settle_end),
         ticks=ticker.count(started, settle_end),
+        full_gc_ms=watch.within(started, settle_end),
     )
 
 
@@ -155,6 +195,7 @@ async def measure_manager(
         path, region=REGION, metrics=metrics, loader=loader, on_activate=metrics.routes_loaded
     )
     ticker = _Ticker()
+    watch = _GcWatch()
     ticker.start()
     await asyncio.sleep(IDLE_SECONDS)
     idle = ticker.worst(0.0, time.perf_counter())
@@ -162,10 +203,26 @@ async def measure_manager(
     await asyncio.to_thread(_pure_python, BUSY_SECONDS)
     busy = ticker.worst(started, time.perf_counter())
     started = time.perf_counter()
+    with watch:
+        startup, reloads, results = await _startup_and_reloads(
+            manager, path, ticker, watch, spans, started
+        )
+    await ticker.stop()
+    return (idle, busy), startup, reloads, results
+
+
+async def _startup_and_reloads(
+    manager: RulesManager,
+    path: Path,
+    ticker: _Ticker,
+    watch: _GcWatch,
+    spans: list[tuple[float, float]],
+    started: float,
+) -> tuple[Phase, list[Phase], list[str]]:
     async with manager.running(watch=False, debounce_ms=100, sighup=False):
         ended = time.perf_counter()
         await asyncio.sleep(SETTLE_SECONDS)
-        startup = _phase(ticker, started, ended, spans[-1], time.perf_counter())
+        startup = _phase(ticker, watch, started, ended, spans[-1], time.perf_counter())
         reloads: list[Phase] = []
         results: list[str] = []
         for n in range(RELOADS):
@@ -176,10 +233,9 @@ async def measure_manager(
             status = await manager.reload("admin")
             ended = time.perf_counter()
             await asyncio.sleep(SETTLE_SECONDS)
-            reloads.append(_phase(ticker, started, ended, spans[-1], time.perf_counter()))
+            reloads.append(_phase(ticker, watch, started, ended, spans[-1], time.perf_counter()))
             results.append(status.result)
-        await ticker.stop()
-    return (idle, busy), startup, reloads, results
+    return startup, reloads, results
 
 
 def run_size(path: Path, routes: int, numbers: int, *, plain_load: bool = True) -> ReloadResult:
@@ -236,6 +292,7 @@ def render(results: Sequence[ReloadResult]) -> str:
     header += [f"reload {n + 1} (s)" for n in range(RELOADS)]
     header += ["idle / busy-thread worst gap (ms)"]
     header += [f"reload {n + 1} worst gap: loading / after (ms)" for n in range(RELOADS)]
+    header += ["full GCs during reloads (ms each)"]
     rows = []
     for r in results:
         row = [size_label(r.routes), size_label(r.numbers)]
@@ -245,6 +302,8 @@ def render(results: Sequence[ReloadResult]) -> str:
         row += [f"{p.seconds:.2f}" for p in r.reloads]
         row.append(f"{r.idle_gap_ms:.1f} / {r.busy_gap_ms:.1f}")
         row += [gaps(p) for p in r.reloads]
+        full = [ms for p in r.reloads for ms in p.full_gc_ms]
+        row.append(", ".join(f"{ms:.0f}" for ms in full) or "none")
         rows.append(row)
     failures = [r for r in results if any(x != "success" for x in r.results)]
     note = (

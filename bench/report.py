@@ -240,9 +240,9 @@ Python list, on a sample (a few hundred scans at 1M: each takes tens of millisec
 `metrics.routes_loaded`) through startup and two reloads of a changed routes file, while
 an asyncio task sleeps 1 ms at a time and records the gap between wake-ups. Gaps are split
 into those while the worker thread was loading (GIL contention) and those after the load
-returned (the swap on the loop: metrics labels, dropping the previous rules). Two reloads
-because `RulesManager.running` keeps a reference to the startup rules, so only the second
-reload drops a previous RuleSet. `load_rules` alone is timed in the decision run.
+returned (the swap on the loop, metrics labels, releasing the previous rules). Full
+(generation 2) garbage collections are timed as well. `load_rules` alone is timed in the
+decision run.
 
 **Memory** is VmRSS / VmHWM from `/proc/self/status` in a fresh `python -m bench.memory
 --child` process per size: after importing the app, then after `load_rules` and a
@@ -297,79 +297,120 @@ def render(report: Report) -> str:
     return "\n".join(parts)
 
 
-ANALYSIS = """\
-## Analysis and fixes
+ANALYSIS = r"""## Analysis and fixes
 
-Written from profiles of this code (not regenerated: re-check when the numbers move).
+This section is written by hand from profiles (cProfile, GIL-gap tracing, A/B runs of the
+functions involved) taken on this machine; the tables above are regenerated on every run,
+this text is not. Re-check it when the numbers move.
 
-**Decision time is dominated by SIP parsing, not by matching.** `RuleSet.decide` with the
-index costs about the same at 10 and 10,000 routes and with 10k or 1M listed numbers (the
-index and the list are hash lookups); the naive scan grows linearly with the routes. The
-target is missed because `identify` alone takes most of the budget:
+### Decision time: SIP parsing, not matching
 
-- parsing three address headers (From, To, P-Asserted-Identity) in pure Python:
-  `parse_address` / `_parse_uri` / `_split_params` / `canonical_name`, ~10 µs per header
-  (cProfile: `_parse_uri` 0.42 s tottime over 60,000 headers; `canonical_name` called
-  23 times per call);
-- `to_e164` for a caller never seen before: `phonenumbers.parse` costs ~13 µs and the
-  LRU cache cannot help a new caller;
-- `decide` itself: ~11 µs p50, of which the `maintenance` schedule (`Schedule.contains`,
-  ~3 µs) and the four routes tested on every call (~1 µs each) are most.
+With the index, `RuleSet.decide` costs about the same at 10 and 10,000 routes, and the
+list lookup is one hash probe at 10k or 1M numbers (~0.4-1 µs, against ~45 ms for a
+scan of a 1M list). The naive route scan grows with the number of routes (~1 µs per route).
+The target is missed because `identify` alone takes most of the budget:
 
-Fast paths already applied in `app/sip.py` (same results, checked against the previous
-code on 400,000 random strings): `split_list` returns the stripped value when it holds
-no comma; `_split_unquoted` and `_find_unquoted` use `str.split` / `str.find` when the
-text holds no double quote. They took `identify` from ~45 µs to ~35 µs per call.
+- three address headers (From, To, P-Asserted-Identity) parsed in pure Python by
+  `parse_address` / `_parse_uri` / `_split_params`, ~10 µs each. cProfile over 20,000
+  calls: `_parse_uri` 0.42 s tottime, `canonical_name` called 23 times per call;
+- `to_e164` for a caller never seen before: `phonenumbers.parse` costs ~11-13 µs, and
+  the LRU cache cannot help a first-time caller;
+- `decide` itself, ~12-17 µs p50: the routes the index cannot file under a number are
+  tested on every call (about 1 µs each, the schedule ~3 µs); a templated session adds
+  ~130 µs (`call_values` and a JSON round trip in `SessionTemplate.render`); prefix and
+  unrouted calls look up every prefix length.
 
-Proposed next, in order of effect:
+The p99 is 1.5-2 times the p50 even on a quiet machine: heavier call kinds (display
+names with a comma take the slow quoted path, prefix and unrouted calls, templated
+routes) and ordinary CPython variance.
 
-1. `to_e164`: answer `+1` followed by ten digits whose area code and exchange start with
-   2-9 (`re.fullmatch(r"\\+1[2-9][0-9]{2}[2-9][0-9]{6}", text)`) without phonenumbers: the
-   result is the input (checked for 900,000 random such numbers and regions None, US and
-   GB). Saves ~13 µs for every new North American caller.
-2. Cache `parse_address(value, region)` (an LRU like `to_e164`'s; `Address` is frozen):
-   the To header of a call to a routed number and P-Asserted-Identity of a returning
-   caller repeat byte for byte. Saves ~7-10 µs per repeated header.
-3. Canonicalise names once in `Headers.__init__` and look up already-canonical names
-   (`canonical_name` is called ~23 times per call).
-4. A pre-check of `Schedule.contains` per minute (cache the answer for the current
-   minute) saves ~3 µs per call on every call when a schedule route is tested first.
+Applied in `app/sip.py` (same results: compared with the previous functions on 400,000
+random strings, and the unit tests pass): `split_list` returns the stripped value when
+it holds no comma; `_split_unquoted` and `_find_unquoted` use `str.split` / `str.find`
+when the text holds no double quote. `identify` went from ~45 µs to ~35 µs per call
+(warm caches).
 
-**Reload blocks the event loop although it runs in a worker thread.** CPython cannot
-switch threads inside one C call, and loading a million numbers makes several long ones:
-`text.splitlines()` (~60-85 ms), the set's resizes while it grows to a million entries
-(~30-140 ms each under contention), `frozenset(exact)` (~35 ms). After the load, the swap
-on the loop drops the previous RuleSet, and freeing a million strings there takes
-~70-100 ms (`del` of a 1M RuleSet measured alone: 107 ms). Fixes (app/rules/numbers.py,
-app/reload.py):
+Proposed (measured by patching them in at 10k routes, on a quiet machine):
 
-1. Drop the previous rules off the loop: in `RulesManager._reload_now`, after the swap,
-   hand `previous` to a worker (`await asyncio.to_thread(_release, [previous])` with
-   `previous = None` first, the helper clearing the list) so the last reference dies there.
-   The same for a reload whose result was `unchanged` (the new, unused RuleSet).
-2. `load_number_file`: iterate lines (`for line in io.StringIO(text)` or the open file)
-   instead of `text.splitlines()`, and build the set in shards (e.g. 64 frozensets chosen
-   by `hash(number) & 63`, each ~16k numbers) so that no single resize or copy holds the
-   GIL for more than ~1 ms; `NumberSet.__contains__` indexes the shard first.
-3. `NumberSet.union` with no other sets now returns the set itself (applied): it copied a
-   million-entry frozenset (~35 ms holding the GIL, ~40 MB) for every list route.
+1. `to_e164`: return `+1` followed by ten digits whose area code and exchange start
+   with 2-9 (`re.fullmatch(r"\+1[2-9][0-9]{2}[2-9][0-9]{6}", text)`) as is, without
+   phonenumbers: the result is identical (checked on 900,000 random such numbers with
+   regions None, US and GB). p50 69 -> 50 µs, p99 146 -> 139 µs.
+2. An LRU cache on `parse_address(value, region)` (`Address` is frozen): the To header
+   of calls to a routed number and the P-Asserted-Identity of a returning caller repeat
+   byte for byte. With 1: p50 48 µs, p99 110 µs.
+3. Canonical header names computed once in `Headers.__init__` and looked up directly.
 
-**Reload time at 10,000 routes is YAML.** `load_rules` spends most of its time in
-PyYAML's pure-Python scanner/parser (`source.parse_yaml`: 4.1 s of ~4.7 s for 10,000
-routes). PyYAML here is built with libyaml: `yaml.CSafeLoader` in `parse_yaml` gives the
-same data and the same line/column positions (compared on the 10,000-route file) in
-1.2 s, and `load_rules` at 10,000 routes drops from ~4.7 s to ~2.0 s. The list file itself
-loads in ~1 s (0.5 s of it the per-line Python loop).
+Even with 1 and 2 the p99 stays near 110 µs: under 50 µs at p99 needs `identify` about
+three times faster than it is, which means a different parser for the common case (one
+compiled regular expression for `"name" <sip:user@host;params>;params`, falling back to
+the full grammar) or a compiled extension. Whether a 50 µs p99 is worth that is a product
+question: the decision is a small part of answering a webhook.
 
-**Memory.** A loaded RuleSet with a million numbers costs ~115-120 MB (64 B per number
-string plus a 2M-slot hash table), well under 300 MB. But a server that reloads holds
-more: `RulesManager.running` keeps the startup RuleSet in a local variable (`rules`) for
-the life of the server, so after the first reload two full RuleSets stay resident, and
-during a reload three exist at once (pinned startup, serving, new). Fix: do not keep the
-reference (`self._activate(await ...)` without binding `rules`, or `del rules` after
-activating). A reload still needs old + new at once; storing numbers as `int` (28-32 B
-instead of ~64 B per number) or in sorted shards of `array('Q')` would roughly halve or
-quarter that.
+### Reload time: YAML and the garbage collector
+
+`load_rules` for 10,000 routes spends ~4 s of ~5 s in PyYAML's pure-Python
+scanner/parser (`source.parse_yaml`). Full garbage collections, triggered by the many
+objects the load creates, take ~1.4 s of the whole load (5 during one parse alone, the
+largest 254 ms); the reload table above lists them as they happen.
+A million-number list loads in ~0.7-1 s (0.5 s of it the per-line loop).
+Measured fixes, 10,000 routes + 1M numbers, in a worker thread:
+
+| change | load | worst loop gap |
+|---|---|---|
+| as is | 5.5 s | 265 ms |
+| cyclic GC paused during the load (`gc.disable()` / `gc.enable()` around it) | 4.1 s | 67 ms |
+| `yaml.CSafeLoader` in `parse_yaml` | 2.9 s | 371 ms |
+| both | 1.7 s | 63 ms |
+
+`CSafeLoader` (PyYAML here is built with libyaml) gave the same data and the same
+line/column positions on the 10,000-route file; messages for invalid YAML come from
+libyaml and may be worded differently. Pausing the GC is process-wide: while a load runs
+(seconds at most) cyclic garbage from serving waits; RulesManager runs one load at a time.
+
+### The event loop stalls although the load runs in a worker thread
+
+CPython switches threads only between bytecodes, and the load makes long single C calls:
+`text.splitlines()` on the list file (~50-85 ms), the set's resizes as it grows to a
+million entries (~30-140 ms each), `frozenset(exact)` (~35 ms), and full garbage
+collections (above; they are the 300-450 ms stalls at 10,000 routes, while YAML parsing
+and pydantic's validation, which calls Python validators, leave gaps under ~30 ms).
+Releasing the previous rules in a worker (`RulesManager._reload_now` now does
+`await asyncio.to_thread(garbage.clear)`) does not help: freeing a million strings is
+one C call (~45-110 ms) that holds the GIL whichever thread runs it, and the loop waits
+just as long.
+
+Proposed:
+
+1. Pause the cyclic GC during loads (above), and call `gc.freeze()` after the startup
+   load and after each swap: a full collection with 10,000 routes and 1M numbers alive
+   takes ~90 ms on whatever thread triggers it, the event loop included (it shows as the
+   decision-time max); with the rules frozen it takes ~0.6 ms. Frozen objects are still
+   freed by reference counting when the rules are dropped.
+2. `load_number_file`: iterate lines instead of `text.splitlines()`, and keep numbers in
+   shards (e.g. 64 frozensets by `hash(number) & 63`, or 64 sorted `array('Q')` of the
+   digits), each built and freed separately: every single C call then stays around a
+   millisecond, and the release in a worker can drop one shard at a time. Sorted arrays
+   also cut the list's memory from ~95 MB to ~8 MB (lookup by `bisect`, ~1-2 µs).
+
+### Memory
+
+A loaded RuleSet with a million numbers costs ~95 MB above the ~38 MB the imports take
+(~64 B per number string plus a 2M-slot hash table); 10,000 routes add ~50-90 MB. That is
+under 300 MB at every size; the peak while loading (file text, line list, set and its
+frozenset copy alive at once) reaches ~250 MB at 10,000 routes + 1M numbers.
+
+A server holds old and new rules during a reload, so its peak is about two RuleSets plus
+the load's transients: 295 MB at 10 routes + 1M numbers, just under the target. After a
+reload the resident size stays ~80 MB above startup (CPython's allocator keeps freed
+memory for the next load) but does not grow from one reload to the next.
+
+Applied in `app/rules/numbers.py`: `NumberSet.union()` with no other sets returns the set
+itself instead of copying it; every route naming one list copied a million-entry
+frozenset (~35 ms with the GIL held, ~40 MB). Before it, and before another engineer's
+change meanwhile (`RulesManager.running` no longer keeps the startup rules), the same run
+measured 252 MB after the first reload, 310 MB after the second and a 414 MB peak. The
+sharded arrays proposed above would make all of this small.
 """
 
 
