@@ -1,16 +1,23 @@
 """A real local HTTP server standing in for OpenAI's call-control API.
 
 Every request is recorded; responses are scripted per call id and operation, with an
-optional delay, and default to 200.
+optional delay, and default to 200. Callbacks registered with `on_request` see each
+request and its reply before the reply is sent (a sideband fake ends the call there).
+With `websocket_backend` set, `GET /v1/realtime?call_id=...` (the sideband WebSocket) is
+passed through, bytes as they are, to that address: one base URL serves both.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import selectors
+import socket
+import struct
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,6 +47,9 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._scripts: dict[tuple[str, str], deque[Reply]] = defaultdict(deque)
         self.requests: list[Recorded] = []
+        self._listeners: list[Callable[[Recorded, Reply], None]] = []
+        self.websocket_backend: tuple[str, int] | None = None
+        """Where sideband WebSocket upgrades go (e.g. a FakeRealtime's address)."""
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,17 +62,27 @@ class FakeOpenAI:
                 if match is None:
                     self._reply(Reply(404, {"error": {"message": f"no route {self.path}"}}))
                     return
-                reply = fake._record(
-                    Recorded(
-                        call_id=match["call_id"],
-                        operation=match["operation"],
-                        body=json.loads(raw) if raw else None,
-                        authorization=self.headers.get("authorization"),
-                    )
+                request = Recorded(
+                    call_id=match["call_id"],
+                    operation=match["operation"],
+                    body=json.loads(raw) if raw else None,
+                    authorization=self.headers.get("authorization"),
                 )
+                reply = fake._record(request)
                 if reply.delay:
                     time.sleep(reply.delay)
+                fake._notify(request, reply)
                 self._reply(reply)
+
+            def do_GET(self) -> None:
+                backend = fake.websocket_backend
+                if backend is None or not self.path.startswith("/v1/realtime?"):
+                    self._reply(Reply(404, {"error": {"message": f"no route {self.path}"}}))
+                    return
+                self.close_connection = True
+                head = self.requestline + "\r\n"
+                head += "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+                _pipe(self.connection, backend, (head + "\r\n").encode("latin-1"))
 
             def _reply(self, reply: Reply) -> None:
                 payload = json.dumps(reply.body).encode() if reply.body is not None else b""
@@ -103,8 +123,61 @@ class FakeOpenAI:
         with self._lock:
             return [r for r in self.requests if r.call_id == call_id]
 
+    def on_request(self, callback: Callable[[Recorded, Reply], None]) -> None:
+        with self._lock:
+            self._listeners.append(callback)
+
+    def _notify(self, request: Recorded, reply: Reply) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(request, reply)
+
     def _record(self, request: Recorded) -> Reply:
         with self._lock:
             self.requests.append(request)
             queue = self._scripts.get((request.call_id, request.operation))
             return queue.popleft() if queue else Reply()
+
+
+def _pipe(client: socket.socket, backend: tuple[str, int], head: bytes) -> None:
+    """Relay a WebSocket connection to `backend` until either side ends.
+
+    A clean end (EOF) is passed on as a clean close; a reset as a reset, so that a dropped
+    connection still looks dropped to the client.
+    """
+    try:
+        upstream = socket.create_connection(backend, timeout=5)
+    except OSError:
+        _abort(client)
+        return
+    upstream.settimeout(None)
+    peers = {client: upstream, upstream: client}
+    with upstream, selectors.DefaultSelector() as selector:
+        upstream.sendall(head)
+        for sock in peers:
+            selector.register(sock, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select():
+                source: socket.socket = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = source.recv(65536)
+                except OSError:
+                    _abort(peers[source])
+                    return
+                if not data:
+                    return  # both sockets close cleanly on the way out
+                try:
+                    peers[source].sendall(data)
+                except OSError:
+                    _abort(source)
+                    return
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close with a TCP reset rather than a FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    except OSError:
+        pass

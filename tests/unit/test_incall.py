@@ -1,0 +1,915 @@
+"""app.incall against a real local WebSocket server (tests/e2e/fake_realtime.py).
+
+The sideband client is the production one (`WebSocketConnector`); call control is a fake
+that records every request and, like OpenAI, ends the call at the fake server when a
+hangup or a transfer succeeds. Nothing here asserts on time: waits poll a condition, with
+a bound, and the delays injected (connect retries, end_call, max duration) are fractions
+of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import pytest
+
+from app.calllog import CallLog, CallRecord, CallStatus
+from app.calls import CallGone, UpstreamRejected
+from app.incall import SAID, InCallManager
+from app.metrics import Metrics
+from app.rules.ruleset import CallFeatures, Destination, MaxDuration
+from app.sideband import Sideband, WebSocketConnector
+from tests.e2e.fake_realtime import (
+    Close,
+    Drop,
+    EndCall,
+    FakeRealtime,
+    Refuse,
+    Send,
+    SendRaw,
+    Sleep,
+    WaitFor,
+    dtmf,
+    error,
+    function_call,
+    function_call_events,
+)
+from tests.support import new_id
+
+pytestmark = pytest.mark.anyio
+
+API_KEY = "sk-incall-test"
+SALES = "sip:sales@pbx.example.com"
+SUPPORT = "tel:+18005550199"
+DESK = "sip:desk@pbx.example.com"
+TRANSFERS = {
+    "sales": Destination(SALES, "Buying something"),
+    "support": Destination(SUPPORT),
+}
+T = TypeVar("T")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --- fakes ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Op:
+    operation: str
+    call_id: str
+    argument: Any
+    client_events: list[str]
+    """Event types the fake server had received for the call when the request was made."""
+    server_events: list[dict[str, Any]]
+    """Events the fake server had sent for the call by then."""
+
+
+class FakeController:
+    """Records accept/reject/refer/hangup; scripted failures are raised in order.
+
+    Like OpenAI, a successful hangup or refer ends the call: the fake server closes the
+    call's sideband with 1000. With `close_before_answer`, the close completes before the
+    request returns (the sideband's end overtakes the API's answer).
+    """
+
+    def __init__(self, fake: FakeRealtime | None, *, close_before_answer: bool = False) -> None:
+        self.fake = fake
+        self.close_before_answer = close_before_answer
+        self.ops: list[Op] = []
+        self._failures: dict[tuple[str, str], list[Exception]] = {}
+        self.gate: asyncio.Event | None = None
+
+    def fail(self, operation: str, call_id: str, *errors: Exception) -> None:
+        self._failures.setdefault((operation, call_id), []).extend(errors)
+
+    def for_call(self, call_id: str) -> list[tuple[str, Any]]:
+        return [(op.operation, op.argument) for op in self.ops if op.call_id == call_id]
+
+    def op(self, call_id: str, operation: str) -> Op:
+        found = [op for op in self.ops if op.call_id == call_id and op.operation == operation]
+        assert len(found) == 1, found
+        return found[0]
+
+    async def _do(self, operation: str, call_id: str, argument: Any) -> None:
+        fake = self.fake
+        self.ops.append(
+            Op(
+                operation,
+                call_id,
+                argument,
+                fake.types(call_id) if fake else [],
+                [e for log in fake.sidebands(call_id) for e in log.sent] if fake else [],
+            )
+        )
+        if self.gate is not None:
+            await self.gate.wait()
+        failures = self._failures.get((operation, call_id))
+        if failures:
+            raise failures.pop(0)
+        if fake is not None and operation in ("refer", "hangup"):
+            fake.end(call_id)
+            if self.close_before_answer:
+                await eventually(lambda: not fake.is_open(call_id), "the sideband to close")
+
+    async def accept(self, call_id: str, body: bytes, deadline: float) -> None:
+        await self._do("accept", call_id, body)
+
+    async def reject(self, call_id: str, status_code: int, deadline: float) -> None:
+        await self._do("reject", call_id, status_code)
+
+    async def refer(self, call_id: str, target_uri: str, deadline: float) -> None:
+        await self._do("refer", call_id, target_uri)
+
+    async def hangup(self, call_id: str, deadline: float) -> None:
+        await self._do("hangup", call_id, None)
+
+
+@dataclass
+class LoggedCall:
+    records: list[CallRecord] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    statuses: list[CallStatus] = field(default_factory=list)
+    endings: list[str] = field(default_factory=list)
+
+
+class RecordingCallLog:
+    """A CallLog that keeps every write, in order, per call."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, LoggedCall] = {}
+
+    def __getitem__(self, call_id: str) -> LoggedCall:
+        return self.calls.setdefault(call_id, LoggedCall())
+
+    def started(self, record: CallRecord) -> None:
+        self[record.call_id].records.append(record)
+
+    def event(self, call_id: str, kind: str, data: Mapping[str, Any] | None = None) -> None:
+        self[call_id].events.append((kind, dict(data or {})))
+
+    def status(self, call_id: str, status: CallStatus) -> None:
+        self[call_id].statuses.append(status)
+
+    def ended(self, call_id: str, reason: str) -> None:
+        self[call_id].endings.append(reason)
+
+    async def get(self, call_id: str) -> CallRecord | None:
+        return None
+
+    async def recent(
+        self,
+        *,
+        status: CallStatus | None = None,
+        route: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[CallRecord]:
+        return []
+
+    def kinds(self, call_id: str) -> list[str]:
+        return [kind for kind, _ in self[call_id].events]
+
+    def data(self, call_id: str, kind: str) -> list[dict[str, Any]]:
+        return [data for k, data in self[call_id].events if k == kind]
+
+    def ended_with(self, call_id: str) -> str | None:
+        endings = self[call_id].endings
+        return endings[0] if endings else None
+
+
+async def eventually(
+    check: Callable[[], T | Literal[False] | None], what: str, within: float = 5.0
+) -> T:
+    """Poll until `check()` is truthy (bounded), and return it."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def metric(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def said(instructions: str) -> dict[str, Any]:
+    """A line Switchboard has the agent say: tagged, so that its response.done is known."""
+    return {"type": "response.create", "response": {"instructions": instructions, "metadata": SAID}}
+
+
+def output_of(event: dict[str, Any]) -> dict[str, Any]:
+    """The decoded output of a function_call_output item."""
+    assert event["type"] == "conversation.item.create"
+    item = event["item"]
+    assert item["type"] == "function_call_output"
+    result: dict[str, Any] = json.loads(item["output"])
+    return result
+
+
+def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("type") == kind]
+
+
+def answers(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The server's response.done events answering a response.create (not a tool call)."""
+    return [
+        e
+        for e in of_type(events, "response.done")
+        if all(item.get("type") == "message" for item in e["response"]["output"])
+    ]
+
+
+# --- the harness ----------------------------------------------------------------------------
+
+
+@dataclass
+class Harness:
+    fake: FakeRealtime
+    controller: FakeController
+    log: RecordingCallLog
+    metrics: Metrics
+    manager: InCallManager
+
+    def start(self, features: CallFeatures, *connections: Any, call_id: str | None = None) -> str:
+        call_id = call_id or new_id()
+        if connections:
+            self.fake.call(call_id, *connections)
+        assert self.manager.start(call_id, features)
+        return call_id
+
+    async def ended(self, call_id: str) -> str:
+        return await eventually(lambda: self.log.ended_with(call_id), f"{call_id} to end")
+
+    async def gone(self, call_id: str) -> None:
+        """The session is over (ended, detached, or given up on)."""
+        await eventually(lambda: call_id not in self.manager, f"{call_id}'s session to finish")
+
+    async def sent(self, call_id: str, kind: str, count: int = 1) -> list[dict[str, Any]]:
+        """Client events of a type, once the fake has `count` of them."""
+
+        def found() -> list[dict[str, Any]] | None:
+            events = of_type(self.fake.events(call_id), kind)
+            return events if len(events) >= count else None
+
+        return await eventually(found, f"{count} {kind} from {call_id}")
+
+
+def make_manager(
+    fake: FakeRealtime,
+    controller: FakeController,
+    log: RecordingCallLog,
+    metrics: Metrics,
+    *,
+    base_url: str | None = None,
+    connector: Any = None,
+) -> InCallManager:
+    call_log: CallLog = log
+    return InCallManager(
+        connector=connector or WebSocketConnector(base_url or fake.base_url, API_KEY),
+        controller=controller,
+        call_log=call_log,
+        metrics=metrics,
+        connect_delays=(0.01, 0.02),
+        end_call_delay=0.05,
+    )
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeRealtime]:
+    async with FakeRealtime(api_key=API_KEY) as server:
+        yield server
+    assert server.errors == []
+
+
+@pytest.fixture
+async def harness(fake: FakeRealtime) -> AsyncIterator[Harness]:
+    controller = FakeController(fake)
+    log = RecordingCallLog()
+    metrics = Metrics()
+    manager = make_manager(fake, controller, log, metrics)
+    yield Harness(fake, controller, log, metrics, manager)
+    await manager.shutdown()
+
+
+# --- greeting ---------------------------------------------------------------------------------
+
+
+async def test_greeting_without_instructions(harness: Harness) -> None:
+    call_id = harness.start(CallFeatures(greeting=True), [])
+    (create,) = await harness.sent(call_id, "response.create")
+    assert create == {"type": "response.create", "response": {}}
+    (sideband,) = harness.fake.sidebands(call_id)
+    assert sideband.authorization == f"Bearer {API_KEY}"
+    await eventually(
+        lambda: harness.log.kinds(call_id) == ["sideband_connected", "greeting"], "the log"
+    )
+    assert metric(harness.metrics, "switchboard_active_calls") == 1
+
+
+async def test_greeting_with_instructions(harness: Harness) -> None:
+    features = CallFeatures(greeting=True, greeting_instructions="Greet the caller by name.")
+    call_id = harness.start(features, [])
+    (create,) = await harness.sent(call_id, "response.create")
+    assert create == {
+        "type": "response.create",
+        "response": {"instructions": "Greet the caller by name."},
+    }
+
+
+async def test_no_greeting_sends_nothing(harness: Harness) -> None:
+    call_id = harness.start(CallFeatures(end_call=True), [*function_call("end_call", {})])
+    await harness.ended(call_id)
+    assert "response.create" not in harness.fake.types(call_id)
+
+
+# --- the transfer_call tool -------------------------------------------------------------------
+
+
+async def test_transfer_tool_to_an_allowlisted_name(harness: Harness) -> None:
+    features = CallFeatures(
+        greeting=True,
+        transfers=TRANSFERS,
+        transfer_message="Tell the caller you are transferring them.",
+    )
+    steps = function_call("transfer_call", {"destination": "sales"}, call_id="call_tool_1")
+    call_id = harness.start(features, [WaitFor("response.create"), *steps])
+
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.controller.for_call(call_id) == [("refer", SALES)]
+    events = harness.fake.events(call_id)
+    assert [e["type"] for e in events] == [
+        "response.create",  # greeting
+        "conversation.item.create",
+        "response.create",  # transfer_message
+    ]
+    assert events[1]["item"]["call_id"] == "call_tool_1"
+    assert output_of(events[1]) == {"status": "transferring", "destination": "sales"}
+    assert events[2] == said("Tell the caller you are transferring them.")
+    assert SAID == {"switchboard": "say"}
+    # The line was said (its response.done came back) before the transfer.
+    refer = harness.controller.op(call_id, "refer")
+    assert len(answers(refer.server_events)) == 2  # the greeting's and the line's
+    assert harness.log.data(call_id, "transfer") == [
+        {"destination": "sales", "outcome": "referred", "by": "tool", "uri": SALES}
+    ]
+    assert harness.log.data(call_id, "tool_call") == [
+        {"name": "transfer_call", "arguments": {"destination": "sales"}}
+    ]
+    assert metric(harness.metrics, "switchboard_transfers_total", outcome="referred") == 1
+    (sideband,) = harness.fake.sidebands(call_id)
+    assert sideband.close_code == 1000 and not sideband.closed_by_client
+
+
+async def test_transfer_tool_without_transfer_message_refers_at_once(harness: Harness) -> None:
+    call_id = harness.start(
+        CallFeatures(transfers=TRANSFERS),
+        function_call("transfer_call", {"destination": "support"}),
+    )
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.controller.for_call(call_id) == [("refer", SUPPORT)]
+    assert harness.fake.types(call_id) == ["conversation.item.create"]
+
+
+@pytest.mark.parametrize("destination", ["ceo", "", None, "SALES"])
+async def test_transfer_tool_to_an_unknown_name(harness: Harness, destination: Any) -> None:
+    features = CallFeatures(transfers=TRANSFERS, transfer_message="Say you transfer.")
+    arguments = {} if destination is None else {"destination": destination}
+    call_id = harness.start(features, function_call("transfer_call", arguments))
+
+    item, create = await eventually(
+        lambda: len(harness.fake.events(call_id)) >= 2 and harness.fake.events(call_id),
+        "the tool's answer",
+    )
+    result = output_of(item)
+    assert set(result) == {"error"}
+    assert "sales" in result["error"] and "support" in result["error"]
+    assert create == {"type": "response.create"}  # the model tries again, no transfer line
+    await eventually(lambda: harness.log.data(call_id, "transfer"), "the transfer record")
+    assert harness.log.data(call_id, "transfer") == [
+        {"destination": str(destination), "outcome": "rejected_destination", "by": "tool"}
+    ]
+    assert harness.controller.ops == []
+    assert call_id in harness.manager  # the call goes on
+    assert metric(harness.metrics, "switchboard_transfers_total", outcome="referred") == 0
+
+
+async def test_transfer_tool_with_arguments_that_are_not_json(harness: Harness) -> None:
+    call_id = harness.start(
+        CallFeatures(transfers=TRANSFERS), function_call("transfer_call", "{destination: sales")
+    )
+    (item,) = await harness.sent(call_id, "conversation.item.create")
+    assert "error" in output_of(item)
+    assert harness.log.data(call_id, "tool_call") == [{"name": "transfer_call", "arguments": None}]
+    assert harness.controller.ops == []
+
+
+@pytest.mark.parametrize("via", ["both", "arguments", "response"])
+async def test_a_tool_call_acts_once_whichever_events_carry_it(harness: Harness, via: str) -> None:
+    steps = function_call("transfer_call", {"destination": "sales"}, via=via)
+    # The same call again, later: still once.
+    call_id = harness.start(CallFeatures(transfers=TRANSFERS), [*steps, Sleep(0.05), *steps])
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.controller.for_call(call_id) == [("refer", SALES)]
+    assert harness.fake.types(call_id) == ["conversation.item.create"]
+    assert len(harness.log.data(call_id, "tool_call")) == 1
+
+
+async def test_tools_not_offered_are_left_alone(harness: Harness) -> None:
+    """Another tool of the session, or end_call on a call without it: not Switchboard's."""
+    call_id = harness.start(
+        CallFeatures(transfers=TRANSFERS, dtmf={"1": "sales"}),
+        [*function_call("lookup_order", {"id": 7}), *function_call("end_call", {}), dtmf("1")],
+    )
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.fake.types(call_id) == []  # no function_call_output for either
+    assert harness.controller.for_call(call_id) == [("refer", SALES)]
+
+
+async def test_a_failed_transfer_is_recorded_and_the_call_goes_on(harness: Harness) -> None:
+    call_id = new_id()
+    harness.controller.fail("refer", call_id, UpstreamRejected("refer", "HTTP 400: bad uri", 400))
+    harness.start(
+        CallFeatures(transfers=TRANSFERS),
+        function_call("transfer_call", {"destination": "sales"}),
+        call_id=call_id,
+    )
+    await eventually(lambda: harness.log.data(call_id, "transfer"), "the transfer")
+    assert harness.log.data(call_id, "transfer")[0]["outcome"] == "failed"
+    assert "bad uri" in harness.log.data(call_id, "error")[0]["error"]
+    assert call_id in harness.manager
+    assert harness.fake.is_open(call_id)
+    assert metric(harness.metrics, "switchboard_transfers_total", outcome="failed") == 1
+
+
+async def test_a_transfer_to_a_caller_who_is_gone(harness: Harness) -> None:
+    call_id = new_id()
+    harness.controller.fail("refer", call_id, CallGone("refer", "HTTP 404", 404))
+    harness.start(
+        CallFeatures(transfers=TRANSFERS),
+        function_call("transfer_call", {"destination": "sales"}),
+        call_id=call_id,
+    )
+    await eventually(lambda: harness.log.data(call_id, "transfer"), "the transfer")
+    assert harness.log.data(call_id, "transfer")[0]["outcome"] == "caller_gone"
+    harness.fake.end(call_id)
+    assert await harness.ended(call_id) == "ended"
+
+
+# --- keypad -------------------------------------------------------------------------------------
+
+
+async def test_dtmf_digit_mapped_to_a_transfer(harness: Harness) -> None:
+    features = CallFeatures(transfers=TRANSFERS, dtmf={"5": "support", "0": None})
+    call_id = harness.start(features, [dtmf("5")])
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.controller.for_call(call_id) == [("refer", SUPPORT)]
+    assert harness.log.data(call_id, "dtmf") == [{"digit": "5"}]
+    assert harness.log.data(call_id, "transfer") == [
+        {"destination": "support", "outcome": "referred", "by": "dtmf", "uri": SUPPORT}
+    ]
+
+
+async def test_dtmf_transfer_says_the_transfer_message_first(harness: Harness) -> None:
+    features = CallFeatures(transfers=TRANSFERS, dtmf={"5": "sales"}, transfer_message="Say it.")
+    call_id = harness.start(features, [dtmf("5")])
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.fake.events(call_id) == [said("Say it.")]
+    assert answers(harness.controller.op(call_id, "refer").server_events)
+
+
+async def test_dtmf_digit_mapped_to_hangup(harness: Harness) -> None:
+    call_id = harness.start(CallFeatures(dtmf={"#": None}), [dtmf("#")])
+    assert await harness.ended(call_id) == "dtmf"
+    assert harness.controller.for_call(call_id) == [("hangup", None)]
+    assert harness.log.data(call_id, "hangup") == [{"reason": "dtmf", "outcome": "hung_up"}]
+    assert metric(harness.metrics, "switchboard_hangups_total", reason="dtmf") == 1
+
+
+async def test_an_unmapped_digit_is_only_recorded(harness: Harness) -> None:
+    features = CallFeatures(transfers=TRANSFERS, dtmf={"5": "sales"})
+    # Digits are handled in order: by the time 5 transfers, 7 has been dealt with.
+    call_id = harness.start(features, [dtmf("7"), dtmf("5")])
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.log.data(call_id, "dtmf") == [{"digit": "7"}, {"digit": "5"}]
+    assert harness.controller.for_call(call_id) == [("refer", SALES)]
+    assert harness.fake.types(call_id) == []
+
+
+# --- limits and ending --------------------------------------------------------------------------
+
+
+async def test_max_duration_warns_then_hangs_up(harness: Harness) -> None:
+    limit = MaxDuration(seconds=0.3, warning_before=0.15, warning="Say the call ends soon.")
+    call_id = harness.start(CallFeatures(max_duration=limit), [])
+    assert await harness.ended(call_id) == "max_duration"
+    hangup = harness.controller.op(call_id, "hangup")
+    assert hangup.client_events == ["response.create"]  # the warning came first
+    assert harness.fake.events(call_id) == [
+        {"type": "response.create", "response": {"instructions": "Say the call ends soon."}}
+    ]
+    assert harness.log.kinds(call_id) == ["sideband_connected", "warning", "hangup"]
+    assert harness.log.data(call_id, "hangup") == [{"reason": "max_duration", "outcome": "hung_up"}]
+    assert metric(harness.metrics, "switchboard_hangups_total", reason="max_duration") == 1
+    assert metric(harness.metrics, "switchboard_call_duration_seconds_count") == 1
+
+
+async def test_max_duration_alone_needs_no_sideband(harness: Harness) -> None:
+    call_id = harness.start(CallFeatures(max_duration=MaxDuration(seconds=0.1)))
+    assert await harness.ended(call_id) == "max_duration"
+    assert harness.controller.for_call(call_id) == [("hangup", None)]
+    assert harness.fake.sidebands(call_id) == [] and harness.fake.refusals == []
+    assert harness.log[call_id].statuses == []
+
+
+async def test_max_duration_on_a_call_that_ends_first(harness: Harness) -> None:
+    features = CallFeatures(greeting=True, max_duration=MaxDuration(seconds=0.2))
+    call_id = harness.start(features, [WaitFor("response.create"), EndCall()])
+    assert await harness.ended(call_id) == "ended"
+    await harness.gone(call_id)
+    await asyncio.sleep(0.3)  # past the limit: the timer went with the call
+    assert harness.controller.ops == []
+
+
+async def test_end_call_tool_answers_then_hangs_up(harness: Harness) -> None:
+    call_id = harness.start(
+        CallFeatures(end_call=True), function_call("end_call", {}, call_id="c9")
+    )
+    assert await harness.ended(call_id) == "end_call"
+    (item,) = harness.fake.events(call_id)
+    assert item["item"]["call_id"] == "c9"
+    assert output_of(item) == {"status": "ending the call"}
+    hangup = harness.controller.op(call_id, "hangup")
+    assert hangup.client_events == ["conversation.item.create"]  # no response.create
+    assert harness.log.data(call_id, "hangup") == [{"reason": "end_call", "outcome": "hung_up"}]
+    assert metric(harness.metrics, "switchboard_hangups_total", reason="end_call") == 1
+
+
+async def test_a_refer_route_announces_then_transfers(harness: Harness) -> None:
+    features = CallFeatures(announce="Say you put them through to the desk.", refer_to=DESK)
+    call_id = harness.start(features, [])
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.fake.events(call_id) == [said("Say you put them through to the desk.")]
+    refer = harness.controller.op(call_id, "refer")
+    assert refer.argument == DESK
+    assert answers(refer.server_events)  # said before the REFER
+    assert harness.log.data(call_id, "transfer") == [
+        {"destination": DESK, "outcome": "referred", "by": "route", "uri": DESK}
+    ]
+
+
+@pytest.mark.parametrize("refusal", [Refuse(404), Refuse(503)])
+async def test_a_refer_route_transfers_even_without_a_sideband(
+    harness: Harness, refusal: Refuse
+) -> None:
+    """The line cannot be said: the caller must still be transferred, not left hanging."""
+    features = CallFeatures(announce="Say you put them through.", refer_to=DESK)
+    call_id = harness.start(features, refusal, refusal, refusal)
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.controller.for_call(call_id) == [("refer", DESK)]
+    assert harness.log.data(call_id, "transfer")[0]["by"] == "route"
+
+
+async def test_a_refer_route_whose_transfer_fails_hangs_up(harness: Harness) -> None:
+    call_id = new_id()
+    harness.controller.fail("refer", call_id, UpstreamRejected("refer", "HTTP 400", 400))
+    harness.start(CallFeatures(announce="Say it.", refer_to=DESK), [], call_id=call_id)
+    assert await harness.ended(call_id) == "refer_failed"
+    assert harness.controller.for_call(call_id) == [("refer", DESK), ("hangup", None)]
+
+
+# --- the sideband's life ------------------------------------------------------------------------
+
+
+async def test_the_sideband_closes_normally(harness: Harness) -> None:
+    call_id = harness.start(CallFeatures(greeting=True), [WaitFor("response.create"), Close(1000)])
+    assert await harness.ended(call_id) == "ended"
+    await harness.gone(call_id)
+    assert harness.controller.ops == []
+    assert metric(harness.metrics, "switchboard_active_calls") == 0
+    assert metric(harness.metrics, "switchboard_call_duration_seconds_count") == 1
+    assert len(harness.fake.sidebands(call_id)) == 1  # no reconnection after a normal close
+
+
+async def test_server_errors_are_recorded(harness: Harness) -> None:
+    call_id = harness.start(
+        CallFeatures(greeting=True),
+        [error("Unknown parameter: 'response.foo'.", code="unknown_parameter"), Close()],
+    )
+    assert await harness.ended(call_id) == "ended"
+    (recorded,) = harness.log.data(call_id, "error")
+    assert recorded["code"] == "unknown_parameter"
+    assert recorded["message"] == "Unknown parameter: 'response.foo'."
+
+
+@pytest.mark.parametrize("breaks", [Drop(), Close(1011, "internal error")], ids=["drop", "1011"])
+async def test_a_dropped_sideband_is_rejoined(harness: Harness, breaks: Any) -> None:
+    features = CallFeatures(greeting=True, dtmf={"0": None})
+    call_id = harness.start(features, [WaitFor("response.create"), breaks], [dtmf("0")])
+    assert await harness.ended(call_id) == "dtmf"
+    assert len(harness.fake.sidebands(call_id)) == 2
+    assert harness.fake.types(call_id) == ["response.create"]  # no second greeting
+    assert harness.log.kinds(call_id)[:4] == [
+        "sideband_connected",
+        "greeting",
+        "sideband_dropped",
+        "sideband_connected",
+    ]
+    assert metric(harness.metrics, "switchboard_sideband_failures_total", stage="dropped") == 1
+    assert metric(harness.metrics, "switchboard_sideband_failures_total", stage="connect") == 0
+
+
+@pytest.mark.parametrize("breaks", [Drop(), Close(1011)], ids=["drop", "1011"])
+async def test_a_dropped_sideband_that_cannot_be_rejoined(harness: Harness, breaks: Any) -> None:
+    call_id = harness.start(CallFeatures(greeting=True), [breaks], Refuse(404))
+    assert await harness.ended(call_id) == "sideband_lost"
+    assert [r.status for r in harness.fake.refusals] == [404]  # a 404 is not retried
+    assert "sideband_dropped" in harness.log.kinds(call_id)
+    assert harness.log.kinds(call_id)[-1] == "sideband_failed"
+    assert metric(harness.metrics, "switchboard_sideband_failures_total", stage="dropped") == 1
+    assert metric(harness.metrics, "switchboard_sideband_failures_total", stage="connect") == 1
+
+
+async def test_a_sideband_that_cannot_connect_is_retried(harness: Harness) -> None:
+    call_id = harness.start(
+        CallFeatures(greeting=True), Refuse(503), Refuse(500), Refuse(503), Refuse(503)
+    )
+    await harness.gone(call_id)
+    assert [r.status for r in harness.fake.refusals] == [503, 500, 503]  # 1 + 2 retries
+    assert harness.log[call_id].statuses == ["answered"]
+    assert harness.log[call_id].endings == []  # the end cannot be seen: not invented
+    (failed,) = harness.log.data(call_id, "sideband_failed")
+    assert "503" in failed["error"]
+    assert metric(harness.metrics, "switchboard_sideband_failures_total", stage="connect") == 1
+    assert metric(harness.metrics, "switchboard_active_calls") == 0
+
+
+async def test_a_sideband_refused_with_404_is_not_retried(harness: Harness) -> None:
+    call_id = harness.start(CallFeatures(greeting=True))  # never registered: 404
+    await harness.gone(call_id)
+    assert [r.status for r in harness.fake.refusals] == [404]
+    assert harness.log[call_id].statuses == ["answered"]
+    assert harness.log[call_id].endings == []
+
+
+async def test_a_wrong_api_key_is_refused(fake: FakeRealtime) -> None:
+    log, controller, metrics = RecordingCallLog(), FakeController(fake), Metrics()
+    manager = InCallManager(
+        connector=WebSocketConnector(fake.base_url, "sk-wrong"),
+        controller=controller,
+        call_log=log,
+        metrics=metrics,
+        connect_delays=(),
+    )
+    call_id = new_id()
+    fake.call(call_id, [])
+    manager.start(call_id, CallFeatures(greeting=True))
+    await eventually(lambda: call_id not in manager, "the session to give up")
+    assert [(r.status, r.authorization) for r in fake.refusals] == [(401, "Bearer sk-wrong")]
+    assert "401" in log.data(call_id, "sideband_failed")[0]["error"]
+
+
+async def test_an_unreachable_api_is_retried_and_counted(fake: FakeRealtime) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log, controller, metrics = RecordingCallLog(), FakeController(None), Metrics()
+    attempts: list[str] = []
+    connector = WebSocketConnector(f"http://127.0.0.1:{port}/v1", API_KEY, open_timeout=1)
+
+    class Counting:
+        async def connect(self, call_id: str) -> Sideband:
+            attempts.append(call_id)
+            return await connector.connect(call_id)
+
+    manager = make_manager(fake, controller, log, metrics, connector=Counting())
+    call_id = new_id()
+    manager.start(call_id, CallFeatures(transfers=TRANSFERS))
+    await eventually(lambda: call_id not in manager, "the session to give up")
+    assert attempts == [call_id] * 3
+    assert log[call_id].statuses == ["answered"] and log[call_id].endings == []
+    assert metric(metrics, "switchboard_sideband_failures_total", stage="connect") == 1
+
+
+async def test_max_duration_still_hangs_up_without_a_sideband(harness: Harness) -> None:
+    limit = MaxDuration(seconds=0.2, warning_before=0.1, warning="Say goodbye.")
+    call_id = harness.start(CallFeatures(max_duration=limit), Refuse(503), Refuse(503), Refuse(503))
+    assert await harness.ended(call_id) == "max_duration"
+    assert harness.controller.for_call(call_id) == [("hangup", None)]
+    assert "warning" not in harness.log.kinds(call_id)  # nobody to say it
+    assert harness.log[call_id].statuses == []  # active until it ended
+    assert metric(harness.metrics, "switchboard_sideband_failures_total", stage="connect") == 1
+
+
+# --- operators ------------------------------------------------------------------------------------
+
+
+async def test_operator_hangup(harness: Harness) -> None:
+    call_id = harness.start(CallFeatures(greeting=True), [])
+    await harness.sent(call_id, "response.create")
+    assert await harness.manager.hangup(call_id) == "hung_up"
+    assert await harness.ended(call_id) == "operator"
+    assert harness.controller.for_call(call_id) == [("hangup", None)]
+    assert metric(harness.metrics, "switchboard_hangups_total", reason="operator") == 1
+    assert await harness.manager.hangup(call_id) is None  # over: unknown now
+
+
+async def test_operator_hangup_of_an_unknown_call(harness: Harness) -> None:
+    assert await harness.manager.hangup("rtc_nobody") is None
+    assert harness.controller.ops == []
+
+
+async def test_operator_transfer(harness: Harness) -> None:
+    features = CallFeatures(transfers=TRANSFERS, transfer_message="Say you transfer.")
+    call_id = harness.start(features, [])
+    await eventually(lambda: harness.fake.sidebands(call_id), "the sideband")
+    assert await harness.manager.transfer(call_id, "support") == "referred"
+    assert harness.controller.for_call(call_id) == [("refer", SUPPORT)]
+    assert harness.fake.types(call_id) == ["response.create"]
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.log.data(call_id, "transfer")[0]["by"] == "operator"
+
+
+async def test_operator_transfer_refusals(harness: Harness) -> None:
+    call_id = harness.start(CallFeatures(transfers=TRANSFERS), [])
+    with pytest.raises(ValueError, match="sales, support"):
+        await harness.manager.transfer(call_id, "ceo")
+    with pytest.raises(LookupError):
+        await harness.manager.transfer("rtc_nobody", "sales")
+    no_transfers = harness.start(CallFeatures(greeting=True), [])
+    with pytest.raises(ValueError, match="none"):
+        await harness.manager.transfer(no_transfers, "sales")
+    assert harness.controller.ops == []
+
+
+# --- leaving and isolation ------------------------------------------------------------------------
+
+
+async def test_shutdown_leaves_calls_cleanly(harness: Harness) -> None:
+    limit = MaxDuration(seconds=0.3)
+    first = harness.start(CallFeatures(greeting=True, max_duration=limit), [])
+    second = harness.start(CallFeatures(transfers=TRANSFERS), [])
+    await harness.sent(first, "response.create")
+    await eventually(lambda: harness.fake.sidebands(second), "the second sideband")
+
+    await harness.manager.shutdown()
+
+    await eventually(
+        lambda: not harness.fake.is_open(first) and not harness.fake.is_open(second),
+        "the fake to see both close",
+    )
+    for call_id in (first, second):
+        (sideband,) = harness.fake.sidebands(call_id)
+        assert sideband.close_code == 1000 and sideband.closed_by_client
+        assert harness.log[call_id].endings == []  # the calls go on without us
+        assert call_id not in harness.manager
+    assert metric(harness.metrics, "switchboard_active_calls") == 0
+    assert not harness.manager.start(new_id(), CallFeatures(greeting=True))
+    await asyncio.sleep(0.4)  # past the first call's limit: nobody hangs up any more
+    assert harness.controller.ops == []
+
+
+async def test_shutdown_while_a_sideband_is_being_retried(fake: FakeRealtime) -> None:
+    log, controller, metrics = RecordingCallLog(), FakeController(fake), Metrics()
+    manager = InCallManager(
+        connector=WebSocketConnector(fake.base_url, API_KEY),
+        controller=controller,
+        call_log=log,
+        metrics=metrics,
+        connect_delays=(0.2,),
+    )
+    call_id = new_id()
+    fake.call(call_id, Refuse(503), [])
+    manager.start(call_id, CallFeatures(greeting=True))
+    await eventually(lambda: fake.refusals, "the first attempt")
+    await manager.shutdown()
+    assert call_id not in manager
+    # Detached before the retry: it must not join the call (and leave a socket behind).
+    await asyncio.sleep(0.3)
+    assert [log.open for log in fake.sidebands(call_id)] in ([], [False])
+    assert log[call_id].endings == []
+
+
+async def test_one_calls_failures_do_not_touch_another(harness: Harness) -> None:
+    features = CallFeatures(transfers=TRANSFERS, dtmf={"1": "sales", "2": "support"})
+    broken = new_id()
+    harness.controller.fail("refer", broken, UpstreamRejected("refer", "HTTP 400", 400))
+    harness.start(
+        features,
+        [SendRaw("{not json"), SendRaw("[1, 2]"), SendRaw("null"), dtmf("1")],
+        call_id=broken,
+    )
+    healthy = harness.start(features, [Sleep(0.05), dtmf("2")])
+
+    assert await harness.ended(healthy) == "transferred"
+    assert harness.controller.for_call(healthy) == [("refer", SUPPORT)]
+    await eventually(lambda: harness.log.data(broken, "transfer"), "the broken call's transfer")
+    assert harness.log.data(broken, "transfer")[0]["outcome"] == "failed"
+    assert broken in harness.manager and harness.fake.is_open(broken)
+    assert harness.log[broken].endings == []
+
+
+async def test_a_session_that_crashes_ends_alone(harness: Harness) -> None:
+    real = WebSocketConnector(harness.fake.base_url, API_KEY)
+    crashing = new_id()
+
+    class Crashing:
+        async def connect(self, call_id: str) -> Sideband:
+            if call_id == crashing:
+                raise RuntimeError("a bug")
+            return await real.connect(call_id)
+
+    manager = make_manager(
+        harness.fake, harness.controller, harness.log, harness.metrics, connector=Crashing()
+    )
+    manager.start(crashing, CallFeatures(greeting=True))
+    healthy = new_id()
+    harness.fake.call(healthy, [dtmf("0")])
+    manager.start(healthy, CallFeatures(dtmf={"0": None}))
+    assert await harness.ended(crashing) == "error"
+    assert await harness.ended(healthy) == "dtmf"
+    await manager.shutdown()
+
+
+# --- when the sideband's end overtakes the API's answer ------------------------------------------
+
+
+@pytest.fixture
+async def racing(fake: FakeRealtime) -> AsyncIterator[Harness]:
+    """OpenAI ends the call (and its sideband) before it answers the hangup or refer."""
+    controller = FakeController(fake, close_before_answer=True)
+    log, metrics = RecordingCallLog(), Metrics()
+    manager = make_manager(fake, controller, log, metrics)
+    yield Harness(fake, controller, log, metrics, manager)
+    await manager.shutdown()
+
+
+async def test_end_call_when_the_sideband_closes_first(racing: Harness) -> None:
+    call_id = racing.start(CallFeatures(end_call=True), function_call("end_call", {}))
+    assert await racing.ended(call_id) == "end_call"
+    assert racing.log.data(call_id, "hangup") == [{"reason": "end_call", "outcome": "hung_up"}]
+    assert metric(racing.metrics, "switchboard_hangups_total", reason="end_call") == 1
+
+
+async def test_transfer_when_the_sideband_closes_first(racing: Harness) -> None:
+    call_id = racing.start(CallFeatures(transfers=TRANSFERS, dtmf={"1": "sales"}), [dtmf("1")])
+    assert await racing.ended(call_id) == "transferred"
+    assert racing.log.data(call_id, "transfer")[0]["outcome"] == "referred"
+    assert metric(racing.metrics, "switchboard_transfers_total", outcome="referred") == 1
+
+
+async def test_operator_hangup_when_the_sideband_closes_first(racing: Harness) -> None:
+    call_id = racing.start(CallFeatures(greeting=True), [])
+    await racing.sent(call_id, "response.create")
+    assert await racing.manager.hangup(call_id) == "hung_up"
+    assert await racing.ended(call_id) == "operator"
+
+
+# --- saying a line: wait for that line, not any response ------------------------------------------
+
+
+async def test_the_transfer_line_is_said_before_the_refer_even_if_events_straggle() -> None:
+    """The tool call's own response.done may arrive after the line was asked for."""
+    async with FakeRealtime(api_key=API_KEY, respond_delay=0.3) as fake:
+        controller, log, metrics = FakeController(fake), RecordingCallLog(), Metrics()
+        manager = make_manager(fake, controller, log, metrics)
+        arguments_done, response_done = function_call_events(
+            "transfer_call", {"destination": "sales"}
+        )
+        call_id = new_id()
+        fake.call(call_id, [Send(arguments_done), WaitFor("response.create"), Send(response_done)])
+        manager.start(call_id, CallFeatures(transfers=TRANSFERS, transfer_message="Say it."))
+        await eventually(lambda: log.ended_with(call_id), "the call to end")
+        refer = controller.op(call_id, "refer")
+        assert answers(refer.server_events), "transferred before the line was said"
+        await manager.shutdown()
+        assert fake.errors == []
+
+
+async def test_a_call_is_handled_once_and_never_restarted_in_the_log() -> None:
+    """The router writes `started`; a session only adds to the record."""
+    log = RecordingCallLog()
+    manager = InCallManager(
+        connector=WebSocketConnector("http://127.0.0.1:9/v1", API_KEY),
+        controller=FakeController(None),
+        call_log=log,
+        metrics=Metrics(),
+    )
+    assert manager.start("rtc_x", CallFeatures(max_duration=MaxDuration(0.05)))
+    assert not manager.start("rtc_x", CallFeatures(max_duration=MaxDuration(0.05)))  # once
+    await eventually(lambda: log.ended_with("rtc_x"), "the call to end")
+    assert log["rtc_x"].records == []
+    await manager.shutdown()
