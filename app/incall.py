@@ -126,6 +126,9 @@ class CallSession:
         self.detached = False
         self._handled_tools: set[str] = set()
         self._response_done = asyncio.Event()
+        self._idle = asyncio.Event()
+        """Set while the agent is not producing a response (a new one would be refused)."""
+        self._idle.set()
         self._children: set[asyncio.Task[Any]] = set()
         self._actions: set[asyncio.Task[str]] = set()
         self._hung_up = False
@@ -156,6 +159,9 @@ class CallSession:
             if features.refer_to is not None:
                 self._spawn(self._announce_and_refer(features.refer_to))
             await self._listen()
+            if self.end_reason == "sideband_lost" and timer is not None and not timer.done():
+                # The call may well go on without us: its time limit still holds.
+                await asyncio.wait([timer])
         finally:
             for child in list(self._children):
                 child.cancel()
@@ -213,7 +219,10 @@ class CallSession:
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "response.done":
+        if kind == "response.created":
+            self._idle.clear()
+        elif kind == "response.done":
+            self._idle.set()
             response = event.get("response")
             if isinstance(response, dict) and response.get("metadata") == SAID:
                 self._response_done.set()  # our line, not a response still finishing
@@ -246,6 +255,9 @@ class CallSession:
 
     async def _say(self, instructions: str) -> None:
         """Have the agent say a short line, and wait (bounded) until it has."""
+        # While a response is running (the one that called a tool) a new one is refused.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), SAY_TIMEOUT)
         self._response_done.clear()
         if await self._send(
             {
