@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Annotated, Any, Protocol
 
 from fastapi import Body, Depends, FastAPI, Query, Request
@@ -283,9 +284,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
         if len(value) > MAX_ITEMS:
             return f"<{len(value)} entries>"
         return {str(k): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, set | frozenset | list | tuple):
+    if isinstance(value, AbstractSet | list | tuple):  # sets: also a ShardedSet
         if len(value) > MAX_ITEMS:
             return f"<{len(value)} items>"
         items = [_plain(v, depth + 1) for v in value]
-        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+        return sorted(items, key=str) if isinstance(value, AbstractSet) else items
     return str(value)

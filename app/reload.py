@@ -9,13 +9,14 @@ invalid edit leaves the previous rules serving.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,10 @@ from typing import Any, Literal, TypeVar
 
 from watchfiles import Change, awatch
 
+from app.gcpause import full_collections_paused
 from app.metrics import Metrics
 from app.rules import RulesError, RuleSet, load_rules
+from app.rules.conditions import AllOf, AnyOf, Condition, NotOf, NumberMatches
 
 logger = logging.getLogger("switchboard.rules")
 
@@ -125,7 +128,9 @@ class RulesManager:
         self._queued = None
         rules = self._current
         if rules is None:
-            rules = await asyncio.to_thread(self._load, self.path)
+            rules = await asyncio.to_thread(self._load_and_freeze, self.path)
+        else:
+            await asyncio.to_thread(freeze_long_lived)  # rules loaded by the caller
         self._activate(rules, trigger="startup", previous=None)
         del rules  # this frame lives as long as the server: it must not pin the first rules
         restore_sighup = self._install_sighup() if sighup else None
@@ -166,7 +171,7 @@ class RulesManager:
 
     async def _reload_now(self, trigger: str, *, quiet: bool) -> ReloadStatus:
         try:
-            rules = await asyncio.to_thread(self._load, self.path)
+            rules = await asyncio.to_thread(self._load_and_freeze, self.path)
         except RulesError as exc:
             files = tuple(dict.fromkeys(issue.file for issue in exc.issues))
             return self._failed(trigger, [str(issue) for issue in exc.issues], files)
@@ -185,11 +190,28 @@ class RulesManager:
             status = self._record("success", trigger)
             garbage = [previous]
         del rules, previous
-        # Freeing a RuleSet with a million listed numbers takes ~0.1 s: let the last
-        # reference go in a worker thread, not on the event loop. (A call still routing on
-        # the old rules drops it on the loop when it ends; that is rare and brief.)
-        await asyncio.to_thread(garbage.clear)
+        # Freeing a RuleSet with a million listed numbers takes ~50 ms, in deallocations
+        # that hold the GIL whichever thread runs them: let the last reference go in a
+        # worker thread, a piece at a time (release). A call still routing on the old rules
+        # drops them on the loop when it ends, in one go: that is rare.
+        await asyncio.to_thread(release, garbage)
         return status
+
+    def _load_and_freeze(self, path: Path) -> RuleSet:
+        """The load, in the worker thread, with full collections held off; the rules it
+        returns are frozen (see freeze_long_lived).
+
+        Frozen before the swap, not after it: once full collections resume, the next one
+        (on whichever thread, likely the loop's) would walk the new rules. A copy that is
+        then not swapped in (unchanged) is freed by reference counting all the same."""
+        # Garbage made since the last freeze is collected first, or the freeze below would
+        # keep it for good. Cheap: the serving rules are frozen, so this full collection
+        # walks only what the server made since then (a few ms), not the rules.
+        gc.collect()
+        with full_collections_paused():
+            rules = self._load(path)
+            freeze_long_lived(full=False)
+        return rules
 
     def _unchanged(self, trigger: str, version: str, *, quiet: bool) -> ReloadStatus:
         if quiet:
@@ -352,6 +374,74 @@ class RulesManager:
         self._tasks.add(task)  # the loop holds tasks weakly
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def release(garbage: list[RuleSet | None]) -> None:
+    """Empty `garbage`, freeing rules nothing else holds a piece at a time: each route,
+    then each shard of their large number sets (~0.6 ms each at a million numbers, where
+    the whole set took ~45 ms). The GIL changes hands between bytecodes, so the event loop
+    gets its turns in between."""
+    pieces = release_order(garbage)
+    while pieces:
+        pieces.pop()
+
+
+def release_order(garbage: list[RuleSet | None]) -> list[object]:
+    """Empty `garbage` and return what its rules held, to be dropped from the end: the
+    routes, then the shards of their number sets (freed by the last route using them,
+    a set would take all its shards along at once). In a function of its own: a loop
+    variable left in release()'s frame would keep the last rules until it returned."""
+    pieces: list[object] = []
+    for rules in garbage:
+        if rules is not None:
+            for route in rules.routes:
+                for condition in route.conditions:
+                    pieces.extend(_number_parts(condition))
+    for rules in garbage:
+        if rules is not None:
+            pieces.extend(rules.routes)
+    garbage.clear()
+    return pieces
+
+
+def _number_parts(condition: Condition) -> Iterator[object]:
+    if isinstance(condition, NumberMatches):
+        for numbers in condition.sets:
+            yield from numbers.parts()
+    elif isinstance(condition, AllOf | AnyOf):
+        for inner in condition.conditions:
+            yield from _number_parts(inner)
+    elif isinstance(condition, NotOf):
+        yield from _number_parts(condition.condition)
+
+
+# --- the cyclic garbage collector ------------------------------------------------------
+#
+# A load makes millions of objects, and CPython runs a full (generation 2) collection
+# every time enough of them survive: each walks every tracked object in the process with
+# the GIL held, 50-400 ms at 10,000 routes, and the event loop waits that long although
+# the load runs in a worker thread. So a load holds full collections off
+# (app.gcpause.full_collections_paused). And once loaded, 10,000 routes cost each later
+# full collection ~10-15 ms, wherever it is triggered (the event loop included): so what
+# a load made is then frozen (gc.freeze: moved to a generation no collection walks).
+# Frozen objects are still freed by reference counting when the rules are dropped: a
+# RuleSet holds no reference cycles (tests/unit/test_reload_gc.py checks it), so the
+# previous rules go as before.
+
+
+def freeze_long_lived(*, full: bool = True) -> None:
+    """Collect garbage, then move every object alive into the generation collections
+    never walk (gc.freeze), the rules included.
+
+    `full`: a full collection first, which walks everything not yet frozen: right at
+    start-up, when nothing is served yet. After a load the young generations only (a few
+    thousand objects, under a millisecond): the rules just loaded are in the old one, and
+    a full collection would walk them with the GIL held (~10-15 ms at 10,000 routes)."""
+    if full:
+        gc.collect()
+    else:
+        gc.collect(1)
+    gc.freeze()
 
 
 def _only(targets: frozenset[str]) -> Callable[[Change, str], bool]:

@@ -465,10 +465,9 @@ def _host(hostport: str) -> str | None:
 
 def _dial_string(user: str) -> str | None:
     """The user part without visual separators, if it is a dial string."""
-    if user[1:].isdigit() and user[:1] == "+":
-        cleaned = user  # the usual `+14155550123`: nothing to remove
-    else:
-        cleaned = _VISUAL_SEPARATORS.sub("", user)
+    # The usual `+14155550123` has nothing to remove.
+    plain = user[:1] == "+" and user[1:].isdigit()
+    cleaned = user if plain else _VISUAL_SEPARATORS.sub("", user)
     return cleaned if _DIAL_STRING.fullmatch(cleaned) else None
 
 

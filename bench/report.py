@@ -303,114 +303,157 @@ This section is written by hand from profiles (cProfile, GIL-gap tracing, A/B ru
 functions involved) taken on this machine; the tables above are regenerated on every run,
 this text is not. Re-check it when the numbers move.
 
-### Decision time: SIP parsing, not matching
+### Decision time: SIP parsing, not matching (target missed)
 
-With the index, `RuleSet.decide` costs about the same at 10 and 10,000 routes, and the
-list lookup is one hash probe at 10k or 1M numbers (~0.4-1 µs, against ~45 ms for a
-scan of a 1M list). The naive route scan grows with the number of routes (~1 µs per route).
-The target is missed because `identify` alone takes most of the budget:
+With the index, `RuleSet.decide` costs about the same at 10 and 10,000 routes (~12-16 µs
+p50), and a list lookup is a hash probe: ~0.4 µs p50 at 10k numbers, ~1 µs p50 and
+~1.5-2 µs p99 at 1M (against ~40 ms for a scan of a 1M list). A million numbers are now
+kept in 64 shards (see below), which the lookup table shows at ~0.5 µs more than one
+frozenset (0.44 µs p50, 0.70 µs p99 before); in a tight loop the difference is
+~0.2-0.3 µs. The naive route scan grows with the number of routes (~1 µs per route). The
+target is missed because `identify` alone takes most of the budget: ~30-33 µs of the
+~42-49 µs p50, and its p99 (60-105 µs) is above the 50 µs target by itself.
+
+Since the profile below was taken, commit 30c20d6 applied an E.164 fast path taken from
+phonenumbers' own metadata (a `+` and digits of a length the numbering plan allows skip
+`phonenumbers.parse`), an LRU cache on `canonical_name`, and fewer string passes in the
+URI parser: p50 went from 61-67 µs to 42-49 µs, p99 from 95-137 µs to 74-139 µs over
+this round's runs (the p99 moves a lot from run to run). The per-function figures in this
+list predate that commit:
 
 - three address headers (From, To, P-Asserted-Identity) parsed in pure Python by
   `parse_address` / `_parse_uri` / `_split_params`, ~10 µs each. cProfile over 20,000
   calls: `_parse_uri` 0.42 s tottime, `canonical_name` called 23 times per call;
-- `to_e164` for a caller never seen before: `phonenumbers.parse` costs ~11-13 µs, and
-  the LRU cache cannot help a first-time caller;
+- `to_e164` for a caller never seen before: `phonenumbers.parse` cost ~11-13 µs (the
+  fast path above now skips it for well-formed E.164);
 - `decide` itself, ~12-17 µs p50: the routes the index cannot file under a number are
   tested on every call (about 1 µs each, the schedule ~3 µs); a templated session adds
   ~130 µs (`call_values` and a JSON round trip in `SessionTemplate.render`); prefix and
   unrouted calls look up every prefix length.
 
-The p99 is 1.5-2 times the p50 even on a quiet machine: heavier call kinds (display
+The p99 is about twice the p50 even on a quiet machine: heavier call kinds (display
 names with a comma take the slow quoted path, prefix and unrouted calls, templated
 routes) and ordinary CPython variance.
 
-Applied in `app/sip.py` (same results: compared with the previous functions on 400,000
-random strings, and the unit tests pass): `split_list` returns the stripped value when
-it holds no comma; `_split_unquoted` and `_find_unquoted` use `str.split` / `str.find`
-when the text holds no double quote. `identify` went from ~45 µs to ~35 µs per call
-(warm caches).
+Still proposed: an LRU cache on `parse_address(value, region)` (`Address` is frozen): the
+To header of calls to a routed number and the P-Asserted-Identity of a returning caller
+repeat byte for byte (measured before 30c20d6: p50 48 µs, p99 110 µs together with an
+E.164 fast path). Under 50 µs at p99 needs `identify` two to three times faster than it
+is, which means a different parser for the common case (one compiled regular expression
+for `"name" <sip:user@host;params>;params`, falling back to the full grammar) or a
+compiled extension. Whether a 50 µs p99 is worth that is a product question: the
+decision is a small part of answering a webhook.
 
-Proposed (measured by patching them in at 10k routes, on a quiet machine):
+### Reload time: under 2 s, with a thin margin at 10,000 routes
 
-1. `to_e164`: return `+1` followed by ten digits whose area code and exchange start
-   with 2-9 (`re.fullmatch(r"\+1[2-9][0-9]{2}[2-9][0-9]{6}", text)`) as is, without
-   phonenumbers: the result is identical (checked on 900,000 random such numbers with
-   regions None, US and GB). p50 69 -> 50 µs, p99 146 -> 139 µs.
-2. An LRU cache on `parse_address(value, region)` (`Address` is frozen): the To header
-   of calls to a routed number and the P-Asserted-Identity of a returning caller repeat
-   byte for byte. With 1: p50 48 µs, p99 110 µs.
-3. Canonical header names computed once in `Headers.__init__` and looked up directly.
+`RulesManager` now reloads 1M numbers with 10 routes in ~0.6-0.7 s, with 1,000 routes in
+~0.75-0.8 s, and with 10,000 routes in ~1.75-1.95 s; `load_rules` alone and in a fresh
+process take about as long (1.6-1.8 s at 10,000 routes). This machine is a shared 2-core
+VM and the largest size is noisy: seven runs of `python -m bench.reload` and three of this
+report over the final changes gave reloads between 1.73 and 2.37 s (median ~1.85 s; 5 of
+20 over 2 s), so the table above can show that target missed on a bad run. Where the time
+goes at 10,000 routes + 1M: the routes file ~0.95 s (libyaml's composer ~0.23 s, building
+the data and positions ~0.25 s, pydantic ~0.12 s, compiling the routes ~0.22 s, the
+unreachable-route check ~0.11 s), the list of a million numbers ~0.6 s.
 
-Even with 1 and 2 the p99 stays near 110 µs: under 50 µs at p99 needs `identify` about
-three times faster than it is, which means a different parser for the common case (one
-compiled regular expression for `"name" <sip:user@host;params>;params`, falling back to
-the full grammar) or a compiled extension. Whether a 50 µs p99 is worth that is a product
-question: the decision is a small part of answering a webhook.
+Each step, measured with `python -m bench.reload` (the two reloads in seconds / the worst
+loop gap of the two in ms):
 
-### Reload time: YAML and the garbage collector
+| step | 10k + 1M | 1k + 1M | 10 + 1M | 10k + 10k |
+|---|---|---|---|---|
+| before (with libyaml) | 2.63-2.79 / 267 | 0.85-0.93 / 66 | 0.63-0.73 / 66 | 1.84-1.95 / 250 |
+| 1. GC: no full ones in loads | 1.75-1.77 / 63 | 0.77-0.88 / 67 | 0.66-0.76 / 67 | 1.00-1.02 / 41 |
+| 2a. lines by chunk, generator | 1.63-1.67 / 55 | 0.70 / 55 | 0.58-0.60 / 47 | 0.99 / 39 |
+| 2b. 64 dict shards | 1.70-1.72 / 46 | 0.75-0.77 / 14 | 0.66 / 14 | 1.06-1.07 / 41 |
 
-`load_rules` for 10,000 routes spends ~4 s of ~5 s in PyYAML's pure-Python
-scanner/parser (`source.parse_yaml`). Full garbage collections, triggered by the many
-objects the load creates, take ~1.4 s of the whole load (5 during one parse alone, the
-largest 254 ms); the reload table above lists them as they happen.
-A million-number list loads in ~0.7-1 s (0.5 s of it the per-line loop).
-Measured fixes, 10,000 routes + 1M numbers, in a worker thread:
+Step 1 first paused full collections around `RulesManager`'s loader only; `compile_rules`
+now pauses them too, which brought `load_rules` alone (outside RulesManager: the CLI,
+`switchboard serve` at start-up) at 10k routes + 1M from 2.29 s to 1.64 s.
 
-| change | load | worst loop gap |
-|---|---|---|
-| as is | 5.5 s | 265 ms |
-| cyclic GC paused during the load (`gc.disable()` / `gc.enable()` around it) | 4.1 s | 67 ms |
-| `yaml.CSafeLoader` in `parse_yaml` | 2.9 s | 371 ms |
-| both | 1.7 s | 63 ms |
+1. **The cyclic garbage collector** (`app/gcpause.py`, `RulesManager._load_and_freeze`). A
+   load makes millions of objects, and CPython ran a full (generation 2) collection
+   whenever enough had survived: 13 of them, 81-266 ms each, during two reloads of 10,000
+   routes + 1M numbers. Now a load holds full collections off: `compile_rules` itself (so
+   `load_rules`, the CLI and the worker thread alike) and `RulesManager` around any loader
+   (a custom one too). Only the third threshold is raised; young collections still run, so
+   cyclic garbage the server makes during a load is still collected. The threshold is
+   restored when the last of overlapping pauses ends (a count under a lock: a load that
+   outlives a cancelled reload cannot leave collections paused, nor resume them under
+   another load), on errors too, and a worker thread reaches its `finally` even when the
+   task awaiting it is cancelled (tests/unit/test_reload_gc.py). A/B against
+   `gc.disable()` around the load: ~5% faster (1.64-1.69 s), the same stalls, but every
+   garbage cycle made meanwhile would then sit in the youngest generation and be frozen
+   with the rules for good.
 
-`CSafeLoader` (PyYAML here is built with libyaml) gave the same data and the same
-line/column positions on the 10,000-route file; messages for invalid YAML come from
-libyaml and may be worded differently. Pausing the GC is process-wide: while a load runs
-(seconds at most) cyclic garbage from serving waits; RulesManager runs one load at a time.
+   What a load made is then frozen (`gc.freeze()`), in the worker thread, before full
+   collections resume: otherwise the next one walks the new rules, on whatever thread
+   triggers it, the loop included. A full `gc.collect()` runs in the worker *before* each
+   load (it walks only what is not frozen: 1-10 ms, the "full GCs" column), so garbage
+   made since the last freeze is not frozen; after the load only the young generations are
+   collected (`gc.collect(1)`, under a millisecond), since a full collection would walk
+   the new rules with the GIL held (~10-15 ms at 10,000 routes now, ~50 ms while a
+   million numbers were one frozenset). Rules passed in at start-up (`switchboard serve`
+   loads them before the app starts) are frozen after one full collection at start-up.
+   Frozen objects are still freed by reference counting: a RuleSet holds no reference
+   cycles (a test checks it), and the live heap stays at ~84 MB after each of several
+   reloads at 10 routes + 1M numbers (tracemalloc).
+2. **The list file** (`load_number_file`). `text.splitlines()` on a million lines was one
+   ~60 ms C call, the set's last resize ~25 ms, its copy into a frozenset ~35 ms, and
+   freeing it ~45 ms, each holding the GIL. Lines are now split a chunk (~64 KB, cut after
+   a newline) at a time, giving exactly the lines `splitlines()` and `io.StringIO` gave
+   (the CSV path keeps its row numbering; an A/B over 16,000 random files with every line
+   separator, both paths, gave the same sets and errors). Exact numbers go from a
+   generator into `exact_set`: a frozenset below 65,536 numbers, else a `ShardedSet` of
+   64 dicts split by `hash(number) & 63`. Dicts, not frozensets: a dict holding only
+   strings is not tracked by the garbage collector, so no collection walks a million
+   entries (each young collection that met the 64 fresh frozensets took 36-39 ms), and
+   string-keyed dicts do not store hashes (~26 MB against ~33 MB). `NumberSet` keeps its
+   behaviour (`in`, `len`, `of`, `union`, `exact` iterable and sized, `/admin/routes`
+   shows `<N items>`). Releasing old rules (`app.reload.release`, in the worker thread)
+   holds each route, then each shard, and drops them one at a time: ~0.6 ms per shard at
+   a million numbers instead of ~45 ms in one go. The shards cost ~0.06-0.08 s of load
+   time per million numbers (the Python loop that deals them out) and ~0.2-0.3 µs per
+   lookup (~0.5 µs in the lookup table above). A line already in E.164 is now accepted
+   as it is before `partition("#")` and `strip()` run (~40 ms less per million lines).
 
-### The event loop stalls although the load runs in a worker thread
+### The event loop still stalls at 10,000 routes (target missed)
 
-CPython switches threads only between bytecodes, and the load makes long single C calls:
-`text.splitlines()` on the list file (~50-85 ms), the set's resizes as it grows to a
-million entries (~30-140 ms each), `frozenset(exact)` (~35 ms), and full garbage
-collections (above; they are the 300-450 ms stalls at 10,000 routes, while YAML parsing
-and pydantic's validation, which calls Python validators, leave gaps under ~30 ms).
-Releasing the previous rules in a worker (`RulesManager._reload_now` now does
-`await asyncio.to_thread(garbage.clear)`) does not help: freeing a million strings is
-one C call (~45-110 ms) that holds the GIL whichever thread runs it, and the loop waits
-just as long.
+CPython switches threads only between bytecodes, so any single long C call in the
+worker blocks the loop. With a million numbers and 10 or 1,000 routes the worst gap is
+now 11-15 ms, against 6-18 ms for the baseline of a worker thread running plain Python
+(GIL hand-over: a 5 ms switch interval plus wake-up); the 10 ms bar is below what a load
+in a thread of the serving process can promise. At 10,000 routes the worst gap is
+40-66 ms over this round's runs. Its causes, from timing each phase of a load in a thread
+against a 0.5 ms ticker (none of them the garbage collector or the list any more; a gap
+also holds the GIL hand-over around them):
 
-Proposed:
+1. Freeing the YAML node tree when `source._parse` returns: ~30-35 ms, one deallocation
+   cascade.
+2. Freeing the parsed data, its positions and the pydantic `RoutesFile` when
+   `compile_rules` returns: ~28 ms (spec ~11, positions ~10, data ~7).
+3. After the swap, on the loop thread itself: `metrics.routes_loaded` looks up a label
+   set per route (10,000 `.labels()` calls), ~16-20 ms of Python at each reload (it shows
+   in either column: the gap it lengthens may have begun before the load returned).
 
-1. Pause the cyclic GC during loads (above), and call `gc.freeze()` after the startup
-   load and after each swap: a full collection with 10,000 routes and 1M numbers alive
-   takes ~90 ms on whatever thread triggers it, the event loop included (it shows as the
-   decision-time max); with the rules frozen it takes ~0.6 ms. Frozen objects are still
-   freed by reference counting when the rules are dropped.
-2. `load_number_file`: iterate lines instead of `text.splitlines()`, and keep numbers in
-   shards (e.g. 64 frozensets by `hash(number) & 63`, or 64 sorted `array('Q')` of the
-   digits), each built and freed separately: every single C call then stays around a
-   millisecond, and the release in a worker can drop one shard at a time. Sorted arrays
-   also cut the list's memory from ~95 MB to ~8 MB (lookup by `bisect`, ~1-2 µs).
+Proposed: drop the node tree, the data and the spec a piece at a time before returning
+(pop the routes out of their lists, as `release` does for rules), and create the metric
+labels in the worker before the swap (prometheus_client is thread-safe) or lazily on the
+first decision per route. That would bring 10,000 routes to about the 12-15 ms of the
+smaller files; under 10 ms needs the loader not to share the loop's GIL.
 
-### Memory
+### Memory (met)
 
-A loaded RuleSet with a million numbers costs ~95 MB above the ~38 MB the imports take
-(~64 B per number string plus a 2M-slot hash table); 10,000 routes add ~50-90 MB. That is
-under 300 MB at every size; the peak while loading (file text, line list, set and its
-frozenset copy alive at once) reaches ~250 MB at 10,000 routes + 1M numbers.
+A loaded million-number list takes ~88 MB of live heap (tracemalloc; ~95 MB as one
+frozenset): ~64 B per number string and ~26 MB of shards. Resident size with rules loaded
+is 136-182 MB at 1M numbers, and the peak while loading 149-201 MB (was 188-247 MB: no
+list of all lines, no set and frozenset copy alive together).
 
-A server holds old and new rules during a reload, so its peak is about two RuleSets plus
-the load's transients: 295 MB at 10 routes + 1M numbers, just under the target. After a
-reload the resident size stays ~80 MB above startup (CPython's allocator keeps freed
-memory for the next load) but does not grow from one reload to the next.
-
-Applied in `app/rules/numbers.py`: `NumberSet.union()` with no other sets returns the set
-itself instead of copying it; every route naming one list copied a million-entry
-frozenset (~35 ms with the GIL held, ~40 MB). Before it, and before another engineer's
-change meanwhile (`RulesManager.running` no longer keeps the startup rules), the same run
-measured 252 MB after the first reload, 310 MB after the second and a 414 MB peak. The
-sharded arrays proposed above would make all of this small.
+A server holds old and new rules during a reload: at 10 routes + 1M numbers it peaks at
+~245 MB (was 295 MB). After a reload the resident size is ~175-245 MB, alternating from
+one reload to the next without growing (six reloads in a row: 245, 175, 245, 188, 246,
+190 MB); the live heap stays ~84 MB. The difference is memory CPython's and glibc's
+allocators keep for the next load. The sorted `array('Q')` of digits proposed earlier
+would cut the list to ~8 MB (lookup by `bisect`, ~1-2 µs) if memory ever matters.
 """
 
 
