@@ -29,6 +29,7 @@ from bench.workload import (
     LIST_SIZES,
     REGION,
     ROUTE_SIZES,
+    add_size_arguments,
     size_label,
     table,
     write_list,
@@ -316,15 +317,9 @@ def render(results: Sequence[ReloadResult]) -> str:
     return table(header, rows) + "\n" + note
 
 
-def _sizes(text: str) -> list[int]:
-    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--routes", type=_sizes, default=list(ROUTE_SIZES))
-    parser.add_argument("--numbers", type=_sizes, default=list(LIST_SIZES))
-    parser.add_argument("--dir", type=Path, default=None, help="keep the generated files here")
+    add_size_arguments(parser)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
         root = args.dir or Path(tmp)

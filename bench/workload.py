@@ -17,6 +17,7 @@ E.164 cache in app.sip never helps with the caller (the worst, and common, case)
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -29,6 +30,19 @@ from pathlib import Path
 
 ROUTE_SIZES = (10, 1_000, 10_000)
 LIST_SIZES = (10_000, 1_000_000)
+
+
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """--routes and --numbers (comma-separated sizes) and --dir, as every bench takes them."""
+    parser.add_argument("--routes", type=_sizes, default=list(ROUTE_SIZES))
+    parser.add_argument("--numbers", type=_sizes, default=list(LIST_SIZES))
+    parser.add_argument("--dir", type=Path, default=None, help="keep the generated files here")
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
 REGION = "US"
 SEED = 20261124
 # A fixed Wednesday afternoon (UTC): outside the `maintenance` window, so calls route normally.
