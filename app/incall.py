@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from app.calllog import CallLog
-from app.calls import CallControlError, CallController, CallGone
+from app.calls import CallController, CallGone
 from app.metrics import Metrics
 from app.rules.ruleset import CallFeatures
 from app.rules.tools import END_CALL_TOOL, TRANSFER_TOOL
@@ -112,6 +112,14 @@ class InCallManager:
             _, pending = await asyncio.wait(tasks, timeout=5)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        # Transfers and hangups already sent finish before the HTTP client closes.
+        actions = [a for s in sessions for a in s.actions]
+        if actions:
+            _, late = await asyncio.wait(actions, timeout=API_DEADLINE)
+            for action in late:
+                action.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 class CallSession:
@@ -132,6 +140,8 @@ class CallSession:
         self._children: set[asyncio.Task[Any]] = set()
         self._actions: set[asyncio.Task[str]] = set()
         self._hung_up = False
+        self._transferring = False
+        self._transferred = False
 
     # --- the call's life ------------------------------------------------------------------
 
@@ -365,11 +375,19 @@ class CallSession:
     # --- acting on the call ---------------------------------------------------------------------
 
     async def transfer(self, destination: str, *, reason: str) -> str:
-        if self.features.transfer_message:
-            await self._say(self.features.transfer_message)
-        return await self._refer(
-            self.features.transfers[destination].uri, destination=destination, reason=reason
-        )
+        # Keys pressed twice, the model and a keypress, an operator: one REFER at a time,
+        # and none once the caller has left for a transfer or a hangup.
+        if self._transferring or self._transferred or self._hung_up:
+            return "already_transferring" if self._transferring else "call_left"
+        self._transferring = True
+        try:
+            if self.features.transfer_message:
+                await self._say(self.features.transfer_message)
+            return await self._refer(
+                self.features.transfers[destination].uri, destination=destination, reason=reason
+            )
+        finally:
+            self._transferring = False
 
     async def _refer(self, uri: str, *, destination: str | None, reason: str) -> str:
         return await self._settle(self._refer_now(uri, destination=destination, reason=reason))
@@ -381,11 +399,12 @@ class CallSession:
             outcome = "referred"
         except CallGone:
             outcome = "caller_gone"
-        except CallControlError as exc:
+        except Exception as exc:  # recorded as failed; also a client closed at shutdown
             outcome = "failed"
             self.manager.call_log.event(self.call_id, "error", {"error": str(exc)})
         self._transfer_recorded(destination or uri, outcome, reason, uri=uri)
         if outcome == "referred":
+            self._transferred = True
             self.end_reason = self.end_reason or "transferred"
         elif outcome == "failed" and reason == "route":
             await self.hangup("refer_failed")  # a bare transfer session must not linger
@@ -406,13 +425,15 @@ class CallSession:
     async def _hangup(self, reason: str) -> str:
         if self._hung_up:
             return "already_hung_up"
+        if self._transferred:
+            return "call_left"  # transferred away: not ours to hang up any more
         self._hung_up = True
         try:
             await self.manager.controller.hangup(self.call_id, self.manager.clock() + API_DEADLINE)
             outcome = "hung_up"
         except CallGone:
             outcome = "caller_gone"
-        except CallControlError as exc:
+        except Exception as exc:  # recorded as failed; also a client closed at shutdown
             outcome = "failed"
             self._hung_up = False
             self.manager.call_log.event(self.call_id, "error", {"error": str(exc)})
@@ -441,6 +462,10 @@ class CallSession:
         self._actions.add(task)
         task.add_done_callback(self._actions.discard)
         return await asyncio.shield(task)
+
+    @property
+    def actions(self) -> tuple[asyncio.Task[str], ...]:
+        return tuple(self._actions)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)

@@ -22,11 +22,26 @@ class RateLimiter:
         self._clock = clock
         self._max_keys = max_keys
         self._hits: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self._calls: OrderedDict[str, bool] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._hits)
 
-    def allow(self, route: str, caller: str, limit: RateLimit) -> bool:
+    def allow(self, route: str, caller: str, limit: RateLimit, call_id: str = "") -> bool:
+        """Count this call and say whether it is within the limit. A redelivery of the same
+        call (after a 503) gets the answer its first delivery got, and is not counted again."""
+        if call_id:
+            earlier = self._calls.get(call_id)
+            if earlier is not None:
+                return earlier
+            allowed = self._count(route, caller, limit)
+            self._calls[call_id] = allowed
+            while len(self._calls) > self._max_keys:
+                self._calls.popitem(last=False)
+            return allowed
+        return self._count(route, caller, limit)
+
+    def _count(self, route: str, caller: str, limit: RateLimit) -> bool:
         now = self._clock()
         key = (route, caller)
         hits = self._hits.get(key)

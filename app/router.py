@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ logger = logging.getLogger("switchboard.call")
 
 # Time allowed to hang up a call whose transfer failed, even past the call's deadline.
 CLEANUP_SECONDS = 2.0
+# Calls remembered as "a request may have taken effect" (OpenAI redelivers for 72 h at most).
+MAX_UNCERTAIN = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class CallRouter:
     ) -> None:
         self._call_log = call_log
         self._incall = incall
+        self._uncertain: OrderedDict[str, None] = OrderedDict()
         # Not `limiter or ...`: an empty RateLimiter has len() 0 and is falsy.
         self._limiter = limiter if limiter is not None else RateLimiter()
         self._controller = controller
@@ -108,7 +112,9 @@ class CallRouter:
         identity = identify(
             Headers((h.name, h.value) for h in call.sip_headers), self._policy, call.media_security
         )
-        decision = self._limit(rules.decide(identity, datetime.now(UTC), call.call_id), identity)
+        decision = self._limit(
+            rules.decide(identity, datetime.now(UTC), call.call_id), identity, call.call_id
+        )
         decided = time.perf_counter()
         self._metrics.decision_latency.observe(decided - started)
         self._metrics.decisions.labels(decision.route, decision.action.kind).inc()
@@ -177,11 +183,12 @@ class CallRouter:
             mask(called.number_key or called.user, reveal=reveal) if called else None,
         )
 
-    def _limit(self, decision: Decision, identity: CallIdentity) -> Decision:
+    def _limit(self, decision: Decision, identity: CallIdentity, call_id: str) -> Decision:
         limit = decision.rate_limit
         if limit is None:
             return decision
-        if self._limiter.allow(decision.route, caller_key(identity) or "anonymous", limit):
+        caller = caller_key(identity) or "anonymous"
+        if self._limiter.allow(decision.route, caller, limit, call_id):
             return decision
         self._metrics.rate_limited.labels(decision.route).inc()
         # The caller did not get the split arm's action: do not count it as that arm.
@@ -193,11 +200,17 @@ class CallRouter:
         if self._dry_run:
             return Outcome("dry_run")
         outcome = await self._perform(call_id, decision.action, deadline)
+        if outcome.uncertain:
+            self._uncertain[call_id] = None
+            while len(self._uncertain) > MAX_UNCERTAIN:
+                self._uncertain.popitem(last=False)
         fallback = decision.fallback
         if fallback is None or outcome.name not in ("failed", "upstream_error"):
             return outcome
-        if outcome.uncertain:
-            return outcome  # the call may be answered already: a fallback could act twice
+        if call_id in self._uncertain:
+            # A request for this call timed out, in this delivery or an earlier one: the call
+            # may be answered already, and a fallback could act on a live call.
+            return outcome
         # The route's own action failed: the fallback gets its own short budget.
         budget = max(deadline, self._clock() + CLEANUP_SECONDS)
         second = await self._perform(call_id, fallback, budget)

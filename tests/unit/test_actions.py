@@ -1504,3 +1504,52 @@ async def test_unsafe_transfer_target_is_rejected_through_the_router() -> None:
         ("refer", "sip:bob@pbx.example.com"),
         ("reject", 603),
     ]
+
+
+def delivery(n: int = 1) -> IncomingCall:
+    return IncomingCall(
+        webhook_id=f"wh_same_{n}",
+        call_id=f"rtc_same_{n}",
+        sip_headers=tuple(SipHeader(k, v) for k, v in headers()),
+        media_security="srtp",
+    )
+
+
+@pytest.mark.anyio
+async def test_a_redelivery_is_not_counted_again_by_the_rate_limit() -> None:
+    harness = Harness(
+        RATE_LIMITED.replace("calls: 2", "calls: 1").replace("    fallback: {reject: 503}\n", ""),
+        {"accept": [UpstreamUnavailable("accept", "HTTP 503", 503), None]},
+    )
+    first = await harness.router.handle(delivery(), harness.rules)
+    assert first.status_code == 503
+    again = await harness.router.handle(delivery(), harness.rules)  # OpenAI redelivers
+    assert (again.status_code, again.body["outcome"]) == (200, "accepted")
+    assert "note" not in again.body
+    assert harness.metric("switchboard_rate_limited_total", route="spam-guard") == 0
+
+
+@pytest.mark.anyio
+async def test_no_fallback_once_a_request_for_the_call_timed_out() -> None:
+    text = """
+routes:
+  - name: agent
+    accept: {model: gpt-realtime}
+    fallback: {reject: 486}
+"""
+    harness = Harness(
+        text,
+        {
+            "accept": [
+                UpstreamUnavailable("accept", "ReadTimeout", uncertain=True),
+                UpstreamRejected("accept", "HTTP 400: call already accepted", 400),
+            ]
+        },
+    )
+    first = await harness.router.handle(delivery(2), harness.rules)
+    assert (first.status_code, first.body["outcome"]) == (503, "upstream_error")
+    # The first accept may have answered the call: the redelivery's 400 must not lead to
+    # the fallback rejecting a live call.
+    again = await harness.router.handle(delivery(2), harness.rules)
+    assert (again.status_code, again.body["outcome"]) == (200, "failed")
+    assert [op for op, _ in harness.controller.requests] == ["accept", "accept"]

@@ -913,3 +913,17 @@ async def test_a_call_is_handled_once_and_never_restarted_in_the_log() -> None:
     await eventually(lambda: log.ended_with("rtc_x"), "the call to end")
     assert log["rtc_x"].records == []
     await manager.shutdown()
+
+
+async def test_one_transfer_however_many_ask_for_it(harness: Harness) -> None:
+    """Keys pressed twice, the model asking too, then end_call: one REFER, no hangup."""
+    features = CallFeatures(transfers=TRANSFERS, dtmf={"5": "support"}, end_call=True)
+    steps = [
+        dtmf("5"),
+        dtmf("5"),
+        *function_call("transfer_call", {"destination": "support"}, call_id="call_t"),
+        *function_call("end_call", {}, call_id="call_e"),
+    ]
+    call_id = harness.start(features, steps)
+    assert await harness.ended(call_id) == "transferred"
+    assert harness.controller.for_call(call_id) == [("refer", SUPPORT)]
