@@ -129,6 +129,7 @@ class CallControl:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         attempt = 0
         failure: CallControlError | None = None
+        maybe_sent = False  # a connection dropped unanswered: an earlier attempt may have acted
         while True:
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -142,15 +143,18 @@ class CallControl:
                 response = await self._client.post(
                     url, content=body, headers=headers, timeout=timeout
                 )
-            except (
-                httpx.ConnectError,
-                httpx.ConnectTimeout,
-                httpx.PoolTimeout,
-                httpx.RemoteProtocolError,
-            ) as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request did not reach the API: safe to send again.
                 self._observe(operation, "connection_error", self._clock() - started)
-                failure = UpstreamUnavailable(operation, _describe(exc))
+                failure = UpstreamUnavailable(operation, _describe(exc), uncertain=maybe_sent)
+                retry_after = None
+            except httpx.RemoteProtocolError as exc:
+                # Mostly a stale keep-alive connection the server had closed, so it is sent
+                # again at once rather than leave the phone ringing; but it may have been
+                # read, so whatever follows is reported as uncertain (no fallback after it).
+                self._observe(operation, "connection_error", self._clock() - started)
+                maybe_sent = True
+                failure = UpstreamUnavailable(operation, _describe(exc), uncertain=True)
                 retry_after = None
             except httpx.TimeoutException as exc:
                 # Sent but unanswered: it may have taken effect, so do not repeat it here.
@@ -168,8 +172,8 @@ class CallControl:
                 if status == 404:
                     raise CallGone(operation, detail, status)
                 if status != 429 and status < 500:
-                    raise UpstreamRejected(operation, detail, status)
-                failure = UpstreamUnavailable(operation, detail, status)
+                    raise UpstreamRejected(operation, detail, status, uncertain=maybe_sent)
+                failure = UpstreamUnavailable(operation, detail, status, uncertain=maybe_sent)
                 retry_after = _retry_after(response)
             attempt += 1
             pause = retry_after if retry_after is not None else self._backoff(attempt)

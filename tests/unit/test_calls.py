@@ -557,3 +557,23 @@ async def test_each_attempt_is_bounded_by_the_deadline(
     assert route.calls.last.request.extensions["timeout"] == dict.fromkeys(
         ("connect", "read", "write", "pool"), attempt_timeout
     )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("first", "uncertain"),
+    [
+        pytest.param(httpx.RemoteProtocolError("server disconnected"), True, id="dropped"),
+        pytest.param(httpx.ConnectError("connection refused"), False, id="never-sent"),
+    ],
+)
+async def test_a_retry_after_a_dropped_connection_is_uncertain(
+    router: respx.Router, control: CallControl, first: Exception, uncertain: bool
+) -> None:
+    """The dropped attempt may have been read: a refusal after it is not proof of nothing."""
+    router.post(f"/realtime/calls/{CALL_ID}/accept").mock(
+        side_effect=[first, httpx.Response(400, json={"error": {"message": "already accepted"}})]
+    )
+    with pytest.raises(UpstreamRejected) as caught:
+        await control.accept(CALL_ID, b"{}", soon())
+    assert caught.value.uncertain is uncertain
