@@ -46,7 +46,6 @@ CLOSE_TIMEOUT: Final = 30.0
 RECOVERED_NOTE: Final = "open at shutdown"
 
 STATUSES: Final[frozenset[str]] = frozenset(("active", "answered", "ended"))
-OPEN_STATUSES: Final = ("active", "answered")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS calls (

@@ -140,19 +140,24 @@ class CallRouter:
         ):
             if value:
                 body[key] = value
-        self._log(call, identity, decision, outcome, decide=decided - started, act=acted - decided)
+        numbers = self._numbers(identity)  # masked once, for the log line and the record
+        self._log(call, identity, decision, outcome, numbers, decided - started, acted - decided)
         if not outcome.retryable:
-            self._record(call, identity, decision, outcome)
+            self._record(call, decision, outcome, numbers)
         return Answer(503 if outcome.retryable else 200, body), not outcome.retryable
 
     def _record(
-        self, call: IncomingCall, identity: CallIdentity, decision: Decision, outcome: Outcome
+        self,
+        call: IncomingCall,
+        decision: Decision,
+        outcome: Outcome,
+        numbers: tuple[str | None, str | None],
     ) -> None:
         if self._call_log is None:
             return
         answered = outcome.name in ("accepted", "fallback_accepted")
         status: CallStatus = "active" if outcome.live else ("answered" if answered else "ended")
-        caller, called = self._numbers(identity)
+        caller, called = numbers
         now = time.time()
         decided = {"route": decision.route, "action": decision.action.kind}
         decided.update((k, v) for k, v in (("arm", decision.arm), ("note", decision.note)) if v)
@@ -267,11 +272,11 @@ class CallRouter:
         identity: CallIdentity,
         decision: Decision,
         outcome: Outcome,
-        *,
+        numbers: tuple[str | None, str | None],
         decide: float,
         act: float,
     ) -> None:
-        caller, called = self._numbers(identity)
+        caller, called = numbers
         logger.log(
             logging.WARNING if outcome.error else logging.INFO,
             "call routed",

@@ -23,7 +23,6 @@ from app.rules.templates import (
 from app.sip import CallIdentity
 
 DEFAULT_ROUTE = "default"
-ACTION_KINDS = ("accept", "reject", "refer")
 
 
 @dataclass(frozen=True, slots=True)
