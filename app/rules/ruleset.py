@@ -33,15 +33,37 @@ class SessionTemplate:
     paths: tuple[tuple[str | int, ...], ...]
     """Where the templated strings are, so only they are rendered."""
     templates: tuple[Template, ...]
+    _pieces: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    """The encoded body split around the templated strings: a render joins, never re-encodes."""
+    _order: tuple[Template, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    """The templates in the order they appear in the body."""
 
-    def render(self, values: Mapping[str, str]) -> bytes:
+    def __post_init__(self) -> None:
         session: Any = json.loads(json.dumps(self.session))
-        for path, template in zip(self.paths, self.templates, strict=True):
+        marks = [f"\0template-{i}\0" for i in range(len(self.paths))]
+        for path, mark in zip(self.paths, marks, strict=True):
             node = session
             for part in path[:-1]:
                 node = node[part]
-            node[path[-1]] = template.render(values, quote_text)
-        return _encode({"type": "realtime", **session})
+            node[path[-1]] = mark
+        text = _encode({"type": "realtime", **session}).decode()
+        encoded = [json.dumps(mark, ensure_ascii=False) for mark in marks]
+        order = sorted(range(len(marks)), key=lambda i: text.index(encoded[i]))
+        pieces: list[str] = []
+        for i in order:
+            before, _, text = text.partition(encoded[i])
+            pieces.append(before)
+        pieces.append(text)
+        object.__setattr__(self, "_pieces", tuple(pieces))
+        object.__setattr__(self, "_order", tuple(self.templates[i] for i in order))
+
+    def render(self, values: Mapping[str, str]) -> bytes:
+        pieces = self._pieces
+        out = [pieces[0]]
+        for i, template in enumerate(self._order):
+            out.append(json.dumps(template.render(values, quote_text), ensure_ascii=False))
+            out.append(pieces[i + 1])
+        return "".join(out).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +186,10 @@ class Route:
     fallback: Action | None = None
 
     def matches(self, call: CallIdentity, now: datetime) -> bool:
-        return all(condition(call, now) for condition in self.conditions)
+        for condition in self.conditions:  # noqa: SIM110 (a generator costs more per call)
+            if not condition(call, now):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +294,11 @@ class RuleSet:
         rate_limit: RateLimit | None,
     ) -> Decision:
         note = None
-        extra = [a for a in (fallback, rate_limit.over_limit if rate_limit else None) if a]
-        if _templated(action) or any(_templated(a) for a in extra):
+        if (
+            _templated(action)
+            or (fallback is not None and _templated(fallback))
+            or (rate_limit is not None and _templated(rate_limit.over_limit))
+        ):
             values = call_values(call, route, now, self.timezone)
             action, note = render(action, values)
             if fallback is not None:

@@ -1723,7 +1723,7 @@ def test_no_warning_for_routes_that_can_match(routes: str, reach: dict[str, Any]
     for name, how in reach.items():
         if how is None:
             continue  # really unreachable, but a warning here would need deeper analysis
-        call, now = how if isinstance(how, tuple) else (how, NOON)
+        call, now = (how, NOON) if isinstance(how, CallIdentity) else how
         assert ruleset.decide(call, now).route == name
 
 
