@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 from watchfiles import Change, awatch
 
-from app.gcpause import full_collections_paused
+from app.gcpause import full_collections_paused, switching_often
 from app.metrics import Metrics
 from app.rules import RulesError, RuleSet, load_rules
 from app.rules.conditions import AllOf, AnyOf, Condition, NotOf, NumberMatches
@@ -84,6 +84,8 @@ class RulesManager:
         loader: Loader | None = None,
         on_activate: Callable[[RuleSet], None] | None = None,
     ) -> None:
+        """`on_activate(rules)` runs after each swap (the first rules too), in a worker
+        thread: it must be thread-safe (prometheus_client's metrics are)."""
         self.path = path
         self._load: Loader = loader or (lambda p: load_rules(p, region=region))
         self._metrics = metrics
@@ -132,6 +134,7 @@ class RulesManager:
         else:
             await asyncio.to_thread(freeze_long_lived)  # rules loaded by the caller
         self._activate(rules, trigger="startup", previous=None)
+        await asyncio.to_thread(self._after_swap, rules, [])
         del rules  # this frame lives as long as the server: it must not pin the first rules
         restore_sighup = self._install_sighup() if sighup else None
         if watch:
@@ -189,13 +192,29 @@ class RulesManager:
             self._activate(rules, trigger=trigger, previous=previous)
             status = self._record("success", trigger)
             garbage = [previous]
+        activated = self._current if status.result == "success" else None
         del rules, previous
         # Freeing a RuleSet with a million listed numbers takes ~50 ms, in deallocations
         # that hold the GIL whichever thread runs them: let the last reference go in a
         # worker thread, a piece at a time (release). A call still routing on the old rules
         # drops them on the loop when it ends, in one go: that is rare.
-        await asyncio.to_thread(release, garbage)
+        await asyncio.to_thread(self._after_swap, activated, garbage)
         return status
+
+    def _after_swap(self, activated: RuleSet | None, garbage: list[RuleSet | None]) -> None:
+        """In a worker thread, after a swap: the on_activate hook (metrics.routes_loaded
+        creates a label set per route: ~20 ms of Python at 10,000 routes, which on the
+        loop would be one long stall), then the previous rules released."""
+        with switching_often():
+            if activated is not None and self._on_activate is not None:
+                with full_collections_paused():
+                    self._on_activate(activated)
+                    # What it made lives as long as the rules (metric label children:
+                    # ~50,000 objects at 10,000 routes, which the next full collection,
+                    # before the next load, would walk for ~30 ms): frozen with them.
+                    freeze_long_lived(full=False)
+            del activated
+            release(garbage)
 
     def _load_and_freeze(self, path: Path) -> RuleSet:
         """The load, in the worker thread, with full collections held off; the rules it
@@ -207,10 +226,11 @@ class RulesManager:
         # Garbage made since the last freeze is collected first, or the freeze below would
         # keep it for good. Cheap: the serving rules are frozen, so this full collection
         # walks only what the server made since then (a few ms), not the rules.
-        gc.collect()
-        with full_collections_paused():
-            rules = self._load(path)
-            freeze_long_lived(full=False)
+        with switching_often():
+            gc.collect()
+            with full_collections_paused():
+                rules = self._load(path)
+                freeze_long_lived(full=False)
         return rules
 
     def _unchanged(self, trigger: str, version: str, *, quiet: bool) -> ReloadStatus:
@@ -224,9 +244,8 @@ class RulesManager:
         return status
 
     def _activate(self, rules: RuleSet, *, trigger: str, previous: RuleSet | None) -> None:
+        """The swap, on the loop; the on_activate hook follows in a worker (_after_swap)."""
         self._current = rules  # the swap: one reference, replaced whole
-        if self._on_activate is not None:
-            self._on_activate(rules)
         logger.info(
             "rules loaded",
             extra={
@@ -378,7 +397,7 @@ class RulesManager:
 
 def release(garbage: list[RuleSet | None]) -> None:
     """Empty `garbage`, freeing rules nothing else holds a piece at a time: each route,
-    then each shard of their large number sets (~0.6 ms each at a million numbers, where
+    then each shard of their large number sets (~0.2 ms each at a million numbers, where
     the whole set took ~45 ms). The GIL changes hands between bytecodes, so the event loop
     gets its turns in between."""
     pieces = release_order(garbage)

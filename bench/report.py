@@ -308,10 +308,10 @@ this text is not. Re-check it when the numbers move.
 With the index, `RuleSet.decide` costs about the same at 10 and 10,000 routes (~12-16 µs
 p50), and a list lookup is a hash probe: ~0.4 µs p50 at 10k numbers, ~1 µs p50 and
 ~1.5-2 µs p99 at 1M (against ~40 ms for a scan of a 1M list). A million numbers are now
-kept in 64 shards (see below), which the lookup table shows at ~0.5 µs more than one
-frozenset (0.44 µs p50, 0.70 µs p99 before); in a tight loop the difference is
-~0.2-0.3 µs. The naive route scan grows with the number of routes (~1 µs per route). The
-target is missed because `identify` alone takes most of the budget: ~30-33 µs of the
+kept in 256 shards (64 when this was measured; see below), which the lookup table shows
+at ~0.5 µs more than one frozenset (0.44 µs p50, 0.70 µs p99 before); in a tight loop
+the difference is ~0.2-0.3 µs. The naive route scan grows with the number of routes (~1 µs
+per route). The target is missed because `identify` alone takes most of the budget: ~30-33 µs of the
 ~42-49 µs p50, and its p99 (60-105 µs) is above the 50 µs target by itself.
 
 Since the profile below was taken, commit 30c20d6 applied an E.164 fast path taken from
@@ -416,30 +416,71 @@ now pauses them too, which brought `load_rules` alone (outside RulesManager: the
    lookup (~0.5 µs in the lookup table above). A line already in E.164 is now accepted
    as it is before `partition("#")` and `strip()` run (~40 ms less per million lines).
 
-### The event loop still stalls at 10,000 routes (target missed)
+### Loop stalls during a reload: ~6-11 ms (target met on most runs, within noise)
 
-CPython switches threads only between bytecodes, so any single long C call in the
-worker blocks the loop. With a million numbers and 10 or 1,000 routes the worst gap is
-now 11-15 ms, against 6-18 ms for the baseline of a worker thread running plain Python
-(GIL hand-over: a 5 ms switch interval plus wake-up); the 10 ms bar is below what a load
-in a thread of the serving process can promise. At 10,000 routes the worst gap is
-40-66 ms over this round's runs. Its causes, from timing each phase of a load in a thread
-against a 0.5 ms ticker (none of them the garbage collector or the list any more; a gap
-also holds the GIL hand-over around them):
+CPython switches threads only between bytecodes, so any single long C call in the worker
+blocks the loop, and a waiting thread gets the GIL only after the switch interval. Each
+long call was found by sampling the worker's stack whenever a 0.5 ms ticker on the loop
+woke late (and timing every garbage collection with `gc.callbacks`), then removed:
 
-1. Freeing the YAML node tree when `source._parse` returns: ~30-35 ms, one deallocation
-   cascade.
-2. Freeing the parsed data, its positions and the pydantic `RoutesFile` when
-   `compile_rules` returns: ~28 ms (spec ~11, positions ~10, data ~7).
-3. After the swap, on the loop thread itself: `metrics.routes_loaded` looks up a label
-   set per route (10,000 `.labels()` calls), ~16-20 ms of Python at each reload (it shows
-   in either column: the gap it lengthens may have begun before the load returned).
+1. **Switch interval** (`app.gcpause.switching_often`). A worker running plain Python
+   stalled the loop 6-12 ms at each hand-over with CPython's 5 ms interval; at 1 ms,
+   3-5 ms. A load (and the work after a swap) now runs with 1 ms, restored when the last
+   of overlapping loads ends (a count under a lock, as for the GC pause; errors and
+   cancelled reloads included, tests/unit/test_reload_stalls.py). It costs nothing while
+   nobody waits for the GIL; A/B runs of 5, 2 and 1 ms at 10k routes + 1M gave reload
+   times within each other's noise (2.0-3.2 s) and worst gaps of 10-15, 7-8 and 6-9 ms.
+2. **Freeing trees** (`app/rules/teardown.py`, `dismantle`). The YAML node tree (~130,000
+   nodes at 10,000 routes, ~33 ms to free), the constructor's memo of every scalar node
+   (which freed them all with the loader), the data, the positions and the pydantic spec
+   (~23 ms more) are now taken apart top down in the worker, one route per step: the top
+   two levels always, deeper containers from 256 items on. Only containers nothing else
+   references (the reference count says so) are taken apart, so a value the rules kept
+   is never emptied. Positions are grouped per route (`Document.mark`), so no table of
+   70,000 entries is resized or freed in one call.
+3. **Metric labels** (`metrics.routes_loaded`, ~20 ms at 10,000 routes) ran on the loop
+   after the swap. `RulesManager` now runs its `on_activate` hook in the worker thread
+   after the swap, before the reload returns (prometheus_client is thread-safe), then
+   freezes what it made: the ~50,000 label objects otherwise made the next load's full
+   collection take 25-55 ms (the "full GCs" column showed ~23 ms at reload 1).
+4. **The list file.** Found by the same sampling: (a) the bucket lists of a million
+   numbers sat in a young generation while they filled (strings make no collections
+   happen), so the first young collection after them, on any thread, walked a million
+   pointers: 50-65 ms. They are now made old while empty (`gc.collect(1)`, under a
+   millisecond). (b) The bound `append` methods kept every bucket alive until
+   `exact_set` returned, then dropped a million references in one go (10-15 ms), and
+   kept ~8 MB more meanwhile. (c) `dict.fromkeys` of one shard is ~250 ns a number
+   (cache misses on each string's hash): ~4 ms for a 64th of a million, so there are now
+   256 shards (~1 ms each; same lookup, same memory). (d) Reading and decoding 13 MB in
+   one call held the GIL 10-50 ms (touching fresh memory is ~0.75 ms/MB on this VM): the
+   file is now read and decoded 64 KB at a time, cut after a newline (same lines, same
+   digest: a property test over random line separators, byte order marks and chunk
+   sizes). A piece holding only E.164 lines is now checked with a few C calls over the
+   piece instead of a Python test per line.
 
-Proposed: drop the node tree, the data and the spec a piece at a time before returning
-(pop the routes out of their lists, as `release` does for rules), and create the metric
-labels in the worker before the swap (prometheus_client is thread-safe) or lazily on the
-first decision per route. That would bring 10,000 routes to about the 12-15 ms of the
-smaller files; under 10 ms needs the loader not to share the loop's GIL.
+Worst gaps, three runs of `python -m bench.reload` after the changes (reload 1 / reload 2,
+loading + after, ms), against the previous code run the same hour (this VM was ~1.4x
+slower than when the tables above the analysis were first made: the previous code took
+2.0-2.8 s per reload at 10k + 1M, and the idle loop alone showed gaps up to 7 ms):
+
+| size | previous code | now |
+|---|---|---|
+| 10k routes + 1M | 48 / 67, 65 / 63 | 18 / 26, 7 / 10, 11 / 11 |
+| 10k routes + 10k | 36 / 66 | 12 / 6, 43 / 24 (idle 7.1, busy 16 on that run), 6 / 11 |
+| 1k routes + 1M | 12 / 9 | 4 / 6, 11 / 10, 7 / 10 |
+| 10 routes + 1M | 54 / 13 | 9 / 7, 17 / 9, 6 / 6 |
+| 10 routes + 10k, 1k + 10k | 6-11 | 2-10 |
+
+Gap sampling over the last runs attributes nothing systematic above ~10 ms any more: the
+remaining spikes land in plain Python code (session rendering, the unreachable-route
+check) and come with the machine's own (idle and busy-thread baselines of the same run).
+Reload times did not change beyond the noise (2.6-3.3 s at 10k + 1M in those runs, 2.0-2.8
+s for the previous code; `load_rules` alone 2.1-2.4 s against 2.0-2.2 s), so whether the
+2 s target still holds at 10,000 routes cannot be told on this machine now; rerun on a
+quiet one. Left over: startup's first full collection walks the whole imported heap
+(~20-25 ms) before anything is frozen; it runs before the server accepts connections.
+A failed reload of a very large file still frees its spec in one go (the traceback holds
+it).
 
 ### Memory (met)
 
@@ -449,7 +490,8 @@ is 136-182 MB at 1M numbers, and the peak while loading 149-201 MB (was 188-247 
 list of all lines, no set and frozenset copy alive together).
 
 A server holds old and new rules during a reload: at 10 routes + 1M numbers it peaks at
-~245 MB (was 295 MB). After a reload the resident size is ~175-245 MB, alternating from
+~226 MB (was 245 MB before the list file was read in pieces and the bucket lists freed
+as they go; 295 MB before that). After a reload the resident size is ~175-245 MB, alternating from
 one reload to the next without growing (six reloads in a row: 245, 175, 245, 188, 246,
 190 MB); the live heap stays ~84 MB. The difference is memory CPython's and glibc's
 allocators keep for the next load. The sorted `array('Q')` of digits proposed earlier

@@ -56,6 +56,7 @@ from app.rules.ruleset import (
 )
 from app.rules.schedule import build_schedule, parse_timezone
 from app.rules.source import Document, Path, format_path, parse_yaml
+from app.rules.teardown import dismantle
 from app.rules.templates import Template
 from app.rules.tools import in_call_tools
 
@@ -86,19 +87,30 @@ def compile_rules(text: str, file: str, *, region: str) -> RuleSet:
 
 def _compile(text: str, file: str, region: str) -> RuleSet:
     doc = parse_yaml(text, file)
+    # Both hold only what the RuleSet copied out: freed a piece at a time (see teardown).
+    garbage: list[Any] = []
+    try:
+        return _validate_and_build(doc, text, region, garbage)
+    finally:
+        garbage += (doc.data, doc.positions)
+        doc.data, doc.positions = None, {}
+        dismantle(garbage)
+
+
+def _validate_and_build(doc: Document, text: str, region: str, garbage: list[Any]) -> RuleSet:
+    """The RuleSet of `doc`; the validated spec is left in `garbage` (not in a frame)."""
     if doc.data is None:
-        raise RulesError([ConfigIssue(file, None, None, "", "the file is empty: add routes:")])
+        raise RulesError([ConfigIssue(doc.file, None, None, "", "the file is empty: add routes:")])
     if not isinstance(doc.data, dict):
         raise RulesError([doc.issue((), "the top level must be a mapping with routes:")])
     issues = list(_reference_issues(doc))
-    spec = None
     try:
-        spec = schema.RoutesFile.model_validate(doc.data, context={"region": region})
+        garbage.append(schema.RoutesFile.model_validate(doc.data, context={"region": region}))
     except ValidationError as exc:
         issues.extend(_validation_issues(exc, doc))
-    if issues or spec is None:
+    if issues or not garbage:
         raise RulesError(sorted(issues, key=lambda i: (i.line or 0, i.column or 0)))
-    return _Compiler(doc, spec, region).build(text)
+    return _Compiler(doc, garbage[0], region).build(text)
 
 
 class _Compiler:

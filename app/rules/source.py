@@ -13,20 +13,40 @@ from typing import Any
 import yaml
 
 from app.rules.errors import ConfigIssue, RulesError
+from app.rules.teardown import dismantle
 
 Path = tuple[str | int, ...]
+
+
+# Positions are grouped by the first GROUP parts of their path (("routes", 17): a route).
+# One table of every position (70,000 at 10,000 routes) would be resized in single C
+# calls of several ms, and freed in one of ~10 ms; each group is small.
+GROUP = 2
 
 
 @dataclass(slots=True)
 class Document:
     data: Any
     file: str
-    positions: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    positions: dict[Path, dict[Path, tuple[int, int]]] = field(default_factory=dict)
+    """(line, column) of each key and item, by path, grouped by the path's first GROUP
+    parts (use `position` and `mark`)."""
+
+    def position(self, path: Path) -> tuple[int, int] | None:
+        group = self.positions.get(path[:GROUP])
+        return group.get(path) if group is not None else None
+
+    def mark(self, path: Path, line: int, column: int, *, replace: bool = True) -> None:
+        group = self.positions.setdefault(path[:GROUP], {})
+        if replace:
+            group[path] = (line, column)
+        else:
+            group.setdefault(path, (line, column))
 
     def where(self, path: Path) -> tuple[int | None, int | None]:
         """Position of `path`, or of its nearest ancestor that has one."""
         for end in range(len(path), -1, -1):
-            found = self.positions.get(tuple(path[:end]))
+            found = self.position(tuple(path[:end]))
             if found:
                 return found
         return None, None
@@ -60,12 +80,14 @@ def parse_yaml(text: str, file: str) -> Document:
 
 
 def _parse(loader: yaml.SafeLoader, file: str) -> Document:
+    # The node tree is held in a list only, for dismantle() to free it a piece at a time.
+    tree: list[Any] = []
     try:
-        node = loader.get_single_node()
+        tree.append(loader.get_single_node())
         doc = Document(data=None, file=file)
         issues: list[ConfigIssue] = []
-        if node is not None:
-            doc.data = _build(loader, node, (), doc, issues)
+        if tree[0] is not None:
+            doc.data = _build(loader, tree[0], (), doc, issues)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -78,6 +100,13 @@ def _parse(loader: yaml.SafeLoader, file: str) -> Document:
         raise RulesError([ConfigIssue(file, None, None, "", f"invalid YAML: {exc}")]) from None
     finally:
         loader.dispose()
+        # The constructor keeps every scalar node it read, with its value, until the loader
+        # goes. Emptied first, an entry at a time (cheap: the tree still holds the nodes),
+        # or dropping the loader would free 100,000 nodes in one go.
+        constructed, loader.constructed_objects = loader.constructed_objects, {}
+        while constructed:
+            constructed.popitem()
+        dismantle(tree)
     if issues:
         raise RulesError(issues)
     return doc
@@ -86,7 +115,7 @@ def _parse(loader: yaml.SafeLoader, file: str) -> Document:
 def _build(
     loader: yaml.SafeLoader, node: yaml.Node, path: Path, doc: Document, issues: list[ConfigIssue]
 ) -> Any:
-    doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    doc.mark(path, node.start_mark.line + 1, node.start_mark.column + 1, replace=False)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolve `<<: *anchor` merge keys
         result: dict[Any, Any] = {}
@@ -109,7 +138,7 @@ def _build(
                     )
                 )
                 continue
-            doc.positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            doc.mark(child, key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             result[key] = _build(loader, value_node, child, doc, issues)
         return result
     if isinstance(node, yaml.SequenceNode):
