@@ -48,7 +48,8 @@ ANONYMOUS_USERS = frozenset(
 ANONYMOUS_HOST = "anonymous.invalid"
 
 _VISUAL_SEPARATORS = re.compile(r"[\s\-.()\[\]]")
-_DIAL_STRING = re.compile(r"\+?[0-9]{2,20}")
+MIN_DIAL_DIGITS, MAX_DIAL_DIGITS = 2, 20
+_DIAL_STRING = re.compile(rf"\+?[0-9]{{{MIN_DIAL_DIGITS},{MAX_DIAL_DIGITS}}}")
 MAX_ADDRESSES_PER_HEADER = 16
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
@@ -218,7 +219,7 @@ class _ParsedHeaders:
         found = self._cache.get(key)
         if found is None:
             found = []
-            for value in self._headers._by_name.get(key, ()):
+            for value in self._headers.get_all(key):
                 for part in split_list(value)[:MAX_ADDRESSES_PER_HEADER]:
                     address = parse_address(part, self._region)
                     if address is not None:
@@ -457,7 +458,7 @@ def _dial_string(user: str) -> str | None:
     """The user part without visual separators, if it is a dial string."""
     # The usual `+14155550123` has nothing to remove.
     if user[:1] == "+" and user[1:].isascii() and user[1:].isdigit():
-        return user if 3 <= len(user) <= 21 else None  # what _DIAL_STRING allows
+        return user if MIN_DIAL_DIGITS <= len(user) - 1 <= MAX_DIAL_DIGITS else None
     cleaned = _VISUAL_SEPARATORS.sub("", user)
     return cleaned if _DIAL_STRING.fullmatch(cleaned) else None
 

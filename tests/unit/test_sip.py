@@ -1924,3 +1924,11 @@ def test_identify_never_raises(
     caller_values = [v for n in caller_headers for v in headers.get_all(n) if v.strip()]
     if identity.caller is None and not caller_values:
         assert identity.anonymous
+
+
+@pytest.mark.parametrize("size", range(24))
+def test_plain_dial_string_fast_path_agrees_with_the_grammar(size: int) -> None:
+    from app.sip import _DIAL_STRING, _dial_string
+
+    for user in ("+" + "4" * size, "+" + "١" * size):  # ASCII digits, and Arabic-Indic ones
+        assert _dial_string(user) == (user if _DIAL_STRING.fullmatch(user) else None)
