@@ -25,6 +25,7 @@ from app.rules import RuleSet
 from app.settings import Settings
 from app.sideband import WebSocketConnector
 from app.sip import IdentityPolicy
+from app.speedups import DecisionPath, decision_path
 from app.webhook import (
     IncomingCall,
     SignatureVerifier,
@@ -118,6 +119,7 @@ def create_app(
     metrics.dry_run.set(1 if settings.dry_run else 0)
 
     managed = call_log if isinstance(call_log, ManagedCallLog) else None
+    path = decision_path()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -130,6 +132,7 @@ def create_app(
                 "but no call-control request is made",
                 extra={"event": "dry_run"},
             )
+        _log_decision_path(path)
         if verifier is None:
             logger.warning(
                 "INSECURE: webhook signatures are not verified (no OPENAI_WEBHOOK_SECRET)",
@@ -204,6 +207,7 @@ def create_app(
             "rules_source": rules.source,
             "routes": len(rules.routes),
             "dry_run": settings.dry_run,
+            "decision_path": path.mode,
         }
         # Still 200 after a failed reload: the previous, valid rules keep serving.
         last = manager.last_reload
@@ -223,6 +227,26 @@ def create_app(
     app.state.metrics = metrics
     app.state.call_log = call_log
     return app
+
+
+def _log_decision_path(path: DecisionPath) -> None:
+    extra = {"event": "decision_path", "mode": path.mode, "interpreted": list(path.interpreted)}
+    if path.stale:
+        logger.warning(
+            "the compiled decision path is older than its source (%s): rebuild with "
+            "`pip install -e .`, or these modules run code that is no longer in the tree",
+            ", ".join(path.stale),
+            extra={**extra, "stale": list(path.stale)},
+        )
+    elif path.interpreted:
+        logger.warning(
+            "decision path is %s: built without mypyc or a C compiler, each call costs "
+            "about twice the CPU time (see setup.py)",
+            path.mode,
+            extra=extra,
+        )
+    else:
+        logger.info("decision path is compiled", extra=extra)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -1,0 +1,111 @@
+"""The compiled decision path: what setup.py builds, and what the tests run."""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+
+import app.sip
+from app.main import _log_decision_path as log_decision_path
+from app.speedups import (
+    COMPILED_MODULES,
+    SLACK,
+    DecisionPath,
+    decision_path,
+    is_extension,
+    is_stale,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def setup_py_modules() -> tuple[str, ...]:
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED":
+            paths = ast.literal_eval(node.value)
+            return tuple(p.removesuffix(".py").replace("/", ".") for p in paths)
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+def test_setup_py_compiles_the_modules_the_app_reports_on() -> None:
+    assert setup_py_modules() == COMPILED_MODULES
+
+
+def test_the_expected_build_is_under_test() -> None:
+    """scripts/test says which build it installed: a build that silently fell back to
+    pure Python (or a pure run that loaded extensions) fails here."""
+    expected = os.environ.get("SWITCHBOARD_EXPECT_DECISION_PATH")
+    if expected is None:
+        pytest.skip("run by scripts/test, which sets SWITCHBOARD_EXPECT_DECISION_PATH")
+    path = decision_path()
+    assert path.mode == expected, path
+    assert is_extension(app.sip.__file__ or "") == (expected == "compiled")
+
+
+@pytest.mark.parametrize(
+    ("location", "extension"),
+    [
+        ("/x/app/sip.cpython-311-x86_64-linux-gnu.so", True),
+        ("/x/app/sip.abi3.so", True),
+        ("/x/app/sip.py", False),
+        ("", False),
+    ],
+)
+def test_is_extension(location: str, extension: bool) -> None:
+    assert is_extension(location) is extension
+
+
+@pytest.mark.parametrize(
+    ("source_offset", "stale"),
+    [
+        (-60.0, False),  # built from this source
+        (SLACK / 2, False),  # written together (installing a wheel)
+        (SLACK + 1, True),  # edited after the build
+    ],
+)
+def test_is_stale(tmp_path: Path, source_offset: float, stale: bool) -> None:
+    extension, source = tmp_path / "sip.so", tmp_path / "sip.py"
+    extension.write_bytes(b"")
+    source.write_text("")
+    built = 1_700_000_000.0
+    os.utime(extension, (built, built))
+    os.utime(source, (built + source_offset, built + source_offset))
+    assert is_stale(extension, source) is stale
+
+
+def test_no_source_is_not_stale(tmp_path: Path) -> None:
+    extension = tmp_path / "sip.so"
+    extension.write_bytes(b"")
+    assert not is_stale(extension, tmp_path / "sip.py")
+
+
+@pytest.mark.parametrize(
+    ("path", "level", "says"),
+    [
+        (DecisionPath(COMPILED_MODULES, (), ()), "INFO", "decision path is compiled"),
+        (DecisionPath((), COMPILED_MODULES, ()), "WARNING", "decision path is interpreted"),
+        (
+            DecisionPath(COMPILED_MODULES[1:], COMPILED_MODULES[:1], ()),
+            "WARNING",
+            "decision path is partly compiled",
+        ),
+        (
+            DecisionPath(COMPILED_MODULES, (), ("app.sip",)),
+            "WARNING",
+            "older than its source (app.sip)",
+        ),
+    ],
+)
+def test_start_up_says_which_decision_path_serves(
+    path: DecisionPath, level: str, says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="switchboard")
+    log_decision_path(path)
+    (record,) = caplog.records
+    assert record.levelname == level
+    assert says in record.getMessage()
+    assert getattr(record, "mode", None) == path.mode
