@@ -13,7 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -197,8 +197,8 @@ class CallRouter:
             return decision
         self._metrics.rate_limited.labels(decision.route).inc()
         # The caller did not get the split arm's action: do not count it as that arm.
-        return replace(
-            decision, action=limit.over_limit, arm=None, fallback=None, note="rate limited"
+        return decision._replace(
+            action=limit.over_limit, arm=None, fallback=None, note="rate limited"
         )
 
     async def _act(self, call_id: str, decision: Decision, deadline: float) -> Outcome:

@@ -54,11 +54,22 @@ MAX_ADDRESSES_PER_HEADER = 16
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
 
-@functools.lru_cache(maxsize=4096)
+# Header names seen, canonical. A plain dict rather than lru_cache: a lookup is what every
+# header of every call costs. Names are caller-controlled, so it stops growing when full
+# (a flood of made-up names costs only their own lookups).
+_CANONICAL_NAMES: dict[str, str] = {}
+MAX_CANONICAL_NAMES = 4096
+
+
 def canonical_name(name: str) -> str:
     """Lower-case header name with compact forms expanded (`f` -> `from`)."""
-    key = name.strip().lower()
-    return COMPACT_FORMS.get(key, key)
+    found = _CANONICAL_NAMES.get(name)
+    if found is None:
+        key = name.strip().lower()
+        found = COMPACT_FORMS.get(key, key)
+        if len(_CANONICAL_NAMES) < MAX_CANONICAL_NAMES:
+            _CANONICAL_NAMES[name] = found
+    return found
 
 
 class Headers:
@@ -161,7 +172,7 @@ def identify(
     caller, caller_header = _pick_caller(parsed, policy)
     from_addresses = parsed.addresses("from")
     from_address = from_addresses[0] if from_addresses else None
-    to_addresses = parsed.addresses("to")
+    to_addresses = parsed.addresses("to", cached=True)
     anonymous = (
         # No caller header at all is a withheld caller; one we cannot read is merely unknown.
         (
@@ -214,18 +225,42 @@ class _ParsedHeaders:
         self._region = region
         self._cache: dict[str, list[Address]] = {}
 
-    def addresses(self, name: str) -> list[Address]:
+    def addresses(self, name: str, *, cached: bool = False) -> list[Address]:
+        """`cached`: for a header whose values repeat across calls (To: our own numbers)."""
         key = canonical_name(name)
         found = self._cache.get(key)
         if found is None:
             found = []
             for value in self._headers.get_all(key):
                 for part in split_list(value)[:MAX_ADDRESSES_PER_HEADER]:
-                    address = parse_address(part, self._region)
+                    if cached:
+                        address = _cached_address(part, self._region)
+                    else:
+                        address = parse_address(part, self._region)
                     if address is not None:
                         found.append(address)
             self._cache[key] = found
         return found
+
+
+# To header values already parsed. The called party is one of the numbers the trunk routes
+# here, so they repeat; a flood of made-up values empties it now and then. Address is
+# immutable, so calls can share one.
+_ADDRESSES: dict[tuple[str, str], Address | None] = {}
+MAX_CACHED_ADDRESSES = 8192
+
+
+def _cached_address(value: str, region: str) -> Address | None:
+    key = (value, region)
+    try:
+        return _ADDRESSES[key]
+    except KeyError:
+        pass
+    address = parse_address(value, region)
+    if len(_ADDRESSES) >= MAX_CACHED_ADDRESSES:
+        _ADDRESSES.clear()
+    _ADDRESSES[key] = address
+    return address
 
 
 def _forwarded_from(parsed: _ParsedHeaders) -> Address | None:
@@ -511,28 +546,40 @@ def _possible_e164(text: str) -> str | None:
     for size in (1, 2, 3):  # country codes are prefix-free (ITU-T E.164)
         if len(digits) <= size:
             return None
-        code = int(digits[:size])
-        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
-        if regions:
-            metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
-                code, regions[0]
-            )
-            if metadata is None or metadata.general_desc is None:
-                return None
-            national = digits[size:]
-            if _trunk_prefix(metadata.national_prefix_for_parsing, national):
-                return None  # a national or carrier prefix after the code: the parser strips it
-            lengths = metadata.general_desc.possible_length or ()
-            return text if len(national) in lengths else None
+        plan = _numbering_plan(int(digits[:size]))
+        if plan is None:
+            continue
+        trunk_prefix, lengths = plan
+        national = digits[size:]
+        if trunk_prefix is not None and trunk_prefix.match(national) is not None:
+            return None  # a national or carrier prefix after the code: the parser strips it
+        return text if len(national) in lengths else None
     return None
 
 
-@functools.lru_cache(maxsize=512)
-def _prefix_pattern(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+_Plan = tuple[re.Pattern[str] | None, frozenset[int]]
+_PLANS: dict[int, _Plan | None] = {}
 
 
-def _trunk_prefix(pattern: str | None, national: str) -> bool:
-    if not pattern:
-        return False
-    return _prefix_pattern(pattern).match(national) is not None
+def _numbering_plan(code: int) -> _Plan | None:
+    """(national prefix pattern, possible national lengths) for a country calling code;
+    None if no country has that code. Read from phonenumbers' metadata once per code. No
+    lengths when the metadata is missing: the parser decides those numbers."""
+    try:
+        return _PLANS[code]
+    except KeyError:
+        pass
+    plan: _Plan | None = None
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
+    if regions:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
+        if metadata is None or metadata.general_desc is None:
+            plan = (None, frozenset())
+        else:
+            pattern = metadata.national_prefix_for_parsing
+            plan = (
+                re.compile(pattern) if pattern else None,
+                frozenset(metadata.general_desc.possible_length or ()),
+            )
+    _PLANS[code] = plan  # at most 1,000 codes (1 to 3 digits)
+    return plan

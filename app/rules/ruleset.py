@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from app.rules.conditions import Condition, NumberMatches
@@ -192,8 +192,10 @@ class Route:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """What to do with one call. A NamedTuple like the call identity it is made from:
+    immutable, and built once per call at a fraction of a frozen dataclass's cost."""
+
     route: str
     action: Action
     rules_version: str

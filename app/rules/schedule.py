@@ -8,7 +8,7 @@ everything; included dates are inside the schedule all day.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -78,9 +78,25 @@ class Schedule:
     """Per weekday (Monday = 0): (start, end) minutes; end < start crosses midnight."""
     include: tuple[tuple[date, date], ...] = ()
     exclude: tuple[tuple[date, date], ...] = ()
+    _last: list[tuple[int, bool]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+    """The last answer and its minute: every window and date is whole minutes, so the
+    answer holds for the rest of that minute (the calls of a busy minute share it)."""
 
     def contains(self, moment: datetime) -> bool:
+        minute_key = int(moment.timestamp()) // 60
+        last = self._last
+        if last and last[0][0] == minute_key:
+            return last[0][1]
         local = moment.astimezone(self.zone)
+        inside = self._contains(local)
+        offset = local.utcoffset()
+        if offset is not None and offset.seconds % 60 == 0:  # not so for LMT before ~1900
+            self._last[:] = [(minute_key, inside)]
+        return inside
+
+    def _contains(self, local: datetime) -> bool:
         today = local.date()
         if _within(today, self.exclude):
             # Yesterday's window running past midnight still counts (it started on a work day).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import textwrap
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -958,6 +958,50 @@ SCHEDULE_CASES = [
 @pytest.mark.parametrize(("name", "now", "expected"), SCHEDULE_CASES)
 def test_schedule(name: str, now: str, expected: bool) -> None:
     assert in_schedule(name, at(now)) is expected
+
+
+def test_one_ruleset_answers_each_moment_as_a_fresh_one() -> None:
+    """A schedule remembers its last minute's answer: walking one RuleSet through time
+    (boundaries, DST changes, holidays, back and forth) must answer as a new RuleSet does."""
+    ruleset = rules(
+        SCHEDULES
+        + "routes:\n"
+        + "".join(
+            f"  - {{name: {name}, match: {{schedule: {name}}}, reject: 486}}\n"
+            for name in ("office", "late", "ny-dst", "ny-fallback", "london-dst", "weekend")
+        )
+    )
+    starts = ["2026-03-08T06:29Z", "2026-11-01T05:29Z", "2026-12-24T21:59Z", "2026-06-05T20:59Z"]
+    moments = [
+        at(start) + timedelta(seconds=step)
+        for start in starts
+        for step in range(0, 3 * 3600, 17 * 60 + 23)
+    ]
+    moments += [at("2026-06-01T16:59:59Z"), at("2026-06-01T17:00:00Z"), moments[0]]
+    for now in moments + moments[::-1]:
+        fresh = rules(
+            SCHEDULES
+            + "routes:\n"
+            + "".join(
+                f"  - {{name: {name}, match: {{schedule: {name}}}, reject: 486}}\n"
+                for name in ("office", "late", "ny-dst", "ny-fallback", "london-dst", "weekend")
+            )
+        )
+        assert ruleset.decide(invite(), now).route == fresh.decide(invite(), now).route, now
+
+
+def test_schedule_answer_changes_on_the_minute() -> None:
+    ruleset = rules(
+        SCHEDULES + "routes:\n  - {name: open, match: {schedule: office}, reject: 486}\n"
+    )
+    # Monday 2026-06-01, 17:00 in New York closes the office (21:00 UTC).
+    for now, route in [
+        ("2026-06-01T20:59:00Z", "open"),
+        ("2026-06-01T20:59:59.999Z", "open"),
+        ("2026-06-01T21:00:00Z", "default"),
+        ("2026-06-01T20:59:30Z", "open"),  # back in time: not the remembered minute
+    ]:
+        assert ruleset.decide(invite(), at(now)).route == route, now
 
 
 def test_schedule_in_a_combinator() -> None:

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app import sip
 from app.sip import (
     ANONYMOUS_HOST,
     ANONYMOUS_USERS,
@@ -1035,6 +1036,31 @@ def test_split_list(value: str, parts: list[str]) -> None:
 )
 def test_canonical_name(name: str, canonical: str) -> None:
     assert canonical_name(name) == canonical
+
+
+def test_a_flood_of_made_up_header_names_stops_the_name_memo_growing() -> None:
+    for i in range(sip.MAX_CANONICAL_NAMES + 100):
+        assert canonical_name(f"X-Junk-{i}") == f"x-junk-{i}"
+    assert len(sip._CANONICAL_NAMES) <= sip.MAX_CANONICAL_NAMES
+    assert canonical_name("F") == "from"  # still right, memo full or not
+    assert canonical_name(" X-Never-Seen ") == "x-never-seen"
+
+
+def test_cached_to_addresses_parse_as_uncached_and_stay_bounded() -> None:
+    values = [
+        "<sip:+18005550100@sip.api.openai.com>",
+        '"Sales" <sip:+442071234567@sip.api.openai.com>;tag=1',
+        "<tel:8005550100>",
+        "not an address",
+    ]
+    for value in values * 2:
+        assert sip._cached_address(value, "US") == parse_address(value, "US")
+    assert sip._cached_address(values[2], "GB") == parse_address(values[2], "GB")
+    for i in range(sip.MAX_CACHED_ADDRESSES + 10):
+        sip._cached_address(f"<sip:+1800555{i:04d}@example.com>", "US")
+    assert len(sip._ADDRESSES) <= sip.MAX_CACHED_ADDRESSES
+    headers = Headers([("To", values[0]), ("From", "<sip:+14155550123@example.com>")])
+    assert identify(headers, IdentityPolicy()).called == parse_address(values[0], "US")
 
 
 def test_every_compact_form_expands_to_a_long_name() -> None:
