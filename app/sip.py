@@ -193,9 +193,10 @@ def identify(
     )
     called = to_addresses[0] if to_addresses else None
     forwarded = _forwarded_from(parsed)
-    # Positional: keyword arguments cost more than the tuple itself.
-    return CallIdentity(
-        headers, caller, caller_header, called, forwarded, anonymous, display, media_security
+    # As for Address: tuple.__new__ skips the NamedTuple's interpreted __new__.
+    return tuple.__new__(
+        CallIdentity,
+        (headers, caller, caller_header, called, forwarded, anonymous, display, media_security),
     )
 
 
@@ -471,8 +472,11 @@ def _parse_uri(
         if cleaned is not None or uri_params.get("user") == "phone":
             context = _split_params(user_params_text).get("phone-context")
             number, digits = _normalise(subscriber, context, region, cleaned)
-    return Address(
-        raw, uri, scheme, display or None, user or None, host, uri_params, params, number, digits
+    # tuple.__new__ rather than Address(...): the NamedTuple's generated __new__ is
+    # interpreted Python even when this module is compiled, and costs more than the parse.
+    return tuple.__new__(
+        Address,
+        (raw, uri, scheme, display or None, user or None, host, uri_params, params, number, digits),
     )
 
 

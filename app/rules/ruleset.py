@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
@@ -61,7 +61,7 @@ class SessionTemplate:
         pieces = self._pieces
         out = [pieces[0]]
         for i, template in enumerate(self._order):
-            out.append(json.dumps(template.render(values, quote_text), ensure_ascii=False))
+            out.append(_json_string(template.render(values, quote_text)))
             out.append(pieces[i + 1])
         return "".join(out).encode()
 
@@ -308,7 +308,10 @@ class RuleSet:
             if rate_limit is not None:
                 over, _ = render(rate_limit.over_limit, values)
                 rate_limit = dataclasses.replace(rate_limit, over_limit=over)
-        return Decision(route, action, self.version, arm, fallback, rate_limit, note)
+        # tuple.__new__: see app.sip.identify.
+        return tuple.__new__(
+            Decision, (route, action, self.version, arm, fallback, rate_limit, note)
+        )
 
     def route_actions(self) -> Iterator[tuple[str, str]]:
         """(route, action kind) pairs, for pre-creating metric labels."""
@@ -369,6 +372,11 @@ def render(action: Action, values: Mapping[str, str]) -> tuple[Action, str | Non
             body = action.accept_template.render(values)
         return Refer(target, body, announce=action.announce), None
     return action, None
+
+
+# A str as a JSON string literal, as json.dumps(text, ensure_ascii=False) writes it, by
+# the C function json.dumps ends up calling (without its per-call set-up).
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _encode(payload: dict[str, Any]) -> bytes:

@@ -164,11 +164,8 @@ class _CallValues(dict[str, str]):
             return call.display_name or ""
         if key == "route":
             return self._route
-        local = self._now.astimezone(self._zone)
-        if key == "datetime":
-            return local.isoformat(timespec="minutes")
-        if key in _TIME_FORMATS:
-            return local.strftime(_TIME_FORMATS[key])
+        if key == "datetime" or key in _TIME_FORMATS:
+            return _local_times(self._now, self._zone)[key]
         return ""
 
     def __missing__(self, key: str) -> str:
@@ -177,6 +174,29 @@ class _CallValues(dict[str, str]):
 
     def get(self, key: str, default: str | None = None) -> str:  # type: ignore[override]
         return self[key]
+
+
+# The local date and time fields of the last minutes asked for: minute-precise, so every
+# call of a minute shares them (formatting them costs more than the rest of a render).
+_LOCAL_TIMES: dict[tuple[int, ZoneInfo], dict[str, str]] = {}
+MAX_LOCAL_TIMES = 64
+
+
+def _local_times(now: datetime, zone: ZoneInfo) -> dict[str, str]:
+    key = (int(now.timestamp()) // 60, zone)
+    found = _LOCAL_TIMES.get(key)
+    if found is not None:
+        return found
+    local = now.astimezone(zone)
+    found = {name: local.strftime(spec) for name, spec in _TIME_FORMATS.items()}
+    found["datetime"] = local.isoformat(timespec="minutes")
+    offset = local.utcoffset()
+    if offset is None or offset.seconds % 60:
+        return found  # an offset in seconds (LMT, before ~1900): not minute-aligned
+    if len(_LOCAL_TIMES) >= MAX_LOCAL_TIMES:
+        _LOCAL_TIMES.clear()
+    _LOCAL_TIMES[key] = found
+    return found
 
 
 def _number(address: Address | None) -> str:

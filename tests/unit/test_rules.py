@@ -461,6 +461,9 @@ def test_no_routes_at_all_uses_default() -> None:
     ruleset = rules("routes: []\n")
     assert ruleset.routes == ()
     assert ruleset.decide(invite()) == Decision("default", Reject(603), ruleset.version)
+    decision = ruleset.decide(invite())
+    assert len(decision) == len(Decision._fields)  # built with tuple.__new__
+    assert decision.note is None and decision.rules_version == ruleset.version
 
 
 # --- actions ------------------------------------------------------------------------

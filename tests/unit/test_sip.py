@@ -1038,6 +1038,22 @@ def test_canonical_name(name: str, canonical: str) -> None:
     assert canonical_name(name) == canonical
 
 
+def test_records_built_with_tuple_new_have_every_field() -> None:
+    """identify builds Address and CallIdentity with tuple.__new__ (no arity check)."""
+    headers = Headers(
+        [
+            ("From", '"A" <sip:+14155550123@example.com>;tag=1'),
+            ("To", "<sip:+18005550100@example.com>"),
+            ("Diversion", "<tel:+14155550199>;reason=unconditional"),
+        ]
+    )
+    call = identify(headers, IdentityPolicy())
+    assert len(call) == len(CallIdentity._fields)
+    for address in (call.caller, call.called, call.forwarded_from):
+        assert address is not None and len(address) == len(Address._fields)
+    assert call._asdict()["called"].number == "+18005550100"
+
+
 def test_a_flood_of_made_up_header_names_stops_the_name_memo_growing() -> None:
     for i in range(sip.MAX_CANONICAL_NAMES + 100):
         assert canonical_name(f"X-Junk-{i}") == f"x-junk-{i}"
