@@ -506,10 +506,17 @@ def _earlier_candidates(
     exact_table = index.called_exact if party == "called" else index.caller_exact
     prefix_table = index.called_prefix if party == "called" else index.caller_prefix
     hits = {i for i in index.always if i < j}
+    lengths = index.prefix_lengths  # only the lengths some prefix has (a few, not 15)
     for key in (*numbers.exact, *numbers.prefixes):
-        hits.update(i for i in exact_table.get(key, ()) if i < j)
-        for n in range(1, len(key) + 1):
-            hits.update(i for i in prefix_table.get(key[:n], ()) if i < j)
+        found = exact_table.get(key)
+        if found:
+            hits.update(i for i in found if i < j)
+        for n in lengths:
+            if n > len(key):
+                break
+            found = prefix_table.get(key[:n])
+            if found:
+                hits.update(i for i in found if i < j)
     return sorted(hits) if len(hits) <= MAX_PAIRWISE else None
 
 

@@ -112,6 +112,9 @@ def _parse(loader: yaml.SafeLoader, file: str) -> Document:
     return doc
 
 
+_STR = "tag:yaml.org,2002:str"
+
+
 def _build(
     loader: yaml.SafeLoader, node: yaml.Node, path: Path, doc: Document, issues: list[ConfigIssue]
 ) -> Any:
@@ -120,7 +123,10 @@ def _build(
         loader.flatten_mapping(node)  # resolve `<<: *anchor` merge keys
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            if type(key_node) is yaml.ScalarNode and key_node.tag == _STR:
+                key = key_node.value  # what construct_object gives, without its overhead
+            else:
+                key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) or key is None:
                 issues.append(doc.issue(path, "mapping keys must be plain strings"))
                 continue
@@ -143,6 +149,8 @@ def _build(
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, item, (*path, i), doc, issues) for i, item in enumerate(node.value)]
+    if node.tag == _STR and type(node) is yaml.ScalarNode:
+        return node.value  # most scalars: the constructor would return this very string
     value = loader.construct_object(node, deep=True)
     if isinstance(value, int) and not isinstance(value, bool) and str(value) != node.value:
         # YAML 1.1 reads `+442079460958` as 442079460958 and `0100` as octal 64: a phone
