@@ -508,15 +508,15 @@ def _earlier_candidates(
     hits = {i for i in index.always if i < j}
     lengths = index.prefix_lengths  # only the lengths some prefix has (a few, not 15)
     for key in (*numbers.exact, *numbers.prefixes):
-        found = exact_table.get(key)
-        if found:
-            hits.update(i for i in found if i < j)
+        filed = exact_table.get(key)
+        if filed:
+            hits.update(i for i in filed if i < j)
         for n in lengths:
             if n > len(key):
                 break
-            found = prefix_table.get(key[:n])
-            if found:
-                hits.update(i for i in found if i < j)
+            filed = prefix_table.get(key[:n])
+            if filed:
+                hits.update(i for i in filed if i < j)
     return sorted(hits) if len(hits) <= MAX_PAIRWISE else None
 
 
