@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import json
 import resource
 import tempfile
 import time
@@ -32,6 +33,7 @@ from app.rules import RuleSet, load_rules
 from app.rules.conditions import NumberMatches
 from app.rules.numbers import NumberSet
 from app.sip import Headers, IdentityPolicy, identify
+from app.speedups import decision_path
 from bench.workload import (
     LIST_SIZES,
     NOW,
@@ -368,13 +370,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     add_size_arguments(parser)
     parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument(
+        "--json", action="store_true", help="print each size's stats as JSON (bench.report)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
         root = args.dir or Path(tmp)
         results, lists = run(
             root, route_sizes=args.routes, list_sizes=args.numbers, calls=args.calls
         )
-    print(render(results, lists))
+    if args.json:
+        print(json.dumps([summary(result) for result in results]))
+    else:
+        print(render(results, lists))
+
+
+def summary(result: DecideResult) -> dict[str, object]:
+    """The numbers bench.report compares across builds, as JSON."""
+    return {
+        "routes": result.routes,
+        "numbers": result.numbers,
+        "decision_path": decision_path().mode,
+        "total": dataclasses.asdict(result.total),
+        "parse": dataclasses.asdict(result.parse),
+        "match": dataclasses.asdict(result.match),
+        "mismatches": result.mismatches,
+    }
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ two to three minutes on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from app.speedups import INTERPRET_ENV, decision_path
 from bench import decide, memory, reload
 from bench.workload import (
     CALL_MIX,
@@ -52,6 +55,8 @@ class Report:
     """Load average before and after each part (other work on the machine skews timings)."""
     seconds: float
     quick: bool
+    builds: list[dict[str, Any]]
+    """Decision time of the compiled and interpreted builds (compare_builds)."""
 
 
 def _loadavg() -> str:
@@ -96,6 +101,8 @@ def run_all(
     print("decision time ...", flush=True)
     decisions, lists = decide.run(root, route_sizes=route_sizes, list_sizes=list_sizes, calls=calls)
     loads["after decision"] = _loadavg()
+    print("compiled against interpreted ...", flush=True)
+    builds = compare_builds(route_sizes, list_sizes, calls)
     print("reload ...", flush=True)
     reloads = reload.run(root, route_sizes=route_sizes, list_sizes=list_sizes, plain_load=False)
     loads["after reload"] = _loadavg()
@@ -106,7 +113,62 @@ def run_all(
     )
     loads["end"] = _loadavg()
     return Report(
-        decisions, lists, reloads, mem, managed, loads, time.perf_counter() - started, quick
+        decisions,
+        lists,
+        reloads,
+        mem,
+        managed,
+        loads,
+        time.perf_counter() - started,
+        quick,
+        builds,
+    )
+
+
+BUILD_ROUNDS = 2
+
+
+def compare_builds(
+    route_sizes: Sequence[int], list_sizes: Sequence[int], calls: int
+) -> list[dict[str, Any]]:
+    """Decision time of the compiled and the interpreted build (the same source, see
+    setup.py), alternating in fresh processes so that both see the same minutes."""
+    if decision_path().mode != "compiled":
+        return []
+    routes = sorted(route_sizes)[len(route_sizes) // 2]
+    numbers = min(list_sizes)
+    runs = []
+    for round_ in range(1, BUILD_ROUNDS + 1):
+        for interpreted in (False, True):
+            env = {**os.environ, INTERPRET_ENV: "1" if interpreted else "0"}
+            command = [sys.executable, "-m", "bench.decide", "--json"]
+            command += ["--routes", str(routes), "--numbers", str(numbers), "--calls", str(calls)]
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            (result,) = json.loads(done.stdout.strip().splitlines()[-1])
+            runs.append({**result, "round": round_})
+    return runs
+
+
+def render_builds(runs: list[dict[str, Any]]) -> str:
+    if not runs:
+        return "Not measured: this install's decision path is not compiled.\n"
+    first = runs[0]
+    rows = [
+        [
+            run["decision_path"],
+            str(run["round"]),
+            f"{run['total']['p50']:.1f}",
+            f"{run['total']['p99']:.1f}",
+            f"{run['parse']['p50']:.1f}",
+            f"{run['match']['p50']:.1f}",
+        ]
+        for run in runs
+    ]
+    return (
+        f"The same calls at {size_label(first['routes'])} routes, "
+        f"{size_label(first['numbers'])} listed, in fresh processes taking turns (µs):\n\n"
+        + table(["build", "round", "p50", "p99", "identify p50", "decide p50"], rows)
+        + "\n"
     )
 
 
@@ -283,6 +345,9 @@ def render(report: Report) -> str:
         "## Decision time",
         "",
         decide.render(report.decisions, report.lists),
+        "### Compiled and interpreted",
+        "",
+        render_builds(report.builds),
         "## Reload",
         "",
         "Seconds are wall time as the caller of `RulesManager.reload` sees it; gaps are the "

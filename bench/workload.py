@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -384,13 +385,33 @@ def machine() -> dict[str, str]:
     import phonenumbers
     import pydantic
 
+    from app.speedups import decision_path
+
     return {
         "cpu": model,
+        "speed (a fixed pure-Python loop, best of 3)": f"{reference_loop_seconds():.2f} s",
+        "decision path": decision_path().mode,
         "cores": f"{cores} logical ({usable} usable by this process)",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "os": f"{platform.system()} {platform.release()}",
         "libraries": f"phonenumbers {phonenumbers.__version__}, pydantic {pydantic.VERSION}",
     }
+
+
+REFERENCE_LOOP = 10_000_000
+
+
+def reference_loop_seconds() -> float:
+    """Seconds for 10M additions in a Python loop, best of 3: the same work on every run,
+    to tell a slow machine (or a busy day on a shared one) from slower code."""
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(REFERENCE_LOOP):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -9,43 +9,11 @@ stops with what to do.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import os
-import sys
-from collections.abc import Sequence
-from types import ModuleType
-
 import pytest
 
-from app.speedups import COMPILED_MODULES, decision_path
+from app.speedups import decision_path, interpret_if_asked
 
-PURE_PYTHON = os.environ.get("SWITCHBOARD_PURE_PYTHON") == "1"
-
-
-class SourceFirst(importlib.abc.MetaPathFinder):
-    """Finds the compiled modules' .py files, never their extensions."""
-
-    def find_spec(
-        self,
-        fullname: str,
-        path: Sequence[str] | None,
-        target: ModuleType | None = None,
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in COMPILED_MODULES:
-            return None
-        loader = (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES)
-        for entry in path or sys.path:
-            spec = importlib.machinery.FileFinder(entry, loader).find_spec(fullname)
-            if spec is not None:
-                return spec
-        return None
-
-
-if PURE_PYTHON:
-    assert not any(name in sys.modules for name in COMPILED_MODULES), "imported too early"
-    sys.meta_path.insert(0, SourceFirst())
-else:
+if not interpret_if_asked():
     stale = decision_path().stale
     if stale:
         pytest.exit(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.speedups import decision_path
 from bench import report
 from bench.workload import CallMaker, write_list, write_routes
 
@@ -42,3 +43,15 @@ def test_report_runs_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
     assert text.startswith("# Performance")
     for heading in ("## Targets", "## Machine", "## Decision time", "## Reload", "## Memory"):
         assert heading in text
+    assert "### Compiled and interpreted" in text
+    if decision_path().mode == "compiled":  # both builds, in turns, on the same calls
+        builds = [(run["decision_path"], run["round"]) for run in result.builds]
+        assert builds == [
+            ("compiled", 1),
+            ("interpreted", 1),
+            ("compiled", 2),
+            ("interpreted", 2),
+        ]
+        assert all(run["mismatches"] == 0 and run["total"]["count"] == 100 for run in result.builds)
+    else:
+        assert result.builds == []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,24 @@ def test_start_up_says_which_decision_path_serves(
     assert record.levelname == level
     assert says in record.getMessage()
     assert getattr(record, "mode", None) == path.mode
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SWITCHBOARD_PURE_PYTHON": "0"}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def test_interpret_loads_the_sources_in_a_fresh_process() -> None:
+    result = run_python(
+        "import app.speedups as s; s.interpret(); s.interpret(); import app.sip, app.rules; "
+        "p = s.decision_path(); print(p.mode, app.sip.__file__.endswith('.py'))"
+    )
+    assert result.stdout.split() == ["interpreted", "True"], result.stderr
+
+
+def test_interpret_after_the_modules_are_imported_is_refused() -> None:
+    result = run_python("import app.rules, app.speedups as s; s.interpret()")
+    assert result.returncode != 0
+    assert "RuntimeError: already imported, compiled or not: app.sip" in result.stderr
