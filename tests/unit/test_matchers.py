@@ -963,7 +963,7 @@ def test_schedule(name: str, now: str, expected: bool) -> None:
 def test_one_ruleset_answers_each_moment_as_a_fresh_one() -> None:
     """A schedule remembers its last minute's answer: walking one RuleSet through time
     (boundaries, DST changes, holidays, back and forth) must answer as a new RuleSet does."""
-    ruleset = rules(
+    text = (
         SCHEDULES
         + "routes:\n"
         + "".join(
@@ -971,6 +971,7 @@ def test_one_ruleset_answers_each_moment_as_a_fresh_one() -> None:
             for name in ("office", "late", "ny-dst", "ny-fallback", "london-dst", "weekend")
         )
     )
+    ruleset = rules(text)
     starts = ["2026-03-08T06:29Z", "2026-11-01T05:29Z", "2026-12-24T21:59Z", "2026-06-05T20:59Z"]
     moments = [
         at(start) + timedelta(seconds=step)
@@ -979,14 +980,7 @@ def test_one_ruleset_answers_each_moment_as_a_fresh_one() -> None:
     ]
     moments += [at("2026-06-01T16:59:59Z"), at("2026-06-01T17:00:00Z"), moments[0]]
     for now in moments + moments[::-1]:
-        fresh = rules(
-            SCHEDULES
-            + "routes:\n"
-            + "".join(
-                f"  - {{name: {name}, match: {{schedule: {name}}}, reject: 486}}\n"
-                for name in ("office", "late", "ny-dst", "ny-fallback", "london-dst", "weekend")
-            )
-        )
+        fresh = rules(text)
         assert ruleset.decide(invite(), now).route == fresh.decide(invite(), now).route, now
 
 
