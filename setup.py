@@ -6,7 +6,7 @@ instructions per decision. They are plain typed Python: the same source runs unc
 when it is not compiled.
 
 SWITCHBOARD_COMPILE chooses:
-  auto (default)  compile when mypyc and a C compiler are there, else pure Python;
+  auto (default)  compile when there is a C compiler and Python's headers, else pure Python;
   1               compile, or fail the build;
   0               pure Python.
 """
@@ -14,9 +14,12 @@ SWITCHBOARD_COMPILE chooses:
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import sysconfig
+from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 COMPILED = [
     "app/sip.py",
@@ -27,21 +30,33 @@ COMPILED = [
 ]
 
 
-def compiled_extensions() -> list[object]:
+def missing_toolchain() -> str | None:
+    """What stops a C extension from being built here, if anything."""
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler})"
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if not headers.is_file():
+        return f"no Python headers ({headers})"
+    return None
+
+
+def compiled_extensions() -> list[Extension]:
     mode = os.environ.get("SWITCHBOARD_COMPILE", "auto").strip().lower()
     if mode not in ("auto", "1", "0"):
         sys.exit(f"SWITCHBOARD_COMPILE={mode!r}: use auto, 1 or 0")
     if mode == "0":
         return []
-    try:
-        from mypyc.build import mypycify
-
-        return list(mypycify(COMPILED, opt_level="3", debug_level="0", group_name="switchboard"))
-    except Exception as error:  # no mypyc, no compiler, or a type error in COMPILED
+    missing = missing_toolchain()
+    if missing is not None:
         if mode == "1":
-            raise
-        print(f"switchboard: building pure Python ({error})", file=sys.stderr)
+            sys.exit(f"SWITCHBOARD_COMPILE=1, but {missing}")
+        print(f"switchboard: {missing}: building the decision path as pure Python", file=sys.stderr)
         return []
+    from mypyc.build import mypycify
+
+    return list(mypycify(COMPILED, opt_level="3", debug_level="0", group_name="switchboard"))
 
 
-setup(ext_modules=compiled_extensions())
+if __name__ == "__main__":  # as setuptools runs it; tests import it
+    setup(ext_modules=compiled_extensions())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,3 +135,43 @@ def test_interpret_after_the_modules_are_imported_is_refused() -> None:
     result = run_python("import app.rules, app.speedups as s; s.interpret()")
     assert result.returncode != 0
     assert "RuntimeError: already imported, compiled or not: app.sip" in result.stderr
+
+
+def load_setup_py() -> Any:
+    spec = importlib.util.spec_from_file_location("switchboard_setup", ROOT / "setup.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not as __main__: setup() does not run
+    return module
+
+
+@pytest.mark.parametrize(
+    ("mode", "compiler", "outcome"),
+    [
+        (None, "missing", "pure"),  # auto, no compiler: pure Python, with a message
+        ("auto", "missing", "pure"),
+        ("0", "present", "pure"),
+        ("1", "missing", "SWITCHBOARD_COMPILE=1, but no C compiler"),
+        ("yes", "present", "SWITCHBOARD_COMPILE='yes': use auto, 1 or 0"),
+    ],
+)
+def test_setup_py_chooses_the_build(
+    mode: str | None,
+    compiler: str,
+    outcome: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup_py = load_setup_py()
+    if mode is None:
+        monkeypatch.delenv("SWITCHBOARD_COMPILE", raising=False)
+    else:
+        monkeypatch.setenv("SWITCHBOARD_COMPILE", mode)
+    monkeypatch.setenv("CC", "/nonexistent/cc" if compiler == "missing" else sys.executable)
+    if outcome == "pure":
+        assert setup_py.compiled_extensions() == []
+        if compiler == "missing":
+            assert "no C compiler (/nonexistent/cc)" in capsys.readouterr().err
+    else:
+        with pytest.raises(SystemExit, match=re.escape(outcome)):
+            setup_py.compiled_extensions()
