@@ -380,11 +380,17 @@ per call, 10 routes, 2,000 calls of the mix above):
 | step | instructions per call |
 |---|---|
 | start of the round (interpreted) | 315,000 |
-| `app.sip` compiled | 198,000 |
-| + rule matching, schedules, templates compiled | 162,000 |
-| + header-name memo (a dict, not `lru_cache`), To header parses cached (bounded), E.164 plan per country code read once from phonenumbers | 143,000 |
-| + a schedule remembers its answer for the rest of the minute; `Decision` a NamedTuple | 124,000 |
-| + records built with `tuple.__new__` (a NamedTuple's own `__new__` is interpreted Python even in a compiled module); local-time template fields memoised per minute; JSON string literals by the C encoder | 117,000 |
+| 1. `app.sip` compiled | 198,000 |
+| 2. rule matching, schedules, templates compiled | 162,000 |
+| 3. memos and caches in `app.sip` | 143,000 |
+| 4. schedules per minute, `Decision` a NamedTuple | 124,000 |
+| 5. `tuple.__new__`, template times, JSON strings | 117,000 |
+
+3: a header-name memo (a dict, not `lru_cache`), To header parses cached (bounded), the
+E.164 plan per country code read once from phonenumbers. 4: a schedule remembers its
+answer for the rest of the minute. 5: records built with `tuple.__new__` (a NamedTuple's
+own `__new__` is interpreted Python even in a compiled module), local-time template
+fields memoised per minute, JSON string literals by the C encoder.
 
 What is left of the 117,000: `identify` ~80,000 (two full address parses for a caller
 never seen before, ~20,000 each; `Headers` ~12,000), `decide` ~17,000. Wall time, the
@@ -474,7 +480,7 @@ number every 500 lines sends every piece down the per-line path) saved no instru
 compiling `app.rules.numbers` with mypyc did not load the list faster (the time is in
 `dict.fromkeys`, hashing and memory, already C).
 
-### Reload time, earlier rounds: under 2 s up to 1,000 routes; over it at 10,000 routes on a slow day
+### Reload time, earlier rounds: under 2 s up to 1,000 routes, over it at 10,000 on a slow day
 
 The paragraph below was measured a week before the tables above. In this week's runs of
 this report (this VM slower, see the decision section) the reloads of 10,000 routes + 1M
