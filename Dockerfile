@@ -5,8 +5,9 @@
 #     -v "$PWD/routes.yaml:/config/routes.yaml:ro" -v switchboard-data:/data switchboard
 #
 # The build stage turns the source into wheels (Switchboard's, with its decision path
-# compiled, and every runtime dependency's); the final stage installs them offline, so it
-# holds neither the source, nor build tools, nor the development dependencies. See docs/deploy.md.
+# compiled, and every runtime dependency's); the final stage installs them offline, so
+# it holds neither the source, nor build tools, nor the development dependencies. See
+# docs/deploy.md.
 # tests/ship/test_container.py repeats these steps outside Docker and lints this file.
 
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
