@@ -28,6 +28,7 @@ COMPILED = [
     "app/rules/schedule.py",
     "app/rules/templates.py",
 ]
+GROUP = "switchboard"  # mypyc's shared library: switchboard__mypyc.<platform>.so
 
 
 def missing_toolchain() -> str | None:
@@ -41,21 +42,40 @@ def missing_toolchain() -> str | None:
     return None
 
 
-def compiled_extensions() -> list[Extension]:
+def compiled_extensions(root: Path = Path(__file__).parent) -> list[Extension]:
     mode = os.environ.get("SWITCHBOARD_COMPILE", "auto").strip().lower()
     if mode not in ("auto", "1", "0"):
         sys.exit(f"SWITCHBOARD_COMPILE={mode!r}: use auto, 1 or 0")
     if mode == "0":
+        remove_in_place_builds(root)
         return []
     missing = missing_toolchain()
     if missing is not None:
         if mode == "1":
             sys.exit(f"SWITCHBOARD_COMPILE=1, but {missing}")
         print(f"switchboard: {missing}: building the decision path as pure Python", file=sys.stderr)
+        remove_in_place_builds(root)
         return []
     from mypyc.build import mypycify
 
-    return list(mypycify(COMPILED, opt_level="3", debug_level="0", group_name="switchboard"))
+    return list(mypycify(COMPILED, opt_level="3", debug_level="0", group_name=GROUP))
+
+
+def remove_in_place_builds(root: Path) -> list[Path]:
+    """An earlier compiled editable install left extensions beside the sources; a pure
+    build must remove them, or they would still be imported instead of the sources."""
+    removed = []
+    for source in COMPILED:
+        stem = Path(source).with_suffix("")
+        for extension in (root / stem.parent).glob(f"{stem.name}.*"):
+            if extension.suffix in (".so", ".pyd"):
+                extension.unlink()
+                removed.append(extension)
+    for extension in root.glob(f"{GROUP}__mypyc.*"):
+        if extension.suffix in (".so", ".pyd"):
+            extension.unlink()
+            removed.append(extension)
+    return removed
 
 
 if __name__ == "__main__":  # as setuptools runs it; tests import it

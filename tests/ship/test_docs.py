@@ -302,6 +302,7 @@ def test_ci_runs_the_test_command() -> None:
 # --- RUN: the quickstart, for real ------------------------------------------------------
 
 COPY_IGNORE = shutil.ignore_patterns(
+    "*.so",  # this checkout's compiled build (scripts/test): a fresh one has none
     ".git",
     ".venv",
     ".env",

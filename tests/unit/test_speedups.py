@@ -161,6 +161,7 @@ def test_setup_py_chooses_the_build(
     outcome: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     setup_py = load_setup_py()
     if mode is None:
@@ -169,9 +170,33 @@ def test_setup_py_chooses_the_build(
         monkeypatch.setenv("SWITCHBOARD_COMPILE", mode)
     monkeypatch.setenv("CC", "/nonexistent/cc" if compiler == "missing" else sys.executable)
     if outcome == "pure":
-        assert setup_py.compiled_extensions() == []
+        assert setup_py.compiled_extensions(tmp_path) == []  # not this checkout's build
         if compiler == "missing":
             assert "no C compiler (/nonexistent/cc)" in capsys.readouterr().err
     else:
         with pytest.raises(SystemExit, match=re.escape(outcome)):
-            setup_py.compiled_extensions()
+            setup_py.compiled_extensions(tmp_path)
+
+
+def test_a_pure_build_removes_extensions_an_earlier_build_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup_py = load_setup_py()
+    left = [
+        tmp_path / "app" / "sip.cpython-311-x86_64-linux-gnu.so",
+        tmp_path / "app" / "rules" / "ruleset.cpython-311-x86_64-linux-gnu.so",
+        tmp_path / "switchboard__mypyc.cpython-311-x86_64-linux-gnu.so",
+    ]
+    kept = [
+        tmp_path / "app" / "sip.py",
+        tmp_path / "app" / "rules" / "ruleset.py",
+        tmp_path / "app" / "rules" / "numbers.cpython-311-x86_64-linux-gnu.so",  # not ours
+        tmp_path / "app" / "siphon.cpython-311-x86_64-linux-gnu.so",
+    ]
+    for path in left + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    monkeypatch.setenv("SWITCHBOARD_COMPILE", "0")
+    assert setup_py.compiled_extensions(tmp_path) == []
+    assert [p for p in left if p.exists()] == []
+    assert all(p.exists() for p in kept)
