@@ -27,45 +27,73 @@ threads (none here, but libraries may have some) are left as they were otherwise
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class _WhileHeld(Generic[T]):
+    """A process-wide setting changed while any holder is inside, across threads and
+    overlapping in any order: changed when the first enters, restored (to what the first
+    found) when the last leaves, on errors too. (An asyncio task awaiting a worker thread
+    can be cancelled, but the thread runs to the end: a cancelled reload cannot leave the
+    setting changed either.)"""
+
+    def __init__(self, change: Callable[[], T], restore: Callable[[T], None]) -> None:
+        self._change = change
+        self._restore = restore
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._found: list[T] = []  # what the first holder found (one item while held)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                self._found.append(self._change())
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    self._restore(self._found.pop())
+
+    @property
+    def active(self) -> bool:
+        with self._lock:
+            return self._holders > 0
+
 
 _NO_FULL_COLLECTIONS = 2**31 - 1  # the largest threshold gc.set_threshold takes
-_lock = threading.Lock()
-_pauses = 0
-_threshold2 = 0
-
-SWITCH_INTERVAL = 0.001
-"""Seconds: sys.setswitchinterval while a load runs (CPython's default is 0.005)."""
-_switch_lock = threading.Lock()
-_switchers = 0
-_interval = 0.0
 
 
-@contextmanager
-def full_collections_paused() -> Iterator[None]:
+def _pause_full_collections() -> int:
+    first, second, third = gc.get_threshold()
+    gc.set_threshold(first, second, _NO_FULL_COLLECTIONS)
+    return third
+
+
+def _resume_full_collections(third: int) -> None:
+    first, second, _ = gc.get_threshold()
+    gc.set_threshold(first, second, third)
+
+
+_full_collections = _WhileHeld(_pause_full_collections, _resume_full_collections)
+
+
+def full_collections_paused() -> contextlib.AbstractContextManager[None]:
     """No automatic full collection in this process while inside (explicit gc.collect()
-    calls still run). Nests and overlaps across threads: full collections resume, with the
-    threshold found on the way in, when the last pause ends, whatever the order, and on
-    errors too. (An asyncio task awaiting a worker thread can be cancelled, but the thread
-    runs to the end: a cancelled reload cannot leave them paused either.)"""
-    global _pauses, _threshold2
-    with _lock:
-        if _pauses == 0:
-            first, second, _threshold2 = gc.get_threshold()
-            gc.set_threshold(first, second, _NO_FULL_COLLECTIONS)
-        _pauses += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _pauses -= 1
-            if _pauses == 0:
-                first, second, _ = gc.get_threshold()
-                gc.set_threshold(first, second, _threshold2)
+    calls still run). Nests and overlaps across threads (_WhileHeld): the threshold found
+    on the way in is restored when the last pause ends."""
+    return _full_collections.held()
 
 
 def paused() -> bool:
@@ -73,27 +101,25 @@ def paused() -> bool:
     return gc.get_threshold()[2] == _NO_FULL_COLLECTIONS
 
 
-@contextmanager
-def switching_often() -> Iterator[None]:
+SWITCH_INTERVAL = 0.001
+"""Seconds: sys.setswitchinterval while a load runs (CPython's default is 0.005)."""
+
+
+def _switch_often() -> float:
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
+    return interval
+
+
+_switching = _WhileHeld(_switch_often, sys.setswitchinterval)
+
+
+def switching_often() -> contextlib.AbstractContextManager[None]:
     """sys.setswitchinterval(SWITCH_INTERVAL) while inside, unless it is lower already.
-    Nests and overlaps across threads like full_collections_paused: the interval found
-    on the way in is restored when the last one ends, on errors too."""
-    global _switchers, _interval
-    with _switch_lock:
-        if _switchers == 0:
-            _interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(_interval, SWITCH_INTERVAL))
-        _switchers += 1
-    try:
-        yield
-    finally:
-        with _switch_lock:
-            _switchers -= 1
-            if _switchers == 0:
-                sys.setswitchinterval(_interval)
+    Nests and overlaps across threads like full_collections_paused."""
+    return _switching.held()
 
 
 def switching() -> bool:
     """Whether a switching_often() is in force now."""
-    with _switch_lock:
-        return _switchers > 0
+    return _switching.active

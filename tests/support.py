@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from standardwebhooks.webhooks import Webhook
 
@@ -70,3 +72,35 @@ def sign(
 def signed(event: dict[str, Any], **kwargs: Any) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(event).encode()
     return body, sign(body, **kwargs)
+
+
+T = TypeVar("T")
+
+
+def overlapping(
+    hold: Callable[[], AbstractContextManager[None]], probe: Callable[[], T]
+) -> list[T]:
+    """Two threads hold `hold()` over spans that overlap, the first leaving first; what
+    `probe()` says in the second after the first has left."""
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[T] = []
+
+    def first() -> None:
+        with hold():
+            first_in.set()
+            assert second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        assert first_in.wait(10)
+        with hold():
+            second_in.set()
+            assert first_out.wait(10)
+            seen.append(probe())
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return seen

@@ -85,15 +85,14 @@ class Schedule:
     answer holds for the rest of that minute (the calls of a busy minute share it)."""
 
     def contains(self, moment: datetime) -> bool:
-        minute_key = int(moment.timestamp()) // 60
+        minute = minute_of(moment)
         last = self._last
-        if last and last[0][0] == minute_key:
+        if last and last[0][0] == minute:
             return last[0][1]
         local = moment.astimezone(self.zone)
         inside = self._contains(local)
-        offset = local.utcoffset()
-        if offset is not None and offset.seconds % 60 == 0:  # not so for LMT before ~1900
-            self._last[:] = [(minute_key, inside)]
+        if minute_aligned(local):
+            self._last[:] = [(minute, inside)]
         return inside
 
     def _contains(self, local: datetime) -> bool:
@@ -115,6 +114,19 @@ class Schedule:
             return False
         minute = local.hour * 60 + local.minute
         return any(end < start and minute < end for start, end in self.windows[yesterday.weekday()])
+
+
+def minute_of(moment: datetime) -> int:
+    """The minute `moment` falls in (minutes since the epoch): a key for answers that
+    hold for a whole local minute."""
+    return int(moment.timestamp()) // 60
+
+
+def minute_aligned(local: datetime) -> bool:
+    """Whether local minutes start with minute_of's: the UTC offset is whole minutes (it
+    is not for local mean time, before ~1900)."""
+    offset = local.utcoffset()
+    return offset is not None and offset.seconds % 60 == 0
 
 
 def _within(day: date, ranges: tuple[tuple[date, date], ...]) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from app.rules.schedule import minute_aligned, minute_of
 from app.sip import Address, CallIdentity
 
 FIELDS = (
@@ -183,16 +184,15 @@ MAX_LOCAL_TIMES = 64
 
 
 def _local_times(now: datetime, zone: ZoneInfo) -> dict[str, str]:
-    key = (int(now.timestamp()) // 60, zone)
+    key = (minute_of(now), zone)
     found = _LOCAL_TIMES.get(key)
     if found is not None:
         return found
     local = now.astimezone(zone)
     found = {name: local.strftime(spec) for name, spec in _TIME_FORMATS.items()}
     found["datetime"] = local.isoformat(timespec="minutes")
-    offset = local.utcoffset()
-    if offset is None or offset.seconds % 60:
-        return found  # an offset in seconds (LMT, before ~1900): not minute-aligned
+    if not minute_aligned(local):
+        return found
     if len(_LOCAL_TIMES) >= MAX_LOCAL_TIMES:
         _LOCAL_TIMES.clear()
     _LOCAL_TIMES[key] = found

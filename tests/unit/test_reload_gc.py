@@ -15,6 +15,7 @@ from app.gcpause import full_collections_paused, paused
 from app.metrics import Metrics
 from app.reload import RulesManager
 from app.rules import RuleSet, compile_rules, load_rules
+from tests.support import overlapping
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,27 +57,7 @@ def test_full_collections_resume_after_an_error() -> None:
 def test_overlapping_pauses_resume_when_the_last_one_ends() -> None:
     # Two loads whose spans overlap, in two threads: the first to end must not resume
     # full collections under the other, and the other must not leave them paused.
-    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
-    seen: list[bool] = []
-
-    def first() -> None:
-        with full_collections_paused():
-            first_in.set()
-            assert second_in.wait(10)
-        first_out.set()
-
-    def second() -> None:
-        assert first_in.wait(10)
-        with full_collections_paused():
-            second_in.set()
-            assert first_out.wait(10)
-            seen.append(paused())
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    seen = overlapping(full_collections_paused, paused)
     assert seen == [True]
     assert not paused()
 

@@ -28,6 +28,7 @@ from app.rules import RuleSet, load_rules, numbers, schema
 from app.rules.numbers import ListFileError, load_number_file
 from app.rules.source import parse_yaml
 from app.rules.teardown import BIG, dismantle
+from tests.support import overlapping
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -134,27 +135,7 @@ def test_a_lower_interval_is_kept() -> None:
 
 def test_overlapping_switching_restores_when_the_last_one_ends() -> None:
     sys.setswitchinterval(0.005)
-    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
-    seen: list[float] = []
-
-    def first() -> None:
-        with switching_often():
-            first_in.set()
-            assert second_in.wait(10)
-        first_out.set()
-
-    def second() -> None:
-        assert first_in.wait(10)
-        with switching_often():
-            second_in.set()
-            assert first_out.wait(10)
-            seen.append(sys.getswitchinterval())
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    seen = overlapping(switching_often, sys.getswitchinterval)
     assert seen == [pytest.approx(SWITCH_INTERVAL)]
     assert sys.getswitchinterval() == pytest.approx(0.005)
 
