@@ -12,13 +12,13 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Final, NamedTuple
 from urllib.parse import unquote
 
 import phonenumbers
 
 # RFC 3261 7.3.3 and later RFCs' compact header names.
-COMPACT_FORMS = MappingProxyType(
+COMPACT_FORMS: Final = MappingProxyType(
     {
         "a": "accept-contact",
         "b": "referred-by",
@@ -42,23 +42,24 @@ COMPACT_FORMS = MappingProxyType(
     }
 )
 
-ANONYMOUS_USERS = frozenset(
+ANONYMOUS_USERS: Final = frozenset(
     {"anonymous", "restricted", "unknown", "unavailable", "private", "withheld"}
 )
-ANONYMOUS_HOST = "anonymous.invalid"
+ANONYMOUS_HOST: Final = "anonymous.invalid"
 
-_VISUAL_SEPARATORS = re.compile(r"[\s\-.()\[\]]")
-MIN_DIAL_DIGITS, MAX_DIAL_DIGITS = 2, 20
-_DIAL_STRING = re.compile(rf"\+?[0-9]{{{MIN_DIAL_DIGITS},{MAX_DIAL_DIGITS}}}")
-MAX_ADDRESSES_PER_HEADER = 16
-_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+_VISUAL_SEPARATORS: Final = re.compile(r"[\s\-.()\[\]]")
+MIN_DIAL_DIGITS: Final = 2
+MAX_DIAL_DIGITS: Final = 20
+_DIAL_STRING: Final = re.compile(rf"\+?[0-9]{{{MIN_DIAL_DIGITS},{MAX_DIAL_DIGITS}}}")
+MAX_ADDRESSES_PER_HEADER: Final = 16
+_NO_PARAMS: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 # Header names seen, canonical. A plain dict rather than lru_cache: a lookup is what every
 # header of every call costs. Names are caller-controlled, so it stops growing when full
 # (a flood of made-up names costs only their own lookups).
-_CANONICAL_NAMES: dict[str, str] = {}
-MAX_CANONICAL_NAMES = 4096
+_CANONICAL_NAMES: Final[dict[str, str]] = {}
+MAX_CANONICAL_NAMES: Final = 4096
 
 
 def canonical_name(name: str) -> str:
@@ -125,21 +126,13 @@ class Address(NamedTuple):
     digits: str | None = None
     """The dialled digits as sent (separators removed), when the user part is a dial string."""
 
-    @property
-    def is_anonymous(self) -> bool:
-        if self.host is not None and self.host.lower() == ANONYMOUS_HOST:
-            return True
-        display = (self.display_name or "").strip().lower()
-        if display in ANONYMOUS_USERS and self.number_key is None:
-            return True  # RFC 3323 style: `Anonymous <sip:c8oqz84zk7z@privacy.org>`
-        if self.scheme in ("sip", "sips", "tel"):
-            return not self.user or self.user.strip().lower() in ANONYMOUS_USERS
-        return False
-
-    @property
-    def number_key(self) -> str | None:
-        """What number matchers compare: E.164 when known, else the raw dial string."""
-        return self.number or self.digits
+    number_key: str | None = None
+    """What number matchers compare: E.164 when known, else the dial string. Set by the
+    parser (like `is_anonymous`): fields rather than properties, read several times per
+    call, cost a tuple index instead of a Python-level call."""
+    is_anonymous: bool = False
+    """A withheld identity (`anonymous@anonymous.invalid`, `sip:anonymous@...`, or an
+    RFC 3323 `Anonymous` display name without a number)."""
 
 
 class CallIdentity(NamedTuple):
@@ -247,16 +240,18 @@ class _ParsedHeaders:
 # To header values already parsed. The called party is one of the numbers the trunk routes
 # here, so they repeat; a flood of made-up values empties it now and then. Address is
 # immutable, so calls can share one.
-_ADDRESSES: dict[tuple[str, str], Address | None] = {}
-MAX_CACHED_ADDRESSES = 8192
+_ADDRESSES: Final[dict[tuple[str, str], Address | None]] = {}
+MAX_CACHED_ADDRESSES: Final = 8192
+_UNPARSED: Final = Address(raw="", uri="", scheme="")
 
 
 def _cached_address(value: str, region: str) -> Address | None:
     key = (value, region)
-    try:
-        return _ADDRESSES[key]
-    except KeyError:
-        pass
+    # .get with a sentinel, not try/except: a raised KeyError costs a compiled function a
+    # traceback entry, several times a hit's price.
+    found = _ADDRESSES.get(key, _UNPARSED)
+    if found is not _UNPARSED:
+        return found
     address = parse_address(value, region)
     if len(_ADDRESSES) >= MAX_CACHED_ADDRESSES:
         _ADDRESSES.clear()
@@ -295,9 +290,15 @@ def _rpid_private(headers: Headers) -> bool:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, respecting quotes and <...>."""
+    single = value.strip()
     if "," not in value:  # the usual single address: nothing to split (same result, faster)
-        single = value.strip()
         return [single] if single else []
+    if single[:1] == '"':
+        # A comma only in the display name (`"Doe, Jane" <sip:...>`, a common CNAM form):
+        # when none follows the closing quote, there is nothing to split either.
+        end = single.find('"', 1)
+        if end > 0 and "\\" not in single[1:end] and "," not in single[end + 1 :]:
+            return [single]
     parts: list[str] = []
     current: list[str] = []
     in_quotes = escaped = False
@@ -452,7 +453,14 @@ def _parse_uri(
         return None
     display = display.strip() if display else None
     if scheme not in ("sip", "sips", "tel"):
-        return Address(raw=raw, uri=uri, scheme=scheme, display_name=display or None, params=params)
+        return Address(
+            raw=raw,
+            uri=uri,
+            scheme=scheme,
+            display_name=display or None,
+            params=params,
+            is_anonymous=_anonymous(scheme, display, None, None, None),
+        )
     host = None
     number = digits = None
     if scheme == "tel":
@@ -474,10 +482,38 @@ def _parse_uri(
             number, digits = _normalise(subscriber, context, region, cleaned)
     # tuple.__new__ rather than Address(...): the NamedTuple's generated __new__ is
     # interpreted Python even when this module is compiled, and costs more than the parse.
+    key = number or digits
+    anonymous = _anonymous(scheme, display, user, host, key)
     return tuple.__new__(
         Address,
-        (raw, uri, scheme, display or None, user or None, host, uri_params, params, number, digits),
+        (
+            raw,
+            uri,
+            scheme,
+            display or None,
+            user or None,
+            host,
+            uri_params,
+            params,
+            number,
+            digits,
+            key,
+            anonymous,
+        ),
     )
+
+
+def _anonymous(
+    scheme: str, display: str | None, user: str | None, host: str | None, number_key: str | None
+) -> bool:
+    """Address.is_anonymous, from the parsed parts (display and user stripped, host lower)."""
+    if host == ANONYMOUS_HOST:
+        return True
+    if display and number_key is None and display.lower() in ANONYMOUS_USERS:
+        return True  # RFC 3323 style: `Anonymous <sip:c8oqz84zk7z@privacy.org>`
+    if scheme in ("sip", "sips", "tel"):
+        return not user or user.lower() in ANONYMOUS_USERS
+    return False
 
 
 def _unescape(text: str) -> str:
@@ -562,7 +598,7 @@ def _possible_e164(text: str) -> str | None:
 
 
 _Plan = tuple[re.Pattern[str] | None, frozenset[int]]
-_PLANS: dict[int, _Plan | None] = {}
+_PLANS: Final[dict[int, _Plan | None]] = {}
 
 
 def _numbering_plan(code: int) -> _Plan | None:

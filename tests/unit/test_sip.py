@@ -993,6 +993,23 @@ def test_parse_address_very_long_number_is_no_number() -> None:
             ['"J Rosenberg \\\\\\"" <sip:jdrosen@example.com>', "<sip:other@example.com>"],
             id="escaped-quote-then-comma",
         ),
+        # CNAM as carriers send it: a comma in the display name only (no split, stripped)
+        pytest.param(
+            ' "DOE,JANE" <sip:+14155550123@trunk.example.net>;tag=9f ',
+            ['"DOE,JANE" <sip:+14155550123@trunk.example.net>;tag=9f'],
+            id="cnam-comma-in-display-name",
+        ),
+        pytest.param(
+            '"Doe \\" , x" <sip:a@b>',
+            ['"Doe \\" , x" <sip:a@b>'],
+            id="escaped-quote-hides-the-comma",
+        ),
+        pytest.param(
+            '"Doe, Jane" <sip:a@b>;tag=1,"Roe, Rick" <sip:c@d>',
+            ['"Doe, Jane" <sip:a@b>;tag=1', '"Roe, Rick" <sip:c@d>'],
+            id="quoted-commas-in-two-values",
+        ),
+        pytest.param('"a,b",', ['"a,b"'], id="trailing-comma-after-quote"),
         pytest.param("", [], id="empty"),
         pytest.param(" , ,, ", [], id="only-commas"),
         pytest.param('"unterminated, quote <sip:a@b>', ['"unterminated, quote <sip:a@b>'], id="uq"),
