@@ -24,6 +24,7 @@ from setuptools import Extension, setup
 COMPILED = [
     "app/sip.py",
     "app/rules/conditions.py",
+    "app/rules/lookup.py",
     "app/rules/ruleset.py",
     "app/rules/schedule.py",
     "app/rules/templates.py",

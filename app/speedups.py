@@ -21,6 +21,7 @@ from types import ModuleType
 COMPILED_MODULES = (
     "app.sip",
     "app.rules.conditions",
+    "app.rules.lookup",
     "app.rules.ruleset",
     "app.rules.schedule",
     "app.rules.templates",

@@ -216,37 +216,48 @@ class RouteIndex:
     """
 
     always: tuple[int, ...]
-    called_exact: Mapping[str, tuple[int, ...]]
-    called_prefix: Mapping[str, tuple[int, ...]]
-    caller_exact: Mapping[str, tuple[int, ...]]
-    caller_prefix: Mapping[str, tuple[int, ...]]
+    # dicts, not Mappings (never changed after the build): a compiled `.get` on a dict is
+    # a direct C call, on a Mapping a method lookup.
+    called_exact: dict[str, tuple[int, ...]]
+    called_prefix: dict[str, tuple[int, ...]]
+    caller_exact: dict[str, tuple[int, ...]]
+    caller_prefix: dict[str, tuple[int, ...]]
     prefix_lengths: tuple[int, ...]
 
     def candidates(self, call: CallIdentity) -> list[int]:
-        found: list[int] = list(self.always)
-        extra = False
-        for address, exact, prefix in (
-            (call.called, self.called_exact, self.called_prefix),
-            (call.caller, self.caller_exact, self.caller_prefix),
-        ):
-            key = address.number_key if address is not None else None
-            if key is None:
-                continue
-            hit = exact.get(key)
-            if hit:
-                found.extend(hit)
-                extra = True
-            if prefix:
-                for n in self.prefix_lengths:
-                    if n > len(key):
-                        break
-                    hit = prefix.get(key[:n])
-                    if hit:
-                        found.extend(hit)
-                        extra = True
-        if extra:
-            found = sorted(set(found))
-        return found
+        hits: list[tuple[int, ...]] = []
+        called, caller = call.called, call.caller
+        if called is not None and called.number_key is not None:
+            self._file(hits, called.number_key, self.called_exact, self.called_prefix)
+        if caller is not None and caller.number_key is not None:
+            self._file(hits, caller.number_key, self.caller_exact, self.caller_prefix)
+        if not hits:
+            return list(self.always)
+        found = [*self.always, *hits[0]]
+        if len(hits) == 1:
+            found.sort()  # two sorted runs, no route in both: always-routes are not filed
+            return found
+        for more in hits[1:]:
+            found.extend(more)
+        return sorted(set(found))  # a route can be filed under several keys a call hits
+
+    def _file(
+        self,
+        hits: list[tuple[int, ...]],
+        key: str,
+        exact: dict[str, tuple[int, ...]],
+        prefix: dict[str, tuple[int, ...]],
+    ) -> None:
+        hit = exact.get(key)
+        if hit:
+            hits.append(hit)
+        if prefix:
+            for n in self.prefix_lengths:
+                if n > len(key):
+                    break
+                hit = prefix.get(key[:n])
+                if hit:
+                    hits.append(hit)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1374,6 +1374,8 @@ def test_index_agrees_with_a_first_match_scan(seed: int, count: int, calls: int)
         call = random_call(rng, called, callers)
         expected = scan(ruleset, call, NOON)
         assert ruleset.decide(call, NOON).route == expected, call.headers
+        order = ruleset.index.candidates(call)
+        assert order == sorted(set(order)), "candidates: file order, each route once"
         outcomes.add(expected)
     # The calls reach many different routes, and the default too.
     assert len(outcomes) > min(count, calls) // 10
