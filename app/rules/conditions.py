@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from app.rules.lookup import listed
 from app.rules.numbers import NumberSet, number_info
@@ -18,7 +18,7 @@ from app.rules.schedule import Schedule
 from app.sip import Address, CallIdentity
 
 # Caller-controlled text is cut before a regular expression sees it (bounded work).
-MAX_REGEX_INPUT = 512
+MAX_REGEX_INPUT: Final = 512
 
 Party = Literal["caller", "called", "forwarded_from"]
 

@@ -8,11 +8,12 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from app.rules.conditions import Condition, NumberMatches
 from app.rules.templates import (
+    CallValues,
     Template,
     UnsafeValue,
     call_values,
@@ -22,7 +23,7 @@ from app.rules.templates import (
 )
 from app.sip import CallIdentity
 
-DEFAULT_ROUTE = "default"
+DEFAULT_ROUTE: Final = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ class SessionTemplate:
         object.__setattr__(self, "_pieces", tuple(pieces))
         object.__setattr__(self, "_order", tuple(self.templates[i] for i in order))
 
-    def render(self, values: Mapping[str, str]) -> bytes:
+    def render(self, values: CallValues) -> bytes:
         pieces = self._pieces
         out = [pieces[0]]
         for i, template in enumerate(self._order):
@@ -364,10 +365,10 @@ def _templated(action: Action) -> bool:
     return False
 
 
-UNSAFE_TARGET_STATUS = 603
+UNSAFE_TARGET_STATUS: Final = 603
 
 
-def render(action: Action, values: Mapping[str, str]) -> tuple[Action, str | None]:
+def render(action: Action, values: CallValues) -> tuple[Action, str | None]:
     """The action with this call's values in; an unsafe transfer becomes a reject."""
     if isinstance(action, Accept) and action.template is not None:
         return Accept(action.template.render(values), features=action.features), None
@@ -387,7 +388,7 @@ def render(action: Action, values: Mapping[str, str]) -> tuple[Action, str | Non
 
 # A str as a JSON string literal, as json.dumps(text, ensure_ascii=False) writes it, by
 # the C function json.dumps ends up calling (without its per-call set-up).
-_json_string: Callable[[str], str] = json.encoder.encode_basestring
+_json_string: Final[Callable[[str], str]] = json.encoder.encode_basestring
 
 
 def _encode(payload: dict[str, Any]) -> bytes:

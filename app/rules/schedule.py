@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_WINDOW = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
-_DATE_RANGE = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\s*\.\.\s*(\d{4}-\d{2}-\d{2}))?")
+DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WINDOW: Final = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
+_DATE_RANGE: Final = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\s*\.\.\s*(\d{4}-\d{2}-\d{2}))?")
 
 
 def parse_timezone(name: str) -> ZoneInfo:
@@ -116,10 +117,18 @@ class Schedule:
         return any(end < start and minute < end for start, end in self.windows[yesterday.weekday()])
 
 
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+
+
 def minute_of(moment: datetime) -> int:
     """The minute `moment` falls in (minutes since the epoch): a key for answers that
     hold for a whole local minute."""
-    return int(moment.timestamp()) // 60
+    if moment.tzinfo is UTC:
+        # The router's clock (datetime.now(UTC)): from its fields, which costs a third of
+        # timestamp()'s arithmetic on timedeltas and Python ints.
+        days = moment.toordinal() - _EPOCH_ORDINAL
+        return (days * 24 + moment.hour) * 60 + moment.minute
+    return int(moment.timestamp() // 60)
 
 
 def minute_aligned(local: datetime) -> bool:

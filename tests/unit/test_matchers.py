@@ -8,15 +8,18 @@ strings.
 
 from __future__ import annotations
 
+import math
 import random
 import textwrap
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from app.rules import Reject, RulesError, RuleSet, compile_rules, load_rules
+from app.rules.schedule import minute_of
 from app.sip import CallIdentity, Headers, IdentityPolicy, identify
 
 FILE = "routes.yaml"
@@ -996,6 +999,26 @@ def test_schedule_answer_changes_on_the_minute() -> None:
         ("2026-06-01T20:59:30Z", "open"),  # back in time: not the remembered minute
     ]:
         assert ruleset.decide(invite(), at(now)).route == route, now
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "2026-06-01T20:59:59.999+00:00",
+        "2026-06-01T21:00:00+00:00",
+        "1970-01-01T00:00:00+00:00",
+        "1969-12-31T23:59:30+00:00",  # before the epoch: still the minute it falls in
+        "1900-01-01T00:00:00+00:00",
+        "2400-02-29T12:34:56+00:00",
+    ],
+)
+def test_minute_of_is_the_same_minute_in_every_timezone(moment: str) -> None:
+    utc = datetime.fromisoformat(moment).replace(tzinfo=UTC)  # the fast path: tzinfo is UTC
+    expected = math.floor(utc.timestamp() / 60)
+    assert minute_of(utc) == expected
+    for zone in ("Asia/Kolkata", "America/St_Johns", "Etc/GMT+12", "UTC"):
+        assert minute_of(utc.astimezone(ZoneInfo(zone))) == expected, zone
+    assert minute_of(utc.astimezone(timezone(timedelta(hours=-3)))) == expected
 
 
 def test_schedule_in_a_combinator() -> None:
