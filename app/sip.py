@@ -79,12 +79,14 @@ class Headers:
     __slots__ = ("_by_name", "_items")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._items = tuple((name, value) for name, value in items)
+        pairs: list[tuple[str, str]] = []
         by_name: dict[str, tuple[str, ...]] = {}
-        for name, value in self._items:
+        for name, value in items:
+            pairs.append((name, value))
             key = canonical_name(name)
             found = by_name.get(key)
             by_name[key] = (value,) if found is None else (*found, value)
+        self._items = tuple(pairs)
         self._by_name = by_name
 
     def get_all(self, name: str) -> tuple[str, ...]:
@@ -406,6 +408,23 @@ def _split_bare(text: str) -> tuple[str, str]:
     return text[:semi].strip(), text[semi:]
 
 
+# URI parameters repeat from call to call (a trunk's `;user=phone`); header parameters
+# carry a new tag each call, so only URI parameters are remembered. Caller-controlled
+# text: short ones only, and the memo stops growing when full.
+_URI_PARAMS: Final[dict[str, Mapping[str, str]]] = {}
+MAX_URI_PARAMS: Final = 1024
+MAX_URI_PARAMS_TEXT: Final = 128
+
+
+def _uri_params(text: str) -> Mapping[str, str]:
+    found = _URI_PARAMS.get(text)
+    if found is None:
+        found = _split_params(text)
+        if len(text) <= MAX_URI_PARAMS_TEXT and len(_URI_PARAMS) < MAX_URI_PARAMS:
+            _URI_PARAMS[text] = found  # a read-only view: addresses can share it
+    return found
+
+
 def _split_params(text: str) -> Mapping[str, str]:
     if not text or ";" not in text:
         return _NO_PARAMS if not text.strip() else _split_params(";" + text)
@@ -465,20 +484,20 @@ def _parse_uri(
     number = digits = None
     if scheme == "tel":
         number_part, _, tel_params = rest.partition(";")
-        uri_params = _split_params(tel_params)
+        uri_params = _uri_params(tel_params)
         user = _unescape(number_part)
         number, digits = _normalise(user, uri_params.get("phone-context"), region)
     else:
         at = rest.rfind("@")
         userinfo, hostpart = (rest[:at], rest[at + 1 :]) if at >= 0 else ("", rest)
         hostport, _, uri_param_text = hostpart.partition("?")[0].partition(";")
-        uri_params = _split_params(uri_param_text)
+        uri_params = _uri_params(uri_param_text)
         host = _host(hostport)
         user = _unescape(userinfo.partition(":")[0])  # no password (RFC 3261 19.1.1)
         subscriber, _, user_params_text = user.partition(";")
         cleaned = _dial_string(subscriber)
         if cleaned is not None or uri_params.get("user") == "phone":
-            context = _split_params(user_params_text).get("phone-context")
+            context = _uri_params(user_params_text).get("phone-context")
             number, digits = _normalise(subscriber, context, region, cleaned)
     # tuple.__new__ rather than Address(...): the NamedTuple's generated __new__ is
     # interpreted Python even when this module is compiled, and costs more than the parse.

@@ -1096,6 +1096,22 @@ def test_cached_to_addresses_parse_as_uncached_and_stay_bounded() -> None:
     assert identify(headers, IdentityPolicy()).called == parse_address(values[0], "US")
 
 
+def test_remembered_uri_parameters_read_as_parsed_ones_and_stay_bounded() -> None:
+    for text in (";user=phone", ";transport=tls;lr", "", ';a="b;c"', ";USER=Phone;user=x"):
+        assert sip._uri_params(text) == sip._split_params(text)
+        assert sip._uri_params(text) is sip._uri_params(text)  # shared: read-only
+    with pytest.raises(TypeError):
+        sip._uri_params(";user=phone")["user"] = "ip"  # type: ignore[index]
+    long = ";x=" + "y" * sip.MAX_URI_PARAMS_TEXT
+    assert sip._uri_params(long) == {"x": "y" * sip.MAX_URI_PARAMS_TEXT}
+    assert long not in sip._URI_PARAMS
+    for i in range(sip.MAX_URI_PARAMS + 10):
+        assert sip._uri_params(f";junk={i}") == {"junk": str(i)}
+    assert len(sip._URI_PARAMS) <= sip.MAX_URI_PARAMS
+    address = parse_address("<sip:+14155550123@trunk.example.net;user=phone;junk=1>", "US")
+    assert address is not None and address.uri_params == {"user": "phone", "junk": "1"}
+
+
 def test_every_compact_form_expands_to_a_long_name() -> None:
     for short, long in COMPACT_FORMS.items():
         assert len(short) == 1
