@@ -581,7 +581,9 @@ def to_e164(text: str, region: str | None) -> str | None:
     """E.164 for a possible phone number, else None. Used for rules and calls alike.
 
     Cached: the same callers and called numbers come back, and parsing costs ~15 µs."""
-    if text.startswith("+") and text[1:].isdigit():
+    # isascii too: str.isdigit() holds for superscript and Arabic-Indic digits, which int()
+    # (the fast path) rejects or the parser reads differently.
+    if text.startswith("+") and text[1:].isascii() and text[1:].isdigit():
         fast = _possible_e164(text)
         if fast is not None:
             return fast
@@ -597,11 +599,13 @@ def to_e164(text: str, region: str | None) -> str | None:
 
 
 def _possible_e164(text: str) -> str | None:
-    """`+` and digits whose length the numbering plan allows: already E.164, no parse.
+    """`+` and ASCII digits whose length the numbering plan allows: already E.164, no parse.
 
     The same test phonenumbers applies (country code, then the plan's possible lengths),
     from its own metadata, at a tenth of the cost; None sends anything else to the parser."""
     digits = text[1:]
+    if digits[:1] == "0":
+        return None  # no country code starts with 0 (`+01...` is not +1): the parser says no
     for size in (1, 2, 3):  # country codes are prefix-free (ITU-T E.164)
         if len(digits) <= size:
             return None
