@@ -357,13 +357,15 @@ def _exact_numbers(
     for line_no, raw in rows:
         # Fast path: already E.164 (what carriers and exports mostly hold), tested first on
         # the line as it is (no comment, no blanks: the usual case), then without them.
-        if raw[:1] == "+" and 8 <= len(raw) <= 16 and raw[1:].isdigit():
+        if raw[:1] == "+" and 8 <= len(raw) <= 16 and raw.isascii() and raw[1:].isdigit():
             yield raw
             continue
         value = raw.partition("#")[0].strip()
         if not value:
             continue
-        if value[0] == "+" and value[1:].isdigit() and 8 <= len(value) <= 16:
+        # isascii: str.isdigit() also holds for other scripts' digits, which the parser
+        # reads as the same number in ASCII (normalise_pattern below).
+        if value[0] == "+" and value.isascii() and value[1:].isdigit() and 8 <= len(value) <= 16:
             yield value
             continue
         try:

@@ -464,6 +464,16 @@ def test_version_follows_the_list_file(tmp_path: Path) -> None:
             id="txt-bad-prefix",
         ),
         pytest.param(
+            "vips.txt",
+            "+14155550100\n+\u00b94155550101\n+\u0661\u0664\u0661\u0665\u0665\u0665\u0665\u0660\u0661\u0660\u0662\n",
+            [
+                "{list}:2: lists.vips: line 2: '+\u00b94155550101' is not a phone number",
+                "{list}:3: lists.vips: line 3: '+\u0661\u0664\u0661\u0665\u0665\u0665\u0665\u0660"
+                "\u0661\u0660\u0662' is not a phone number",
+            ],
+            id="txt-digits-of-other-scripts",
+        ),
+        pytest.param(
             "vips.csv",
             "name,number\nAlice,+14155550100\nBob,call me\n",
             ["{list}:3: lists.vips: line 3: 'call me' is not a phone number"],
