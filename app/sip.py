@@ -296,10 +296,11 @@ def split_list(value: str) -> list[str]:
     if "," not in value:  # the usual single address: nothing to split (same result, faster)
         return [single] if single else []
     if single[:1] == '"':
-        # A comma only in the display name (`"Doe, Jane" <sip:...>`, a common CNAM form):
-        # when none follows the closing quote, there is nothing to split either.
+        # A comma only in the display name (`"Doe, Jane" <sip:...>`, a common CNAM form).
+        # No quoted string can end before the next `"` (escaped or not): when no comma
+        # follows that one, every comma is quoted and there is nothing to split.
         end = single.find('"', 1)
-        if end > 0 and "\\" not in single[1:end] and "," not in single[end + 1 :]:
+        if end > 0 and "," not in single[end + 1 :]:
             return [single]
     parts: list[str] = []
     current: list[str] = []
@@ -410,7 +411,7 @@ def _split_bare(text: str) -> tuple[str, str]:
 
 # URI parameters repeat from call to call (a trunk's `;user=phone`); header parameters
 # carry a new tag each call, so only URI parameters are remembered. Caller-controlled
-# text: short ones only, and the memo stops growing when full.
+# text: short ones only, and the memo starts over when full.
 _URI_PARAMS: Final[dict[str, Mapping[str, str]]] = {}
 MAX_URI_PARAMS: Final = 1024
 MAX_URI_PARAMS_TEXT: Final = 128
@@ -420,7 +421,9 @@ def _uri_params(text: str) -> Mapping[str, str]:
     found = _URI_PARAMS.get(text)
     if found is None:
         found = _split_params(text)
-        if len(text) <= MAX_URI_PARAMS_TEXT and len(_URI_PARAMS) < MAX_URI_PARAMS:
+        if len(text) <= MAX_URI_PARAMS_TEXT:
+            if len(_URI_PARAMS) >= MAX_URI_PARAMS:
+                _URI_PARAMS.clear()  # a burst of varying ones must not shut the common out
             _URI_PARAMS[text] = found  # a read-only view: addresses can share it
     return found
 

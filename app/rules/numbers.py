@@ -221,6 +221,11 @@ class NumberSet:
         object.__setattr__(self, "prefix_lengths", lengths)
         object.__setattr__(self, "shards", exact.shards if type(exact) is ShardedSet else (exact,))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from `exact` (which re-splits itself: see ShardedSet.__reduce__), never
+        # from `shards`, which follow this process's hash().
+        return NumberSet, (self.exact, self.prefixes)
+
     @classmethod
     def of(cls, patterns: Iterable[str]) -> NumberSet:
         prefixes: set[str] = set()

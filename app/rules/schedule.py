@@ -123,12 +123,11 @@ _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 def minute_of(moment: datetime) -> int:
     """The minute `moment` falls in (minutes since the epoch): a key for answers that
     hold for a whole local minute."""
-    if moment.tzinfo is UTC:
-        # The router's clock (datetime.now(UTC)): from its fields, which costs a third of
-        # timestamp()'s arithmetic on timedeltas and Python ints.
-        days = moment.toordinal() - _EPOCH_ORDINAL
-        return (days * 24 + moment.hour) * 60 + moment.minute
-    return int(moment.timestamp() // 60)
+    if moment.tzinfo is not UTC:  # the router's clock is datetime.now(UTC) already
+        moment = moment.astimezone(UTC)  # exact (a naive time is taken as local time)
+    # From the fields: exact at any date, and a third of timestamp()'s cost.
+    days = moment.toordinal() - _EPOCH_ORDINAL
+    return (days * 24 + moment.hour) * 60 + moment.minute
 
 
 def minute_aligned(local: datetime) -> bool:

@@ -1029,6 +1029,13 @@ def test_minute_of_is_the_same_minute_in_every_timezone(moment: str) -> None:
     for zone in ("Asia/Kolkata", "America/St_Johns", "Etc/GMT+12", "UTC"):
         assert minute_of(utc.astimezone(ZoneInfo(zone))) == expected, zone
     assert minute_of(utc.astimezone(timezone(timedelta(hours=-3)))) == expected
+    # The last microsecond of a minute stays in it, in any zone, at any date.
+    last = utc.replace(second=59, microsecond=999_999)
+    for zone in ("Asia/Kolkata", "UTC"):
+        assert minute_of(last.astimezone(ZoneInfo(zone))) == minute_of(last)
+    if utc.year >= 1970:
+        naive = utc.astimezone().replace(tzinfo=None)  # local time, as timestamp() reads it
+        assert minute_of(naive) == math.floor(naive.timestamp() / 60)
 
 
 def test_schedule_in_a_combinator() -> None:

@@ -4,7 +4,9 @@ small, untracked by the garbage collector, and freed on its own after a reload."
 from __future__ import annotations
 
 import gc
+import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,27 @@ def test_shards_are_small_and_the_collector_never_walks_them() -> None:
     assert len(sharded.shards) == SHARDS
     assert max(map(len, sharded.shards)) < 2 * len(sharded) / SHARDS
     assert not any(gc.is_tracked(shard) for shard in sharded.shards)
+
+
+def test_a_number_set_pickled_in_one_process_answers_in_another() -> None:
+    # Shards follow hash(), which differs between processes (PYTHONHASHSEED).
+    listed = NumberSet.of([*numbers(MANY), "+44*"])
+    probe = [numbers(MANY)[i] for i in (0, 7, MANY // 2, MANY - 1)]
+    script = (
+        "import pickle, sys\n"
+        "listed = pickle.loads(sys.stdin.buffer.read())\n"
+        f"print(all(n in listed for n in {probe!r}), '+442079460000' in listed,"
+        " '+12120000000' in listed, len(listed.shards))\n"
+    )
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            input=pickle.dumps(listed),
+            capture_output=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.decode()
+        assert out.split() == ["True", "True", "False", str(SHARDS)], out
 
 
 def test_number_set_lookups_with_shards() -> None:

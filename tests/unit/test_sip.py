@@ -1097,6 +1097,7 @@ def test_cached_to_addresses_parse_as_uncached_and_stay_bounded() -> None:
 
 
 def test_remembered_uri_parameters_read_as_parsed_ones_and_stay_bounded() -> None:
+    sip._URI_PARAMS.clear()  # whatever earlier tests left
     for text in (";user=phone", ";transport=tls;lr", "", ';a="b;c"', ";USER=Phone;user=x"):
         assert sip._uri_params(text) == sip._split_params(text)
         assert sip._uri_params(text) is sip._uri_params(text)  # shared: read-only
@@ -1108,6 +1109,8 @@ def test_remembered_uri_parameters_read_as_parsed_ones_and_stay_bounded() -> Non
     for i in range(sip.MAX_URI_PARAMS + 10):
         assert sip._uri_params(f";junk={i}") == {"junk": str(i)}
     assert len(sip._URI_PARAMS) <= sip.MAX_URI_PARAMS
+    # After a burst of varying parameters the common ones are remembered again.
+    assert sip._uri_params(";user=phone") is sip._uri_params(";user=phone")
     address = parse_address("<sip:+14155550123@trunk.example.net;user=phone;junk=1>", "US")
     assert address is not None and address.uri_params == {"user": "phone", "junk": "1"}
 
@@ -1971,6 +1974,86 @@ def test_parse_address_never_raises(value: str, region: str) -> None:
 def test_split_list_never_raises(value: str) -> None:
     parts = split_list(value)
     assert all(part and part == part.strip() for part in parts)
+
+
+def split_list_by_characters(value: str) -> list[str]:
+    """The grammar split_list follows, one character at a time, with no fast path: the
+    oracle its shortcuts must agree with."""
+    parts: list[str] = []
+    current: list[str] = []
+    in_quotes = escaped = False
+    depth = 0
+    for char in value:
+        if in_quotes:
+            current.append(char)
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_quotes = False
+            continue
+        if char == '"':
+            in_quotes = True
+        elif char == "<":
+            depth += 1
+        elif char == ">":
+            depth = max(0, depth - 1)
+        elif char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current).strip())
+    return [p for p in parts if p]
+
+
+# Quoted display names with commas, the shape split_list's shortcut is for.
+QUOTED_FIRST = st.builds(
+    lambda space, name, rest: f'{space}"{name}"{rest}',
+    st.sampled_from(["", " ", "\t"]),
+    st.lists(st.sampled_from(["DOE", ",", " ", "\\", '\\"', "JANE", "<", ">"]), max_size=6).map(
+        "".join
+    ),
+    SIP_LIKE,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(value=st.one_of(ANY_TEXT, QUOTED_FIRST))
+def test_split_list_agrees_with_the_character_loop(value: str) -> None:
+    assert split_list(value) == split_list_by_characters(value)
+
+
+def anonymous_by_fields(address: Address) -> bool:
+    """Address.is_anonymous as the rules read, from the address's other fields."""
+    if address.host is not None and address.host.lower() == "anonymous.invalid":
+        return True
+    display = (address.display_name or "").strip().lower()
+    if display in sip.ANONYMOUS_USERS and (address.number or address.digits) is None:
+        return True
+    if address.scheme in ("sip", "sips", "tel"):
+        return not address.user or address.user.strip().lower() in sip.ANONYMOUS_USERS
+    return False
+
+
+ANONYMOUS_LIKE = st.builds(
+    lambda display, scheme, user, host, params: f"{display}<{scheme}:{user}{host}{params}>",
+    st.sampled_from(["", '"Anonymous" ', "Restricted ", '" withheld " ', '"Jane" ']),
+    st.sampled_from(["sip", "sips", "tel", "mailto", "SIP"]),
+    st.sampled_from(["", "anonymous", "Anonymous ", "unknown", "+14155550123", "c8oqz84zk7z"]),
+    st.sampled_from(["", "@anonymous.invalid", "@ANONYMOUS.INVALID", "@privacy.org"]),
+    st.sampled_from(["", ";user=phone"]),
+)
+
+
+@PROPERTY_SETTINGS
+@given(value=st.one_of(ANY_TEXT, ANONYMOUS_LIKE), region=REGIONS)
+def test_is_anonymous_follows_from_the_parsed_fields(value: str, region: str) -> None:
+    address = parse_address(value, region)
+    if address is not None:
+        assert address.is_anonymous == anonymous_by_fields(address)
+        assert address.number_key == (address.number or address.digits)
 
 
 @PROPERTY_SETTINGS
