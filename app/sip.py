@@ -302,6 +302,12 @@ def split_list(value: str) -> list[str]:
         end = single.find('"', 1)
         if end > 0 and "," not in single[end + 1 :]:
             return [single]
+    return _split_by_characters(value)
+
+
+def _split_by_characters(value: str) -> list[str]:
+    """split_list without its shortcuts: one character at a time, commas inside quotes
+    (with backslash escapes) or <...> not splitting."""
     parts: list[str] = []
     current: list[str] = []
     in_quotes = escaped = False

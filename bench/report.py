@@ -368,7 +368,59 @@ This section is written by hand from profiles (cProfile, GIL-gap tracing, A/B ru
 functions involved) taken on this machine; the tables above are regenerated on every run,
 this text is not. Re-check it when the numbers move.
 
-### Latest round: the decision path compiled (target still missed, ~2.5x faster)
+### Where things stand (2026-12-02)
+
+The run these tables come from met every target, on the VM on a fast day: the reference
+loop in the machine table took 0.22-0.24 s today, against 0.55 s on the slow days of
+the previous report and 1.2-1.7 s at its worst. Other runs of this round's code today
+(`bench.decide` at every size, at 10,000 routes + 1M, and in the A/B below): the
+decision p99 was 14-42 µs in 19 of 20 measurements, and 105 µs in one (10,000 routes +
+1M; two runs of that size right after: 37 µs); reloads of 10,000 routes + 1M took
+1.66-1.76 s. The work per call is what the code controls (instructions, below); how it
+maps to time is the machine's. On a VM 2.2x slower, as last week, the same code would
+be expected near p99 30-65 µs and a 10,000-route reload near 3.5 s: the largest sizes
+would miss there, the smaller ones not.
+
+### Latest round: what compiled code still paid for (-29% instructions per call)
+
+Profiled with callgrind at 1,000 routes and 10,000 listed numbers (identify + decide,
+`Headers` included; the difference between runs of 0 and 2,000 calls of the mix, so
+set-up does not count), the compiled decision path went from 118,000 to 84,000
+instructions per call. Most of it was CPython machinery mypyc could not remove because
+of how the code was written:
+
+- a module-level name not declared `Final` is looked up in the module's dict on every
+  use (~100 instructions; ~10% of `identify`): constants and memos are now `Final` in
+  every compiled module;
+- `Address.is_anonymous` and `number_key` were properties of a NamedTuple, run through
+  Python's attribute machinery (~1,800 per `is_anonymous`, three a call): now fields the
+  parser sets;
+- a miss in the To-header cache raised and caught `KeyError` (~3,800: a compiled function
+  adds a traceback entry): now `dict.get` with a sentinel;
+- `key in NumberSet` from compiled code ran `__contains__` as an interpreted frame
+  (~3,000, twice a call): now `app.rules.lookup.listed`, compiled, with the shards and
+  prefix lengths `NumberSet` works out once;
+- a display name with a comma (`"DOE,JANE"`, a common CNAM form) sent From and
+  P-Asserted-Identity through the character loop of `split_list` (~30,000 each): now a
+  fast path when no comma follows the closing quote;
+- `minute_of` did timedelta arithmetic on Python ints (~2,200): now read from the fields
+  of a UTC time (~1,100);
+- URI parameters (`;user=phone`) were split on every call, and the route index called
+  `.get` on a `Mapping` and built a set per call: now a bounded memo, dicts, and a sort of
+  two sorted runs.
+
+(Beware in the other direction: mypyc unboxes a tuple, so a tuple used as an identity
+sentinel is never `is` itself in compiled code; found by a test, not used.) Wall time,
+the code at the start of the day against now, both compiled, six rounds in turns
+(`python -m bench.decide --routes 1000 --numbers 10000`): p50 median 13.2 µs before,
+11.2 µs after (12.1-20.5 against 10.2-16.1); p99 median 42 µs before, 30 µs after
+(30.0-58.2 against 20.0-42.0). Two input bugs were found on the way and fixed:
+`to_e164("+¹4155550123")` raised (`str.isdigit()` holds for superscripts, which `int()`
+rejects) and `+01...` was taken for a number in country code 1; a list-file line of
+non-ASCII digits was stored as a number nothing could match, and is now reported with
+its line number.
+
+### Previous round: the decision path compiled (~2.5x faster)
 
 The modules that run once per call (`app.sip`, `app.rules.ruleset`, `conditions`,
 `schedule`, `templates`) are now compiled to C with mypyc at install time when a C

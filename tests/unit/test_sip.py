@@ -1976,38 +1976,6 @@ def test_split_list_never_raises(value: str) -> None:
     assert all(part and part == part.strip() for part in parts)
 
 
-def split_list_by_characters(value: str) -> list[str]:
-    """The grammar split_list follows, one character at a time, with no fast path: the
-    oracle its shortcuts must agree with."""
-    parts: list[str] = []
-    current: list[str] = []
-    in_quotes = escaped = False
-    depth = 0
-    for char in value:
-        if in_quotes:
-            current.append(char)
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_quotes = False
-            continue
-        if char == '"':
-            in_quotes = True
-        elif char == "<":
-            depth += 1
-        elif char == ">":
-            depth = max(0, depth - 1)
-        elif char == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current).strip())
-    return [p for p in parts if p]
-
-
 # Quoted display names with commas, the shape split_list's shortcut is for.
 QUOTED_FIRST = st.builds(
     lambda space, name, rest: f'{space}"{name}"{rest}',
@@ -2022,7 +1990,7 @@ QUOTED_FIRST = st.builds(
 @settings(max_examples=1500, deadline=None)
 @given(value=st.one_of(ANY_TEXT, QUOTED_FIRST))
 def test_split_list_agrees_with_the_character_loop(value: str) -> None:
-    assert split_list(value) == split_list_by_characters(value)
+    assert split_list(value) == sip._split_by_characters(value)
 
 
 def anonymous_by_fields(address: Address) -> bool:
