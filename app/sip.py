@@ -92,6 +92,10 @@ class Headers:
     def get_all(self, name: str) -> tuple[str, ...]:
         return self._by_name.get(canonical_name(name), ())
 
+    def _values(self, key: str) -> tuple[str, ...]:
+        """get_all for a name already canonical (this module's lookups: no memo lookup)."""
+        return self._by_name.get(key, ())
+
     def get(self, name: str) -> str | None:
         values = self.get_all(name)
         return values[0] if values else None
@@ -178,8 +182,13 @@ def identify(
         or (from_address is not None and from_address.is_anonymous)
         or _privacy_requested(headers)
         or (
+            # Not any(<generator>): this runs on nearly every call.
             caller is not None
-            and any(k in policy.anonymous_numbers for k in (caller.number, caller.digits) if k)
+            and bool(policy.anonymous_numbers)
+            and (
+                caller.number in policy.anonymous_numbers
+                or caller.digits in policy.anonymous_numbers
+            )
         )
         or _rpid_private(headers)
     )
@@ -201,13 +210,14 @@ def _pick_caller(
     """The first header in policy order that names a (non-anonymous) caller."""
     fallback: tuple[Address | None, str | None] = (None, None)
     for name in policy.caller_headers:
-        addresses = parsed.addresses(name)
+        key = canonical_name(name)
+        addresses = parsed.addresses(key)
         usable = [a for a in addresses if not a.is_anonymous]
         if usable:
             with_number = [a for a in usable if a.number_key]
-            return (with_number or usable)[0], canonical_name(name)
+            return (with_number or usable)[0], key
         if addresses and fallback[0] is None:
-            fallback = (addresses[0], canonical_name(name))
+            fallback = (addresses[0], key)
     return fallback
 
 
@@ -221,13 +231,13 @@ class _ParsedHeaders:
         self._region = region
         self._cache: dict[str, list[Address]] = {}
 
-    def addresses(self, name: str, *, cached: bool = False) -> list[Address]:
-        """`cached`: for a header whose values repeat across calls (To: our own numbers)."""
-        key = canonical_name(name)
+    def addresses(self, key: str, *, cached: bool = False) -> list[Address]:
+        """The addresses in header `key` (a canonical name). `cached`: for a header whose
+        values repeat across calls (To: our own numbers)."""
         found = self._cache.get(key)
         if found is None:
             found = []
-            for value in self._headers.get_all(key):
+            for value in self._headers._values(key):
                 for part in split_list(value)[:MAX_ADDRESSES_PER_HEADER]:
                     if cached:
                         address = _cached_address(part, self._region)
@@ -271,7 +281,7 @@ def _forwarded_from(parsed: _ParsedHeaders) -> Address | None:
 
 
 def _privacy_requested(headers: Headers) -> bool:
-    for value in headers.get_all("privacy"):
+    for value in headers._values("privacy"):
         tokens = {t.strip().lower() for t in value.replace(",", ";").split(";")}
         if "id" in tokens:
             return True
@@ -279,7 +289,7 @@ def _privacy_requested(headers: Headers) -> bool:
 
 
 def _rpid_private(headers: Headers) -> bool:
-    for value in headers.get_all("remote-party-id"):
+    for value in headers._values("remote-party-id"):
         for part in split_list(value):
             params = _split_params(part.rpartition(">")[2] if ">" in part else part)
             if params.get("privacy", "").lower() in ("full", "uri"):
