@@ -516,7 +516,10 @@ def _parse_uri(
         subscriber, _, user_params_text = user.partition(";")
         cleaned = _dial_string(subscriber)
         if cleaned is not None or uri_params.get("user") == "phone":
-            context = _uri_params(user_params_text).get("phone-context")
+            # Most user parts have no parameters: no lookup (a Mapping's .get is a method call).
+            context = (
+                _uri_params(user_params_text).get("phone-context") if user_params_text else None
+            )
             number, digits = _normalise(subscriber, context, region, cleaned)
     # tuple.__new__ rather than Address(...): the NamedTuple's generated __new__ is
     # interpreted Python even when this module is compiled, and costs more than the parse.
