@@ -4,8 +4,8 @@
 #   docker run --rm -p 127.0.0.1:8000:8000 --env-file .env \
 #     -v "$PWD/routes.yaml:/config/routes.yaml:ro" -v switchboard-data:/data switchboard
 #
-# The build stage turns the source into wheels (Switchboard's, with its decision path
-# compiled, and every runtime dependency's); the final stage installs them offline, so
+# The build stage turns the source into wheels (Switchboard's and every runtime
+# dependency's); the final stage installs them offline, so
 # it holds neither the source, nor build tools, nor the development dependencies. See
 # docs/deploy.md.
 # tests/ship/test_container.py repeats these steps outside Docker and lints this file.
@@ -16,16 +16,8 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
-# mypyc compiles the per-call decision path to C (setup.py): the build stage needs a C
-# compiler, and SWITCHBOARD_COMPILE=1 makes a failed compile fail the build instead of
-# quietly shipping the interpreted code. The compiler stays in this stage.
-ENV SWITCHBOARD_COMPILE=1
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install --yes --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY app ./app
 RUN pip wheel --wheel-dir /wheels .
 

@@ -12,26 +12,31 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.admin import CallsControl, install_admin
-from app.calllog import CallLog
-from app.calllog_sqlite import ManagedCallLog, build_call_log
-from app.calls import CallControl, CallController, DryRunCallControl, RetryPolicy, build_http_client
-from app.callstate import CallStateStore, MemoryCallStateStore
-from app.incall import InCallManager
-from app.metrics import Metrics
-from app.reload import RulesManager
-from app.router import CallRouter
-from app.rules import RuleSet
-from app.settings import Settings
-from app.sideband import WebSocketConnector
-from app.sip import IdentityPolicy
-from app.speedups import DecisionPath, decision_path
-from app.webhook import (
+from app.incall.session import InCallManager
+from app.intake.webhook import (
     IncomingCall,
     SignatureVerifier,
     WebhookError,
     parse_event,
 )
+from app.openai.callcontrol import (
+    CallControl,
+    CallController,
+    DryRunCallControl,
+    RetryPolicy,
+    build_http_client,
+)
+from app.openai.sideband import WebSocketConnector
+from app.ops.admin import CallsControl, install_admin
+from app.ops.metrics import Metrics
+from app.ops.reload import RulesManager
+from app.records.calllog import CallLog
+from app.records.sqlite import ManagedCallLog, build_call_log
+from app.router import CallRouter
+from app.rules import RuleSet
+from app.settings import Settings
+from app.sip.identity import IdentityPolicy
+from app.state.claims import CallStateStore, MemoryCallStateStore
 
 logger = logging.getLogger("switchboard")
 
@@ -119,7 +124,6 @@ def create_app(
     metrics.dry_run.set(1 if settings.dry_run else 0)
 
     managed = call_log if isinstance(call_log, ManagedCallLog) else None
-    path = decision_path()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -132,7 +136,6 @@ def create_app(
                 "but no call-control request is made",
                 extra={"event": "dry_run"},
             )
-        _log_decision_path(path)
         if verifier is None:
             logger.warning(
                 "INSECURE: webhook signatures are not verified (no OPENAI_WEBHOOK_SECRET)",
@@ -207,7 +210,6 @@ def create_app(
             "rules_source": rules.source,
             "routes": len(rules.routes),
             "dry_run": settings.dry_run,
-            "decision_path": path.mode,
         }
         # Still 200 after a failed reload: the previous, valid rules keep serving.
         last = manager.last_reload
@@ -227,26 +229,6 @@ def create_app(
     app.state.metrics = metrics
     app.state.call_log = call_log
     return app
-
-
-def _log_decision_path(path: DecisionPath) -> None:
-    extra = {"event": "decision_path", "mode": path.mode, "interpreted": list(path.interpreted)}
-    if path.stale:
-        logger.warning(
-            "the compiled decision path is older than its source (%s): rebuild with "
-            "`pip install -e .`, or these modules run code that is no longer in the tree",
-            ", ".join(path.stale),
-            extra={**extra, "stale": list(path.stale)},
-        )
-    elif path.interpreted:
-        logger.warning(
-            "decision path is %s: built without mypyc or a C compiler, each call costs "
-            "about twice the CPU time (see setup.py)",
-            path.mode,
-            extra=extra,
-        )
-    else:
-        logger.info("decision path is compiled", extra=extra)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

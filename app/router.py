@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from app.calllog import CallEvent, CallLog, CallRecord, CallStatus
-from app.calls import CallControlError, CallController, CallGone
-from app.callstate import Answer, CallStateStore
-from app.logs import mask
-from app.metrics import Metrics
-from app.ratelimit import RateLimiter
+from app.intake.webhook import IncomingCall
+from app.openai.callcontrol import CallControlError, CallController, CallGone
+from app.ops.logs import mask
+from app.ops.metrics import Metrics
+from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
 from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet, caller_key
 from app.rules.ruleset import CallFeatures
-from app.sip import CallIdentity, Headers, IdentityPolicy, identify
-from app.webhook import IncomingCall
+from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
+from app.state.claims import Answer, CallStateStore
+from app.state.ratelimit import RateLimiter
 
 logger = logging.getLogger("switchboard.call")
 

@@ -146,7 +146,7 @@ class Settings(BaseSettings):
     @field_validator("webhook_secrets")
     @classmethod
     def _secrets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from app.webhook import decode_secret
+        from app.intake.webhook import decode_secret
 
         for secret in value:
             decode_secret(secret)  # raises ValueError with a precise message

@@ -32,8 +32,7 @@ from pathlib import Path
 from app.rules import RuleSet, load_rules
 from app.rules.conditions import NumberMatches
 from app.rules.numbers import NumberSet
-from app.sip import Headers, IdentityPolicy, identify
-from app.speedups import decision_path
+from app.sip.identity import Headers, IdentityPolicy, identify
 from bench.workload import (
     LIST_SIZES,
     NOW,
@@ -390,7 +389,6 @@ def summary(result: DecideResult) -> dict[str, object]:
     return {
         "routes": result.routes,
         "numbers": result.numbers,
-        "decision_path": decision_path().mode,
         "total": dataclasses.asdict(result.total),
         "parse": dataclasses.asdict(result.parse),
         "match": dataclasses.asdict(result.match),

@@ -96,8 +96,8 @@ def _child_load(path: Path) -> dict[str, float]:
 
 
 async def _manager_run(path: Path) -> dict[str, float]:
-    from app.metrics import Metrics
-    from app.reload import RulesManager
+    from app.ops.metrics import Metrics
+    from app.ops.reload import RulesManager
 
     metrics = Metrics()
     manager = RulesManager(path, region=REGION, metrics=metrics, on_activate=metrics.routes_loaded)

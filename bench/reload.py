@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.metrics import Metrics
-from app.reload import RulesManager
+from app.ops.metrics import Metrics
+from app.ops.reload import RulesManager
 from app.rules import RuleSet, load_rules
 from bench.workload import (
     LIST_SIZES,

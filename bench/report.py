@@ -9,7 +9,6 @@ two to three minutes on a 2-core machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -19,9 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from app.speedups import INTERPRET_ENV, decision_path
 from bench import decide, memory, reload
 from bench.workload import (
     CALL_MIX,
@@ -55,8 +52,6 @@ class Report:
     """Load average before and after each part (other work on the machine skews timings)."""
     seconds: float
     quick: bool
-    builds: list[dict[str, Any]]
-    """Decision time of the compiled and interpreted builds (compare_builds)."""
 
 
 def _loadavg() -> str:
@@ -101,8 +96,6 @@ def run_all(
     print("decision time ...", flush=True)
     decisions, lists = decide.run(root, route_sizes=route_sizes, list_sizes=list_sizes, calls=calls)
     loads["after decision"] = _loadavg()
-    print("compiled against interpreted ...", flush=True)
-    builds = compare_builds(route_sizes, list_sizes, calls)
     print("reload ...", flush=True)
     reloads = reload.run(root, route_sizes=route_sizes, list_sizes=list_sizes, plain_load=False)
     loads["after reload"] = _loadavg()
@@ -121,54 +114,6 @@ def run_all(
         loads,
         time.perf_counter() - started,
         quick,
-        builds,
-    )
-
-
-BUILD_ROUNDS = 2
-
-
-def compare_builds(
-    route_sizes: Sequence[int], list_sizes: Sequence[int], calls: int
-) -> list[dict[str, Any]]:
-    """Decision time of the compiled and the interpreted build (the same source, see
-    setup.py), alternating in fresh processes so that both see the same minutes."""
-    if decision_path().mode != "compiled":
-        return []
-    routes = sorted(route_sizes)[len(route_sizes) // 2]
-    numbers = min(list_sizes)
-    runs = []
-    for round_ in range(1, BUILD_ROUNDS + 1):
-        for interpreted in (False, True):
-            env = {**os.environ, INTERPRET_ENV: "1" if interpreted else "0"}
-            command = [sys.executable, "-m", "bench.decide", "--json"]
-            command += ["--routes", str(routes), "--numbers", str(numbers), "--calls", str(calls)]
-            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-            (result,) = json.loads(done.stdout.strip().splitlines()[-1])
-            runs.append({**result, "round": round_})
-    return runs
-
-
-def render_builds(runs: list[dict[str, Any]]) -> str:
-    if not runs:
-        return "Not measured: this install's decision path is not compiled.\n"
-    first = runs[0]
-    rows = [
-        [
-            run["decision_path"],
-            str(run["round"]),
-            f"{run['total']['p50']:.1f}",
-            f"{run['total']['p99']:.1f}",
-            f"{run['parse']['p50']:.1f}",
-            f"{run['match']['p50']:.1f}",
-        ]
-        for run in runs
-    ]
-    return (
-        f"The same calls at {size_label(first['routes'])} routes, "
-        f"{size_label(first['numbers'])} listed, in fresh processes taking turns (µs):\n\n"
-        + table(["build", "round", "p50", "p99", "identify p50", "decide p50"], rows)
-        + "\n"
     )
 
 
@@ -284,7 +229,7 @@ From with display name and tag, To, Call-ID, CSeq, Contact, P-Asserted-Identity 
 `user=phone`, Privacy on anonymous calls, X-Carrier-Session-Id, X-Customer-Tier). Mix:
 {", ".join(f"{share:.0%} {kind}" for kind, share in CALL_MIX.items())}, the rest to a
 number with its own route, drawn uniformly across the routes. Every caller not on the list
-is a number never seen before, so the E.164 cache in `app.sip` never helps with the caller
+is a number never seen before, so the E.164 cache in `app.sip.identity` never helps with the caller
 (new callers are the common case); routed numbers are warmed first (one call to each), as
 on a server that has run a while. Every decision is checked against the route the workload
 meant (mismatches are reported; expected 0).
@@ -345,9 +290,6 @@ def render(report: Report) -> str:
         "## Decision time",
         "",
         decide.render(report.decisions, report.lists),
-        "### Compiled and interpreted",
-        "",
-        render_builds(report.builds),
         "## Reload",
         "",
         "Seconds are wall time as the caller of `RulesManager.reload` sees it; gaps are the "
@@ -413,7 +355,7 @@ of how the code was written:
 - URI parameters (`;user=phone`) were split on every call, and the route index called
   `.get` on a `Mapping` and built a set per call: now a bounded memo, dicts, and a sort of
   two sorted runs;
-- smaller ones: `app.sip`'s own header lookups went through the name memo with names
+- smaller ones: `app.sip.identity`'s own header lookups went through the name memo with names
   already canonical, `any()`/`all()` over a generator in header conditions, combinators
   and the withheld-number check built a generator per call, and an address with no user
   parameters still looked up `phone-context` in an empty `Mapping` (~1,000, a method
@@ -433,7 +375,7 @@ its line number.
 
 ### Previous round: the decision path compiled (~2.5x faster)
 
-The modules that run once per call (`app.sip`, `app.rules.ruleset`, `conditions`,
+The modules that run once per call (`app.sip.identity`, `app.rules.ruleset`, `conditions`,
 `schedule`, `templates`) are now compiled to C with mypyc at install time when a C
 compiler is present (`setup.py`; the image always is); the same typed source runs
 interpreted otherwise, and `/readyz` says which. Measured in instructions, which, unlike
@@ -443,9 +385,9 @@ per call, 10 routes, 2,000 calls of the mix above):
 | step | instructions per call |
 |---|---|
 | start of the round (interpreted) | 315,000 |
-| 1. `app.sip` compiled | 198,000 |
+| 1. `app.sip.identity` compiled | 198,000 |
 | 2. rule matching, schedules, templates compiled | 162,000 |
-| 3. memos and caches in `app.sip` | 143,000 |
+| 3. memos and caches in `app.sip.identity` | 143,000 |
 | 4. schedules per minute, `Decision` a NamedTuple | 124,000 |
 | 5. `tuple.__new__`, template times, JSON strings | 117,000 |
 
@@ -616,7 +558,7 @@ now pauses them too, which brought `load_rules` alone (outside RulesManager: the
    entries (each young collection that met the 64 fresh frozensets took 36-39 ms), and
    string-keyed dicts do not store hashes (~26 MB against ~33 MB). `NumberSet` keeps its
    behaviour (`in`, `len`, `of`, `union`, `exact` iterable and sized, `/admin/routes`
-   shows `<N items>`). Releasing old rules (`app.reload.release`, in the worker thread)
+   shows `<N items>`). Releasing old rules (`app.ops.reload.release`, in the worker thread)
    holds each route, then each shard, and drops them one at a time: ~0.6 ms per shard at
    a million numbers instead of ~45 ms in one go. The shards cost ~0.06-0.08 s of load
    time per million numbers (the Python loop that deals them out) and ~0.2-0.3 µs per
@@ -630,7 +572,7 @@ blocks the loop, and a waiting thread gets the GIL only after the switch interva
 long call was found by sampling the worker's stack whenever a 0.5 ms ticker on the loop
 woke late (and timing every garbage collection with `gc.callbacks`), then removed:
 
-1. **Switch interval** (`app.gcpause.switching_often`). A worker running plain Python
+1. **Switch interval** (`app.rules.gcpause.switching_often`). A worker running plain Python
    stalled the loop 6-12 ms at each hand-over with CPython's 5 ms interval; at 1 ms,
    3-5 ms. A load (and the work after a swap) now runs with 1 ms, restored when the last
    of overlapping loads ends (a count under a lock, as for the GC pause; errors and

@@ -12,7 +12,7 @@ Layout of a routes file with `routes` routes (an agent per number, the common ca
 
 Callers are drawn so that some are on the list and most are not; called numbers are drawn
 uniformly across the routes. Every non-listed caller is a number never seen before, so the
-E.164 cache in app.sip never helps with the caller (the worst, and common, case).
+E.164 cache in app.sip.identity never helps with the caller (the worst, and common, case).
 """
 
 from __future__ import annotations
@@ -385,12 +385,9 @@ def machine() -> dict[str, str]:
     import phonenumbers
     import pydantic
 
-    from app.speedups import decision_path
-
     return {
         "cpu": model,
         "speed (a fixed pure-Python loop, best of 3)": f"{reference_loop_seconds():.2f} s",
-        "decision path": decision_path().mode,
         "cores": f"{cores} logical ({usable} usable by this process)",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "os": f"{platform.system()} {platform.release()}",

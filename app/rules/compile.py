@@ -21,7 +21,6 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from app.gcpause import full_collections_paused
 from app.rules import schema
 from app.rules.conditions import (
     AllOf,
@@ -36,6 +35,7 @@ from app.rules.conditions import (
     TextMatches,
 )
 from app.rules.errors import ConfigIssue, RulesError
+from app.rules.gcpause import full_collections_paused
 from app.rules.numbers import ListFileError, NumberSet, e164_prefix_hint, load_number_file
 from app.rules.ruleset import (
     Accept,
@@ -80,7 +80,7 @@ def load_rules(path: FilePath, *, region: str) -> RuleSet:
 
 def compile_rules(text: str, file: str, *, region: str) -> RuleSet:
     # Millions of objects for a large file: without the pause CPython runs several full
-    # collections in the middle, a third of the time at 10,000 routes (see app.gcpause).
+    # collections in the middle, a third of the time at 10,000 routes (see app.rules.gcpause).
     with full_collections_paused():
         return _compile(text, file, region)
 

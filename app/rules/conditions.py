@@ -15,7 +15,7 @@ from typing import Final, Literal, Protocol
 from app.rules.lookup import listed
 from app.rules.numbers import NumberSet, number_info
 from app.rules.schedule import Schedule
-from app.sip import Address, CallIdentity
+from app.sip.identity import Address, CallIdentity
 
 # Caller-controlled text is cut before a regular expression sees it (bounded work).
 MAX_REGEX_INPUT: Final = 512

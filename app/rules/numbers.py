@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import phonenumbers
 
 from app.rules.lookup import listed
-from app.sip import to_e164
+from app.sip.identity import to_e164
 
 _PREFIX = re.compile(r"\+?[0-9]{1,20}")
 _SEPARATORS = re.compile(r"[\s\-.()]")
@@ -158,7 +158,7 @@ def exact_set(values: Iterable[str]) -> AbstractSet[str]:
     # by the garbage collector, and every young collection (triggered on any thread, the
     # event loop's included) that finds these lists in a young generation walks every
     # entry: ~50 ms at a million. So they are made old while empty (a young collection,
-    # under a millisecond); full collections are held off during loads (app.gcpause).
+    # under a millisecond); full collections are held off during loads (app.rules.gcpause).
     buckets: list[list[str]] = [[] for _ in range(SHARDS)]
     if gc.isenabled():
         gc.collect(1)

@@ -21,7 +21,7 @@ from app.rules.templates import (
     uri_token,
     validate_target_uri,
 )
-from app.sip import CallIdentity
+from app.sip.identity import CallIdentity
 
 DEFAULT_ROUTE: Final = "default"
 
@@ -320,7 +320,7 @@ class RuleSet:
             if rate_limit is not None:
                 over, _ = render(rate_limit.over_limit, values)
                 rate_limit = dataclasses.replace(rate_limit, over_limit=over)
-        # tuple.__new__: see app.sip.identify.
+        # tuple.__new__: see app.sip.identity.identify.
         return tuple.__new__(
             Decision, (route, action, self.version, arm, fallback, rate_limit, note)
         )

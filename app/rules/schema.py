@@ -29,7 +29,7 @@ from app.rules.templates import (
     placeholders,
     validate_target_uri,
 )
-from app.sip import canonical_name
+from app.sip.identity import canonical_name
 
 
 class Strict(BaseModel):

@@ -22,7 +22,7 @@ from typing import Final
 from zoneinfo import ZoneInfo
 
 from app.rules.schedule import minute_aligned, minute_of
-from app.sip import Address, CallIdentity
+from app.sip.identity import Address, CallIdentity
 
 FIELDS: Final = (
     "caller",

@@ -13,11 +13,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.admin import CallsControl
-from app.calllog import CallEvent, CallLog, CallRecord, CallStatus
-from app.calllog_memory import InMemoryCallLog
-from app.calllog_sqlite import CallLogError, SqliteCallLog
 from app.main import create_app
+from app.ops.admin import CallsControl
+from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
+from app.records.memory import InMemoryCallLog
+from app.records.sqlite import CallLogError, SqliteCallLog
 from app.rules import compile_rules
 from tests.app.test_app import ROUTES, make_settings
 

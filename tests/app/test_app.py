@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.rules import compile_rules
 from app.settings import MissingWebhookSecret, Settings
-from app.speedups import decision_path
 from tests.support import OTHER_SECRET, SECRET, incoming_event, new_id, sign, signed
 
 BASE = "https://api.test/v1"
@@ -372,7 +371,6 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
     assert ready.json()["routes"] == 4
-    assert ready.json()["decision_path"] == decision_path().mode
 
 
 def test_metrics_are_precreated_and_hold_no_numbers(client: TestClient) -> None:

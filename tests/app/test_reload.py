@@ -21,10 +21,10 @@ import respx
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.metrics import Metrics
-from app.reload import RulesManager
+from app.ops.metrics import Metrics
+from app.ops.reload import RulesManager
 from app.rules import RuleSet, compile_rules
-from app.sip import CallIdentity
+from app.sip.identity import CallIdentity
 from tests.app.test_app import BASE, make_settings
 from tests.support import incoming_event, signed
 

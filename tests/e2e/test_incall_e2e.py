@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from app.sideband import SidebandError, SidebandRefused, WebSocketConnector
+from app.openai.sideband import SidebandError, SidebandRefused, WebSocketConnector
 from tests.e2e.conftest import Service, start_service, stop_service
 from tests.e2e.fake_openai import FakeOpenAI
 from tests.e2e.fake_realtime import (

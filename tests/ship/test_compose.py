@@ -23,8 +23,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.cli import main as switchboard
-from app.metrics import Metrics
+from app.cli.main import main as switchboard
+from app.ops.metrics import Metrics
 from app.rules import load_rules
 from tests.ship.support import (
     REPO,

@@ -304,17 +304,10 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
     build_env["PATH"] = path
     build_env.pop("PIP_NO_CACHE_DIR", None)
     for run in build.all("RUN"):
-        if run.args.startswith("apt-get"):
-            # The build stage installs a C compiler for mypyc; here, the machine's own.
-            assert "gcc" in run.args.split()
-            if not shutil.which("gcc"):
-                pytest.skip("the image's build stage installs gcc; this machine has none")
-            continue
         run_stage_line(run, cwd=context, wheels=wheels, env=build_env)
     built = sorted(p.name for p in wheels.glob("switchboard-*.whl"))
     assert len(built) == 1, built
-    # Compiled: a wheel for this platform (a pure-Python one would say py3-none-any).
-    assert "-none-any" not in built[0], built
+    assert built[0].endswith("-py3-none-any.whl"), built  # pure Python: no build tools
 
     # Final stage: the pip line, offline from the wheels. (The other RUN line makes the
     # system user, which needs root and is covered by the lint and shape tests.)
@@ -375,7 +368,6 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
     try:
         ready = wait_ready(process, f"http://127.0.0.1:{port}/readyz", log, timeout=60)
         assert ready.json()["dry_run"] is True
-        assert ready.json()["decision_path"] == "compiled"
         assert ready.json()["rules_source"].endswith("routes.yaml")
 
         assert subprocess.run(probe, env=env, timeout=30, check=False).returncode == 0

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main as switchboard
+from app.cli.main import main as switchboard
 from tests.ship.support import (
     REPO,
     Mount,
@@ -302,7 +302,6 @@ def test_ci_runs_the_test_command() -> None:
 # --- RUN: the quickstart, for real ------------------------------------------------------
 
 COPY_IGNORE = shutil.ignore_patterns(
-    "*.so",  # this checkout's compiled build (scripts/test): a fresh one has none
     ".git",
     ".venv",
     ".env",
@@ -333,14 +332,11 @@ def test_documented_commands_run(tmp_path: Path) -> None:
     port = free_port()
     # A fresh checkout: no .venv, no .env. Only the port is moved, to a free one; the same
     # variable reaches the commands below, as it would in a reader's shell.
-    # (PIP_NO_COMPILE only saves time: the .pyc files are written on first import instead.
-    # So does SWITCHBOARD_COMPILE=0: compiling the decision path takes a minute, and the
-    # compiled build is what scripts/test installs and test_container.py builds.)
+    # (PIP_NO_COMPILE only saves time: the .pyc files are written on first import instead.)
     env = clean_env(
         SWITCHBOARD_PORT=str(port),
         PYTHON=sys.executable,
         PIP_NO_COMPILE="1",
-        SWITCHBOARD_COMPILE="0",
     )
     log = tmp_path / "serve.log"
     process = start(serve[0].text, cwd=repo, env=env, log=log)

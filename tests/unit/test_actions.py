@@ -1,7 +1,7 @@
 """Table-driven tests for what a route does: templates, transfer targets, splits, rate
 limits and fallbacks.
 
-Calls are built from INVITE header values with `app.sip.identify`; times are explicit
+Calls are built from INVITE header values with `app.sip.identity.identify`; times are explicit
 aware datetimes; the rate limiter and the router run on a fake clock; call control is a
 scripted fake. Nothing here sleeps or asserts on elapsed time.
 """
@@ -18,10 +18,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.calls import CallGone, Operation, UpstreamRejected, UpstreamUnavailable
-from app.callstate import MemoryCallStateStore
-from app.metrics import Metrics
-from app.ratelimit import RateLimiter
+from app.intake.webhook import IncomingCall, SipHeader
+from app.openai.callcontrol import CallGone, Operation, UpstreamRejected, UpstreamUnavailable
+from app.ops.metrics import Metrics
 from app.router import CallRouter
 from app.rules import (
     Accept,
@@ -34,8 +33,9 @@ from app.rules import (
     caller_key,
     compile_rules,
 )
-from app.sip import CallIdentity, Headers, IdentityPolicy, identify
-from app.webhook import IncomingCall, SipHeader
+from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
+from app.state.claims import MemoryCallStateStore
+from app.state.ratelimit import RateLimiter
 
 FILE = "routes.yaml"
 ALICE = "+14155550100"

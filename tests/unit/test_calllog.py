@@ -1,5 +1,5 @@
-"""Table-driven tests for the call logs: app.calllog_sqlite (on tmp_path databases) and
-app.calllog_memory, which must behave alike. Time comes from an injected fake clock."""
+"""Table-driven tests for the call logs: app.records.sqlite (on tmp_path databases) and
+app.records.memory, which must behave alike. Time comes from an injected fake clock."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from app.calllog import CallEvent, CallRecord, CallStatus
-from app.calllog_memory import InMemoryCallLog
-from app.calllog_sqlite import (
+from app.records.calllog import CallEvent, CallRecord, CallStatus
+from app.records.memory import InMemoryCallLog
+from app.records.sqlite import (
     DAY,
     MEMORY,
     RECOVERED_NOTE,

@@ -1,4 +1,4 @@
-"""Table-driven tests for app.calls: the call-control client, against a respx router.
+"""Table-driven tests for app.openai.callcontrol: the call-control client, against a respx router.
 
 The client is the production one (`build_http_client`) with only its transport swapped for
 respx. Retries use a tiny backoff and short deadlines; where a test needs to know exactly
@@ -17,8 +17,8 @@ import httpx
 import pytest
 import respx
 
-import app.calls
-from app.calls import (
+import app.openai.callcontrol
+from app.openai.callcontrol import (
     CallControl,
     CallGone,
     Operation,
@@ -392,7 +392,7 @@ class FakeTime:
 @pytest.fixture
 def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     fake = FakeTime()
-    monkeypatch.setattr(app.calls, "asyncio", SimpleNamespace(sleep=fake.sleep))
+    monkeypatch.setattr(app.openai.callcontrol, "asyncio", SimpleNamespace(sleep=fake.sleep))
     return fake
 
 

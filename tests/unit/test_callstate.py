@@ -1,4 +1,4 @@
-"""Table-driven tests for app.callstate: exactly-once claims on webhook and call keys.
+"""Table-driven tests for app.state.claims: exactly-once claims on webhook and call keys.
 
 Expiry runs on an injected fake clock. Concurrency is made deterministic by holding the
 owning delivery on an asyncio.Event until the test has seen every other claim waiting.
@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from app.callstate import IN_PROGRESS, Answer, MemoryCallStateStore, Ticket
+from app.state.claims import IN_PROGRESS, Answer, MemoryCallStateStore, Ticket
 
 HORIZON = 60.0
 KEYS = ("webhook:wh_1", "call:rtc_1")

@@ -15,7 +15,7 @@
 - A block preceded by `<!-- file: NAME -->` is also a file that other examples use: list
   files (next to docs/routes.md for the compile checks) and the routes, calls and header
   files of the commands.
-- Every `$ switchboard ...` line in a ```sh block is run with `app.cli.main` in a temporary
+- Every `$ switchboard ...` line in a ```sh block is run with `app.cli.main.main` in a temporary
   directory holding those files. `NAME=value` words before it are set in the environment,
   `> FILE` writes standard output to FILE, and a trailing `# exit status N` is the expected
   exit code (0 otherwise). Every non-blank line shown after the command, other than `...`,
@@ -36,8 +36,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.cli import main
-from app.routetest import load_samples
+from app.cli.main import main
+from app.cli.routetest import load_samples
 from app.rules import RulesError, compile_rules, load_rules
 
 REPO = Path(__file__).resolve().parents[2]

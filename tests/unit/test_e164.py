@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.sip import _possible_e164, to_e164
+from app.sip.identity import _possible_e164, to_e164
 
 CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 

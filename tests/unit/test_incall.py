@@ -1,4 +1,4 @@
-"""app.incall against a real local WebSocket server (tests/e2e/fake_realtime.py).
+"""app.incall.session against a real local WebSocket server (tests/e2e/fake_realtime.py).
 
 The sideband client is the production one (`WebSocketConnector`); call control is a fake
 that records every request and, like OpenAI, ends the call at the fake server when a
@@ -19,12 +19,12 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 
-from app.calllog import CallLog, CallRecord, CallStatus
-from app.calls import CallGone, UpstreamRejected
-from app.incall import SAID, InCallManager
-from app.metrics import Metrics
+from app.incall.session import SAID, InCallManager
+from app.openai.callcontrol import CallGone, UpstreamRejected
+from app.openai.sideband import Sideband, WebSocketConnector
+from app.ops.metrics import Metrics
+from app.records.calllog import CallLog, CallRecord, CallStatus
 from app.rules.ruleset import CallFeatures, Destination, MaxDuration
-from app.sideband import Sideband, WebSocketConnector
 from tests.e2e.fake_realtime import (
     Close,
     Drop,

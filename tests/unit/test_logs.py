@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from app.logs import JsonFormatter, mask
+from app.ops.logs import JsonFormatter, mask
 
 
 @pytest.mark.parametrize(

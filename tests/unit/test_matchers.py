@@ -1,7 +1,7 @@
 """Table-driven tests for the match language of routes.yaml and for the route index.
 
 Calls are built as the router builds them: INVITE header values read by
-`app.sip.identify`. Times are explicit aware datetimes passed to `RuleSet.decide`, so
+`app.sip.identity.identify`. Times are explicit aware datetimes passed to `RuleSet.decide`, so
 nothing here depends on the clock. Expected load errors are exact `file:line:column`
 strings.
 """
@@ -20,7 +20,7 @@ import pytest
 
 from app.rules import Reject, RulesError, RuleSet, compile_rules, load_rules
 from app.rules.schedule import minute_of
-from app.sip import CallIdentity, Headers, IdentityPolicy, identify
+from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
 
 FILE = "routes.yaml"
 # A Monday, noon in New York: no schedule in these tests depends on it unless it says so.

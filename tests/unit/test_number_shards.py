@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from app.admin import describe_condition
-from app.gcpause import paused
-from app.reload import release_order
+from app.ops.admin import describe_condition
+from app.ops.reload import release_order
 from app.rules import Route, RulesError, compile_rules, load_rules
 from app.rules.conditions import NumberMatches
+from app.rules.gcpause import paused
 from app.rules.numbers import (
     SHARD_FROM,
     SHARDS,

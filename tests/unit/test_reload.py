@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.admin import describe_condition
-from app.reload import ReloadStatus, watch_plan, watch_targets
+from app.ops.admin import describe_condition
+from app.ops.reload import ReloadStatus, watch_plan, watch_targets
 from app.settings import Settings
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from app.gcpause import full_collections_paused, paused
-from app.metrics import Metrics
-from app.reload import RulesManager
+from app.ops.metrics import Metrics
+from app.ops.reload import RulesManager
 from app.rules import RuleSet, compile_rules, load_rules
+from app.rules.gcpause import full_collections_paused, paused
 from tests.support import overlapping
 
 REPO = Path(__file__).resolve().parents[2]

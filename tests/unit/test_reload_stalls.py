@@ -21,10 +21,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.gcpause import SWITCH_INTERVAL, switching, switching_often
-from app.metrics import Metrics
-from app.reload import RulesManager
+from app.ops.metrics import Metrics
+from app.ops.reload import RulesManager
 from app.rules import RuleSet, load_rules, numbers, schema
+from app.rules.gcpause import SWITCH_INTERVAL, switching, switching_often
 from app.rules.numbers import ListFileError, load_number_file
 from app.rules.source import parse_yaml
 from app.rules.teardown import BIG, dismantle

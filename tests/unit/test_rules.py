@@ -1,7 +1,7 @@
 """Table-driven tests for app.rules: routes.yaml -> RuleSet -> Decision.
 
 Calls are built the way the router builds them: realistic INVITE header values through
-`app.sip.identify`, so a rule is only as good as what a real trunk's headers make of it.
+`app.sip.identity.identify`, so a rule is only as good as what a real trunk's headers make of it.
 Rules files are written inline; every expected error names its exact file:line:column.
 """
 
@@ -27,7 +27,7 @@ from app.rules import (
     compile_rules,
     load_rules,
 )
-from app.sip import CallIdentity, Headers, IdentityPolicy, identify
+from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
 
 FILE = "routes.yaml"
 SAMPLE = Path(__file__).resolve().parents[2] / "routes.yaml"

@@ -1,4 +1,4 @@
-"""Table-driven tests for app.sip: SIP identity headers -> who is calling whom.
+"""Table-driven tests for app.sip.identity: SIP identity headers -> who is calling whom.
 
 The real-world values come from published sources, named on each case: RFC 3261, the SIP
 torture tests of RFC 4475 (and RFC 5118 for IPv6), RFC 3325, RFC 3966, RFC 5806 / RFC 6044,
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import sip
-from app.sip import (
+from app.sip import identity as sip
+from app.sip.identity import (
     ANONYMOUS_HOST,
     ANONYMOUS_USERS,
     COMPACT_FORMS,
@@ -2054,7 +2054,7 @@ def test_identify_never_raises(
 
 @pytest.mark.parametrize("size", range(24))
 def test_plain_dial_string_fast_path_agrees_with_the_grammar(size: int) -> None:
-    from app.sip import _DIAL_STRING, _dial_string
+    from app.sip.identity import _DIAL_STRING, _dial_string
 
     for user in ("+" + "4" * size, "+" + "١" * size):  # ASCII digits, and Arabic-Indic ones
         assert _dial_string(user) == (user if _DIAL_STRING.fullmatch(user) else None)

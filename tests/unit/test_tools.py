@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from app.cli import main
+from app.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Table-driven tests for app.webhook: signature verification and event parsing.
+"""Table-driven tests for app.intake.webhook: signature verification and event parsing.
 
 Test payloads are signed with the reference `standardwebhooks` package, never with the code
 under test, and the verifier runs on a fixed fake clock so nothing depends on wall time.
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from app.webhook import (
+from app.intake.webhook import (
     INCOMING_CALL,
     MAX_ID_LENGTH,
     MAX_SIGNATURE_HEADER,

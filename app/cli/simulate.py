@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
-from app.sip import canonical_name
-from app.webhook import INCOMING_CALL, decode_secret
+from app.intake.webhook import INCOMING_CALL, decode_secret
+from app.sip.identity import canonical_name
 
 
 def parse_header_line(line: str) -> tuple[str, str]:

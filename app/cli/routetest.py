@@ -10,11 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from app.explain import action_fields, sample_call
+from app.cli.explain import action_fields, sample_call
+from app.cli.simulate import parse_header_line
 from app.rules import RulesError, RuleSet
 from app.rules.source import parse_yaml
-from app.simulate import parse_header_line
-from app.sip import IdentityPolicy
+from app.sip.identity import IdentityPolicy
 
 
 class Expectation(BaseModel):

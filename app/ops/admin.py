@@ -24,8 +24,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from app.calllog import CallLog, CallRecord, CallStatus
-from app.reload import RulesManager
+from app.ops.reload import RulesManager
+from app.records.calllog import CallLog, CallRecord, CallStatus
 from app.rules import RuleSet
 
 logger = logging.getLogger("switchboard.admin")

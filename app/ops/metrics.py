@@ -13,7 +13,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from app.calls import OPERATIONS, STATUS_LABELS
+from app.openai.callcontrol import OPERATIONS, STATUS_LABELS
 from app.rules import RuleSet
 
 # `*_created` series double the output and no dashboard of ours reads them.

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from app.cli.simulate import invite_headers
 from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet
 from app.rules.conditions import first_failing
-from app.simulate import invite_headers
-from app.sip import Address, CallIdentity, Headers, IdentityPolicy, identify
+from app.sip.identity import Address, CallIdentity, Headers, IdentityPolicy, identify
 
 
 @dataclass(frozen=True, slots=True)

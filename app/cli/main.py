@@ -18,7 +18,7 @@ from app.settings import MissingWebhookSecret, Settings
 
 if TYPE_CHECKING:
     from app.rules import RuleSet
-    from app.sip import IdentityPolicy
+    from app.sip.identity import IdentityPolicy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,8 +116,8 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from app.logs import configure_logging
     from app.main import create_app
+    from app.ops.logs import configure_logging
     from app.rules import RulesError, load_rules
 
     overrides = {
@@ -171,7 +171,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from app.simulate import incoming_call_event, parse_header_line, signed_request
+    from app.cli.simulate import incoming_call_event, parse_header_line, signed_request
 
     try:
         extra = [parse_header_line(line) for line in args.header]
@@ -206,7 +206,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _policy(settings: Settings) -> IdentityPolicy:
-    from app.sip import IdentityPolicy
+    from app.sip.identity import IdentityPolicy
 
     return IdentityPolicy(
         default_region=settings.default_region,
@@ -228,8 +228,8 @@ def _load(path: Path, settings: Settings) -> RuleSet | None:
 def _explain(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime
 
-    from app.explain import explain, sample_call, to_json, to_text
-    from app.simulate import parse_header_block, parse_header_line
+    from app.cli.explain import explain, sample_call, to_json, to_text
+    from app.cli.simulate import parse_header_block, parse_header_line
 
     try:
         headers = [parse_header_line(line) for line in args.header]
@@ -266,7 +266,7 @@ def _explain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _test(args: argparse.Namespace, settings: Settings) -> int:
-    from app.routetest import SampleFileError, load_samples, report, run_samples
+    from app.cli.routetest import SampleFileError, load_samples, report, run_samples
 
     try:
         samples = load_samples(args.calls)

@@ -24,10 +24,10 @@ from typing import Any, Literal, TypeVar
 
 from watchfiles import Change, awatch
 
-from app.gcpause import full_collections_paused, switching_often
-from app.metrics import Metrics
+from app.ops.metrics import Metrics
 from app.rules import RulesError, RuleSet, load_rules
 from app.rules.conditions import AllOf, AnyOf, Condition, NotOf, NumberMatches
+from app.rules.gcpause import full_collections_paused, switching_often
 
 logger = logging.getLogger("switchboard.rules")
 
@@ -440,7 +440,7 @@ def _number_parts(condition: Condition) -> Iterator[object]:
 # every time enough of them survive: each walks every tracked object in the process with
 # the GIL held, 50-400 ms at 10,000 routes, and the event loop waits that long although
 # the load runs in a worker thread. So a load holds full collections off
-# (app.gcpause.full_collections_paused). And once loaded, 10,000 routes cost each later
+# (app.rules.gcpause.full_collections_paused). And once loaded, 10,000 routes cost each later
 # full collection ~10-15 ms, wherever it is triggered (the event loop included): so what
 # a load made is then frozen (gc.freeze: moved to a generation no collection walks).
 # Frozen objects are still freed by reference counting when the rules are dropped: a

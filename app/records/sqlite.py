@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
-from app.calllog import CallEvent, CallLog, CallRecord, CallStatus
+from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
 
 logger = logging.getLogger("switchboard.calllog")
 
@@ -117,7 +117,7 @@ class ManagedCallLog(CallLog, Protocol):
 def build_call_log(db: str, retention_days: int, *, clock: Clock = time.time) -> ManagedCallLog:
     """SWITCHBOARD_CALLS_DB -> the call log: `:memory:` keeps it in memory, else SQLite."""
     if db == MEMORY:
-        from app.calllog_memory import InMemoryCallLog
+        from app.records.memory import InMemoryCallLog
 
         return InMemoryCallLog(retention_days=retention_days, clock=clock)
     return SqliteCallLog(db, retention_days=retention_days, clock=clock)

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from app.calllog import CallLog
-from app.calls import CallController, CallGone
-from app.metrics import Metrics
+from app.openai.callcontrol import CallController, CallGone
+from app.openai.sideband import Sideband, SidebandConnector, SidebandError, SidebandRefused
+from app.ops.metrics import Metrics
+from app.records.calllog import CallLog
 from app.rules.ruleset import CallFeatures
 from app.rules.tools import END_CALL_TOOL, TRANSFER_TOOL
-from app.sideband import Sideband, SidebandConnector, SidebandError, SidebandRefused
 
 logger = logging.getLogger("switchboard.incall")
 

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app.calllog import CallEvent, CallRecord, CallStatus
-from app.calllog_sqlite import DAY, RETENTION_INTERVAL, Clock, decode_data, encode_data
+from app.records.calllog import CallEvent, CallRecord, CallStatus
+from app.records.sqlite import DAY, RETENTION_INTERVAL, Clock, decode_data, encode_data
 
 
 @dataclass(slots=True)
