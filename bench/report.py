@@ -529,7 +529,7 @@ now pauses them too, which brought `load_rules` alone (outside RulesManager: the
    restored when the last of overlapping pauses ends (a count under a lock: a load that
    outlives a cancelled reload cannot leave collections paused, nor resume them under
    another load), on errors too, and a worker thread reaches its `finally` even when the
-   task awaiting it is cancelled (tests/unit/test_reload_gc.py). A/B against
+   task awaiting it is cancelled (tests/ops/test_reload_gc.py). A/B against
    `gc.disable()` around the load: ~5% faster (1.64-1.69 s), the same stalls, but every
    garbage cycle made meanwhile would then sit in the youngest generation and be frozen
    with the rules for good.
@@ -576,7 +576,7 @@ woke late (and timing every garbage collection with `gc.callbacks`), then remove
    stalled the loop 6-12 ms at each hand-over with CPython's 5 ms interval; at 1 ms,
    3-5 ms. A load (and the work after a swap) now runs with 1 ms, restored when the last
    of overlapping loads ends (a count under a lock, as for the GC pause; errors and
-   cancelled reloads included, tests/unit/test_reload_stalls.py). It costs nothing while
+   cancelled reloads included, tests/ops/test_reload_stalls.py). It costs nothing while
    nobody waits for the GIL; A/B runs of 5, 2 and 1 ms at 10k routes + 1M gave reload
    times within each other's noise (2.0-3.2 s) and worst gaps of 10-15, 7-8 and 6-9 ms.
 2. **Freeing trees** (`app/rules/teardown.py`, `dismantle`). The YAML node tree (~130,000

@@ -444,7 +444,7 @@ def _number_parts(condition: Condition) -> Iterator[object]:
 # full collection ~10-15 ms, wherever it is triggered (the event loop included): so what
 # a load made is then frozen (gc.freeze: moved to a generation no collection walks).
 # Frozen objects are still freed by reference counting when the rules are dropped: a
-# RuleSet holds no reference cycles (tests/unit/test_reload_gc.py checks it), so the
+# RuleSet holds no reference cycles (tests/ops/test_reload_gc.py checks it), so the
 # previous rules go as before.
 
 

@@ -100,7 +100,7 @@ COVERED: dict[str, Covered] = {
 
 # Docs that have their own executable-docs test: doc -> (test, prefix of the commands it runs).
 DELEGATED: dict[str, tuple[str, str]] = {
-    "docs/routes.md": ("tests/unit/test_docs_routes.py", "switchboard "),
+    "docs/routes.md": ("tests/rules/test_docs_routes.py", "switchboard "),
 }
 
 SHELL_LANGUAGES = {"sh", "shell", "bash", "console", "zsh"}

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from app.settings import MissingWebhookSecret, Settings
 from tests.support import OTHER_SECRET, SECRET
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def settings(**values: Any) -> Settings:
