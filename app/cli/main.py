@@ -27,9 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            name = ".".join(str(p) for p in error["loc"])
-            print(f"switchboard: setting {name}: {error['msg']}", file=sys.stderr)
+        _print_setting_errors(exc)
         return 2
     try:
         result: int = args.handler(args, settings)
@@ -38,6 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return result
+
+
+def _print_setting_errors(exc: ValidationError, *, flags: bool = False) -> None:
+    for error in exc.errors(include_url=False):
+        name = ".".join(str(p) for p in error["loc"])
+        if flags:
+            name = f"--{name.replace('routes_file', 'routes').replace('_', '-')}"
+        print(f"switchboard: {'' if flags else 'setting '}{name}: {error['msg']}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,7 +131,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         for k, v in (("host", args.host), ("port", args.port), ("routes_file", args.routes))
         if v is not None
     }
-    settings = settings.model_copy(update=overrides)
+    try:
+        # Validated like the environment: `--port 99999` is refused, not handed to uvicorn.
+        settings = Settings.model_validate({**settings.model_dump(), **overrides})
+    except ValidationError as exc:
+        _print_setting_errors(exc, flags=True)
+        return 2
     configure_logging(settings.log_level)
     try:
         settings.check_can_serve()

@@ -75,3 +75,10 @@ def test_simulate_rejects_a_bad_header(capsys: pytest.CaptureFixture[str]) -> No
 def test_simulate_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--url", "http://127.0.0.1:9/webhooks/openai"]) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_serve_refuses_a_port_out_of_range(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: the flag skipped validation, uvicorn was handed 99999 and bound a random port.
+    assert main(["serve", "--port", port]) == 2
+    assert "switchboard: --port: Input should be" in capsys.readouterr().err
