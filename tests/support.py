@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 import threading
@@ -66,6 +68,20 @@ def sign(
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(when.timestamp())),
         "webhook-signature": Webhook(secret).sign(msg_id, when, text),
+    }
+
+
+def sign_raw(body: bytes, *, secret: str = SECRET) -> dict[str, str]:
+    """Headers for a body that is not UTF-8, which the reference package cannot sign: the
+    Standard Webhooks definition itself (HMAC-SHA256 of `id.timestamp.body`, base64)."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    msg_id, stamp = new_id("wh"), str(int(time.time()))
+    digest = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": stamp,
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
     }
 
 

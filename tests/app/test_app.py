@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.rules import compile_rules
 from app.settings import MissingWebhookSecret, Settings
-from tests.support import OTHER_SECRET, SECRET, incoming_event, new_id, sign, signed
+from tests.support import OTHER_SECRET, SECRET, incoming_event, new_id, sign, sign_raw, signed
 
 BASE = "https://api.test/v1"
 
@@ -246,6 +246,10 @@ def _valid() -> tuple[bytes, dict[str, str]]:
     return signed(incoming_event())
 
 
+_UTF16 = json.dumps({"type": "realtime.call.incoming", "data": {"call_id": "rtc_1"}}).encode(
+    "utf-16"
+)
+
 BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
     ("no-signature", lambda: (_valid()[0], {}), 401, "missing webhook-id header"),
     (
@@ -267,6 +271,14 @@ BAD_REQUESTS: list[tuple[str, Any, int, str]] = [
         "webhook-timestamp is too old",
     ),
     ("bad-json", lambda: (b"{not json", sign(b"{not json")), 400, "body is not valid JSON"),
+    # Signed, but not UTF-8: malformed (400), not a forgery (401).
+    ("non-utf8", lambda: (b"\xff\xfe{}", sign_raw(b"\xff\xfe{}")), 400, "body is not UTF-8"),
+    (
+        "utf16-json",
+        lambda: (_UTF16, sign_raw(_UTF16)),
+        400,
+        "body is not UTF-8",
+    ),
     ("array", lambda: (b"[]", sign(b"[]")), 400, "body is not a JSON object"),
     (
         "no-call-id",

@@ -634,7 +634,7 @@ def _deep(depth: int) -> bytes:
         pytest.param(b"not json", NOT_JSON, id="not-json"),
         pytest.param(b"", NOT_JSON, id="empty-body"),
         pytest.param(BODY[:-1], NOT_JSON, id="truncated"),
-        pytest.param(b"\xff\xfe\x00", NOT_JSON, id="non-utf8"),
+        pytest.param(b"\xff\xfe\x00", "body is not UTF-8", id="non-utf8"),
         pytest.param(b'{"type": 1' + b"0" * 5000 + b"}", NOT_JSON, id="5000-digit-integer"),
         pytest.param(b"[" * 100_000 + b"]" * 100_000, NOT_JSON, id="deeply-nested-array"),
         pytest.param(b'{"a":' * 100_000 + b"1" + b"}" * 100_000, NOT_JSON, id="deeply-nested-obj"),
@@ -805,3 +805,26 @@ def test_verify_then_parse_signed_openai_event() -> None:
     assert isinstance(event, IncomingCall)
     assert (event.webhook_id, event.call_id) == (MSG_ID, CALL_ID)
     assert [h.name for h in event.sip_headers] == ["From", "To", "Call-ID"]
+
+
+def test_raw_signing_agrees_with_the_reference_package() -> None:
+    # tests.support.sign_raw signs bytes the reference package cannot (not UTF-8); on a
+    # UTF-8 body both must say the same, or the non-UTF-8 tests would prove nothing.
+    from tests.support import SECRET as TEST_SECRET
+    from tests.support import sign_raw
+
+    headers = sign_raw(BODY, secret=TEST_SECRET)
+    stamp = datetime.fromtimestamp(int(headers["webhook-timestamp"]), tz=UTC)
+    reference = Webhook(TEST_SECRET).sign(headers["webhook-id"], stamp, BODY.decode())
+    assert headers["webhook-signature"] == reference
+
+
+def test_a_signed_body_that_is_not_utf8_verifies_and_is_then_malformed() -> None:
+    from tests.support import SECRET as TEST_SECRET
+    from tests.support import sign_raw
+
+    body = b'{"type": "realtime.call.incoming", "x": "\xff"}'
+    headers = sign_raw(body, secret=TEST_SECRET)
+    assert SignatureVerifier([TEST_SECRET]).verify(headers, body) == headers["webhook-id"]
+    with pytest.raises(MalformedPayload, match="body is not UTF-8"):
+        parse_event(body, headers["webhook-id"])
