@@ -32,6 +32,8 @@ logger = logging.getLogger("switchboard.call")
 
 # Time allowed to hang up a call whose transfer failed, even past the call's deadline.
 CLEANUP_SECONDS = 2.0
+PENDING = "pending"
+"""A call's outcome in its record between the decision and the end of the action."""
 # Calls remembered as "a request may have taken effect" (OpenAI redelivers for 72 h at most).
 MAX_UNCERTAIN = 100_000
 
@@ -121,6 +123,10 @@ class CallRouter:
         if decision.arm is not None:
             self._metrics.split_arms.labels(decision.route, decision.arm).inc()
 
+        numbers = self._numbers(identity)  # masked once, for the log line and the record
+        # Recorded before acting: a crash in the middle leaves the call in the log (still
+        # `active`, ended as unknown at the next start), not nothing.
+        self._record(call, decision, None, numbers)
         outcome = await self._act(call.call_id, decision, received + self._deadline_seconds)
         acted = time.perf_counter()
         self._metrics.outcomes.labels(decision.action.kind, outcome.name).inc()
@@ -140,42 +146,51 @@ class CallRouter:
         ):
             if value:
                 body[key] = value
-        numbers = self._numbers(identity)  # masked once, for the log line and the record
         self._log(call, identity, decision, outcome, numbers, decided - started, acted - decided)
-        if not outcome.retryable:
-            self._record(call, decision, outcome, numbers)
+        self._record(call, decision, outcome, numbers)
         return Answer(503 if outcome.retryable else 200, body), not outcome.retryable
 
     def _record(
         self,
         call: IncomingCall,
         decision: Decision,
-        outcome: Outcome,
+        outcome: Outcome | None,
         numbers: tuple[str | None, str | None],
     ) -> None:
+        """The call's record as decided (`outcome` None: about to act), then as acted on.
+        The second write replaces the first's outcome and status, and adds its event."""
         if self._call_log is None:
             return
-        answered = outcome.name in ("accepted", "fallback_accepted")
-        status: CallStatus = "active" if outcome.live else ("answered" if answered else "ended")
-        caller, called = numbers
         now = time.time()
-        decided = {"route": decision.route, "action": decision.action.kind}
-        decided.update((k, v) for k, v in (("arm", decision.arm), ("note", decision.note)) if v)
-        result = {"outcome": outcome.name, **({"error": outcome.error} if outcome.error else {})}
+        status: CallStatus
+        if outcome is None:
+            decided = {"route": decision.route, "action": decision.action.kind}
+            decided.update((k, v) for k, v in (("arm", decision.arm), ("note", decision.note)) if v)
+            name, status, event = PENDING, "active", CallEvent(now, "decision", decided)
+        else:
+            answered = outcome.name in ("accepted", "fallback_accepted")
+            status = "active" if outcome.live else ("answered" if answered else "ended")
+            # A retryable failure ends the record too: a redelivery writes it again, and
+            # without one the call is over (OpenAI gave up on it).
+            result = {"outcome": outcome.name}
+            if outcome.error:
+                result["error"] = outcome.error
+            name, event = outcome.name, CallEvent(now, outcome.name, result)
+        caller, called = numbers
         self._call_log.started(
             CallRecord(
                 call_id=call.call_id,
                 started_at=now,
                 route=decision.route,
                 action=decision.action.kind,
-                outcome=outcome.name,
+                outcome=name,
                 status=status,
                 caller=caller,
                 called=called,
                 rules_version=decision.rules_version,
                 ended_at=now if status == "ended" else None,
-                end_reason=outcome.name if status == "ended" else None,
-                events=(CallEvent(now, "decision", decided), CallEvent(now, outcome.name, result)),
+                end_reason=name if status == "ended" else None,
+                events=(event,),
             )
         )
 

@@ -8,6 +8,8 @@ scripted fake. Nothing here sleeps or asserts on elapsed time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import textwrap
@@ -21,6 +23,7 @@ import pytest
 from app.intake.webhook import IncomingCall, SipHeader
 from app.openai.callcontrol import CallGone, Operation, UpstreamRejected, UpstreamUnavailable
 from app.ops.metrics import Metrics
+from app.records.memory import InMemoryCallLog
 from app.router import CallRouter
 from app.rules import (
     Accept,
@@ -1171,6 +1174,7 @@ class Harness:
         self.clock = FakeClock()
         self.metrics = Metrics()
         self.metrics.routes_loaded(self.rules)
+        self.call_log = InMemoryCallLog()
         self.router = CallRouter(
             controller=self.controller,
             store=MemoryCallStateStore(horizon_seconds=300, clock=self.clock),
@@ -1183,6 +1187,7 @@ class Harness:
             deadline_seconds=5.0,
             dry_run=False,
             limiter=RateLimiter(clock=self.clock),
+            call_log=self.call_log,
             clock=self.clock,
         )
         self._ids = itertools.count(1)
@@ -1579,3 +1584,58 @@ routes:
     again = await harness.router.handle(delivery(2), harness.rules)
     assert (again.status_code, again.body["outcome"]) == (200, "failed")
     assert [op for op, _ in harness.controller.requests] == ["accept", "accept"]
+
+
+class BlockedController(FakeController):
+    """An accept that has been sent and not answered (the process is about to die)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = asyncio.Event()
+
+    async def accept(self, call_id: str, body: bytes, deadline: float) -> None:
+        self.requests.append(("accept", json.loads(body)))
+        self.sent.set()
+        await asyncio.Event().wait()
+
+
+@pytest.mark.anyio
+async def test_the_call_is_recorded_before_the_action_is_taken() -> None:
+    harness = Harness(ACCEPT_WITHOUT_FALLBACK)
+    harness.router._controller = controller = BlockedController()
+    handling = asyncio.create_task(harness.router.handle(delivery(3), harness.rules))
+    await controller.sent.wait()
+    # A crash here must leave the call in the log: decided, the action under way.
+    record = await harness.call_log.get("rtc_same_3")
+    assert record is not None
+    assert (record.route, record.action, record.outcome, record.status) == (
+        "agent",
+        "accept",
+        "pending",
+        "active",
+    )
+    assert [e.kind for e in record.events] == ["decision"]
+    handling.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await handling
+
+
+@pytest.mark.anyio
+async def test_a_retryable_failure_is_recorded_and_the_redelivery_updates_it() -> None:
+    harness = Harness(ACCEPT_WITHOUT_FALLBACK, {"accept": [unavailable()]})
+    first = await harness.router.handle(delivery(4), harness.rules)
+    assert first.status_code == 503
+    record = await harness.call_log.get("rtc_same_4")
+    assert record is not None
+    assert (record.outcome, record.status, record.end_reason) == (
+        "upstream_error",
+        "ended",
+        "upstream_error",
+    )
+    again = await harness.router.handle(delivery(4), harness.rules)
+    assert again.status_code == 200
+    record = await harness.call_log.get("rtc_same_4")
+    assert record is not None
+    assert (record.outcome, record.status, record.ended_at) == ("accepted", "answered", None)
+    kinds = [e.kind for e in record.events]
+    assert kinds == ["decision", "upstream_error", "decision", "accepted"]
