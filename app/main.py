@@ -13,12 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.incall.session import InCallManager
-from app.intake.webhook import (
-    IncomingCall,
-    SignatureVerifier,
-    WebhookError,
-    parse_event,
-)
+from app.intake.events import IncomingCall, parse_event
+from app.intake.webhook import SignatureVerifier, WebhookError
 from app.openai.callcontrol import (
     CallControl,
     CallController,
@@ -184,10 +180,12 @@ def create_app(
         else:
             webhook_id = request.headers.get("webhook-id", "")[:256]
         event = parse_event(body, webhook_id)
-        if not isinstance(event, IncomingCall):
+        if not isinstance(event, IncomingCall) or event.api != "realtime":
+            # Live calls are parsed and verified; routing them lands with Live sessions.
+            kind = event.type if not isinstance(event, IncomingCall) else "live.transport.incoming"
             metrics.webhooks.labels("ignored").inc()
-            metrics.ignored_event(event.type)
-            return JSONResponse({"status": "ignored", "type": event.type})
+            metrics.ignored_event(kind)
+            return JSONResponse({"status": "ignored", "type": kind})
         rules = manager.current  # once: the whole call is decided on these rules
         if rules is None:
             metrics.webhooks.labels("not_ready").inc()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from app.intake.webhook import IncomingCall
+from app.intake.events import IncomingCall
 from app.openai.callcontrol import CallControlError, CallController, CallGone
 from app.ops.logs import mask
 from app.ops.metrics import Metrics

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.intake.webhook import IncomingCall, SipHeader
+from app.intake.events import IncomingCall, SipHeader
 from app.openai.callcontrol import CallGone, Operation, UpstreamRejected, UpstreamUnavailable
 from app.ops.metrics import Metrics
 from app.records.memory import InMemoryCallLog

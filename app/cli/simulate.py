@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
-from app.intake.webhook import INCOMING_CALL, decode_secret
+from app.intake.events import INCOMING_CALL
+from app.intake.webhook import decode_secret
 from app.sip.identity import canonical_name
 
 

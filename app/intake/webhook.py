@@ -1,4 +1,4 @@
-"""Raw webhook request -> verified, parsed event.
+"""Raw webhook request -> verified body (app.intake.events parses it).
 
 The signature (Standard Webhooks: HMAC-SHA256 over `id.timestamp.body`) is checked on the
 raw body bytes before anything is parsed; only then is the JSON read.
@@ -10,22 +10,12 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-
-INCOMING_CALL = "realtime.call.incoming"
 
 MAX_ID_LENGTH = 256
 MAX_SIGNATURE_HEADER = 4096
-MAX_SIP_HEADERS = 256
-MAX_SIP_HEADER_NAME = 128
-MAX_SIP_HEADER_VALUE = 8192
-
-# A call_id goes into a URL path: letters, digits and a few separators only.
-_CALL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
@@ -124,82 +114,3 @@ def _offered_signatures(header: str) -> list[bytes]:
         except (binascii.Error, ValueError):
             continue
     return found
-
-
-@dataclass(frozen=True, slots=True)
-class SipHeader:
-    name: str
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingCall:
-    """A verified `realtime.call.incoming` event."""
-
-    webhook_id: str
-    call_id: str
-    sip_headers: tuple[SipHeader, ...]
-    media_security: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class OtherEvent:
-    """A verified event this router does not act on (live.*, realtime.call.*, ...)."""
-
-    webhook_id: str
-    type: str
-
-
-def parse_event(body: bytes, webhook_id: str) -> IncomingCall | OtherEvent:
-    """Parse a verified body; raise MalformedPayload with the reason."""
-    try:
-        text = body.decode("utf-8")  # json.loads would also take UTF-16 and UTF-32 bytes
-    except UnicodeDecodeError:
-        raise MalformedPayload("body is not UTF-8") from None
-    try:
-        payload = json.loads(text)
-    except (ValueError, RecursionError):
-        raise MalformedPayload("body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise MalformedPayload("body is not a JSON object")
-    event_type = payload.get("type")
-    if not isinstance(event_type, str) or not event_type:
-        raise MalformedPayload("event has no type")
-    if not webhook_id:
-        webhook_id = str(payload.get("id") or "")
-    if event_type != INCOMING_CALL:
-        return OtherEvent(webhook_id=webhook_id, type=event_type[:100])
-    data = payload.get("data")
-    if not isinstance(data, dict):
-        raise MalformedPayload("event has no data object")
-    call_id = data.get("call_id")
-    if not isinstance(call_id, str) or not call_id:
-        raise MalformedPayload("event has no data.call_id")
-    if not _CALL_ID.fullmatch(call_id) or call_id == "." or ".." in call_id:
-        # "." and ".." are dot segments: an HTTP client resolves them out of the URL path.
-        raise MalformedPayload("data.call_id has unexpected characters")
-    security = data.get("sip_media_security")
-    return IncomingCall(
-        webhook_id=webhook_id or call_id,
-        call_id=call_id,
-        sip_headers=_sip_headers(data.get("sip_headers")),
-        media_security=security.lower()[:16] if isinstance(security, str) else None,
-    )
-
-
-def _sip_headers(raw: object) -> tuple[SipHeader, ...]:
-    """Keep well-formed `{name, value}` entries in order; skip the rest, never fail."""
-    if not isinstance(raw, list):
-        return ()
-    headers = []
-    for entry in raw[:MAX_SIP_HEADERS]:
-        if not isinstance(entry, dict):
-            continue
-        name, value = entry.get("name"), entry.get("value")
-        if not isinstance(name, str) or not isinstance(value, str):
-            continue
-        name = name.strip()
-        if not name or len(name) > MAX_SIP_HEADER_NAME:
-            continue
-        headers.append(SipHeader(name, value[:MAX_SIP_HEADER_VALUE]))
-    return tuple(headers)

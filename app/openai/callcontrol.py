@@ -1,8 +1,11 @@
-"""The one module that talks to OpenAI's call-control API.
+"""The one module that talks to OpenAI's call-control APIs.
 
-`POST {base}/realtime/calls/{call_id}/accept|reject|refer|hangup`. A phone is ringing, so
-every request has a short timeout, and retries (connection failures, 429, 5xx, with
-jittered backoff) stay inside one deadline for the whole call.
+Realtime: `POST {base}/realtime/calls/{call_id}/accept|reject|refer|hangup`; GPT-Live:
+`POST {base}/live/sessions/{session_id}/accept|reject|refer|hangup`. One poster serves both
+(`CallControl`, the Realtime API; `LiveCallControl` differs only in its path and the accept
+body's shape). A phone is ringing, so every request has a short timeout, and retries
+(connection failures, 429, 5xx, with jittered backoff) stay inside one deadline for the
+whole call.
 """
 
 from __future__ import annotations
@@ -97,6 +100,10 @@ def build_http_client(
 
 
 class CallControl:
+    """The Realtime API's call control; `resource` is where its calls live."""
+
+    resource = "/realtime/calls"
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -125,7 +132,7 @@ class CallControl:
     async def _post(
         self, operation: Operation, call_id: str, body: bytes | None, deadline: float
     ) -> None:
-        url = f"/realtime/calls/{call_id}/{operation}"
+        url = f"{self.resource}/{call_id}/{operation}"
         headers = {"Content-Type": "application/json"} if body is not None else {}
         attempt = 0
         failure: CallControlError | None = None
@@ -185,6 +192,24 @@ class CallControl:
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self._policy.max_backoff, self._policy.base_backoff * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+
+
+class LiveCallControl(CallControl):
+    """GPT-Live's call control: the same requests under `/live/sessions/{session_id}`.
+
+    Its accept body wraps the session (`{"session": {"type": "live", ...}}`) where the
+    Realtime API takes the session itself; its reject requires a status code (300-699)."""
+
+    resource = "/live/sessions"
+
+    async def accept(self, call_id: str, body: bytes, deadline: float) -> None:
+        # The session is encoded once at load; wrapping it does not re-encode it.
+        await self._post("accept", call_id, b'{"session":' + body + b"}", deadline)
+
+    async def reject(self, call_id: str, status_code: int, deadline: float) -> None:
+        if not 300 <= status_code <= 699:
+            raise UpstreamRejected("reject", f"status code {status_code} is not 300-699")
+        await super().reject(call_id, status_code, deadline)
 
 
 class DryRunCallControl:

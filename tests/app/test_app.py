@@ -322,7 +322,7 @@ def test_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
 
 
 def test_other_event_types_are_ignored_and_counted(client: TestClient, api: respx.Router) -> None:
-    for event_type in ("live.call.incoming", "realtime.call.ended"):
+    for event_type in ("live.transport.connected", "realtime.call.ended"):
         body, headers = signed({"type": event_type, "data": {}})
         response = client.post("/webhooks/openai", content=body, headers=headers)
         assert response.json() == {"status": "ignored", "type": event_type}

@@ -14,22 +14,24 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from app.intake.webhook import (
+from app.intake.events import (
     INCOMING_CALL,
-    MAX_ID_LENGTH,
-    MAX_SIGNATURE_HEADER,
     MAX_SIP_HEADER_NAME,
     MAX_SIP_HEADER_VALUE,
     MAX_SIP_HEADERS,
     IncomingCall,
-    MalformedPayload,
     OtherEvent,
+    SipHeader,
+    parse_event,
+)
+from app.intake.webhook import (
+    MAX_ID_LENGTH,
+    MAX_SIGNATURE_HEADER,
+    MalformedPayload,
     SignatureError,
     SignatureVerifier,
-    SipHeader,
     WebhookError,
     decode_secret,
-    parse_event,
 )
 
 
@@ -582,7 +584,16 @@ def test_parse_incoming_call(body: bytes, webhook_id: str, expected: IncomingCal
 @pytest.mark.parametrize(
     ("payload", "expected_type"),
     [
-        pytest.param({"type": "live.call.incoming"}, "live.call.incoming", id="live-call-incoming"),
+        pytest.param(
+            {"type": "live.transport.incoming", "data": {"type": "webrtc", "session_id": "l_1"}},
+            "live.transport.incoming",
+            id="live-transport-not-sip",
+        ),
+        pytest.param(
+            {"type": "live.transport.connected", "data": {"type": "webrtc", "session_id": "l_1"}},
+            "live.transport.connected",
+            id="live-transport-connected",
+        ),
         pytest.param(
             {"type": "realtime.call.ended", "data": {"call_id": "rtc_1"}},
             "realtime.call.ended",
