@@ -199,20 +199,13 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        # Public, like /healthz: status and rules version only. What the routes file is
+        # called, and the errors of a refused reload (values from the file), are admin
+        # business: GET /admin/status.
         rules = manager.current
         if rules is None:
             return JSONResponse({"status": "not ready", "detail": "rules not loaded"}, 503)
-        detail: dict[str, Any] = {
-            "status": "ready",
-            "rules_version": rules.version,
-            "rules_source": rules.source,
-            "routes": len(rules.routes),
-            "dry_run": settings.dry_run,
-        }
-        # Still 200 after a failed reload: the previous, valid rules keep serving.
-        last = manager.last_reload
-        detail["last_reload"] = last.as_dict() if last is not None else None
-        return JSONResponse(detail)
+        return JSONResponse({"status": "ready", "rules_version": rules.version})
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
@@ -220,7 +213,12 @@ def create_app(
         return Response(payload, media_type=content_type)
 
     install_admin(
-        app, manager, settings.admin_token, call_log=call_log, calls_control=calls_control
+        app,
+        manager,
+        settings.admin_token,
+        call_log=call_log,
+        calls_control=calls_control,
+        dry_run=settings.dry_run,
     )
 
     app.state.rules = manager

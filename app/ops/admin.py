@@ -1,6 +1,6 @@
-"""Admin API behind a bearer token: POST /admin/reload, GET /admin/routes, and the calls:
-GET /admin/calls, GET /admin/calls/{call_id}, POST /admin/calls/{call_id}/hangup and
-POST /admin/calls/{call_id}/transfer.
+"""Admin API behind a bearer token: GET /admin/status, POST /admin/reload, GET /admin/routes,
+and the calls: GET /admin/calls, GET /admin/calls/{call_id}, POST
+/admin/calls/{call_id}/hangup and POST /admin/calls/{call_id}/transfer.
 
 Without SWITCHBOARD_ADMIN_TOKEN the endpoints answer 403: they exist, and say why they are
 closed, rather than a 404 that looks like a wrong URL or an old version.
@@ -77,6 +77,7 @@ def install_admin(
     *,
     call_log: CallLog,
     calls_control: CallsControl | None = None,
+    dry_run: bool = False,
 ) -> None:
     expected = token.get_secret_value().encode() if token is not None else None
 
@@ -125,6 +126,22 @@ def install_admin(
         status = await manager.reload("admin")
         # 422: the request was fine, the files are not (and the old rules still serve).
         return JSONResponse(status.as_dict(), status_code=200 if status.ok else 422)
+
+    @app.get("/admin/status", dependencies=[Depends(authorize)])
+    async def status() -> Response:
+        rules = manager.current
+        last = manager.last_reload
+        # Still "ready" after a failed reload: the previous, valid rules keep serving.
+        return JSONResponse(
+            {
+                "status": "ready" if rules is not None else "not ready",
+                "rules_version": rules.version if rules is not None else None,
+                "rules_source": rules.source if rules is not None else None,
+                "routes": len(rules.routes) if rules is not None else 0,
+                "dry_run": dry_run,
+                "last_reload": last.as_dict() if last is not None else None,
+            }
+        )
 
     @app.get("/admin/routes", dependencies=[Depends(authorize)])
     async def routes() -> dict[str, Any]:

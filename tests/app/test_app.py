@@ -17,6 +17,8 @@ from app.settings import MissingWebhookSecret, Settings
 from tests.support import OTHER_SECRET, SECRET, incoming_event, new_id, sign, sign_raw, signed
 
 BASE = "https://api.test/v1"
+ADMIN_TOKEN = "admin-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 ROUTES = """
 sessions:
@@ -52,6 +54,7 @@ def make_settings(**overrides: Any) -> Settings:
         "webhook_secrets": SECRET,
         "max_body_bytes": 4096,
         "watch_rules": False,  # the tests' rules are not on disk (tests/app/test_reload.py)
+        "admin_token": ADMIN_TOKEN,
     }
     values.update(overrides)
     return Settings(**values)
@@ -234,7 +237,7 @@ def test_dry_run_calls_nothing(api: respx.Router) -> None:
     with client_for(api, openai_api_key=None) as client:
         response = post_event(client, incoming_event())
         assert response.json()["outcome"] == "dry_run"
-        assert client.get("/readyz").json()["dry_run"] is True
+        assert client.get("/admin/status", headers=ADMIN).json()["dry_run"] is True
         assert "switchboard_dry_run 1.0" in client.get("/metrics").text
     assert api.calls.call_count == 0
 
@@ -381,8 +384,14 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
+    # Public: status and version only (no file path, no reload errors, no settings).
+    assert set(ready.json()) == {"status", "rules_version"}
     assert ready.json()["status"] == "ready"
-    assert ready.json()["routes"] == 4
+    detail = client.get("/admin/status", headers=ADMIN)
+    assert detail.status_code == 200
+    assert detail.json()["routes"] == 4
+    assert detail.json()["dry_run"] is False
+    assert client.get("/admin/status").status_code == 401
 
 
 def test_metrics_are_precreated_and_hold_no_numbers(client: TestClient) -> None:

@@ -113,9 +113,11 @@ class Load:
 
 
 def readyz(service: Service) -> dict[str, Any]:
+    """Ready (also while a bad edit is refused), with the details of GET /admin/status."""
     response = httpx.get(f"{service.url}/readyz", timeout=10)
-    assert response.status_code == 200, response.text  # also while a bad edit is refused
-    detail: dict[str, Any] = response.json()
+    assert response.status_code == 200, response.text
+    status = httpx.get(f"{service.url}/admin/status", headers=AUTH, timeout=10)
+    detail: dict[str, Any] = status.json()
     return detail
 
 
