@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import re
 import time
 import types
 import typing
@@ -37,6 +36,7 @@ from app.rules.conditions import (
 from app.rules.errors import ConfigIssue, RulesError
 from app.rules.gcpause import full_collections_paused
 from app.rules.numbers import ListFileError, NumberSet, e164_prefix_hint, load_number_file
+from app.rules.regex import compile_regex
 from app.rules.ruleset import (
     Accept,
     Action,
@@ -335,7 +335,7 @@ class _Compiler:
         return NumberMatches(
             party,
             tuple(sets),
-            re.compile(value.regex) if value.regex is not None else None,
+            compile_regex(value.regex) if value.regex is not None else None,
             frozenset(value.country or ()),
             frozenset(value.type or ()),
             label=" and ".join(labels),
@@ -360,11 +360,7 @@ def _text(header: str | None, spec: str | schema.TextCondition) -> TextMatches:
         header,
         equals=spec.equals.strip() if spec.equals is not None else None,
         contains=spec.contains,
-        regex=(
-            re.compile(spec.regex, re.IGNORECASE if spec.ignore_case else 0)
-            if spec.regex is not None
-            else None
-        ),
+        regex=(compile_regex(spec.regex, spec.ignore_case) if spec.regex is not None else None),
         present=present,
         ignore_case=spec.ignore_case,
     )

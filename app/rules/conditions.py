@@ -6,7 +6,6 @@ and `/admin/routes`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,10 +13,12 @@ from typing import Final, Literal, Protocol
 
 from app.rules.lookup import listed
 from app.rules.numbers import NumberSet, number_info
+from app.rules.regex import Regex
 from app.rules.schedule import Schedule
 from app.sip.identity import Address, CallIdentity
 
-# Caller-controlled text is cut before a regular expression sees it (bounded work).
+# Caller-controlled text is cut before a regular expression sees it. RE2 is linear in the
+# text whatever the pattern (app.rules.regex): this bounds that line's length.
 MAX_REGEX_INPUT: Final = 512
 
 Party = Literal["caller", "called", "forwarded_from"]
@@ -43,7 +44,7 @@ class NumberMatches:
 
     party: Party
     sets: tuple[NumberSet, ...] = ()
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
     countries: frozenset[str] = frozenset()
     types: frozenset[str] = frozenset()
     label: str = ""
@@ -58,7 +59,7 @@ class NumberMatches:
             # runs an interpreted frame; the compiled function is a direct call.
             if not listed(numbers.shards, numbers.prefixes, numbers.prefix_lengths, key):
                 return False
-        if self.regex is not None and self.regex.search(key) is None:
+        if self.regex is not None and not self.regex.search(key):
             return False
         if self.countries or self.types:
             if address is None or address.number is None:
@@ -81,7 +82,7 @@ class TextMatches:
     header: str | None  # None: the display name
     equals: str | None = None
     contains: str | None = None
-    regex: re.Pattern[str] | None = None
+    regex: Regex | None = None
     present: bool | None = None
     ignore_case: bool = False
 
@@ -110,7 +111,7 @@ class TextMatches:
                 return self.contains.casefold() in text.casefold()
             return self.contains in text
         assert self.regex is not None
-        return self.regex.search(text[:MAX_REGEX_INPUT]) is not None
+        return self.regex.search(text[:MAX_REGEX_INPUT])
 
     def describe(self) -> str:
         subject = "caller_name" if self.header is None else f"header {self.header}"

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from app.rules.numbers import normalise_pattern
+from app.rules.regex import check_regex
 from app.rules.schedule import parse_dates, parse_days, parse_timezone, parse_window
 from app.rules.templates import (
     check_target_template,
@@ -302,12 +303,9 @@ def _one_or_many(value: Any) -> Any:
 
 
 def _regex(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
-    return value
+    # RE2, as matching will use (app.rules.regex): what it refuses is refused here, with
+    # the construct named and what to write instead.
+    return check_regex(value) if value is not None else None
 
 
 NumberType = Literal[

@@ -1082,6 +1082,8 @@ def schedule_file(body: str) -> str:
     return f"schedules:\n  s:\n{textwrap.indent(body, '    ')}routes: []\n"
 
 
+RE2_SYNTAX = "(routes.yaml regular expressions use the RE2 syntax, see docs/routes.md)"
+
 ERROR_CASES = [
     # regular expressions: a dict is also tried as the shorthand (tuple / string) first
     pytest.param(
@@ -1089,7 +1091,7 @@ ERROR_CASES = [
         [
             "routes.yaml:3:13: routes[0].match.caller: Input should be a valid tuple",
             "routes.yaml:3:22: routes[0].match.caller.regex: invalid regular expression '(':"
-            " missing ), unterminated subpattern at position 0",
+            " missing ) at position 0 " + RE2_SYNTAX,
         ],
         id="number-regex",
     ),
@@ -1098,7 +1100,7 @@ ERROR_CASES = [
         [
             "routes.yaml:3:23: routes[0].match.headers.X-Tier: Input should be a valid string",
             "routes.yaml:3:32: routes[0].match.headers.X-Tier.regex: invalid regular expression"
-            " '[a-': unterminated character set at position 0",
+            " '[a-': missing ] at position 0 " + RE2_SYNTAX,
         ],
         id="header-regex",
     ),
@@ -1107,7 +1109,7 @@ ERROR_CASES = [
         [
             "routes.yaml:3:13: routes[0].match.caller_name: Input should be a valid string",
             "routes.yaml:3:27: routes[0].match.caller_name.regex: invalid regular expression"
-            " '*x': nothing to repeat at position 0",
+            " '*x': no argument for repetition operator: * at position 0 " + RE2_SYNTAX,
         ],
         id="caller-name-regex",
     ),
