@@ -23,6 +23,7 @@ from app.openai.callcontrol import (
 )
 from app.openai.sideband import WebSocketConnector
 from app.ops.admin import CallsControl, install_admin
+from app.ops.logs import LogThrottle
 from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
 from app.records.calllog import CallLog
@@ -161,14 +162,24 @@ def create_app(
         openapi_url=None,
     )
 
+    # Anyone can send refused requests: a flood of them must not flood the logs.
+    refusals = LogThrottle()
+
     @app.exception_handler(WebhookError)
     async def _webhook_error(request: Request, exc: WebhookError) -> Response:
         result = {401: "unauthorized", 413: "too_large"}.get(exc.status_code, "malformed")
-        metrics.webhooks.labels(result).inc()
-        logger.info(
-            "webhook refused",
-            extra={"event": "webhook_refused", "status": exc.status_code, "reason": exc.reason},
-        )
+        metrics.webhooks.labels(result).inc()  # every refusal, logged or not
+        suppressed = refusals.admit()
+        if suppressed is not None:
+            logger.info(
+                "webhook refused",
+                extra={
+                    "event": "webhook_refused",
+                    "status": exc.status_code,
+                    "reason": exc.reason,
+                    "suppressed": suppressed,
+                },
+            )
         return JSONResponse({"error": exc.reason}, status_code=exc.status_code)
 
     @app.post(WEBHOOK_PATH)

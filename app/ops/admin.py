@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from app.ops.logs import LogThrottle
 from app.ops.reload import RulesManager
 from app.records.calllog import CallLog, CallRecord, CallStatus
 from app.rules import RuleSet
@@ -93,17 +94,22 @@ def install_admin(
         if not hmac.compare_digest(given.strip().encode("latin-1"), expected):
             raise AdminRefused(401, "invalid token", f'{REALM}, error="invalid_token"')
 
+    refusals = LogThrottle()  # token guessing must not flood the logs
+
     @app.exception_handler(AdminRefused)
     async def _refused(request: Request, exc: AdminRefused) -> Response:
-        logger.warning(
-            "admin request refused",
-            extra={
-                "event": "admin_refused",
-                "path": request.url.path,
-                "status": exc.status_code,
-                "reason": exc.error,
-            },
-        )
+        suppressed = refusals.admit()
+        if suppressed is not None:
+            logger.warning(
+                "admin request refused",
+                extra={
+                    "event": "admin_refused",
+                    "path": request.url.path[:200],
+                    "status": exc.status_code,
+                    "reason": exc.error,
+                    "suppressed": suppressed,
+                },
+            )
         headers = {"WWW-Authenticate": exc.challenge} if exc.challenge else None
         return JSONResponse({"error": exc.error}, status_code=exc.status_code, headers=headers)
 

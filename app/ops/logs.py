@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -56,3 +58,37 @@ def mask(value: str | None, *, reveal: bool = False) -> str | None:
         keep = min(keep, len(value) - 4)
         return value[:keep] + "*" * (len(value) - keep - 2) + value[-2:]
     return value[:2] + "***"
+
+
+class LogThrottle:
+    """At most `burst` lines, then one every `interval / burst` seconds (a token bucket):
+    a flood of refused requests must not become a flood of log lines. `admit()` says
+    whether this line may be written, and how many were held back since the last one."""
+
+    def __init__(
+        self,
+        *,
+        burst: int = 20,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 1 or interval <= 0:
+            raise ValueError("burst must be at least 1 and interval positive")
+        self._burst = float(burst)
+        self._rate = burst / interval
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """None: drop this line (counted); else the number of lines dropped before it."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            self._suppressed += 1
+            return None
+        self._tokens -= 1.0
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed

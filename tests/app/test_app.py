@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,10 +84,11 @@ def client(api: respx.Router) -> Iterator[TestClient]:
         yield test_client
 
 
-def post_event(client: TestClient, event: dict[str, Any], **sign_args: Any) -> httpx.Response:
+def post_event(client: TestClient, event: dict[str, Any], **sign_args: Any) -> Any:
+    # Any: TestClient answers with httpx2's Response where httpx2 is installed (the openai
+    # package brings it), else httpx's.
     body, headers = signed(event, **sign_args)
-    response: httpx.Response = client.post("/webhooks/openai", content=body, headers=headers)
-    return response
+    return client.post("/webhooks/openai", content=body, headers=headers)
 
 
 def sent(api: respx.Router) -> list[tuple[str, Any]]:
@@ -441,3 +443,27 @@ def test_readiness_before_rules_load(tmp_path: Any) -> None:
     app = create_app(make_settings(routes_file=missing))
     with pytest.raises(Exception, match="cannot read"), TestClient(app):
         pass
+
+
+def test_a_flood_of_refused_webhooks_is_counted_in_full_and_logged_sparingly(
+    client: TestClient, api: respx.Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    body, headers = signed(incoming_event(), secret=OTHER_SECRET)
+    with caplog.at_level(logging.INFO, logger="switchboard"):
+        for _ in range(300):
+            assert client.post("/webhooks/openai", content=body, headers=headers).status_code == 401
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "webhook_refused"]
+    assert 1 <= len(lines) <= 25  # the burst, not one line per request
+    assert 'switchboard_webhooks_total{result="unauthorized"} 300.0' in client.get("/metrics").text
+    assert api.calls.call_count == 0
+
+
+def test_a_flood_of_refused_admin_requests_is_logged_sparingly(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = {"Authorization": "Bearer not-the-token-at-all"}
+    with caplog.at_level(logging.INFO, logger="switchboard"):
+        for _ in range(300):
+            assert client.get("/admin/status", headers=wrong).status_code == 401
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "admin_refused"]
+    assert 1 <= len(lines) <= 25
