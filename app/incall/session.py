@@ -107,6 +107,10 @@ class InCallManager:
         for session in sessions:
             session.detached = True
             await session.detach()
+            # The call goes on at OpenAI, unwatched: "answered", not "active" (which says
+            # a sideband sees its end). The next start ends it as unknown.
+            self.call_log.status(session.call_id, "answered")
+            self.call_log.event(session.call_id, "detached", {"reason": "shutdown"})
         tasks = [s.task for s in sessions if s.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=5)

@@ -775,6 +775,9 @@ async def test_shutdown_leaves_calls_cleanly(harness: Harness) -> None:
         (sideband,) = harness.fake.sidebands(call_id)
         assert sideband.close_code == 1000 and sideband.closed_by_client
         assert harness.log[call_id].endings == []  # the calls go on without us
+        # ... and their records must not say "active" (watched) when nobody watches them.
+        assert harness.log[call_id].statuses == ["answered"]
+        assert harness.log.data(call_id, "detached") == [{"reason": "shutdown"}]
         assert call_id not in harness.manager
     assert metric(harness.metrics, "switchboard_active_calls") == 0
     assert not harness.manager.start(new_id(), CallFeatures(greeting=True))
