@@ -18,7 +18,7 @@ from pathlib import Path as FilePath
 from types import MappingProxyType
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 
 from app.rules import schema
 from app.rules.conditions import (
@@ -40,6 +40,7 @@ from app.rules.regex import compile_regex
 from app.rules.ruleset import (
     Accept,
     Action,
+    Api,
     Arm,
     CallFeatures,
     Destination,
@@ -52,9 +53,11 @@ from app.rules.ruleset import (
     RuleSet,
     SessionTemplate,
     Split,
+    accept_payload,
     indexable,
 )
 from app.rules.schedule import build_schedule, parse_timezone
+from app.rules.sessions import api_of
 from app.rules.source import Document, Path, format_path, parse_yaml
 from app.rules.teardown import dismantle
 from app.rules.templates import Template
@@ -105,7 +108,8 @@ def _validate_and_build(doc: Document, text: str, region: str, garbage: list[Any
         raise RulesError([doc.issue((), "the top level must be a mapping with routes:")])
     issues = list(_reference_issues(doc))
     try:
-        garbage.append(schema.RoutesFile.model_validate(doc.data, context={"region": region}))
+        context = schema.validation_context(doc.data, region)
+        garbage.append(schema.RoutesFile.model_validate(doc.data, context=context))
     except ValidationError as exc:
         issues.extend(_validation_issues(exc, doc))
     if issues or not garbage:
@@ -197,21 +201,55 @@ class _Compiler:
         if spec.reject is not None:
             return Reject(spec.reject.status_code)
         if spec.accept is not None:
-            session = self._session(spec.accept.session)
-            overrides = _dump(spec.accept, exclude={"session"})
+            where = (*path, "accept")
+            api = api_of(spec.accept)
+            named = self._named(spec.accept.session)
+            if named is not None and api_of(named) != api:
+                # Only without the validation context (it makes the accept the session's API).
+                message = f"session {spec.accept.session!r} is a {api_of(named)} session"
+                self.issues.append(self.doc.issue(where, message))
+                return None
+            session = _dump(named) if named is not None else {}
+            overrides = _dump(spec.accept, exclude={"session", "type"})
             merged = _deep_merge(session, overrides)
-            features = self._features(merged.pop("call", None), (*path, "accept"))
-            if features is not None:
-                merged = self._with_tools(merged, features, (*path, "accept"))
-            body, template = _session_body(merged)
-            return Accept(body, template, features)
+            merged.pop("type", None)
+            # Each part was valid on its own; their merge, or an inline Live accept without a
+            # named session (no model yet), is checked whole against the API's session.
+            whole = (named is not None and overrides) or (named is None and api == "live")
+            if whole and not self._merged_valid(merged, api, where):
+                return None
+            features = self._features(merged.pop("call", None), where)
+            if features is not None and api == "realtime":
+                # A Live session has no tools of its own: the GPT-Live side handles the
+                # features through delegation.
+                merged = self._with_tools(merged, features, where)
+            body, template = _session_body(merged, api)
+            return Accept(body, template, features, api)
         assert spec.refer is not None
-        session = self._session(spec.refer.session)
+        named = self._named(spec.refer.session)
+        api = api_of(named) if named is not None else "realtime"
+        session = _dump(named) if named is not None else {}
+        session.pop("type", None)
         session.pop("call", None)  # a transfer route's short session has no in-call features
-        body, template = _session_body(session)
+        body, template = _session_body(session, api)
         target = spec.refer.target_uri
         target_template = Template.parse(target) if "{" in target else None
-        return Refer(target, body, target_template, template, spec.refer.announce)
+        return Refer(target, body, target_template, template, spec.refer.announce, api)
+
+    def _merged_valid(self, merged: dict[str, Any], api: Api, where: Path) -> bool:
+        model: type[BaseModel] = schema.LiveSession if api == "live" else schema.SessionConfig
+        try:
+            model.model_validate({**merged, "type": api, "call": None})
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                missing = error["type"] == "missing"
+                inner = format_path(_data_path(merged, error["loc"], keep_last=missing))
+                message = "unknown key" if error["type"] == "extra_forbidden" else None
+                message = message or _message(error, ())
+                text = f"{inner}: {message}" if inner else message
+                self.issues.append(self.doc.issue(where, f"{text} (session and overrides merged)"))
+            return False
+        return True
 
     def _features(self, raw: dict[str, Any] | None, path: Path) -> CallFeatures | None:
         if not raw:
@@ -265,9 +303,9 @@ class _Compiler:
             tools.append(tool)
         return {**session, "tools": tools} if tools else session
 
-    def _session(self, name: str | None) -> dict[str, Any]:
+    def _named(self, name: str | None) -> schema.SessionConfig | schema.LiveSession | None:
         # References were checked before compiling: the name exists.
-        return {} if name is None else _dump(self.spec.sessions[name])
+        return None if name is None else self.spec.sessions[name]
 
     # --- conditions ----------------------------------------------------------------------
 
@@ -383,15 +421,26 @@ def _dump(model: BaseModel, exclude: set[str] | None = None) -> dict[str, Any]:
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if (
+            isinstance(value, dict)
+            and isinstance(merged.get(key), dict)
+            and _same_kind(merged[key], value)
+        ):
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
 
 
-def _session_body(session: dict[str, Any]) -> tuple[bytes, SessionTemplate | None]:
-    body = json.dumps({"type": "realtime", **session}, separators=(",", ":"), ensure_ascii=False)
+def _same_kind(base: dict[str, Any], override: dict[str, Any]) -> bool:
+    """A mapping of another `type` (server_vad over semantic_vad, responses over client
+    delegation) replaces the session's: their keys do not mix."""
+    return "type" not in override or base.get("type", override["type"]) == override["type"]
+
+
+def _session_body(session: dict[str, Any], api: Api) -> tuple[bytes, SessionTemplate | None]:
+    payload = accept_payload(api, session)
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     paths = [
         path
         for where in TEMPLATED_KEYS
@@ -402,7 +451,7 @@ def _session_body(session: dict[str, Any]) -> tuple[bytes, SessionTemplate | Non
     if not paths:
         return body.encode(), None
     templates = tuple(Template.parse(_at(session, p)) for p in paths)
-    return body.encode(), SessionTemplate(session, tuple(paths), templates)
+    return body.encode(), SessionTemplate(session, tuple(paths), templates, api)
 
 
 def _string_paths(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[str | int, ...]]:
@@ -675,7 +724,7 @@ def _message(error: Any, path: Path) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(path[-1]) if path else "?"
-        models = _models_at(path[:-1])
+        models, others = _models_at(tuple(error["loc"][:-1]))
         allowed = {key for model in models for key in _fields(model)}
         hint = _did_you_mean(key, allowed)
         if hint:
@@ -683,6 +732,9 @@ def _message(error: Any, path: Path) -> str:
         below = next((p for m in models if (p := _find_below(m, key))), None)
         if below:
             return f"unknown key here: {key} belongs under {below}"
+        kinds = [kind for kind, model in others if key in _fields(model)]
+        if kinds:
+            return f"unknown key for this type ({key} is a key of type {' or '.join(kinds)})"
         return f"unknown key (expected one of: {', '.join(sorted(allowed))})"
     if kind == "missing":
         return "required key is missing"
@@ -695,22 +747,63 @@ def _did_you_mean(word: str, candidates: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _models_at(path: Path) -> list[type[BaseModel]]:
-    """The schema models that describe the mapping at `path` (several for a union)."""
+def _models_at(
+    loc: tuple[int | str, ...],
+) -> tuple[list[type[BaseModel]], list[tuple[str, type[BaseModel]]]]:
+    """The schema models that describe the mapping at pydantic location `loc` (several for
+    a union), and the other members of the last union a tag in `loc` chose between, with
+    their `type` (to say that a key belongs to another type)."""
     candidates: list[Any] = [schema.RoutesFile]
-    for part in path:
-        candidates = [
-            following
-            for tp in candidates
-            for member in _members(tp)
-            for following in _step(member, part)
-        ]
-    return [
+    others: list[tuple[str, type[BaseModel]]] = []
+    for part in loc:
+        members = [tagged for tp in candidates for tagged in _tagged(tp)]
+        chosen = [m for tags, m in members if part in tags] if len(members) > 1 else []
+        if chosen:
+            others = [
+                (next(iter(sorted(_type_values(m))), m.__name__), m)
+                for _, m in members
+                if m not in chosen and isinstance(m, type) and issubclass(m, BaseModel)
+            ]
+            candidates = chosen
+            continue
+        stepped = [following for _, member in members for following in _step(member, part)]
+        # A part that is neither a key nor a tag we know (pydantic names a member with a
+        # validator `function-after[...]`): keep every member, as for an untagged union.
+        candidates = stepped or candidates
+    models = [
         member
         for tp in candidates
         for member in _members(tp)
         if isinstance(member, type) and issubclass(member, BaseModel)
     ]
+    return models, others
+
+
+def _tagged(tp: Any, tags: frozenset[str] = frozenset()) -> list[tuple[frozenset[str], Any]]:
+    """The members of a type, each with the names pydantic puts in an error location when
+    it picked that member: its Tag, its `type` value, its class name."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        inner, *meta = typing.get_args(tp)
+        return _tagged(inner, tags | {m.tag for m in meta if isinstance(m, Tag)})
+    if origin in (typing.Union, types.UnionType):
+        return [tagged for arg in typing.get_args(tp) for tagged in _tagged(arg)]
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [(tags | _type_values(tp) | {tp.__name__}, tp)]
+    return [(tags, tp)]
+
+
+def _type_values(model: type[BaseModel]) -> frozenset[str]:
+    field = model.model_fields.get("type")
+    if field is None:
+        return frozenset()
+    return frozenset(
+        value
+        for member in _members(field.annotation)
+        if typing.get_origin(member) is typing.Literal
+        for value in typing.get_args(member)
+        if isinstance(value, str)
+    )
 
 
 def _fields(model: type[BaseModel]) -> list[str]:

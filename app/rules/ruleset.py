@@ -26,6 +26,20 @@ from app.sip.identity import CallIdentity
 DEFAULT_ROUTE: Final = "default"
 
 
+Api = Literal["realtime", "live"]
+"""Which OpenAI API an accept goes through: /v1/realtime/calls/{call_id}/accept, or
+/v1/live/sessions/{session_id}/accept."""
+
+
+def accept_payload(api: Api, session: Mapping[str, Any]) -> dict[str, Any]:
+    """The accept request body for a session's keys (without `type`).
+
+    Realtime takes the session itself; GPT-Live takes it under a top-level `session`."""
+    if api == "live":
+        return {"session": {"type": "live", **session}}
+    return {"type": "realtime", **session}
+
+
 @dataclass(frozen=True, slots=True)
 class SessionTemplate:
     """A session whose strings hold placeholders; rendered per call."""
@@ -34,6 +48,8 @@ class SessionTemplate:
     paths: tuple[tuple[str | int, ...], ...]
     """Where the templated strings are, so only they are rendered."""
     templates: tuple[Template, ...]
+    api: Api = "realtime"
+    """The API whose accept body this renders (see accept_payload)."""
     _pieces: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
     """The encoded body split around the templated strings: a render joins, never re-encodes."""
     _order: tuple[Template, ...] = dataclasses.field(init=False, repr=False, compare=False)
@@ -47,7 +63,7 @@ class SessionTemplate:
             for part in path[:-1]:
                 node = node[part]
             node[path[-1]] = mark
-        text = _encode({"type": "realtime", **session}).decode()
+        text = _encode(accept_payload(self.api, session)).decode()
         encoded = [json.dumps(mark, ensure_ascii=False) for mark in marks]
         order = sorted(range(len(marks)), key=lambda i: text.index(encoded[i]))
         pieces: list[str] = []
@@ -112,16 +128,27 @@ class CallFeatures:
 @dataclass(frozen=True, slots=True)
 class Accept:
     body: bytes
-    """JSON body of the accept request, `type: realtime` included; encoded once at load."""
+    """JSON body of the accept request (see accept_payload); encoded once at load."""
 
     template: SessionTemplate | None = None
     features: CallFeatures | None = None
+    api: Api = "realtime"
+    """realtime: POST /v1/realtime/calls/{call_id}/accept with `body`;
+    live: POST /v1/live/sessions/{session_id}/accept with `body` ({"session": {...}})."""
     kind: Literal["accept"] = "accept"
 
     @property
     def session(self) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(self.body)
-        return result
+        """The session itself (`type` included), for either API."""
+        return session_of(self.body, self.api)
+
+
+def session_of(body: bytes, api: Api) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(body)
+    if api == "live":
+        inner: dict[str, Any] = result["session"]
+        return inner
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +167,8 @@ class Refer:
     accept_template: SessionTemplate | None = None
     announce: str | None = None
     """Said over the sideband before the REFER; the transfer then happens after the answer."""
+    api: Api = "realtime"
+    """The API of `accept_body`: the one `session:` names (Realtime by default)."""
     kind: Literal["refer"] = "refer"
 
 
@@ -371,7 +400,8 @@ UNSAFE_TARGET_STATUS: Final = 603
 def render(action: Action, values: CallValues) -> tuple[Action, str | None]:
     """The action with this call's values in; an unsafe transfer becomes a reject."""
     if isinstance(action, Accept) and action.template is not None:
-        return Accept(action.template.render(values), features=action.features), None
+        body = action.template.render(values)
+        return Accept(body, features=action.features, api=action.api), None
     if isinstance(action, Refer):
         target = action.target_uri
         if action.target_template is not None:
@@ -382,7 +412,7 @@ def render(action: Action, values: CallValues) -> tuple[Action, str | None]:
         body = action.accept_body
         if action.accept_template is not None:
             body = action.accept_template.render(values)
-        return Refer(target, body, announce=action.announce), None
+        return Refer(target, body, announce=action.announce, api=action.api), None
     return action, None
 
 

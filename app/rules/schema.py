@@ -12,10 +12,11 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     RootModel,
+    Tag,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -25,256 +26,19 @@ from pydantic import (
 from app.rules.numbers import normalise_pattern
 from app.rules.regex import check_regex
 from app.rules.schedule import parse_dates, parse_days, parse_timezone, parse_window
-from app.rules.templates import (
-    check_target_template,
-    placeholders,
-    validate_target_uri,
-)
+
+# Session models (and the in-call features they hold) have their own module; the names
+# compile and the CLI reach through `schema` are re-exported here.
+from app.rules.sessions import Api as Api
+from app.rules.sessions import CallFeaturesSpec as CallFeaturesSpec
+from app.rules.sessions import Destination as Destination
+from app.rules.sessions import LiveFields, Session
+from app.rules.sessions import LiveSession as LiveSession
+from app.rules.sessions import MaxDuration as MaxDuration
+from app.rules.sessions import SessionConfig as SessionConfig
+from app.rules.strict import Strict as Strict
+from app.rules.templates import check_target_template, validate_target_uri
 from app.sip.identity import canonical_name
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- session config: the body of POST /realtime/calls/{id}/accept -----------------
-
-
-def _templates(value: Any) -> Any:
-    """Check {placeholders} in every string of a value (load-time errors)."""
-    if isinstance(value, str):
-        placeholders(value)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _templates(item)
-    return value
-
-
-class AudioFormat(Strict):
-    type: Literal["audio/pcm", "audio/pcmu", "audio/pcma"]
-    rate: int | None = None
-
-
-class NoiseReduction(Strict):
-    type: Literal["near_field", "far_field"]
-
-
-class Transcription(Strict):
-    model: str | None = None
-    language: str | None = None
-    prompt: str | None = None
-
-
-class TurnDetection(Strict):
-    type: Literal["server_vad", "semantic_vad"]
-    threshold: float | None = None
-    prefix_padding_ms: int | None = None
-    silence_duration_ms: int | None = None
-    idle_timeout_ms: int | None = None
-    create_response: bool | None = None
-    interrupt_response: bool | None = None
-    eagerness: Literal["low", "medium", "high", "auto"] | None = None
-
-
-class AudioInput(Strict):
-    format: AudioFormat | None = None
-    noise_reduction: NoiseReduction | None = None
-    transcription: Transcription | None = None
-    turn_detection: TurnDetection | None = None
-
-
-class AudioOutput(Strict):
-    format: AudioFormat | None = None
-    voice: str | None = None
-    speed: float | None = Field(default=None, ge=0.25, le=1.5)
-
-
-class Audio(Strict):
-    input: AudioInput | None = None
-    output: AudioOutput | None = None
-
-
-class FunctionTool(Strict):
-    type: Literal["function"]
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class McpTool(Strict):
-    type: Literal["mcp"]
-    server_label: str
-    server_url: str | None = None
-    connector_id: str | None = None
-    server_description: str | None = None
-    authorization: str | None = None
-    headers: dict[str, str] | None = None
-    allowed_tools: list[str] | dict[str, Any] | None = None
-    require_approval: Literal["always", "never"] | dict[str, Any] | None = None
-
-
-Tool = Annotated[FunctionTool | McpTool, Field(discriminator="type")]
-
-
-class FunctionChoice(Strict):
-    type: Literal["function"]
-    name: str
-
-
-class McpChoice(Strict):
-    type: Literal["mcp"]
-    server_label: str
-    name: str | None = None
-
-
-class Prompt(Strict):
-    id: str
-    version: str | None = None
-    variables: dict[str, Any] | None = None
-
-    _tmpl = field_validator("variables")(_templates)
-
-
-class Tracing(Strict):
-    workflow_name: str | None = None
-    group_id: str | None = None
-    metadata: dict[str, Any] | None = None
-
-    _tmpl = field_validator("workflow_name", "group_id", "metadata")(_templates)
-
-
-class Truncation(Strict):
-    type: Literal["retention_ratio"]
-    retention_ratio: float = Field(gt=0, le=1)
-
-
-class Reasoning(Strict):
-    effort: Literal["minimal", "low", "medium", "high"]
-
-
-# --- in-call features: Switchboard's, over the sideband; never sent to OpenAI --------
-
-_DESTINATION = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-DTMF_KEYS = frozenset("0123456789*#ABCD")
-
-
-class Destination(Strict):
-    uri: str
-    """tel:, sip: or sips: URI (no placeholders: the model picks names, never addresses)."""
-    description: str | None = None
-    """What the model is told this destination is for."""
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, value: str) -> str:
-        return validate_target_uri(value)
-
-
-class DtmfAction(Strict):
-    transfer: str | None = None
-    """A destination name from `transfers:`."""
-    hangup: bool | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> DtmfAction:
-        if (self.transfer is None) == (self.hangup is None):
-            raise ValueError("give exactly one of: transfer, hangup")
-        if self.hangup is False:
-            raise ValueError("hangup: true, or leave the key out")
-        return self
-
-
-class MaxDuration(Strict):
-    seconds: float = Field(gt=0, le=24 * 3600)
-    warning_before: float | None = Field(default=None, gt=0)
-    """Seconds before the end to say `warning`."""
-    warning: str = "Tell the caller politely that the call has to end in a moment."
-    """Instructions for the spoken warning."""
-
-    @model_validator(mode="after")
-    def _order(self) -> MaxDuration:
-        if self.warning_before is not None and self.warning_before >= self.seconds:
-            raise ValueError("warning_before must be shorter than seconds")
-        return self
-
-
-class CallFeaturesSpec(Strict):
-    """What Switchboard does during an accepted call, over the sideband WebSocket."""
-
-    greeting: bool | str | None = None
-    """The agent speaks first: true, or instructions for what to say."""
-    transfers: dict[str, Destination | str] | None = None
-    """Names the model may transfer to (a `transfer_call` tool): a URI or {uri, description}."""
-    transfer_message: str | None = None
-    """Instructions for a short line the agent says before a transfer."""
-    end_call: bool | None = None
-    """Give the model an `end_call` tool to hang up after saying goodbye."""
-    dtmf: dict[str, Literal["hangup"] | DtmfAction] | None = None
-    """Keypad digits -> `hangup` or {transfer: name}."""
-    max_duration: float | MaxDuration | None = None
-    """Hang up after this many seconds (optionally with a spoken warning)."""
-
-    @field_validator("transfers")
-    @classmethod
-    def _names(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        for name, destination in (value or {}).items():
-            if not _DESTINATION.fullmatch(name):
-                raise ValueError(
-                    f"{name!r} is not a destination name (lower-case letters, digits, - and _)"
-                )
-            if isinstance(destination, str):
-                validate_target_uri(destination)
-        return value
-
-    @field_validator("dtmf", mode="before")
-    @classmethod
-    def _digits(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            for key in value:
-                if str(key) not in DTMF_KEYS:
-                    raise ValueError(f"{key!r} is not a keypad key (0-9, *, #, A-D)")
-            return {str(k): v for k, v in value.items()}
-        return value
-
-    @model_validator(mode="after")
-    def _dtmf_targets(self) -> CallFeaturesSpec:
-        names = set(self.transfers or {})
-        for key, action in (self.dtmf or {}).items():
-            if isinstance(action, DtmfAction) and action.transfer not in (None, *names):
-                raise ValueError(
-                    f"dtmf {key!r} transfers to {action.transfer!r}, which is not in transfers"
-                    + (f" ({', '.join(sorted(names))})" if names else "")
-                )
-        return self
-
-
-class SessionConfig(Strict):
-    """A realtime session; the router adds `type: realtime` when accepting.
-
-    `instructions`, `prompt.variables` and `tracing` strings may hold {placeholders}.
-    `call:` holds Switchboard's in-call features and is not sent to OpenAI."""
-
-    model: str | None = None
-    instructions: str | None = None
-    audio: Audio | None = None
-    tools: list[Tool] | None = None
-    tool_choice: (
-        Literal["auto", "none", "required"]
-        | Annotated[FunctionChoice | McpChoice, Field(discriminator="type")]
-        | None
-    ) = None
-    prompt: Prompt | None = None
-    include: list[Literal["item.input_audio_transcription.logprobs"]] | None = None
-    max_output_tokens: Annotated[int, Field(ge=1, le=4096)] | Literal["inf"] | None = None
-    output_modalities: list[Literal["audio", "text"]] | None = None
-    tracing: Literal["auto"] | Tracing | None = None
-    truncation: Literal["auto", "disabled"] | Truncation | None = None
-    reasoning: Reasoning | None = None
-    parallel_tool_calls: bool | None = None
-    call: CallFeaturesSpec | None = None
-
-    _tmpl = field_validator("instructions")(_templates)
-
 
 # --- matchers ---------------------------------------------------------------------
 
@@ -549,8 +313,55 @@ def _target(value: str) -> str:
 
 
 class AcceptAction(SessionConfig):
+    """Accept through the Realtime API."""
+
     session: str | None = None
     """Name of a session under `sessions:`; the other keys here override it."""
+
+
+class LiveAcceptAction(LiveFields):
+    """Accept through GPT-Live: `type: live`, or `session:` naming a Live session."""
+
+    session: str | None = None
+    """Name of a Live session under `sessions:`; the other keys here override it."""
+
+
+Accept = Annotated[
+    Annotated[AcceptAction, Tag("realtime")] | Annotated[LiveAcceptAction, Tag("live")],
+    Discriminator(
+        lambda value: value.get("type", "realtime") if isinstance(value, dict) else "realtime",
+        custom_error_type="session_type",
+        custom_error_message="type must be realtime (the default) or live",
+    ),
+]
+
+
+def validation_context(data: Any, region: str) -> dict[str, Any]:
+    """What validating routes.yaml needs besides the value at hand: the default region, and
+    which named sessions are Live (so that `accept: NAME` is checked as a Live accept)."""
+    sessions = data.get("sessions") if isinstance(data, dict) else None
+    live = frozenset(
+        name
+        for name, session in (sessions.items() if isinstance(sessions, dict) else ())
+        if isinstance(session, dict) and session.get("type") == "live"
+    )
+    return {"region": region, "live_sessions": live}
+
+
+def _accept_api(value: Any, info: ValidationInfo) -> Any:
+    """`type: live` added to an accept naming a Live session (the union's discriminator)."""
+    if not isinstance(value, dict) or not isinstance(value.get("session"), str):
+        return value
+    name = value["session"]
+    api = "live" if name in (info.context or {}).get("live_sessions", ()) else "realtime"
+    given = value.get("type")
+    if given is None:
+        return {**value, "type": "live"} if api == "live" else value
+    if given != api:
+        raise ValueError(
+            f"session {name!r} is a {api} session: leave out type (or write type: {api})"
+        )
+    return value
 
 
 class RejectAction(Strict):
@@ -581,8 +392,8 @@ def _or(*others: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
 
 
 class ActionSpec(Strict):
-    accept: AcceptAction | None = Field(default=None, json_schema_extra=_or({"type": "string"}))
-    """A session (by name, or inline with overrides)."""
+    accept: Accept | None = Field(default=None, json_schema_extra=_or({"type": "string"}))
+    """A session (by name, or inline with overrides); Realtime unless the session is Live."""
     reject: RejectAction | None = Field(default=None, json_schema_extra=_or({"type": "integer"}))
     """A SIP status code, 603 Decline by default."""
     refer: ReferAction | None = Field(default=None, json_schema_extra=_or({"type": "string"}))
@@ -592,8 +403,8 @@ class ActionSpec(Strict):
 
     @field_validator("accept", mode="before")
     @classmethod
-    def _session_shorthand(cls, value: Any) -> Any:
-        return {"session": value} if isinstance(value, str) else value
+    def _session_shorthand(cls, value: Any, info: ValidationInfo) -> Any:
+        return _accept_api({"session": value} if isinstance(value, str) else value, info)
 
     @field_validator("reject", mode="before")
     @classmethod
@@ -692,7 +503,8 @@ class RoutesFile(Strict):
     """Timezone of {date}, {time} and {weekday} in templates."""
     lists: dict[str, InlineList | ListFile] = Field(default_factory=dict)
     schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
-    sessions: dict[str, SessionConfig] = Field(default_factory=dict)
+    sessions: dict[str, Session] = Field(default_factory=dict)
+    """Realtime sessions, and Live ones (`type: live`)."""
     routes: list[RouteSpec] = Field(default_factory=list)
     default: ActionSpec = Field(default_factory=lambda: ActionSpec(reject=RejectAction()))
     """What happens to a call no route matches."""

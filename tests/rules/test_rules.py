@@ -547,7 +547,9 @@ def only_action(route: str) -> Accept | Reject | Refer:
             {
                 **DESK,
                 "audio": {
-                    "input": {"turn_detection": {"type": "server_vad", "eagerness": "auto"}},
+                    # Another type replaces the mapping: semantic_vad's eagerness is not kept
+                    # (server_vad has none; the API would refuse the accept).
+                    "input": {"turn_detection": {"type": "server_vad"}},
                     "output": {"voice": "marin", "speed": 1.1},
                 },
             },
