@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,8 +25,8 @@ from app.ops.admin import CallsControl, install_admin
 from app.ops.logs import LogThrottle
 from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
+from app.records.build import build_call_log, close_call_log, open_call_log
 from app.records.calllog import CallLog
-from app.records.sqlite import ManagedCallLog, build_call_log
 from app.router import CallRouter
 from app.rules import RuleSet
 from app.settings import Settings
@@ -59,7 +58,16 @@ def create_app(
     settings.check_can_serve()
     metrics = Metrics()
     if call_log is None:
-        call_log = build_call_log(settings.calls_db, settings.calls_retention_days)
+        call_log = build_call_log(
+            settings.calls_db,
+            settings.calls_retention_days,
+            database_url=settings.database_url.get_secret_value()
+            if settings.database_url
+            else None,
+            queue_max=settings.calls_queue_max,
+            timeout=settings.database_timeout_seconds,
+        )
+    metrics.watch_call_log(call_log)
     manager = RulesManager(
         settings.routes_file,
         region=settings.default_region,
@@ -119,13 +127,10 @@ def create_app(
     )
     metrics.dry_run.set(1 if settings.dry_run else 0)
 
-    managed = call_log if isinstance(call_log, ManagedCallLog) else None
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if managed is not None:
-            # Opened first and closed last: everything else may write to it until it stops.
-            await asyncio.to_thread(managed.open)
+        # Opened first and closed last: everything else may write to it until it stops.
+        await open_call_log(call_log)
         if settings.dry_run:
             logger.warning(
                 "OPENAI_API_KEY is not set: dry-run mode, calls are decided and logged "
@@ -150,8 +155,7 @@ def create_app(
                 if client is not None:
                     await client.aclose()
             finally:
-                if managed is not None:
-                    await asyncio.to_thread(managed.close)
+                await close_call_log(call_log)
 
     app = FastAPI(
         title="Switchboard",

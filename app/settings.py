@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -91,6 +92,14 @@ class Settings(BaseSettings):
     only, lost at exit."""
     calls_retention_days: int = Field(default=30, ge=1, le=36500)
     """Calls older than this are deleted (at start-up, then hourly)."""
+    database_url: SecretStr | None = None
+    """postgresql://user:password@host:5432/name: the call records go to PostgreSQL, shared
+    by every replica, instead of SWITCHBOARD_CALLS_DB."""
+    calls_queue_max: int = Field(default=100_000, ge=100, le=10_000_000)
+    """PostgreSQL: call-log writes held in memory while the database is away; more are
+    dropped (and counted)."""
+    database_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    """PostgreSQL: time limit of each database operation (connect, a write batch, a read)."""
 
     # --- Logging ------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -120,6 +129,20 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("must be a file path, or :memory:")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # `SWITCHBOARD_DATABASE_URL=` in .env: the SQLite default
+        url = value.get_secret_value().strip()
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql://user:password@host:port/name URL")
+        try:
+            urlsplit(url).port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL: {exc}") from None
+        return SecretStr(url)
 
     @field_validator("default_region")
     @classmethod

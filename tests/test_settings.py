@@ -65,6 +65,9 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"call_deadline_seconds": 0}, "greater than 0"),
         ({"calls_retention_days": 0}, "greater than or equal to 1"),
         ({"calls_db": "  "}, "must be a file path, or :memory:"),
+        ({"database_url": "mysql://db/x"}, "must be a postgresql://user:password@host"),
+        ({"database_url": "postgresql://db:port/x"}, "is not a valid URL"),
+        ({"calls_queue_max": 10}, "greater than or equal to 100"),
     ],
     ids=[
         "base-url",
@@ -76,6 +79,9 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "deadline-0",
         "retention-0",
         "calls-db-blank",
+        "database-url-not-postgresql",
+        "database-url-bad-port",
+        "queue-max-tiny",
     ],
 )
 def test_invalid_settings(values: dict[str, Any], message: str) -> None:
@@ -103,3 +109,19 @@ def test_env_example_documents_every_setting_and_loads() -> None:
         assert env in names, f"{env} is not documented in .env.example"
     loaded = Settings(_env_file=REPO / ".env.example")
     assert loaded.dry_run and loaded.webhook_secrets == ()
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("", None),
+        ("  ", None),
+        ("postgresql://sb:pw@db:5432/switchboard", "postgresql://sb:pw@db:5432/switchboard"),
+        (" postgres://db/switchboard ", "postgres://db/switchboard"),
+    ],
+    ids=["empty", "blank", "postgresql", "postgres-stripped"],
+)
+def test_database_url(given: str, expected: str | None) -> None:
+    value = settings(database_url=given).database_url
+    assert (value.get_secret_value() if value else None) == expected
+    assert "pw" not in repr(settings(database_url=given))

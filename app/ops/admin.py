@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from app.ops.logs import LogThrottle
 from app.ops.reload import RulesManager
 from app.records.calllog import CallLog, CallRecord, CallStatus
+from app.records.sqlite import CallLogError
 from app.rules import RuleSet
 
 logger = logging.getLogger("switchboard.admin")
@@ -95,6 +96,11 @@ def install_admin(
             raise AdminRefused(401, "invalid token", f'{REALM}, error="invalid_token"')
 
     refusals = LogThrottle()  # token guessing must not flood the logs
+
+    @app.exception_handler(CallLogError)
+    async def _records_unavailable(request: Request, exc: CallLogError) -> Response:
+        # The records' database is away (PostgreSQL): calls still route; say so, no 500.
+        return JSONResponse({"error": f"call records unavailable: {exc}"}, status_code=503)
 
     @app.exception_handler(AdminRefused)
     async def _refused(request: Request, exc: AdminRefused) -> Response:

@@ -3,6 +3,8 @@ registry so that several apps (tests) can live in one process."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -12,8 +14,11 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from app.openai.callcontrol import OPERATIONS, STATUS_LABELS
+from app.records.calllog import DROP_REASONS, CallLog, ReportsBacklog
 from app.rules import RuleSet
 
 # `*_created` series double the output and no dashboard of ours reads them.
@@ -205,5 +210,39 @@ class Metrics:
         family = event_type.split(".", 1)[0] if "." in event_type else "other"
         self.ignored.labels(family if family in ("realtime", "live", "response") else "other").inc()
 
+    def watch_call_log(self, call_log: CallLog) -> None:
+        """The call log's backlog, read at each scrape (it lives in the records layer,
+        which knows nothing of metrics)."""
+        self.registry.register(_CallLogCollector(call_log))
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _CallLogCollector(Collector):
+    """switchboard_call_records_*: zeros (and up) for a call log with no backlog to report
+    (SQLite and memory write locally)."""
+
+    def __init__(self, call_log: CallLog) -> None:
+        self._call_log = call_log
+
+    def collect(self) -> Iterable[Metric]:
+        backlog = self._call_log.backlog() if isinstance(self._call_log, ReportsBacklog) else None
+        dropped = CounterMetricFamily(
+            "switchboard_call_records_dropped",
+            "Call-log writes lost, by reason (queue_full: the database was away too long).",
+            labels=["reason"],
+        )
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], backlog.dropped.get(reason, 0) if backlog else 0)
+        yield dropped
+        yield GaugeMetricFamily(
+            "switchboard_call_records_queued",
+            "Call-log writes waiting in memory for the database.",
+            value=backlog.queued if backlog else 0,
+        )
+        yield GaugeMetricFamily(
+            "switchboard_call_records_database_up",
+            "0 while the call records database cannot be reached, else 1.",
+            value=1 if backlog is None or backlog.available else 0,
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 CallStatus = Literal["active", "answered", "ended"]
 """active: in progress with a sideband; answered: accepted, no sideband to see the end;
@@ -68,3 +68,27 @@ class CallLog(Protocol):
         since: float | None = None,
         limit: int = 100,
     ) -> list[CallRecord]: ...
+
+
+DROP_REASONS: tuple[str, ...] = (
+    "queue_full",  # the database was away for longer than the queue holds
+    "rejected",  # the database refused that one write (its data); logged
+    "shutdown",  # still queued when the service stopped and the database did not take it
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a call log that writes to a server has not written (yet, or ever)."""
+
+    queued: int
+    """Writes waiting in memory for the database."""
+    dropped: Mapping[str, int]
+    """Writes lost since start-up, by reason (DROP_REASONS)."""
+    available: bool
+    """False while the database cannot be reached (or before it ever was)."""
+
+
+@runtime_checkable
+class ReportsBacklog(Protocol):
+    def backlog(self) -> Backlog: ...

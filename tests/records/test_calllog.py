@@ -1,21 +1,23 @@
-"""Table-driven tests for the call logs: app.records.sqlite (on tmp_path databases) and
-app.records.memory, which must behave alike. Time comes from an injected fake clock."""
+"""Table-driven tests for the call logs: app.records.sqlite (on tmp_path databases),
+app.records.memory and app.records.postgres (on a throwaway database), which must behave
+alike. Time comes from an injected fake clock."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.records.calllog import CallEvent, CallRecord, CallStatus
+from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
 from app.records.memory import InMemoryCallLog
+from app.records.postgres import PostgresCallLog
 from app.records.sqlite import (
     DAY,
     MEMORY,
@@ -73,12 +75,15 @@ def record(
 
 @dataclass
 class Logs:
-    """Makes call logs of one kind; `reopen` gives a new one on the same storage."""
+    """Makes call logs of one kind on the same storage: `new` (SQLite, memory), `open`
+    (any kind, PostgreSQL too)."""
 
     kind: str
     path: Path
     clock: FakeClock
     made: list[ManagedCallLog]
+    url: str = ""
+    made_async: list[PostgresCallLog] = field(default_factory=list)
 
     def new(self, **kwargs: Any) -> ManagedCallLog:
         log: ManagedCallLog
@@ -90,13 +95,25 @@ class Logs:
         self.made.append(log)
         return log
 
+    async def open(self, **kwargs: Any) -> CallLog:
+        if self.kind != "postgres":
+            return self.new(**kwargs)
+        log = PostgresCallLog(self.url, clock=self.clock, **kwargs)
+        await log.start()
+        self.made_async.append(log)
+        return log
 
-@pytest.fixture(params=["sqlite", "memory"])
-def logs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Logs]:
+
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
+async def logs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Logs]:
+    url = request.getfixturevalue("pg_url") if request.param == "postgres" else ""
     made: list[ManagedCallLog] = []
-    yield Logs(request.param, tmp_path / "calls.db", FakeClock(), made)
+    logs = Logs(request.param, tmp_path / "calls.db", FakeClock(), made, url)
+    yield logs
     for log in made:
         log.close()
+    for pg_log in logs.made_async:
+        await pg_log.aclose()
 
 
 @pytest.fixture
@@ -109,7 +126,7 @@ def sqlite_logs(tmp_path: Path) -> Iterator[Logs]:
 
 # --- started / event / status / ended ---------------------------------------------------
 
-Step = Callable[[ManagedCallLog, FakeClock], None]
+Step = Callable[[CallLog, FakeClock], None]
 
 
 def started(**kwargs: Any) -> Step:
@@ -200,7 +217,7 @@ ROUND_TRIPS: list[Any] = [
 @pytest.mark.anyio
 @pytest.mark.parametrize(("steps", "expect"), ROUND_TRIPS)
 async def test_round_trip(logs: Logs, steps: list[Step], expect: Expect) -> None:
-    log = logs.new()
+    log = await logs.open()
     for step in steps:
         step(log, logs.clock)
     got = await log.get("rtc_1")
@@ -218,7 +235,7 @@ async def test_round_trip(logs: Logs, steps: list[Step], expect: Expect) -> None
 
 @pytest.mark.anyio
 async def test_event_data_is_stored_as_json(logs: Logs) -> None:
-    log = logs.new()
+    log = await logs.open()
     log.started(record())
     when = datetime(2025, 6, 1, tzinfo=UTC)
     log.event("rtc_1", "tool_call", {"name": "transfer", "args": {"to": ["sales", 2]}, "t": when})
@@ -236,7 +253,7 @@ async def test_event_data_is_stored_as_json(logs: Logs) -> None:
 
 @pytest.mark.anyio
 async def test_unknown_call(logs: Logs) -> None:
-    log = logs.new()
+    log = await logs.open()
     log.ended("rtc_nope", "end_call")
     log.status("rtc_nope", "answered")
     assert await log.get("rtc_nope") is None
@@ -270,7 +287,7 @@ RECENT: list[Any] = [
 @pytest.mark.anyio
 @pytest.mark.parametrize(("filters", "expected"), RECENT)
 async def test_recent(logs: Logs, filters: dict[str, Any], expected: list[str]) -> None:
-    log = logs.new()
+    log = await logs.open()
     for call_id, minutes, route, call_status in CALLS:
         log.started(record(call_id, started_at=NOW + 60 * minutes, route=route))
         log.event(call_id, "decision")
@@ -350,7 +367,7 @@ async def test_retention_at_open_deletes_old_calls_and_their_events(sqlite_logs:
 
 @pytest.mark.anyio
 async def test_retention_runs_periodically(logs: Logs) -> None:
-    log = logs.new(retention_days=1, retention_interval=0.05)
+    log = await logs.open(retention_days=1, retention_interval=0.05)
     log.started(record("rtc_1", started_at=NOW))
     assert await log.get("rtc_1") is not None
     logs.clock.advance(DAY + 1)
@@ -395,7 +412,7 @@ async def test_reads_need_an_open_log(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_concurrent_writers(logs: Logs) -> None:
-    log = logs.new()
+    log = await logs.open()
 
     async def one_call(n: int) -> None:
         call_id = f"rtc_{n:03}"

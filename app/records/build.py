@@ -1,0 +1,55 @@
+"""Which call log the service writes to, and its lifetime.
+
+SWITCHBOARD_DATABASE_URL set: PostgreSQL, shared by every replica. Otherwise
+SWITCHBOARD_CALLS_DB: a SQLite file (the embedded default), or `:memory:`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol, runtime_checkable
+
+from app.records.calllog import CallLog
+from app.records.postgres import QUEUE_MAX, TIMEOUT, PostgresCallLog
+from app.records.sqlite import ManagedCallLog
+from app.records.sqlite import build_call_log as build_embedded_call_log
+
+
+@runtime_checkable
+class AsyncManagedCallLog(CallLog, Protocol):
+    """A call log whose lifetime is async (it lives on the event loop: a pool)."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def build_call_log(
+    db: str,
+    retention_days: int,
+    *,
+    database_url: str | None = None,
+    queue_max: int = QUEUE_MAX,
+    timeout: float = TIMEOUT,
+) -> CallLog:
+    if database_url:
+        return PostgresCallLog(
+            database_url, retention_days=retention_days, queue_max=queue_max, timeout=timeout
+        )
+    return build_embedded_call_log(db, retention_days)
+
+
+async def open_call_log(log: CallLog) -> None:
+    """Open it at start-up, if it has a lifetime (an injected test log may not)."""
+    if isinstance(log, AsyncManagedCallLog):
+        await log.start()
+    elif isinstance(log, ManagedCallLog):
+        await asyncio.to_thread(log.open)
+
+
+async def close_call_log(log: CallLog) -> None:
+    """Write what is queued and release it; last at shutdown."""
+    if isinstance(log, AsyncManagedCallLog):
+        await log.aclose()
+    elif isinstance(log, ManagedCallLog):
+        await asyncio.to_thread(log.close)
