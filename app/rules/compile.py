@@ -53,8 +53,8 @@ from app.rules.ruleset import (
     RuleSet,
     SessionTemplate,
     Split,
-    accept_payload,
     indexable,
+    session_payload,
 )
 from app.rules.schedule import build_schedule, parse_timezone
 from app.rules.sessions import api_of
@@ -439,7 +439,7 @@ def _same_kind(base: dict[str, Any], override: dict[str, Any]) -> bool:
 
 
 def _session_body(session: dict[str, Any], api: Api) -> tuple[bytes, SessionTemplate | None]:
-    payload = accept_payload(api, session)
+    payload = session_payload(api, session)
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     paths = [
         path

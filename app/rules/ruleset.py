@@ -31,13 +31,12 @@ Api = Literal["realtime", "live"]
 /v1/live/sessions/{session_id}/accept."""
 
 
-def accept_payload(api: Api, session: Mapping[str, Any]) -> dict[str, Any]:
-    """The accept request body for a session's keys (without `type`).
+def session_payload(api: Api, session: Mapping[str, Any]) -> dict[str, Any]:
+    """The session as sent, `type` first, from its keys (without `type`).
 
-    Realtime takes the session itself; GPT-Live takes it under a top-level `session`."""
-    if api == "live":
-        return {"session": {"type": "live", **session}}
-    return {"type": "realtime", **session}
+    Realtime's accept body is this; GPT-Live's is `{"session": this}` (the Live call
+    control wraps it: app.openai.callcontrol.LiveCallControl.accept)."""
+    return {"type": api, **session}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +48,7 @@ class SessionTemplate:
     """Where the templated strings are, so only they are rendered."""
     templates: tuple[Template, ...]
     api: Api = "realtime"
-    """The API whose accept body this renders (see accept_payload)."""
+    """The API of the session this renders (its `type`)."""
     _pieces: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
     """The encoded body split around the templated strings: a render joins, never re-encodes."""
     _order: tuple[Template, ...] = dataclasses.field(init=False, repr=False, compare=False)
@@ -63,7 +62,7 @@ class SessionTemplate:
             for part in path[:-1]:
                 node = node[part]
             node[path[-1]] = mark
-        text = _encode(accept_payload(self.api, session)).decode()
+        text = _encode(session_payload(self.api, session)).decode()
         encoded = [json.dumps(mark, ensure_ascii=False) for mark in marks]
         order = sorted(range(len(marks)), key=lambda i: text.index(encoded[i]))
         pieces: list[str] = []
@@ -128,27 +127,19 @@ class CallFeatures:
 @dataclass(frozen=True, slots=True)
 class Accept:
     body: bytes
-    """JSON body of the accept request (see accept_payload); encoded once at load."""
+    """The session, JSON, `type` first ("realtime" or "live"); encoded once at load."""
 
     template: SessionTemplate | None = None
     features: CallFeatures | None = None
     api: Api = "realtime"
     """realtime: POST /v1/realtime/calls/{call_id}/accept with `body`;
-    live: POST /v1/live/sessions/{session_id}/accept with `body` ({"session": {...}})."""
+    live: POST /v1/live/sessions/{session_id}/accept with {"session": `body`}."""
     kind: Literal["accept"] = "accept"
 
     @property
     def session(self) -> dict[str, Any]:
-        """The session itself (`type` included), for either API."""
-        return session_of(self.body, self.api)
-
-
-def session_of(body: bytes, api: Api) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(body)
-    if api == "live":
-        inner: dict[str, Any] = result["session"]
-        return inner
-    return result
+        result: dict[str, Any] = json.loads(self.body)
+        return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +159,8 @@ class Refer:
     announce: str | None = None
     """Said over the sideband before the REFER; the transfer then happens after the answer."""
     api: Api = "realtime"
-    """The API of `accept_body`: the one `session:` names (Realtime by default)."""
+    """The API of `accept_body` (a session, as Accept.body): the one `session:` names,
+    Realtime by default."""
     kind: Literal["refer"] = "refer"
 
 

@@ -66,34 +66,28 @@ def action(sessions: str, route: str) -> Any:
 # --- what an accept compiles to --------------------------------------------------------
 
 
-def test_a_live_session_is_accepted_through_the_live_api_with_the_session_wrapped() -> None:
+def test_a_live_session_is_accepted_through_the_live_api() -> None:
     accept = action(LIVE, "accept: desk")
     assert isinstance(accept, Accept)
     assert accept.api == "live"
+    # The session itself: the Live call control sends it as {"session": ...}.
     assert json.loads(accept.body) == {
-        "session": {
-            "type": "live",
-            "model": "gpt-live-1",
-            "instructions": "You answer the phone for Example Co.",
-            "audio": {"output": {"voice": "marin"}},
-            "delegation": {
-                "type": "responses",
-                "responses": {
-                    "model": "gpt-5.2",
-                    "instructions": "Look orders up before you answer.",
-                    "tools": [
-                        {
-                            "type": "function",
-                            "name": "lookup_order",
-                            "parameters": {"type": "object"},
-                        }
-                    ],
-                },
+        "type": "live",
+        "model": "gpt-live-1",
+        "instructions": "You answer the phone for Example Co.",
+        "audio": {"output": {"voice": "marin"}},
+        "delegation": {
+            "type": "responses",
+            "responses": {
+                "model": "gpt-5.2",
+                "instructions": "Look orders up before you answer.",
+                "tools": [
+                    {"type": "function", "name": "lookup_order", "parameters": {"type": "object"}}
+                ],
             },
-        }
+        },
     }
-    assert accept.body.startswith(b'{"session":{"type":"live","model":"gpt-live-1",')
-    assert accept.session["type"] == "live"  # the session itself, unwrapped
+    assert accept.body.startswith(b'{"type":"live","model":"gpt-live-1",')
 
 
 def test_a_session_without_type_is_realtime() -> None:
@@ -127,16 +121,14 @@ def test_an_override_of_another_type_replaces_the_mapping() -> None:
 def test_an_inline_live_accept() -> None:
     accept = action("", "accept: {type: live, model: gpt-live-1.1, store: false}")
     assert accept.api == "live"
-    assert json.loads(accept.body) == {
-        "session": {"type": "live", "model": "gpt-live-1.1", "store": False}
-    }
+    assert json.loads(accept.body) == {"type": "live", "model": "gpt-live-1.1", "store": False}
 
 
 def test_a_refer_through_a_live_session_carries_its_api() -> None:
     refer = action(LIVE, "refer: {target_uri: 'tel:+18005550199', session: desk}")
     assert isinstance(refer, Refer)
     assert refer.api == "live"
-    assert json.loads(refer.accept_body)["session"]["model"] == "gpt-live-1"
+    assert json.loads(refer.accept_body)["model"] == "gpt-live-1"
     plain = action(LIVE, "refer: 'tel:+18005550199'")
     assert plain.api == "realtime"
     assert plain.accept_body == b'{"type":"realtime"}'
@@ -178,7 +170,9 @@ def test_a_templated_live_session_renders_inside_the_envelope() -> None:
     assert isinstance(rendered, Accept)
     assert rendered.api == "live"
     assert json.loads(rendered.body) == {
-        "session": {"type": "live", "model": "gpt-live-1", "instructions": 'Caller "Alice".'}
+        "type": "live",
+        "model": "gpt-live-1",
+        "instructions": 'Caller "Alice".',
     }
 
 
