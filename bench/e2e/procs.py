@@ -1,0 +1,135 @@
+"""Processes for the end-to-end benchmark: started pinned to cores, measured from /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def usable_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def logs(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(
+    name: str,
+    command: Sequence[str],
+    *,
+    cpus: Sequence[int],
+    env: dict[str, str],
+    cwd: Path,
+    log: Path,
+) -> Proc:
+    """Start `command` with its CPU affinity set before it runs (children inherit it)."""
+    affinity = set(cpus)
+
+    def pin() -> None:
+        os.sched_setaffinity(0, affinity)
+
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            list(command), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin
+        )
+    return Proc(name, process, log)
+
+
+def wait_ready(proc: Proc, url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.process.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}:\n{proc.logs()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.stop()
+    raise RuntimeError(f"{proc.name} did not become ready:\n{proc.logs()}")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: fields follow the last ')'.
+        fields = stat.rpartition(")")[2].split()
+        tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def family(pid: int) -> list[int]:
+    """The process and all its descendants (uvicorn's workers)."""
+    tree = _children()
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(tree.get(current, []))
+    return out
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    """User + system time of the process and its descendants."""
+    rss_bytes: int
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.cpu_seconds - other.cpu_seconds, self.rss_bytes - other.rss_bytes)
+
+
+def usage(pid: int) -> Usage:
+    cpu = 0.0
+    rss = 0
+    for member in family(pid):
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        # utime and stime are fields 14 and 15 of stat; fields[0] here is field 3 (state).
+        cpu += (int(fields[11]) + int(fields[12])) / TICKS
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1]) * 1024
+    return Usage(cpu, rss)

@@ -1,0 +1,225 @@
+"""The end-to-end results as Markdown (the lead section of docs/performance.md)."""
+
+from __future__ import annotations
+
+from bench.e2e.run import LABELS, E2EResult, Latency, Saturation
+from bench.workload import table
+
+PEER_RATIO = 1.0
+ADDED_P99_US = 1000.0
+GROWTH_KB_PER_10K = 500.0
+"""'Zero growth': under 50 bytes a call, less than any record of a call could take."""
+SCALING = 1.8
+
+
+def _status(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _ratio(a: Saturation | None, b: Saturation | None) -> float | None:
+    if a is None or b is None or not b.rate:
+        return None
+    return a.rate / b.rate
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _latency_of(result: E2EResult, target: str) -> Latency | None:
+    return next((row for row in result.latency if row.target == target), None)
+
+
+def added_p99_us(result: E2EResult) -> float | None:
+    """Switchboard's p99 at the fixed rate less the stand-in's own round trip (its p50)."""
+    ours = _latency_of(result, "switchboard")
+    if ours is None or result.floor is None:
+        return None
+    return ours.p99_us - result.floor.p50_us
+
+
+def targets(result: E2EResult) -> str:
+    rows = []
+    ours = result.best("switchboard")
+    sample = result.best("openai-sample")
+    bare = result.best("bare")
+    ratio = _ratio(ours, sample)
+    if ours is not None:
+        rows.append(
+            [
+                f"at saturation on one core, >= {PEER_RATIO:.1f}x OpenAI's sample style",
+                f"{ours.rate:.0f} calls/s against {sample.rate:.0f} ({_fmt_ratio(ratio)}); "
+                f"bare handler {bare.rate:.0f} ({_fmt_ratio(_ratio(ours, bare))})"
+                if sample is not None and bare is not None
+                else f"{ours.rate:.0f} calls/s (peers not run)",
+                _status(ratio is not None and ratio >= PEER_RATIO),
+            ]
+        )
+    added = added_p99_us(result)
+    latency = _latency_of(result, "switchboard")
+    if added is not None and latency is not None and result.floor is not None:
+        rows.append(
+            [
+                f"router-added latency p99 <= {ADDED_P99_US / 1000:.0f} ms at "
+                f"{result.config.rate:.0f} calls/s",
+                f"{added:.0f} µs (end to end p50 {latency.p50_us:.0f} µs, p99 "
+                f"{latency.p99_us:.0f} µs; the stand-in's round trip alone p50 "
+                f"{result.floor.p50_us:.0f} µs, p99 {result.floor.p99_us:.0f} µs)",
+                _status(added <= ADDED_P99_US and latency.failed == 0),
+            ]
+        )
+    if ours is not None:
+        growth = ours.rss_growth_kb_per_10k
+        rows.append(
+            [
+                "zero memory growth per call in steady state "
+                f"(< {GROWTH_KB_PER_10K:.0f} KB per 10k calls)",
+                f"{growth:+.0f} KB per 10k calls (RSS {ours.rss_start_mb:.1f} -> "
+                f"{ours.rss_end_mb:.1f} MB over {ours.requests} calls)",
+                _status(growth < GROWTH_KB_PER_10K),
+            ]
+        )
+    workers = result.config.workers
+    if workers > 1:
+        one = result.best("switchboard", 1) if not result.scaling else next(
+            (s for s in result.scaling if s.workers == 1), None
+        )
+        many = next((s for s in result.scaling if s.workers == workers), None)
+        dup = result.duplicates
+        if many is None or one is None:
+            measured = f"not measured: {result.workers_refused or 'not run'}"
+            ok = False
+        else:
+            scale = many.rate / one.rate
+            measured = (
+                f"{many.rate:.0f} against {one.rate:.0f} calls/s ({scale:.2f}x)"
+                + (
+                    f"; {dup.calls} calls delivered twice at once: {dup.acted} acted on, "
+                    f"{dup.repeated} repeated requests"
+                    if dup is not None
+                    else ""
+                )
+            )
+            ok = (
+                scale >= SCALING
+                and dup is not None
+                and dup.repeated == 0
+                and dup.acted == dup.calls
+            )
+        rows.append(
+            [
+                f"`--workers {workers}` on {workers} cores >= {SCALING}x, exactly once across "
+                "the workers",
+                measured,
+                _status(ok),
+            ]
+        )
+    return table(["target", "measured", "status"], rows)
+
+
+def _sat_row(row: Saturation, sample: Saturation | None, bare: Saturation | None) -> list[str]:
+    return [
+        LABELS.get(row.target, row.target)
+        + (f", {row.workers} workers" if row.workers != 1 else ""),
+        f"{row.rate:.0f}",
+        _fmt_ratio(_ratio(row, sample)),
+        _fmt_ratio(_ratio(row, bare)),
+        f"{row.cpu_ms_per_call:.2f}",
+        f"{row.p50_ms:.1f} / {row.p99_ms:.1f}",
+        f"{row.rss_start_mb:.0f} -> {row.rss_end_mb:.0f}",
+        f"{row.rss_growth_kb_per_10k:+.0f}",
+        f"{row.failed}",
+        f"{row.acted} / {row.repeated}",
+    ]
+
+
+SAT_HEADER = [
+    "service",
+    "calls/s",
+    "x OpenAI sample",
+    "x bare",
+    "CPU ms per call",
+    "p50 / p99 ms (wrk)",
+    "RSS MB",
+    "RSS KB per 10k calls",
+    "failed",
+    "calls acted on / repeated",
+]
+
+
+def render(result: E2EResult) -> str:
+    cfg = result.config
+    sample = result.best("openai-sample")
+    bare = result.best("bare")
+    best = [b for b in (result.best(t) for t in cfg.targets) if b is not None]
+    parts = [
+        targets(result),
+        "",
+        f"**At saturation on one core** (best of {cfg.rounds} round(s); {cfg.connections} "
+        f"connections, {cfg.warm_seconds:g} s warm-up then a {cfg.seconds:g} s window; "
+        f"service on core {result.service_cpus}, stand-in API and load on "
+        f"{result.load_cpus}):",
+        "",
+        table(SAT_HEADER, [_sat_row(row, sample, bare) for row in best]),
+        "",
+        f"**At a fixed {cfg.rate:.0f} calls/s, open loop** (latency from when each request "
+        f"was due, µs; {cfg.latency_seconds:g} s, same processes after the saturation run):",
+        "",
+        table(
+            ["service", "calls", "p50", "p90", "p99", "max", "CPU ms per call", "failed"],
+            [
+                [
+                    LABELS.get(row.target, row.target),
+                    str(row.count),
+                    f"{row.p50_us:.0f}",
+                    f"{row.p90_us:.0f}",
+                    f"{row.p99_us:.0f}",
+                    f"{row.max_us:.0f}",
+                    f"{row.cpu_ms_per_call:.2f}" if row.cpu_ms_per_call else "-",
+                    str(row.failed),
+                ]
+                for row in ([result.floor] if result.floor else []) + result.latency
+            ],
+        ),
+        "",
+    ]
+    if result.scaling or result.workers_refused:
+        parts += [
+            f"**`--workers {cfg.workers}`** (service and load share cores "
+            f"{list(range(cfg.workers))}: a 2-core machine has none to spare, so the load "
+            "generator and the stand-in take some of the cores both runs count on):",
+            "",
+        ]
+        if result.scaling:
+            parts += [
+                table(SAT_HEADER, [_sat_row(row, None, None) for row in result.scaling]),
+                "",
+            ]
+        if result.workers_refused:
+            parts += [f"`--workers {cfg.workers}` refused: {result.workers_refused}", ""]
+        if result.duplicates is not None:
+            d = result.duplicates
+            parts += [
+                f"Exactly once across {d.workers} workers: {d.calls} calls, each delivered "
+                f"twice at the same moment on two connections ({d.deliveries} deliveries; "
+                f"answers {d.statuses}): the stand-in API saw {d.acted} calls acted on and "
+                f"{d.repeated} repeated requests.",
+                "",
+            ]
+    if cfg.rounds > 1:
+        parts += [
+            "Every round:",
+            "",
+            table(
+                ["round", *SAT_HEADER],
+                [[str(row.round), *_sat_row(row, None, None)] for row in result.saturation],
+            ),
+            "",
+        ]
+    generator = {row.generator for row in result.saturation}
+    parts += [
+        f"Load generator at saturation: {', '.join(sorted(generator))}. Load average "
+        f"(1 / 5 min): {'; '.join(result.loads)}. The run took {result.seconds:.0f} s.",
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,588 @@
+"""The end-to-end benchmark: the real `switchboard serve` against its peers, under load.
+
+For each target (Switchboard, OpenAI's sample style, a bare handler) in the same run:
+
+1. start it pinned to one core (the service core); the stand-in API and the load
+   generators run on the other core, so neither is the bottleneck nor shares its core;
+2. saturation: wrk with many connections sends pre-signed deliveries of fresh calls for
+   a warm-up, then for the measured window: throughput, wrk's latency percentiles,
+   CPU per call (utime + stime from /proc) and RSS before and after the window;
+3. fixed load: the open-loop generator sends 200 calls/s on its schedule and times each
+   answer from when it was due.
+
+The stand-in counts every call-control request, so each run also checks that every
+delivery was acted on once and no call was acted on twice. Targets take turns, round
+after round, so a noisy minute on a shared machine hits them alike.
+
+`--workers N` runs Switchboard with N worker processes on N cores (the load then shares
+those cores: a 2-core machine has none to spare) against a 1-worker run under the same
+conditions, then sends every delivery twice at once to check exactly-once across them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.e2e import procs, webhooks
+from bench.workload import REGION, CallMaker, write_list, write_routes
+
+REPO = Path(__file__).resolve().parents[2]
+LUA = Path(__file__).with_name("load.lua")
+
+TARGETS = ("switchboard", "openai-sample", "bare")
+LABELS = {
+    "switchboard": "Switchboard (`switchboard serve`)",
+    "openai-sample": "OpenAI's sample style (openai SDK unwrap + calls.accept, FastAPI)",
+    "bare": "bare FastAPI + standardwebhooks + httpx",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool = False
+    rounds: int = 2
+    warm_seconds: float = 3.0
+    seconds: float = 10.0
+    connections: int = 32
+    rate: float = 200.0
+    """Calls per second of the fixed-load (latency) phase."""
+    latency_seconds: float = 15.0
+    routes: int = 1000
+    listed: int = 10_000
+    workers: int = 2
+    """0: skip the multi-worker phase."""
+    duplicate_calls: int = 2000
+    targets: tuple[str, ...] = TARGETS
+
+    @classmethod
+    def tiny(cls) -> Config:
+        """Seconds, a few hundred requests: the smoke test's size."""
+        return cls(
+            quick=True,
+            rounds=1,
+            warm_seconds=0.5,
+            seconds=1.0,
+            connections=4,
+            rate=100.0,
+            latency_seconds=1.0,
+            routes=20,
+            listed=100,
+            duplicate_calls=50,
+        )
+
+    @classmethod
+    def quick_run(cls) -> Config:
+        return cls(
+            quick=True, rounds=1, warm_seconds=2, seconds=5, latency_seconds=5, duplicate_calls=500
+        )
+
+
+@dataclass
+class Saturation:
+    target: str
+    workers: int
+    round: int
+    generator: str
+    requests: int
+    seconds: float
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+    """Answers other than 2xx, and socket errors."""
+    cpu_ms_per_call: float
+    rss_start_mb: float
+    rss_end_mb: float
+    wrapped: int
+    """Deliveries sent a second time because the file ran out (0 in a valid run)."""
+    acted: int
+    """Calls the stand-in saw a request for."""
+    repeated: int
+    """Call-control requests repeated for the same call (0: exactly once)."""
+
+    @property
+    def rss_growth_kb_per_10k(self) -> float:
+        if not self.requests:
+            return 0.0
+        return (self.rss_end_mb - self.rss_start_mb) * 1024 / self.requests * 10_000
+
+
+@dataclass
+class Latency:
+    target: str
+    rate: float
+    count: int
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    max_us: float
+    failed: int
+    cpu_ms_per_call: float
+
+
+@dataclass
+class Duplicates:
+    workers: int
+    deliveries: int
+    calls: int
+    acted: int
+    repeated: int
+    statuses: dict[str, int]
+
+
+@dataclass
+class E2EResult:
+    config: Config
+    saturation: list[Saturation] = field(default_factory=list)
+    latency: list[Latency] = field(default_factory=list)
+    floor: Latency | None = None
+    scaling: list[Saturation] = field(default_factory=list)
+    duplicates: Duplicates | None = None
+    workers_refused: str | None = None
+    service_cpus: list[int] = field(default_factory=list)
+    load_cpus: list[int] = field(default_factory=list)
+    loads: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def best(self, target: str, workers: int = 1) -> Saturation | None:
+        rows = [
+            s
+            for s in (self.saturation if workers == 1 else self.scaling)
+            if s.target == target and s.workers == workers
+        ]
+        return max(rows, key=lambda s: s.rate) if rows else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SWITCHBOARD_"))}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def _switchboard() -> list[str]:
+    script = Path(sys.executable).parent / "switchboard"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app"]
+
+
+def _loadavg() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} / {five:.2f}"
+
+
+class Bench:
+    def __init__(self, config: Config, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.secret = webhooks.bench_secret()
+        cpus = procs.usable_cpus()
+        self.service_cpus = cpus[:1]
+        self.load_cpus = cpus[1:2] or cpus[:1]
+        listed = write_list(workdir / "rules", config.listed)
+        self.routes = write_routes(workdir / "rules", config.routes, listed.path)
+        self.maker = CallMaker(self.routes, listed)
+        self.wrk_path = shutil.which("wrk")
+        self.standin_port = free_port()
+        self.standin = procs.start(
+            "stand-in",
+            [sys.executable, "-m", "bench.e2e.standin", str(self.standin_port)],
+            cpus=self.load_cpus,
+            env=_env(),
+            cwd=REPO,
+            log=workdir / "standin.log",
+        )
+        self.api = f"http://127.0.0.1:{self.standin_port}"
+        procs.wait_ready(self.standin, f"{self.api}/_stats")
+        self._files = 0
+
+    def close(self) -> None:
+        self.standin.stop()
+
+    # --- the services ------------------------------------------------------------------
+
+    def start_target(self, target: str, *, cpus: Sequence[int], workers: int = 1) -> tuple[
+        procs.Proc, str
+    ]:
+        port = free_port()
+        common = {
+            "OPENAI_API_KEY": "sk-bench",
+            "OPENAI_BASE_URL": f"{self.api}/v1",
+            "OPENAI_WEBHOOK_SECRET": self.secret,
+        }
+        run_dir = self.workdir / f"{target}-{port}"
+        run_dir.mkdir()
+        if target == "switchboard":
+            command = [*_switchboard(), "serve", "--port", str(port)]
+            if workers != 1:
+                command += ["--workers", str(workers)]
+            env = _env(
+                **common,
+                SWITCHBOARD_ROUTES_FILE=str(self.routes.path),
+                SWITCHBOARD_DEFAULT_REGION=REGION,
+                SWITCHBOARD_CALLS_DB=str(run_dir / "calls.db"),
+            )
+            ready = "/readyz"
+        else:
+            module = {"openai-sample": "peer_openai", "bare": "peer_bare"}[target]
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                f"bench.e2e.{module}:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ]
+            env = _env(**common)
+            ready = "/healthz"
+        proc = procs.start(
+            target, command, cpus=cpus, env=env, cwd=run_dir, log=run_dir / "service.log"
+        )
+        procs.wait_ready(proc, f"http://127.0.0.1:{port}{ready}")
+        return proc, f"127.0.0.1:{port}"
+
+    def stats(self) -> dict[str, object]:
+        return dict(httpx.get(f"{self.api}/_stats", timeout=5).json())
+
+    def reset(self) -> None:
+        httpx.post(f"{self.api}/_reset", timeout=5)
+
+    def requests_file(self, count: int, host: str) -> Path:
+        self._files += 1
+        path = self.workdir / f"requests-{self._files}.bin"
+        return webhooks.write_requests(path, self.maker, count, secret=self.secret, host=host)
+
+    # --- load --------------------------------------------------------------------------
+
+    def wrk(
+        self, host: str, file: Path, seconds: float, connections: int, cpus: Sequence[int]
+    ) -> dict[str, float]:
+        threads = 1 if len(cpus) == 1 else 2
+        connections = max(connections, threads)
+        if self.wrk_path is None:
+            return self._python_closed_loop(host, file, seconds, connections, cpus)
+        command = [
+            self.wrk_path,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA),
+            f"http://{host}{webhooks.WEBHOOK_PATH}",
+            "--",
+            str(file),
+            str(threads),
+        ]
+        out = _run_pinned(command, cpus)
+        return parse_wrk(out)
+
+    def _python_closed_loop(
+        self, host: str, file: Path, seconds: float, connections: int, cpus: Sequence[int]
+    ) -> dict[str, float]:
+        address, port = host.split(":")
+        command = [
+            sys.executable,
+            "-m",
+            "bench.e2e.openloop",
+            str(file),
+            address,
+            port,
+            "0",
+            "--closed",
+            str(connections),
+            str(seconds),
+        ]
+        result = json.loads(_run_pinned(command, cpus))
+        statuses = {int(k): v for k, v in result["statuses"].items()}
+        return {
+            "requests": float(result["count"]),
+            "seconds": float(result["seconds"]),
+            "rate": float(result["rate"]),
+            "p50_ms": float(result["p50_us"]) / 1000,
+            "p99_ms": float(result["p99_us"]) / 1000,
+            "failed": float(result["errors"] + sum(v for k, v in statuses.items() if k >= 300)),
+            "wrapped": 0.0,
+        }
+
+    def open_loop(self, host: str, file: Path, rate: float) -> dict[str, object]:
+        address, port = host.split(":")
+        command = [sys.executable, "-m", "bench.e2e.openloop", str(file), address, port, str(rate)]
+        result: dict[str, object] = json.loads(_run_pinned(command, self.load_cpus))
+        return result
+
+    # --- phases ------------------------------------------------------------------------
+
+    def saturate(
+        self,
+        target: str,
+        round_: int,
+        *,
+        workers: int = 1,
+        service_cpus: Sequence[int] | None = None,
+        load_cpus: Sequence[int] | None = None,
+        guess: float = 1500.0,
+    ) -> tuple[Saturation, procs.Proc, str]:
+        cfg = self.config
+        service_cpus = list(service_cpus or self.service_cpus)
+        load_cpus = list(load_cpus or self.load_cpus)
+        proc, host = self.start_target(target, cpus=service_cpus, workers=workers)
+        try:
+            warm = self.requests_file(int(guess * cfg.warm_seconds * 1.5) + 50, host)
+            measured = self.requests_file(int(guess * cfg.seconds * 1.5) + 50, host)
+            self.wrk(host, warm, cfg.warm_seconds, cfg.connections, load_cpus)
+            self.reset()
+            before = procs.usage(proc.pid)
+            result = self.wrk(host, measured, cfg.seconds, cfg.connections, load_cpus)
+            after = procs.usage(proc.pid)
+            stats = self.stats()
+        except BaseException:
+            proc.stop()
+            raise
+        used = after - before
+        requests = int(result["requests"])
+        row = Saturation(
+            target=target,
+            workers=workers,
+            round=round_,
+            generator="wrk" if self.wrk_path else "python (wrk not installed)",
+            requests=requests,
+            seconds=result["seconds"],
+            rate=result["rate"],
+            p50_ms=result["p50_ms"],
+            p99_ms=result["p99_ms"],
+            failed=int(result["failed"]),
+            cpu_ms_per_call=used.cpu_seconds * 1000 / requests if requests else 0.0,
+            rss_start_mb=before.rss_bytes / 2**20,
+            rss_end_mb=after.rss_bytes / 2**20,
+            wrapped=int(result["wrapped"]),
+            acted=int(stats["calls"]),  # type: ignore[call-overload]
+            repeated=int(stats["repeated"]),  # type: ignore[call-overload]
+        )
+        return row, proc, host
+
+    def fixed_load(self, target: str, proc: procs.Proc, host: str) -> Latency:
+        cfg = self.config
+        count = int(cfg.rate * cfg.latency_seconds)
+        file = self.requests_file(count, host)
+        before = procs.usage(proc.pid)
+        result = self.open_loop(host, file, cfg.rate)
+        used = procs.usage(proc.pid) - before
+        return _latency(target, cfg.rate, result, used.cpu_seconds)
+
+    def floor(self) -> Latency:
+        """The generator straight at the stand-in: the round trip every target pays."""
+        cfg = self.config
+        count = int(cfg.rate * cfg.latency_seconds)
+        path = self.workdir / "floor.bin"
+        body = json.dumps({"type": "realtime", "model": "gpt-realtime"}).encode()
+        with path.open("wb") as out:
+            for i in range(count):
+                request = (
+                    f"POST /v1/realtime/calls/rtc_floor{i}/accept HTTP/1.1\r\n"
+                    f"host: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\n\r\n"
+                ).encode() + body
+                out.write(b"%d\n" % len(request))
+                out.write(request)
+        result = self.open_loop(f"127.0.0.1:{self.standin_port}", path, cfg.rate)
+        return _latency("stand-in alone", cfg.rate, result, 0.0)
+
+    def duplicates(self, host: str, workers: int) -> Duplicates:
+        """Every delivery twice, the copies on different connections at the same moment."""
+        cfg = self.config
+        single = self.workdir / "single.bin"
+        webhooks.write_requests(single, self.maker, cfg.duplicate_calls, secret=self.secret, host=host)
+        doubled = self.workdir / "doubled.bin"
+        with doubled.open("wb") as out:
+            for request in webhooks.read_requests(single):
+                for _ in range(2):
+                    out.write(b"%d\n" % len(request))
+                    out.write(request)
+        self.reset()
+        address, port = host.split(":")
+        command = [
+            sys.executable,
+            "-m",
+            "bench.e2e.openloop",
+            str(doubled),
+            address,
+            port,
+            "0",
+            "--closed",
+            "16",
+            "120",
+        ]
+        result = json.loads(_run_pinned(command, procs.usable_cpus()))
+        stats = self.stats()
+        return Duplicates(
+            workers=workers,
+            deliveries=int(result["count"]) + int(result["errors"]),
+            calls=cfg.duplicate_calls,
+            acted=int(stats["calls"]),  # type: ignore[call-overload]
+            repeated=int(stats["repeated"]),  # type: ignore[call-overload]
+            statuses={str(k): int(v) for k, v in result["statuses"].items()},
+        )
+
+
+def _latency(target: str, rate: float, result: dict[str, object], cpu: float) -> Latency:
+    statuses = {int(k): int(v) for k, v in result["statuses"].items()}  # type: ignore[attr-defined]
+    count = int(result["count"])  # type: ignore[call-overload]
+    return Latency(
+        target=target,
+        rate=rate,
+        count=count,
+        p50_us=float(result["p50_us"]),  # type: ignore[arg-type]
+        p90_us=float(result["p90_us"]),  # type: ignore[arg-type]
+        p99_us=float(result["p99_us"]),  # type: ignore[arg-type]
+        max_us=float(result["max_us"]),  # type: ignore[arg-type]
+        failed=int(result["errors"]) + sum(v for k, v in statuses.items() if k >= 300),  # type: ignore[call-overload]
+        cpu_ms_per_call=cpu * 1000 / count if count else 0.0,
+    )
+
+
+def _run_pinned(command: Sequence[str], cpus: Sequence[int]) -> str:
+    affinity = set(cpus)
+    done = subprocess.run(
+        list(command),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        preexec_fn=lambda: os.sched_setaffinity(0, affinity),
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({done.returncode}):\n{done.stderr}{done.stdout}")
+    return done.stdout
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match[1]) * _UNITS[match[2]]
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    requests = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    if requests is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    seconds = _ms(requests[2] + requests[3]) / 1000
+    count = int(requests[1])
+    percentiles = dict(re.findall(r"^\s+(\d+)%\s+([\d.]+\w+)\s*$", out, re.MULTILINE))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    wrapped = re.search(r"wrapped: (\d+)", out)
+    return {
+        "requests": float(count),
+        "seconds": seconds,
+        "rate": count / seconds,
+        "p50_ms": _ms(percentiles["50"]),
+        "p99_ms": _ms(percentiles["99"]),
+        "failed": float(
+            (int(non2xx[1]) if non2xx else 0)
+            + (sum(int(x) for x in errors.groups()) if errors else 0)
+        ),
+        "wrapped": float(wrapped[1]) if wrapped else 0.0,
+    }
+
+
+def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2EResult:
+    started = time.perf_counter()
+    own = workdir is None
+    root = Path(tempfile.mkdtemp(prefix="switchboard-e2e-")) if workdir is None else workdir
+    root.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str) -> None:
+        if log:
+            print(f"e2e: {text}", file=sys.stderr, flush=True)
+
+    bench = Bench(config, root)
+    result = E2EResult(
+        config, service_cpus=bench.service_cpus, load_cpus=bench.load_cpus
+    )
+    guesses: dict[str, float] = {}
+    try:
+        result.loads.append(f"start {_loadavg()}")
+        floor = bench.floor()
+        result.floor = floor
+        for round_ in range(1, config.rounds + 1):
+            for target in config.targets:
+                say(f"round {round_}: {target} at saturation")
+                row, proc, host = bench.saturate(
+                    target, round_, guess=guesses.get(target, 1500.0)
+                )
+                guesses[target] = max(row.rate * 1.2, 100.0)
+                try:
+                    result.saturation.append(row)
+                    if round_ == 1:
+                        say(f"{target} at {config.rate:.0f} calls/s")
+                        result.latency.append(bench.fixed_load(target, proc, host))
+                finally:
+                    proc.stop()
+                say(f"{target}: {row.rate:.0f} calls/s, {row.cpu_ms_per_call:.2f} ms CPU per call")
+            result.loads.append(f"after round {round_} {_loadavg()}")
+        if config.workers > 1 and "switchboard" in config.targets:
+            _scaling(bench, result, say)
+    finally:
+        bench.close()
+        if own:
+            shutil.rmtree(root, ignore_errors=True)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _scaling(bench: Bench, result: E2EResult, say: object) -> None:
+    config = bench.config
+    cpus = procs.usable_cpus()[: config.workers]
+    assert callable(say)
+    for workers in (1, config.workers):
+        say(f"switchboard --workers {workers} on cores {cpus}")
+        try:
+            row, proc, host = bench.saturate(
+                "switchboard", 1, workers=workers, service_cpus=cpus, load_cpus=cpus
+            )
+        except RuntimeError as exc:
+            if workers == 1:
+                raise
+            result.workers_refused = str(exc).strip().splitlines()[-1]
+            say(f"--workers {workers} refused: {result.workers_refused}")
+            return
+        try:
+            result.scaling.append(row)
+            if workers > 1:
+                say("every delivery twice, at once")
+                result.duplicates = bench.duplicates(host, workers)
+        finally:
+            proc.stop()
