@@ -19,8 +19,8 @@ import json
 import sys
 import time
 from collections import Counter
-from typing import cast
 from collections.abc import Sequence
+from typing import cast
 
 from bench.e2e.webhooks import read_requests
 

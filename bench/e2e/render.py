@@ -81,8 +81,10 @@ def targets(result: E2EResult) -> str:
         )
     workers = result.config.workers
     if workers > 1:
-        one = result.best("switchboard", 1) if not result.scaling else next(
-            (s for s in result.scaling if s.workers == 1), None
+        one = (
+            result.best("switchboard", 1)
+            if not result.scaling
+            else next((s for s in result.scaling if s.workers == 1), None)
         )
         many = next((s for s in result.scaling if s.workers == workers), None)
         dup = result.duplicates
@@ -91,14 +93,11 @@ def targets(result: E2EResult) -> str:
             ok = False
         else:
             scale = many.rate / one.rate
-            measured = (
-                f"{many.rate:.0f} against {one.rate:.0f} calls/s ({scale:.2f}x)"
-                + (
-                    f"; {dup.calls} calls delivered twice at once: {dup.acted} acted on, "
-                    f"{dup.repeated} repeated requests"
-                    if dup is not None
-                    else ""
-                )
+            measured = f"{many.rate:.0f} against {one.rate:.0f} calls/s ({scale:.2f}x)" + (
+                f"; {dup.calls} calls delivered twice at once: {dup.acted} acted on, "
+                f"{dup.repeated} repeated requests"
+                if dup is not None
+                else ""
             )
             ok = (
                 scale >= SCALING

@@ -73,11 +73,11 @@ class Config:
         return cls(
             quick=True,
             rounds=1,
-            warm_seconds=0.5,
+            warm_seconds=0.0,
             seconds=1.0,
             connections=4,
             rate=100.0,
-            latency_seconds=1.0,
+            latency_seconds=0.5,
             routes=20,
             listed=100,
             duplicate_calls=50,
@@ -219,9 +219,9 @@ class Bench:
 
     # --- the services ------------------------------------------------------------------
 
-    def start_target(self, target: str, *, cpus: Sequence[int], workers: int = 1) -> tuple[
-        procs.Proc, str
-    ]:
+    def start_target(
+        self, target: str, *, cpus: Sequence[int], workers: int = 1
+    ) -> tuple[procs.Proc, str]:
         port = free_port()
         common = {
             "OPENAI_API_KEY": "sk-bench",
@@ -355,7 +355,8 @@ class Bench:
         try:
             warm = self.requests_file(int(guess * cfg.warm_seconds * 1.5) + 50, host)
             measured = self.requests_file(int(guess * cfg.seconds * 1.5) + 50, host)
-            self.wrk(host, warm, cfg.warm_seconds, cfg.connections, load_cpus)
+            if cfg.warm_seconds > 0:
+                self.wrk(host, warm, cfg.warm_seconds, cfg.connections, load_cpus)
             self.reset()
             before = procs.usage(proc.pid)
             result = self.wrk(host, measured, cfg.seconds, cfg.connections, load_cpus)
@@ -417,7 +418,9 @@ class Bench:
         """Every delivery twice, the copies on different connections at the same moment."""
         cfg = self.config
         single = self.workdir / "single.bin"
-        webhooks.write_requests(single, self.maker, cfg.duplicate_calls, secret=self.secret, host=host)
+        webhooks.write_requests(
+            single, self.maker, cfg.duplicate_calls, secret=self.secret, host=host
+        )
         doubled = self.workdir / "doubled.bin"
         with doubled.open("wb") as out:
             for request in webhooks.read_requests(single):
@@ -500,9 +503,7 @@ def parse_wrk(out: str) -> dict[str, float]:
     count = int(requests[1])
     percentiles = dict(re.findall(r"^\s+(\d+)%\s+([\d.]+\w+)\s*$", out, re.MULTILINE))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
-    )
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     wrapped = re.search(r"wrapped: (\d+)", out)
     return {
         "requests": float(count),
@@ -529,9 +530,7 @@ def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2E
             print(f"e2e: {text}", file=sys.stderr, flush=True)
 
     bench = Bench(config, root)
-    result = E2EResult(
-        config, service_cpus=bench.service_cpus, load_cpus=bench.load_cpus
-    )
+    result = E2EResult(config, service_cpus=bench.service_cpus, load_cpus=bench.load_cpus)
     guesses: dict[str, float] = {}
     try:
         result.loads.append(f"start {_loadavg()}")
@@ -540,9 +539,7 @@ def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2E
         for round_ in range(1, config.rounds + 1):
             for target in config.targets:
                 say(f"round {round_}: {target} at saturation")
-                row, proc, host = bench.saturate(
-                    target, round_, guess=guesses.get(target, 1500.0)
-                )
+                row, proc, host = bench.saturate(target, round_, guess=guesses.get(target, 1500.0))
                 guesses[target] = max(row.rate * 1.2, 100.0)
                 try:
                     result.saturation.append(row)

@@ -24,6 +24,8 @@ class Stats:
         self.operations: Counter[str] = Counter()
         self.seen: set[tuple[str, str]] = set()
         self.repeated = 0
+        self.connections = 0
+        """Connections opened (a client's pool that churns opens many)."""
         """Requests of an operation already made for the same call (an accept twice)."""
 
     def record(self, path: bytes) -> None:
@@ -46,6 +48,7 @@ class Stats:
                 "operations": dict(self.operations),
                 "calls": len({call_id for _, call_id in self.seen}),
                 "repeated": self.repeated,
+                "connections": self.connections,
             }
         ).encode()
 
@@ -58,6 +61,7 @@ class StandIn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._stats.connections += 1
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

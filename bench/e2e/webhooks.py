@@ -65,9 +65,7 @@ def signed_request(
     return head.encode() + body
 
 
-def write_requests(
-    path: Path, maker: CallMaker, count: int, *, secret: str, host: str
-) -> Path:
+def write_requests(path: Path, maker: CallMaker, count: int, *, secret: str, host: str) -> Path:
     """`count` signed deliveries of fresh calls from `maker`, signed now."""
     key = decode_secret(secret)
     now = int(time.time())

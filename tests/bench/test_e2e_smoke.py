@@ -1,0 +1,63 @@
+"""The end-to-end benchmark still runs, at a tiny size (seconds). No timing is asserted:
+what is checked is that every part ran and that every call was acted on exactly once."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from bench.e2e import render
+from bench.e2e.run import TARGETS, Config, parse_wrk, run
+from bench.e2e.webhooks import read_requests
+
+WRK_OUTPUT = """\
+Running 1s test @ http://127.0.0.1:8000/webhooks/openai
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.10ms  512.00us   9.81ms   90.00%
+    Req/Sec     1.90k   100.00     2.00k    70.00%
+  Latency Distribution
+     50%    2.00ms
+     75%    2.20ms
+     90%    2.50ms
+     99%  850.00us
+  1900 requests in 1.00s, 300.00KB read
+  Non-2xx or 3xx responses: 3
+  Socket errors: connect 0, read 1, write 0, timeout 0
+Requests/sec:   1900.00
+Transfer/sec:    300.00KB
+wrapped: 0
+"""
+
+
+def test_wrk_output_is_read_with_its_units() -> None:
+    parsed = parse_wrk(WRK_OUTPUT)
+    assert parsed["requests"] == 1900
+    assert parsed["rate"] == 1900
+    assert parsed["p50_ms"] == 2.0
+    assert parsed["p99_ms"] == 0.85
+    assert parsed["failed"] == 4
+
+
+def test_e2e_bench_runs_every_target_and_acts_once_per_call(tmp_path: Path) -> None:
+    config = dataclasses.replace(Config.tiny(), workers=0)
+    result = run(config, tmp_path, log=False)
+    assert [row.target for row in result.saturation] == list(TARGETS)
+    for row in result.saturation:
+        assert row.requests > 0, row
+        assert row.failed == 0, row
+        assert row.repeated == 0, row
+        assert row.wrapped == 0, row
+        # The stand-in saw a call-control request for every delivery in the window (a
+        # few of the warm-up's may still land in it).
+        assert row.requests <= row.acted <= row.requests + config.connections, row
+        assert row.cpu_ms_per_call > 0
+    assert [row.target for row in result.latency] == list(TARGETS)
+    assert all(row.failed == 0 and row.count > 0 for row in result.latency)
+    assert result.floor is not None and result.floor.count > 0
+    text = render.render(result)
+    assert "x OpenAI sample" in text
+    # The deliveries are signed with the workload's SIP headers.
+    requests = read_requests(next(tmp_path.glob("requests-*.bin")))
+    assert b"webhook-signature: v1," in requests[0]
+    assert b"P-Asserted-Identity" in requests[0]
