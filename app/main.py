@@ -10,6 +10,8 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.incall.control import AnyReplicaControl
+from app.incall.keeper import LiveCallKeeper
 from app.incall.session import InCallManager
 from app.intake.events import IncomingCall, parse_event
 from app.intake.webhook import SignatureVerifier, WebhookError
@@ -32,6 +34,13 @@ from app.rules import RuleSet
 from app.settings import Settings
 from app.sip.identity import IdentityPolicy
 from app.state.claims import CallStateStore, MemoryCallStateStore
+from app.state.livecalls import (
+    LiveCallRegistry,
+    MemoryLiveCalls,
+    RedisLiveCalls,
+    connect_redis,
+    new_replica_id,
+)
 
 logger = logging.getLogger("switchboard")
 
@@ -84,6 +93,8 @@ def create_app(
     )
     client: httpx.AsyncClient | None = None
     incall: InCallManager | None = None
+    keeper: LiveCallKeeper | None = None
+    registry: LiveCallRegistry | None = None
     if settings.dry_run:
         controller: CallController = DryRunCallControl()
     else:
@@ -98,6 +109,16 @@ def create_app(
             policy=RetryPolicy(attempt_timeout=settings.upstream_timeout_seconds),
             observer=metrics.observe_upstream,
         )
+        replica = settings.replica_id or new_replica_id()
+        if settings.redis_url is not None:
+            # Replicas share the registry of live calls: any one carries on a dead one's.
+            registry = RedisLiveCalls(
+                connect_redis(settings.redis_url.get_secret_value()),
+                replica,
+                lease_seconds=settings.live_lease_seconds,
+            )
+        else:
+            registry = MemoryLiveCalls(replica, lease_seconds=settings.live_lease_seconds)
         incall = InCallManager(
             connector=WebSocketConnector(
                 settings.openai_base_url, settings.openai_api_key.get_secret_value()
@@ -105,9 +126,14 @@ def create_app(
             controller=controller,
             call_log=call_log,
             metrics=metrics,
+            registry=registry,
         )
+        if isinstance(registry, RedisLiveCalls):
+            keeper = LiveCallKeeper(
+                registry, incall, metrics, heartbeat_seconds=settings.live_heartbeat_seconds
+            )
         if calls_control is None:
-            calls_control = incall
+            calls_control = AnyReplicaControl(incall, registry)
     router = CallRouter(
         controller=controller,
         store=store
@@ -146,12 +172,20 @@ def create_app(
             async with manager.running(
                 watch=settings.watch_rules, debounce_ms=settings.watch_debounce_ms
             ):
+                if keeper is not None:
+                    keeper.start()
                 yield
         finally:
             # Uvicorn gets here once the requests in flight (webhooks) have finished.
             try:
+                if keeper is not None:
+                    await keeper.stop()  # take no more calls over while leaving
                 if incall is not None:
-                    await incall.shutdown()  # the calls carry on at OpenAI, without us
+                    # The calls carry on at OpenAI, without us; another replica (if any)
+                    # takes them over at its next heartbeat.
+                    await incall.shutdown()
+                if registry is not None:
+                    await registry.close()
                 if client is not None:
                     await client.aclose()
             finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     """PostgreSQL: time limit of each database operation (connect, a write batch, a read)."""
 
+    # --- Replicas -----------------------------------------------------------
+    redis_url: SecretStr | None = None
+    """redis:// or rediss:// URL (password, db) shared by every replica; unset: one node."""
+    replica_id: str = ""
+    """This replica's name in the live-call registry; empty: host name plus a random part."""
+    live_lease_seconds: float = Field(default=15.0, gt=0, le=3600)
+    """How long a replica holds a live call without a heartbeat: after that, another
+    replica takes the call over."""
+    live_heartbeat_seconds: float = Field(default=5.0, gt=0, le=600)
+    """How often a replica renews its calls' leases and looks for calls to take over."""
+
     # --- Logging ------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_phone_numbers: bool = False
@@ -143,6 +154,25 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"is not a valid URL: {exc}") from None
         return SecretStr(url)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return SecretStr(url)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.live_heartbeat_seconds * 2 > self.live_lease_seconds:
+            raise ValueError(
+                "SWITCHBOARD_LIVE_HEARTBEAT_SECONDS must be at most half of "
+                "SWITCHBOARD_LIVE_LEASE_SECONDS (a late heartbeat must not lose the calls)"
+            )
+        return self
 
     @field_validator("default_region")
     @classmethod

@@ -23,6 +23,7 @@ from app.ops.metrics import Metrics
 from app.records.calllog import CallLog
 from app.rules.ruleset import CallFeatures
 from app.rules.tools import END_CALL_TOOL, TRANSFER_TOOL
+from app.state.livecalls import LiveCall, LiveCallError, LiveCallRegistry
 
 logger = logging.getLogger("switchboard.incall")
 
@@ -35,6 +36,10 @@ END_CALL_DELAY = 1.5
 API_DEADLINE = 5.0
 SAID = {"switchboard": "say"}
 """Metadata of the lines Switchboard asks for: their `response.done` carries it back."""
+API = "realtime"
+"""The voice API whose calls this manager handles (the live-call registry records it)."""
+REGISTRY_DEADLINE = 2.0
+"""Bound on one live-call registry request: a call never waits on the registry for long."""
 
 
 class InCallManager:
@@ -48,7 +53,12 @@ class InCallManager:
         connect_delays: Sequence[float] = CONNECT_DELAYS,
         end_call_delay: float = END_CALL_DELAY,
         clock: Callable[[], float] = time.monotonic,
+        registry: LiveCallRegistry | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self.registry = registry
+        """Where this replica records the calls it holds, so that another can carry them on."""
+        self.wall_clock = wall_clock
         self.connector = connector
         self.controller = controller
         self.call_log = call_log
@@ -66,14 +76,61 @@ class InCallManager:
         """Begin in-call handling; False when shutting down or already running."""
         if self._closing or call_id in self._sessions:
             return False
-        session = CallSession(self, call_id, features)
-        self._sessions[call_id] = session
-        self.metrics.active_calls.inc()
-        session.task = asyncio.create_task(self._run(session), name=f"call {call_id}")
+        started = self.wall_clock()
+        limit = features.max_duration
+        live = LiveCall(
+            call_id,
+            API,
+            started,
+            features,
+            deadline=None if limit is None else started + limit.seconds,
+        )
+        self._begin(CallSession(self, call_id, features), live, resumed=False)
         return True
 
-    async def _run(self, session: CallSession) -> None:
+    def resume(self, live: LiveCall) -> bool:
+        """Carry on a call another replica held (its lease ran out): rejoin its sideband,
+        run its max duration to the same deadline, no greeting again."""
+        if self._closing or live.call_id in self._sessions:
+            return False
+        session = CallSession(self, live.call_id, live.features, resumed=live)
+        self._begin(session, live, resumed=True)
+        return True
+
+    def _begin(self, session: CallSession, live: LiveCall, *, resumed: bool) -> None:
+        self._sessions[session.call_id] = session
+        self.metrics.active_calls.inc()
+        session.task = asyncio.create_task(
+            self._run(session, live, resumed), name=f"call {session.call_id}"
+        )
+
+    def held(self) -> list[str]:
+        """The calls this replica holds (for the registry's heartbeat)."""
+        return [c for c, s in self._sessions.items() if not s.detached]
+
+    async def lose(self, call_id: str) -> None:
+        """Another replica holds the call now: leave it as it is, without ending it."""
+        session = self._sessions.get(call_id)
+        if session is None or session.detached:
+            return
+        logger.warning(
+            "another replica holds the call now: leaving it",
+            extra={"event": "call_lost", "call_id": call_id},
+        )
+        self.metrics.live_calls.labels("lost").inc()
+        session.detached = True
+        session.lost = True
+        await session.detach()
+
+    async def _run(self, session: CallSession, live: LiveCall, resumed: bool) -> None:
         try:
+            if resumed:
+                self.metrics.live_calls.labels("taken_over").inc()
+                self.call_log.event(
+                    session.call_id, "resumed", {"replica": self._replica(), "from": live.owner}
+                )
+            elif self.registry is not None:
+                await self._registry("register", self.registry.register(live), session.call_id)
             await session.run()
         except Exception:  # a bug in one call must not touch the others
             logger.exception("in-call handling failed", extra={"call_id": session.call_id})
@@ -84,6 +141,29 @@ class InCallManager:
             if not session.detached:
                 self.metrics.call_duration.observe(self.clock() - session.started)
                 self.call_log.ended(session.call_id, session.end_reason or "ended")
+            if self.registry is not None and not session.lost:
+                # Shutting down: hand the call over now. Otherwise it is over for us.
+                leave = self.registry.disown if session.handover else self.registry.release
+                if session.handover:
+                    self.metrics.live_calls.labels("handed_over").inc()
+                await self._registry("release", leave(session.call_id), session.call_id)
+
+    def _replica(self) -> str:
+        return self.registry.replica if self.registry is not None else ""
+
+    async def _registry(self, what: str, request: Coroutine[Any, Any, None], call_id: str) -> None:
+        """A registry failure costs the call its takeover, never the call itself."""
+        try:
+            await asyncio.wait_for(request, REGISTRY_DEADLINE)
+        except (LiveCallError, TimeoutError) as exc:
+            self.metrics.live_calls.labels("registry_error").inc()
+            logger.warning(
+                f"live call registry: {what} failed",
+                extra={"event": "livecalls_failed", "call_id": call_id, "error": str(exc)},
+            )
+        except Exception:  # a bug here must not take the call down with it
+            self.metrics.live_calls.labels("registry_error").inc()
+            logger.exception(f"live call registry: {what} failed", extra={"call_id": call_id})
 
     async def hangup(self, call_id: str) -> str | None:
         session = self._sessions.get(call_id)
@@ -105,6 +185,7 @@ class InCallManager:
         self._closing = True
         sessions = list(self._sessions.values())
         for session in sessions:
+            session.handover = not session.detached
             session.detached = True
             await session.detach()
             # The call goes on at OpenAI, unwatched: "answered", not "active" (which says
@@ -127,15 +208,37 @@ class InCallManager:
 
 
 class CallSession:
-    def __init__(self, manager: InCallManager, call_id: str, features: CallFeatures) -> None:
+    def __init__(
+        self,
+        manager: InCallManager,
+        call_id: str,
+        features: CallFeatures,
+        *,
+        resumed: LiveCall | None = None,
+    ) -> None:
         self.manager = manager
         self.call_id = call_id
         self.features = features
         self.started = manager.clock()
+        self.resumed = resumed is not None
+        """Taken over from another replica: the greeting was said, the time limit runs on."""
+        self.limit_seconds: float | None = (
+            None if features.max_duration is None else features.max_duration.seconds
+        )
+        if resumed is not None:
+            elapsed = max(0.0, manager.wall_clock() - resumed.started_at)
+            self.started -= elapsed
+            if resumed.deadline is not None and features.max_duration is not None:
+                self.limit_seconds = max(0.0, resumed.deadline - manager.wall_clock())
         self.task: asyncio.Task[None] | None = None
         self.sideband: Sideband | None = None
         self.end_reason: str | None = None
         self.detached = False
+        self.handover = False
+        """Left at shutdown: another replica should take the call over now."""
+        self.lost = False
+        """Another replica took the call over: not ours to end or release."""
+        self._gone = False
         self._handled_tools: set[str] = set()
         self._response_done = asyncio.Event()
         self._idle = asyncio.Event()
@@ -157,6 +260,9 @@ class CallSession:
                 self.sideband = await self._connect()
             if self.detached:
                 return  # shut down while joining: leave the call as it is
+            if self.sideband is None and self.resumed and self._gone:
+                self.end_reason = self.end_reason or "caller_gone"  # ended while unheld
+                return
             if self.sideband is None:
                 if features.refer_to is not None:
                     # The line cannot be said: transfer the caller all the same.
@@ -169,7 +275,8 @@ class CallSession:
                     return
                 await asyncio.wait([timer])  # ends at the limit, or early on a hangup
                 return
-            await self._greet()
+            if not self.resumed:
+                await self._greet()
             if features.refer_to is not None:
                 self._spawn(self._announce_and_refer(features.refer_to))
             await self._listen()
@@ -199,6 +306,7 @@ class CallSession:
             except SidebandRefused as exc:
                 last = str(exc)
                 if exc.status == 404:
+                    self._gone = True
                     break  # the call is gone: nothing to retry
             except SidebandError as exc:
                 last = str(exc)
@@ -359,20 +467,21 @@ class CallSession:
 
     async def _max_duration(self) -> None:
         limit = self.features.max_duration
-        assert limit is not None
-        if limit.warning_before:
-            await asyncio.sleep(limit.seconds - limit.warning_before)
+        assert limit is not None and self.limit_seconds is not None
+        seconds = self.limit_seconds  # less than the limit for a call taken over
+        if limit.warning_before and seconds > limit.warning_before:
+            await asyncio.sleep(seconds - limit.warning_before)
             if limit.warning and await self._send(
                 {"type": "response.create", "response": {"instructions": limit.warning}}
             ):
                 self.manager.call_log.event(self.call_id, "warning")
             await asyncio.sleep(limit.warning_before)
         else:
-            await asyncio.sleep(limit.seconds)
+            await asyncio.sleep(seconds)
         await self.hangup("max_duration")
 
     async def _announce_and_refer(self, target: str) -> None:
-        if self.features.announce:
+        if self.features.announce and not self.resumed:
             await self._say(self.features.announce)
         await self._refer(target, destination=None, reason="route")
 

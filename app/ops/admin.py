@@ -29,6 +29,7 @@ from app.ops.reload import RulesManager
 from app.records.calllog import CallLog, CallRecord, CallStatus
 from app.records.sqlite import CallLogError
 from app.rules import RuleSet
+from app.state.livecalls import LiveCallError
 
 logger = logging.getLogger("switchboard.admin")
 
@@ -186,11 +187,26 @@ def install_admin(
     def unavailable() -> Response:
         return JSONResponse({"error": "in-call control is not available"}, status_code=503)
 
+    def not_answered(call_id: str) -> Response:
+        _log_control("relay", call_id, "timeout")
+        # The replica holding the call got the request: it may still act on it.
+        error = "the replica holding the call did not answer in time; the request may still"
+        return JSONResponse({"error": f"{error} take effect"}, status_code=504)
+
+    def registry_unavailable(call_id: str, exc: LiveCallError) -> Response:
+        _log_control("registry", call_id, "unavailable", error=str(exc))
+        return JSONResponse({"error": "the live-call registry is unavailable"}, status_code=503)
+
     @app.post("/admin/calls/{call_id}/hangup", dependencies=[Depends(authorize)])
     async def hangup(call_id: str) -> Response:
         if calls_control is None:
             return unavailable()
-        outcome = await calls_control.hangup(call_id)
+        try:
+            outcome = await calls_control.hangup(call_id)
+        except TimeoutError:
+            return not_answered(call_id)
+        except LiveCallError as exc:
+            return registry_unavailable(call_id, exc)
         _log_control("hangup", call_id, outcome)
         if outcome is None:
             return JSONResponse({"error": "no such active call"}, status_code=404)
@@ -205,6 +221,10 @@ def install_admin(
         except LookupError:
             _log_control("transfer", call_id, None, destination=body.destination)
             return JSONResponse({"error": "no such active call"}, status_code=404)
+        except TimeoutError:
+            return not_answered(call_id)
+        except LiveCallError as exc:
+            return registry_unavailable(call_id, exc)
         except ValueError as exc:
             _log_control("transfer", call_id, "rejected_destination", destination=body.destination)
             message = str(exc) or f"{body.destination!r} is not a destination of this call"

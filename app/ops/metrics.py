@@ -71,6 +71,12 @@ SIDEBAND_STAGES = (
     "connect",  # the sideband WebSocket could not be opened
     "dropped",  # it closed before the call ended
 )
+LIVE_CALL_EVENTS = (
+    "taken_over",  # this replica took over a call whose owner's lease ran out
+    "lost",  # another replica took over a call this one held (its lease ran out)
+    "handed_over",  # left at shutdown for another replica to take over
+    "registry_error",  # the live-call registry (Redis) failed or timed out
+)
 # Calls last seconds to an hour; longer ones are counted in +Inf.
 CALL_DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 2700.0, 3600.0)
 
@@ -172,6 +178,14 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.live_calls = Counter(
+            "switchboard_live_calls",
+            "Live calls changing hands between replicas, and registry failures.",
+            ["event"],
+            registry=r,
+        )
+        for event in LIVE_CALL_EVENTS:
+            self.live_calls.labels(event)
         for outcome in TRANSFER_OUTCOMES:
             self.transfers.labels(outcome)
         for reason in HANGUP_REASONS:
