@@ -126,6 +126,7 @@ class InCallManager:
         try:
             if resumed:
                 self.metrics.live_calls.labels("taken_over").inc()
+                self.call_log.status(session.call_id, "active")  # watched again
                 self.call_log.event(
                     session.call_id, "resumed", {"replica": self._replica(), "from": live.owner}
                 )
@@ -189,7 +190,8 @@ class InCallManager:
             session.detached = True
             await session.detach()
             # The call goes on at OpenAI, unwatched: "answered", not "active" (which says
-            # a sideband sees its end). The next start ends it as unknown.
+            # a sideband sees its end). The next start ends it as unknown, unless another
+            # replica takes it over (handover) and makes it "active" again.
             self.call_log.status(session.call_id, "answered")
             self.call_log.event(session.call_id, "detached", {"reason": "shutdown"})
         tasks = [s.task for s in sessions if s.task is not None]

@@ -139,6 +139,7 @@ async def test_a_dead_owners_call_is_taken_over_and_ends_at_its_deadline(cluster
     assert of_type(first.events, "response.create") == [{"type": "response.create", "response": {}}]
     assert of_type(second.events, "response.create") == []
     assert cluster.log.data(call_id, "resumed") == [{"replica": "b", "from": "a"}]
+    assert cluster.log[call_id].statuses == ["active"]
     assert metric(b.metrics, "switchboard_live_calls_total", event="taken_over") == 1
     await eventually(lambda: call_id not in cluster.hub.entries, "the call to be released")
     await a.manager.shutdown()
@@ -198,6 +199,8 @@ async def test_a_replica_shutting_down_hands_its_calls_over_at_once(cluster: Clu
     assert metric(a.metrics, "switchboard_live_calls_total", event="handed_over") == 1
     await b.keeper.beat()  # no lease to wait for
     assert call_id in b.manager
+    await eventually(lambda: len(cluster.log[call_id].statuses) == 2, "the status")
+    assert cluster.log[call_id].statuses == ["answered", "active"]
     await eventually(lambda: len(cluster.fake.sidebands(call_id)) == 2, "b to join")
     assert cluster.log[call_id].endings == []
     await b.manager.shutdown()
