@@ -34,6 +34,7 @@ from app.rules.conditions import (
     TextMatches,
 )
 from app.rules.errors import ConfigIssue, RulesError
+from app.rules.files import read_rules_text
 from app.rules.gcpause import full_collections_paused
 from app.rules.numbers import ListFileError, NumberSet, e164_prefix_hint, load_number_file
 from app.rules.regex import compile_regex
@@ -72,13 +73,7 @@ TEMPLATED_KEYS: tuple[tuple[str, ...], ...] = (
 
 
 def load_rules(path: FilePath, *, region: str) -> RuleSet:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        issue = ConfigIssue(str(path), None, None, "", f"cannot read: {reason}")
-        raise RulesError([issue]) from None
-    return compile_rules(text, str(path), region=region)
+    return compile_rules(read_rules_text(path), str(path), region=region)
 
 
 def compile_rules(text: str, file: str, *, region: str) -> RuleSet:

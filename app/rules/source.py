@@ -8,7 +8,7 @@ PyYAML silently overwrites) are reported.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -70,13 +70,33 @@ _FAST_LOADER: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
 
 
 def parse_yaml(text: str, file: str) -> Document:
+    if len(text) > MAX_FILE_BYTES:  # characters: at least as many bytes
+        raise RulesError([too_large(file)])
     if _FAST_LOADER is not None:
         try:
             return _parse(_FAST_LOADER(text), file)
         except RulesError as exc:
             if not exc.issues or not exc.issues[0].message.startswith("invalid YAML"):
                 raise
-    return _parse(yaml.SafeLoader(text), file)
+            if "nesting depth" in exc.issues[0].message:
+                raise  # the other parser would only recurse that deep first
+            fast_error = exc
+        try:
+            return _parse(yaml.SafeLoader(text), file)
+        except RecursionError:
+            # The pure-Python composer recurses once per level of nesting; libyaml, which
+            # stops at 1,000 levels, has said what is wrong.
+            raise fast_error from None
+    try:
+        return _parse(yaml.SafeLoader(text), file)
+    except RecursionError:
+        raise RulesError([ConfigIssue(file, None, None, "", _TOO_DEEP)]) from None
+
+
+def too_large(file: str) -> ConfigIssue:
+    return ConfigIssue(
+        file, None, None, "", f"the file is larger than {MAX_FILE_BYTES >> 20} MiB: not read"
+    )
 
 
 def _parse(loader: yaml.SafeLoader, file: str) -> Document:
@@ -87,6 +107,7 @@ def _parse(loader: yaml.SafeLoader, file: str) -> Document:
         doc = Document(data=None, file=file)
         issues: list[ConfigIssue] = []
         if tree[0] is not None:
+            _check_expansion(tree[0], file)
             doc.data = _build(loader, tree[0], (), doc, issues)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -110,6 +131,78 @@ def _parse(loader: yaml.SafeLoader, file: str) -> Document:
     if issues:
         raise RulesError(issues)
     return doc
+
+
+# --- bounds ----------------------------------------------------------------------------
+#
+# A YAML alias (`*name`) stands for the whole value its anchor (`&name`) names, and aliases
+# may name values made of aliases: nine levels of nine copies ("billion laughs") is a few
+# hundred bytes that expand to 387 million values. The node tree the parser returns holds
+# each value once; it is measured (sizes of shared values computed once) before anything
+# is expanded, and a file that would expand beyond the bound is refused at once.
+
+MAX_FILE_BYTES: Final = 16 << 20
+"""A routes file larger than this is not read (10,000 routes take about 1.7 MB)."""
+MAX_ALIAS_VALUES: Final = 100_000
+"""Values aliases may add to a file, or as many as the file itself writes, if more."""
+MAX_DEPTH: Final = 100
+"""Levels of nesting (mappings in lists in mappings...)."""
+
+_TOO_DEEP = f"values are nested more than {MAX_DEPTH} levels deep"
+
+
+def _check_expansion(root: yaml.Node, file: str) -> None:
+    """Refuse a tree that nests too deeply, refers to itself, or expands (aliases
+    followed) beyond the bound. Linear in the nodes written, never in their expansion."""
+    sizes: dict[int, int] = {}  # id(node) -> values it expands to, itself included
+    finished: list[yaml.Node] = []  # post-order: each node after what it holds
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            finished.append(node)
+            continue
+        if key in sizes:
+            continue  # an alias of a value measured already
+        if key in on_path:
+            raise RulesError([_at(node, file, "an alias refers to the value that holds it")])
+        if depth > MAX_DEPTH:
+            raise RulesError([_at(node, file, _TOO_DEEP)])
+        on_path.add(key)
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in _children(node))
+    written = len(sizes)
+    limit = written + max(MAX_ALIAS_VALUES, written)
+    if sizes[id(root)] > limit:
+        # Point at the first (innermost) value that alone is too large.
+        node = next(n for n in finished if sizes[id(n)] > limit)
+        raise RulesError(
+            [
+                _at(
+                    node,
+                    file,
+                    f"aliases (*name) expand this value to {sizes[id(node)]:,} values; this"
+                    f" file may add at most {max(MAX_ALIAS_VALUES, written):,} through aliases",
+                )
+            ]
+        )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _at(node: yaml.Node, file: str, message: str) -> ConfigIssue:
+    mark = node.start_mark
+    return ConfigIssue(file, mark.line + 1, mark.column + 1, "", message)
 
 
 _STR = "tag:yaml.org,2002:str"

@@ -1,0 +1,45 @@
+"""Reloads of hostile or careless edits: an alias bomb is refused at once and the next
+edit goes live; the previous rules serve meanwhile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.ops.metrics import Metrics
+from app.ops.reload import RulesManager
+from app.rules import compile_rules
+from tests.rules.test_yaml_bounds import bomb
+
+RULES_A = "routes:\n  - name: a\n    reject: 486\n"
+RULES_B = "routes:\n  - name: b\n    reject: 603\n"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def version(text: str) -> str:
+    return compile_rules(text, "routes.yaml", region="US").version
+
+
+@pytest.mark.anyio
+async def test_an_alias_bomb_is_refused_and_the_next_edit_goes_live(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(RULES_A)
+    manager = RulesManager(routes, region="US", metrics=Metrics())
+    async with manager.running(watch=False, debounce_ms=50, sighup=False):
+        routes.write_text(bomb(6))
+        refused = await manager.reload("admin")
+        assert refused.result == "failure"
+        assert refused.errors == (
+            f"{routes}:7:7: aliases (*name) expand this value to 597,871 values; this file"
+            " may add at most 100,000 through aliases",
+        )
+        assert manager.current is not None and manager.current.version == version(RULES_A)
+        routes.write_text(RULES_B)
+        status = await manager.reload("admin")
+        assert status.result == "success"
+        assert manager.current.version == version(RULES_B)
