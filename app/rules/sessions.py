@@ -72,10 +72,42 @@ class CustomVoice(Strict):
 
 # --- Realtime: the body of POST /v1/realtime/calls/{call_id}/accept ------------------------
 
+# Known names, for editors and the SDK comparison; any other name is sent as written (the
+# API may know newer ones than this file).
+REALTIME_MODELS = Literal[
+    "gpt-realtime",
+    "gpt-realtime-1.5",
+    "gpt-realtime-2",
+    "gpt-realtime-2.1",
+    "gpt-realtime-2.1-mini",
+    "gpt-realtime-2025-08-28",
+    "gpt-4o-realtime-preview",
+    "gpt-4o-realtime-preview-2024-10-01",
+    "gpt-4o-realtime-preview-2024-12-17",
+    "gpt-4o-realtime-preview-2025-06-03",
+    "gpt-4o-mini-realtime-preview",
+    "gpt-4o-mini-realtime-preview-2024-12-17",
+    "gpt-realtime-mini",
+    "gpt-realtime-mini-2025-10-06",
+    "gpt-realtime-mini-2025-12-15",
+    "gpt-audio-1.5",
+    "gpt-audio-mini",
+    "gpt-audio-mini-2025-10-06",
+    "gpt-audio-mini-2025-12-15",
+]
+TRANSCRIPTION_MODELS = Literal[
+    "whisper-1",
+    "gpt-transcribe",
+    "gpt-live-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-mini-transcribe-2025-12-15",
+    "gpt-4o-transcribe",
+    "gpt-4o-transcribe-diarize",
+    "gpt-realtime-whisper",
+]
 REALTIME_VOICES = Literal[
     "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"
 ]
-"""Built-in voices; any other name is sent as written (the API may have newer ones)."""
 
 
 class PcmFormat(Strict):
@@ -112,7 +144,7 @@ class NoiseReduction(Strict):
 
 
 class Transcription(Strict):
-    model: str | None = None
+    model: TRANSCRIPTION_MODELS | str | None = None
     language: str | None = None
     languages: list[str] | None = None
     """Possible languages (ISO-639-1), for gpt-transcribe and gpt-live-transcribe."""
@@ -154,7 +186,7 @@ class AudioInput(Strict):
 
 class AudioOutput(Strict):
     format: AudioFormat | None = None
-    voice: str | CustomVoice | None = None
+    voice: REALTIME_VOICES | str | CustomVoice | None = None
     """A built-in voice (marin, cedar, ...) or a custom voice {id: voice_...}."""
     speed: float | None = Field(default=None, ge=0.25, le=1.5)
 
@@ -344,7 +376,7 @@ class SessionConfig(Strict):
 
     type: Literal["realtime"] | None = None
     """Optional: a session without `type` is a Realtime session."""
-    model: str | None = None
+    model: REALTIME_MODELS | str | None = None
     instructions: str | None = None
     audio: Audio | None = None
     tools: list[Tool] | None = None
@@ -375,7 +407,6 @@ RealtimeSession = SessionConfig
 # --- GPT-Live: the `session` of POST /v1/live/sessions/{session_id}/accept -----------------
 
 LIVE_MODELS = Literal["gpt-live-1", "gpt-live-1.1"]
-"""Known Live models; any other name is sent as written."""
 
 LIVE_VOICES = Literal[
     "alloy",
@@ -405,7 +436,7 @@ LIVE_VOICES = Literal[
 
 
 class LiveAudioOutput(Strict):
-    voice: str | CustomVoice | None = None
+    voice: LIVE_VOICES | str | CustomVoice | None = None
     """A built-in voice (marin by default) or {id: voice_...}; fixed once the call starts."""
 
 
@@ -425,7 +456,12 @@ class InputText(Strict):
 
 class AssistantText(Strict):
     text: str
-    type: Literal["text", "output_text"] | None = None
+    type: Literal["text"] | None = None
+
+
+class AssistantOutputText(Strict):
+    text: str
+    type: Literal["output_text"]
 
 
 class _Message(Strict):
@@ -446,7 +482,13 @@ class UserMessage(_Message):
 
 class AssistantMessage(_Message):
     role: Literal["assistant"]
-    content: list[AssistantText] = Field(min_length=1, max_length=1)
+    content: list[
+        Annotated[
+            Annotated[AssistantText, Tag("text")]
+            | Annotated[AssistantOutputText, Tag("output_text")],
+            Discriminator(lambda value: _type_of(value, "text")),
+        ]
+    ] = Field(min_length=1, max_length=1)
 
 
 InitialItem = Annotated[
@@ -776,7 +818,7 @@ class LiveFields(Strict):
     """The keys of a Live session, each optional: what an accept may override."""
 
     type: Literal["live"]
-    model: str | None = None
+    model: LIVE_MODELS | str | None = None
     """gpt-live-1, gpt-live-1.1, ..."""
     instructions: str | None = None
     """Frontend instructions (voice, conversation, when to delegate); may hold {placeholders}."""
@@ -805,7 +847,7 @@ class LiveFields(Strict):
 class LiveSession(LiveFields):
     """A GPT-Live session (`type: live`); the accept sends it as `{"session": {...}}`."""
 
-    model: str
+    model: LIVE_MODELS | str
     """gpt-live-1, gpt-live-1.1, ..."""
 
 
