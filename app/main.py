@@ -33,7 +33,8 @@ from app.router import CallRouter
 from app.rules import RuleSet
 from app.settings import Settings
 from app.sip.identity import IdentityPolicy
-from app.state.claims import CallStateStore, MemoryCallStateStore
+from app.state.build import State, build_state
+from app.state.claims import ClaimStore, StateUnavailable
 from app.state.livecalls import (
     LiveCallRegistry,
     MemoryLiveCalls,
@@ -41,6 +42,8 @@ from app.state.livecalls import (
     connect_redis,
     new_replica_id,
 )
+from app.state.ratelimit import RateLimits
+from app.state.redis import RedisConfigError
 
 logger = logging.getLogger("switchboard")
 
@@ -56,14 +59,17 @@ def create_app(
     *,
     rules: RuleSet | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    store: CallStateStore | None = None,
+    store: ClaimStore | None = None,
+    limits: RateLimits | None = None,
     call_log: CallLog | None = None,
     calls_control: CallsControl | None = None,
 ) -> FastAPI:
     """The app. `call_log`: where every call is recorded, by default the one
     SWITCHBOARD_CALLS_DB names; either way it is opened at start-up and closed last at
     shutdown when it has open()/close() (ManagedCallLog). `calls_control`: what the admin
-    API's hang-up and transfer use (tests inject one; else the in-call manager)."""
+    API's hang-up and transfer use (tests inject one; else the in-call manager).
+    `store`, `limits`: the exactly-once state, by default the one the settings name
+    (app.state.build); an injected store is opened and closed with the app too."""
     settings.check_can_serve()
     metrics = Metrics()
     if call_log is None:
@@ -134,11 +140,16 @@ def create_app(
             )
         if calls_control is None:
             calls_control = AnyReplicaControl(incall, registry)
+    state: State | None = build_state(settings) if store is None else None
+    if state is not None:
+        store = state.claims
+        limits = limits if limits is not None else state.limits
+    assert store is not None
+    claims: ClaimStore = store
     router = CallRouter(
         controller=controller,
-        store=store
-        if store is not None
-        else MemoryCallStateStore(horizon_seconds=settings.dedupe_horizon_seconds),
+        store=claims,
+        limiter=limits,
         metrics=metrics,
         policy=IdentityPolicy(
             default_region=settings.default_region,
@@ -157,6 +168,17 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Opened first and closed last: everything else may write to it until it stops.
         await open_call_log(call_log)
+        try:
+            # Redis unreachable: not ready (/readyz) until it answers. Refused (password,
+            # database) or an unusable SQLite file: the service does not start.
+            await claims.open()
+        except Exception as exc:
+            if isinstance(exc, RedisConfigError):
+                logger.error(
+                    "cannot use SWITCHBOARD_REDIS_URL: %s", exc, extra={"event": "state_refused"}
+                )
+            await close_call_log(call_log)
+            raise
         if settings.dry_run:
             logger.warning(
                 "OPENAI_API_KEY is not set: dry-run mode, calls are decided and logged "
@@ -188,6 +210,7 @@ def create_app(
                     await registry.close()
                 if client is not None:
                     await client.aclose()
+                await claims.close()
             finally:
                 await close_call_log(call_log)
 
@@ -253,6 +276,12 @@ def create_app(
         rules = manager.current
         if rules is None:
             return JSONResponse({"status": "not ready", "detail": "rules not loaded"}, 503)
+        try:
+            await claims.ping()
+        except StateUnavailable as exc:
+            return JSONResponse(
+                {"status": "not ready", "detail": f"state store unavailable: {exc}"}, 503
+            )
         return JSONResponse({"status": "ready", "rules_version": rules.version})
 
     @app.get("/metrics")
@@ -272,6 +301,8 @@ def create_app(
     app.state.rules = manager
     app.state.metrics = metrics
     app.state.call_log = call_log
+    app.state.claims = claims
+    app.state.shared = state
     return app
 
 

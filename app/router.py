@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -25,17 +24,22 @@ from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
 from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet, caller_key
 from app.rules.ruleset import CallFeatures
 from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
-from app.state.claims import Answer, CallStateStore
-from app.state.ratelimit import RateLimiter
+from app.state.claims import Answer, ClaimLost, ClaimStore, StateUnavailable, Ticket
+from app.state.ratelimit import RateLimiter, RateLimits
 
 logger = logging.getLogger("switchboard.call")
+
+# What a claim in phase `acting` keeps of its delivery, replayed if its process dies.
+_CONTEXT_FIELDS = frozenset(("route", "action", "rules_version"))
 
 # Time allowed to hang up a call whose transfer failed, even past the call's deadline.
 CLEANUP_SECONDS = 2.0
 PENDING = "pending"
 """A call's outcome in its record between the decision and the end of the action."""
-# Calls remembered as "a request may have taken effect" (OpenAI redelivers for 72 h at most).
-MAX_UNCERTAIN = 100_000
+UNCERTAIN_ERROR = (
+    "an earlier delivery of this call stopped (the process died) after a request may have "
+    "been sent: not sent again"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,20 +62,19 @@ class CallRouter:
         self,
         *,
         controller: CallController,
-        store: CallStateStore,
+        store: ClaimStore,
         metrics: Metrics,
         policy: IdentityPolicy,
         deadline_seconds: float,
         dry_run: bool,
         log_numbers: bool = False,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimits | None = None,
         call_log: CallLog | None = None,
         incall: InCallStarter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._call_log = call_log
         self._incall = incall
-        self._uncertain: OrderedDict[str, None] = OrderedDict()
         # Not `limiter or ...`: an empty RateLimiter has len() 0 and is falsy.
         self._limiter = limiter if limiter is not None else RateLimiter()
         self._controller = controller
@@ -85,7 +88,12 @@ class CallRouter:
 
     async def handle(self, call: IncomingCall, rules: RuleSet) -> Answer:
         received = self._clock()
-        claim = await self._store.claim((f"webhook:{call.webhook_id}", f"call:{call.call_id}"))
+        deadline = received + self._deadline_seconds
+        keys = (f"webhook:{call.webhook_id}", f"call:{call.call_id}")
+        try:
+            claim = await self._store.claim(keys, time.monotonic() + self._deadline_seconds)
+        except StateUnavailable as exc:
+            return self._unavailable(call, exc)
         if isinstance(claim, Answer):
             self._metrics.duplicates.inc()
             self._metrics.webhooks.labels("duplicate").inc()
@@ -100,22 +108,95 @@ class CallRouter:
             )
             return Answer(claim.status_code, {**claim.body, "duplicate": True})
         answer = Answer(503, {"call_id": call.call_id, "error": "internal error"})
-        remember = False
+        remember = uncertain = False
         try:
-            answer, remember = await self._route(call, rules, received)
+            if claim.orphan is not None:
+                answer, remember = self._orphaned(call, claim.orphan), True
+            else:
+                answer, remember, uncertain = await self._route(call, rules, claim, deadline)
+        except (StateUnavailable, ClaimLost) as exc:
+            # Nothing was sent: the claim could not be moved to `acting`.
+            answer = self._unavailable(call, exc)
         finally:
-            await self._store.finish(claim, answer, remember=remember)
+            try:
+                await self._store.finish(claim, answer, remember=remember, uncertain=uncertain)
+            except StateUnavailable as exc:
+                # The lease runs out; a redelivery finds the claim as this delivery left it.
+                logger.error(
+                    "answer not stored in the state store",
+                    extra={
+                        "event": "state_unavailable",
+                        "call_id": call.call_id,
+                        "error": str(exc),
+                    },
+                )
         return answer
 
+    def _unavailable(self, call: IncomingCall, exc: Exception) -> Answer:
+        """No claim, no action: 503, and OpenAI redelivers."""
+        self._metrics.webhooks.labels("retry").inc()
+        logger.warning(
+            "webhook not acted on: exactly-once state unavailable",
+            extra={"event": "state_unavailable", "call_id": call.call_id, "error": str(exc)},
+        )
+        return Answer(503, {"call_id": call.call_id, "error": f"state store unavailable: {exc}"})
+
+    def _orphaned(self, call: IncomingCall, context: Mapping[str, Any]) -> Answer:
+        """A delivery of this call was acting when its process died: its request may have
+        taken effect (the call may be answered), so nothing is sent again; 200, since a
+        redelivery could not know more."""
+        body: dict[str, Any] = {"call_id": call.call_id}
+        body.update((k, v) for k, v in context.items() if k in _CONTEXT_FIELDS)
+        body.update(outcome="uncertain", error=UNCERTAIN_ERROR)
+        route, action = str(body.get("route", "")), str(body.get("action", ""))
+        self._metrics.outcomes.labels(action, "uncertain").inc()
+        self._metrics.webhooks.labels("routed").inc()
+        logger.warning(
+            "call routed",
+            extra={
+                "event": "call",
+                "call_id": call.call_id,
+                "webhook_id": call.webhook_id,
+                "route": route,
+                "action": action,
+                "outcome": "uncertain",
+                "error": UNCERTAIN_ERROR,
+            },
+        )
+        if self._call_log is not None:
+            now = time.time()
+            result = {"outcome": "uncertain", "error": UNCERTAIN_ERROR}
+            self._call_log.started(
+                CallRecord(
+                    call_id=call.call_id,
+                    started_at=now,
+                    route=route,
+                    action=action,
+                    outcome="uncertain",
+                    status="ended",
+                    caller=None,
+                    called=None,
+                    rules_version=str(body.get("rules_version", "")),
+                    ended_at=now,
+                    end_reason="uncertain",
+                    events=(CallEvent(now, "uncertain", result),),
+                )
+            )
+        return Answer(200, body)
+
     async def _route(
-        self, call: IncomingCall, rules: RuleSet, received: float
-    ) -> tuple[Answer, bool]:
+        self, call: IncomingCall, rules: RuleSet, ticket: Ticket, deadline: float
+    ) -> tuple[Answer, bool, bool]:
+        """(answer, remember it, a request may have taken effect)."""
         started = time.perf_counter()
         identity = identify(
             Headers((h.name, h.value) for h in call.sip_headers), self._policy, call.media_security
         )
-        decision = self._limit(
-            rules.decide(identity, datetime.now(UTC), call.call_id), identity, call.call_id
+        decision = await self._limit(
+            rules.decide(identity, datetime.now(UTC), call.call_id),
+            identity,
+            call.call_id,
+            time.monotonic() + max(0.0, deadline - self._clock()),
         )
         decided = time.perf_counter()
         self._metrics.decision_latency.observe(decided - started)
@@ -123,22 +204,25 @@ class CallRouter:
         if decision.arm is not None:
             self._metrics.split_arms.labels(decision.route, decision.arm).inc()
 
-        numbers = self._numbers(identity)  # masked once, for the log line and the record
-        # Recorded before acting: a crash in the middle leaves the call in the log (still
-        # `active`, ended as unknown at the next start), not nothing.
-        self._record(call, decision, None, numbers)
-        outcome = await self._act(call.call_id, decision, received + self._deadline_seconds)
-        acted = time.perf_counter()
-        self._metrics.outcomes.labels(decision.action.kind, outcome.name).inc()
-        self._metrics.webhooks.labels("retry" if outcome.retryable else "routed").inc()
-
         body: dict[str, Any] = {
             "call_id": call.call_id,
             "route": decision.route,
             "action": decision.action.kind,
-            "outcome": outcome.name,
             "rules_version": decision.rules_version,
         }
+        numbers = self._numbers(identity)  # masked once, for the log line and the record
+        if not self._dry_run:
+            # Written before the first request: a crash from here on is "uncertain".
+            await self._store.acting(ticket, body)
+        # Recorded before acting: a crash in the middle leaves the call in the log (still
+        # `active`, ended as unknown at the next start), not nothing.
+        self._record(call, decision, None, numbers)
+        outcome = await self._act(call.call_id, decision, deadline, ticket)
+        acted = time.perf_counter()
+        self._metrics.outcomes.labels(decision.action.kind, outcome.name).inc()
+        self._metrics.webhooks.labels("retry" if outcome.retryable else "routed").inc()
+
+        body["outcome"] = outcome.name
         for key, value in (
             ("arm", decision.arm),
             ("note", decision.note),
@@ -148,7 +232,8 @@ class CallRouter:
                 body[key] = value
         self._log(call, identity, decision, outcome, numbers, decided - started, acted - decided)
         self._record(call, decision, outcome, numbers)
-        return Answer(503 if outcome.retryable else 200, body), not outcome.retryable
+        status = 503 if outcome.retryable else 200
+        return Answer(status, body), not outcome.retryable, outcome.uncertain
 
     def _record(
         self,
@@ -203,12 +288,14 @@ class CallRouter:
             mask(called.number_key or called.user, reveal=reveal) if called else None,
         )
 
-    def _limit(self, decision: Decision, identity: CallIdentity, call_id: str) -> Decision:
+    async def _limit(
+        self, decision: Decision, identity: CallIdentity, call_id: str, deadline: float
+    ) -> Decision:
         limit = decision.rate_limit
         if limit is None:
             return decision
         caller = caller_key(identity) or "anonymous"
-        if self._limiter.allow(decision.route, caller, limit, call_id):
+        if await self._limiter.allow(decision.route, caller, limit, call_id, deadline=deadline):
             return decision
         self._metrics.rate_limited.labels(decision.route).inc()
         # The caller did not get the split arm's action: do not count it as that arm.
@@ -216,18 +303,16 @@ class CallRouter:
             action=limit.over_limit, arm=None, fallback=None, note="rate limited"
         )
 
-    async def _act(self, call_id: str, decision: Decision, deadline: float) -> Outcome:
+    async def _act(
+        self, call_id: str, decision: Decision, deadline: float, ticket: Ticket
+    ) -> Outcome:
         if self._dry_run:
             return Outcome("dry_run")
         outcome = await self._perform(call_id, decision.action, deadline)
-        if outcome.uncertain:
-            self._uncertain[call_id] = None
-            while len(self._uncertain) > MAX_UNCERTAIN:
-                self._uncertain.popitem(last=False)
         fallback = decision.fallback
         if fallback is None or outcome.name not in ("failed", "upstream_error"):
             return outcome
-        if call_id in self._uncertain:
+        if outcome.uncertain or ticket.uncertain:
             # A request for this call timed out, in this delivery or an earlier one: the call
             # may be answered already, and a fallback could act on a live call.
             return outcome

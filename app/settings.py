@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     replica takes the call over."""
     live_heartbeat_seconds: float = Field(default=5.0, gt=0, le=600)
     """How often a replica renews its calls' leases and looks for calls to take over."""
+    # --- Exactly-once state ---------------------------------------------------
+    state_db: str | None = None
+    """SQLite file of the exactly-once claims and rate-limit counts, shared by every process
+    on this data directory. Default: `state.db` beside SWITCHBOARD_CALLS_DB (in memory when
+    the call log is). `:memory:` keeps them in this process only: a restart forgets them."""
+    state_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    """Timeout of one state-store command (always within the call's deadline too)."""
+    claim_lease_seconds: float = Field(default=5.0, ge=0.1, le=600)
+    """How long a claim outlives a process that stopped renewing it (a crash, kill -9):
+    renewed every third of it while the process lives."""
 
     # --- Logging ------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -155,6 +165,13 @@ class Settings(BaseSettings):
             raise ValueError(f"is not a valid URL: {exc}") from None
         return SecretStr(url)
 
+    @field_validator("state_db")
+    @classmethod
+    def _state_db(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # `SWITCHBOARD_STATE_DB=` means the default
+        return value.strip()
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -163,6 +180,12 @@ class Settings(BaseSettings):
         url = value.get_secret_value().strip()
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        from app.state.redis import RedisConfigError, parse_url
+
+        try:
+            parse_url(url)  # the host, the port and the database number
+        except RedisConfigError as exc:
+            raise ValueError(str(exc)) from None
         return SecretStr(url)
 
     @model_validator(mode="after")
@@ -173,6 +196,15 @@ class Settings(BaseSettings):
                 "SWITCHBOARD_LIVE_LEASE_SECONDS (a late heartbeat must not lose the calls)"
             )
         return self
+
+    @property
+    def state_path(self) -> str:
+        """SWITCHBOARD_STATE_DB, or `state.db` beside the call log (memory beside memory)."""
+        if self.state_db is not None:
+            return self.state_db
+        if self.calls_db == ":memory:":
+            return ":memory:"
+        return str(Path(self.calls_db).with_name("state.db"))
 
     @field_validator("default_region")
     @classmethod

@@ -37,7 +37,7 @@ from app.rules import (
     compile_rules,
 )
 from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
-from app.state.claims import MemoryCallStateStore
+from app.state.claims import MemoryClaimStore
 from app.state.ratelimit import RateLimiter
 
 FILE = "routes.yaml"
@@ -999,15 +999,15 @@ def test_rate_limiter(script: list[tuple[float, str, bool]]) -> None:
     start = clock.now
     for at, caller, allowed in script:
         clock.now = start + at
-        assert limiter.allow("route", caller, THREE_PER_MINUTE) is allowed, (at, caller)
+        assert limiter.allow_now("route", caller, THREE_PER_MINUTE) is allowed, (at, caller)
 
 
 def test_rate_limits_are_per_route() -> None:
     limiter = RateLimiter(clock=FakeClock())
     one = RateLimit(calls=1, per_seconds=60.0, over_limit=Reject(486))
-    assert limiter.allow("a", "x", one)
-    assert not limiter.allow("a", "x", one)
-    assert limiter.allow("b", "x", one)
+    assert limiter.allow_now("a", "x", one)
+    assert not limiter.allow_now("a", "x", one)
+    assert limiter.allow_now("b", "x", one)
 
 
 def test_rate_limiter_follows_a_changed_limit() -> None:
@@ -1016,11 +1016,11 @@ def test_rate_limiter_follows_a_changed_limit() -> None:
     five = RateLimit(calls=5, per_seconds=60.0, over_limit=Reject(486))
     one = RateLimit(calls=1, per_seconds=60.0, over_limit=Reject(486))
     for _ in range(3):
-        assert limiter.allow("r", "x", THREE_PER_MINUTE)
-    assert limiter.allow("r", "x", five)  # raised to 5: the 4th and 5th calls get in
-    assert limiter.allow("r", "x", five)
-    assert not limiter.allow("r", "x", five)
-    assert not limiter.allow("r", "x", one)  # lowered to 1: still over
+        assert limiter.allow_now("r", "x", THREE_PER_MINUTE)
+    assert limiter.allow_now("r", "x", five)  # raised to 5: the 4th and 5th calls get in
+    assert limiter.allow_now("r", "x", five)
+    assert not limiter.allow_now("r", "x", five)
+    assert not limiter.allow_now("r", "x", one)  # lowered to 1: still over
     assert len(limiter) == 1
 
 
@@ -1028,13 +1028,13 @@ def test_rate_limiter_forgets_the_longest_idle_caller_first() -> None:
     clock = FakeClock()
     limiter = RateLimiter(clock=clock, max_keys=2)
     one = RateLimit(calls=1, per_seconds=3600.0, over_limit=Reject(486))
-    assert limiter.allow("r", "a", one)
-    assert limiter.allow("r", "b", one)
-    assert not limiter.allow("r", "a", one)  # a is now the most recent
-    assert limiter.allow("r", "c", one)  # b is dropped
+    assert limiter.allow_now("r", "a", one)
+    assert limiter.allow_now("r", "b", one)
+    assert not limiter.allow_now("r", "a", one)  # a is now the most recent
+    assert limiter.allow_now("r", "c", one)  # b is dropped
     assert len(limiter) == 2
-    assert limiter.allow("r", "b", one)  # b starts afresh
-    assert not limiter.allow("r", "c", one)
+    assert limiter.allow_now("r", "b", one)  # b starts afresh
+    assert not limiter.allow_now("r", "c", one)
 
 
 @pytest.mark.parametrize(
@@ -1177,7 +1177,7 @@ class Harness:
         self.call_log = InMemoryCallLog()
         self.router = CallRouter(
             controller=self.controller,
-            store=MemoryCallStateStore(horizon_seconds=300, clock=self.clock),
+            store=MemoryClaimStore(horizon_seconds=300, clock=self.clock),
             metrics=self.metrics,
             policy=IdentityPolicy(
                 default_region="US",

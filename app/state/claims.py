@@ -1,25 +1,47 @@
-"""Exactly-once handling of webhook deliveries.
+"""Exactly-once handling of webhook deliveries: the `ClaimStore` seam.
 
-OpenAI may deliver the same event twice, concurrently, or again after a failure. Each
-delivery claims its keys (the webhook id and the call id) before acting:
+OpenAI may deliver the same event twice, concurrently, after a failure, or to another
+replica, for up to 72 hours. Each delivery claims its keys (the webhook id and the call id)
+before it decides anything, and the claim goes through three phases, each written to the
+store before the step it guards:
 
-- nobody holds them: the caller gets a Ticket, acts, and finishes the ticket;
-- a finished, successful delivery holds them: its answer is returned, nothing is redone;
-- a delivery is in flight: wait for it and return its answer.
+    claimed  - nothing has been sent for this call yet;
+    acting   - a call-control request may have been sent (written before the first one);
+    done     - the answer is kept for the horizon and replayed to every later delivery.
 
-A delivery that failed in a retryable way is forgotten, so a redelivery tries again.
-`CallStateStore` is the interface; `MemoryCallStateStore` serves one process, and a store
-shared by replicas can implement the same two methods.
+What a delivery gets from `claim(keys, deadline)`:
+
+- a `Ticket` when nobody holds the keys: it decides, calls `acting()` before its first
+  request, and `finish()` with its answer;
+- the kept `Answer` when a finished delivery holds them;
+- the answer of a delivery in flight, waited for (bounded by the deadline); `IN_PROGRESS`
+  (503, OpenAI redelivers) when it does not come in time.
+
+A claim lives on a lease that its process renews while it lives. A claim whose process died
+(a crash, kill -9, a replica lost) is taken over by the next delivery once the lease has
+run out: in phase `claimed` the taker acts (nothing was sent); in phase `acting` the ticket
+carries `orphan` (what the dead owner was doing) and the router does not act again: the
+request may have taken effect (docs/webhooks.md, "Exactly once").
+
+A delivery whose request timed out (`finish(..., uncertain=True)`) marks its keys for the
+horizon: a later delivery's ticket says `uncertain`, and no fallback follows.
+
+Implementations: `MemoryClaimStore` (one process: tests, development), the SQLite one
+(app.state.sqlite, the default: every process on one data directory) and the Redis one
+(app.state.redisstore: every replica).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol
+
+Phase = Literal["claimed", "acting", "done"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,70 +57,194 @@ class Ticket:
     """Proof that this delivery owns its keys until it finishes."""
 
     keys: tuple[str, ...]
-    result: asyncio.Future[Answer] = field(repr=False)
+    claim_id: str
+    uncertain: bool = False
+    """An earlier delivery of these keys sent a request that may have taken effect."""
+    orphan: Mapping[str, Any] | None = None
+    """Taken over from a process that died in phase `acting`: the context it stored
+    (route, action...). A request of that process may have taken effect."""
+    result: asyncio.Future[Answer] | None = field(default=None, repr=False)
+    """Completed by finish(): how waiters in the same process learn the answer."""
 
 
-class CallStateStore(Protocol):
-    async def claim(self, keys: tuple[str, ...]) -> Ticket | Answer: ...
+class StateUnavailable(Exception):
+    """The store did not answer in time (Redis down, a database locked too long). Nothing
+    may be acted on without a claim: the webhook is answered 503 and redelivered."""
 
-    async def finish(self, ticket: Ticket, answer: Answer, *, remember: bool) -> None:
-        """Publish the answer; keep it for the horizon if `remember`, else forget the keys."""
+
+class ClaimLost(Exception):
+    """The claim was taken over (this process stalled past its lease): do not act."""
+
+
+class ClaimStore(Protocol):
+    async def open(self) -> None:
+        """Connect, create what is missing, start renewing leases."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StateUnavailable when the store cannot take claims now (for /readyz)."""
+        ...
+
+    async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
+        """`deadline` on time.monotonic(): how long a duplicate may wait for its answer."""
+        ...
+
+    async def acting(self, ticket: Ticket, context: Mapping[str, Any]) -> None:
+        """Record, before the first request is sent, that one may be; ClaimLost if the
+        ticket no longer holds its keys."""
+        ...
+
+    async def finish(
+        self, ticket: Ticket, answer: Answer, *, remember: bool, uncertain: bool = False
+    ) -> None:
+        """Keep the answer for the horizon if `remember`, else free the keys (a redelivery
+        acts again). `uncertain`: a request may have taken effect; marks the keys."""
         ...
 
 
-IN_PROGRESS = Answer(503, {"error": "an earlier delivery of this call is still in progress"})
+IN_PROGRESS: Final = Answer(503, {"error": "an earlier delivery of this call is still in progress"})
+UNAVAILABLE: Final = Answer(503, {"error": "the exactly-once state store is unavailable"})
+
+MIN_POLL: Final = 0.005
+MAX_POLL: Final = 0.2
 
 
-class MemoryCallStateStore:
+def new_owner_id() -> str:
+    """This process, for the claims it holds (unique across restarts and hosts)."""
+    return uuid.uuid4().hex
+
+
+def new_claim_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def poll_until(
+    attempt: Callable[[], Any], deadline: float, *, clock: Callable[[], float] = time.monotonic
+) -> Any:
+    """Call `attempt()` (a coroutine function) until it returns non-None, backing off from
+    5 ms to 200 ms, until `deadline`; None when it passes. The first attempt's
+    StateUnavailable is raised; a later one (the deadline ran out while asking) is None."""
+    pause = MIN_POLL
+    first = True
+    while True:
+        try:
+            result = await attempt()
+        except StateUnavailable:
+            if first:
+                raise
+            return None
+        first = False
+        if result is not None:
+            return result
+        remaining = deadline - clock()
+        if remaining <= 0:
+            return None
+        await asyncio.sleep(min(pause, remaining))
+        pause = min(pause * 2, MAX_POLL)
+
+
+async def wait_for_answer(
+    result: asyncio.Future[Answer], deadline: float, clock: Callable[[], float]
+) -> Answer:
+    """Wait for a delivery of this process to finish; IN_PROGRESS at the deadline."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(result), max(0.0, deadline - clock()))
+    except TimeoutError:
+        return IN_PROGRESS
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    claim_id: str
+    phase: Phase
+    result: asyncio.Future[Answer]
+    context: Mapping[str, Any] | None = None
+
+
+class MemoryClaimStore:
+    """Claims in this process's memory: one process, lost at exit (tests, development).
+
+    A process cannot outlive its own memory, so no claim here is ever orphaned."""
+
     def __init__(
         self,
         *,
         horizon_seconds: float,
-        wait_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._horizon = horizon_seconds
-        self._wait_timeout = wait_timeout
         self._clock = clock
-        self._entries: dict[str, asyncio.Future[Answer]] = {}
-        self._expiry: deque[tuple[float, str, asyncio.Future[Answer]]] = deque()
+        self._entries: dict[str, _Entry] = {}
+        self._marks: dict[str, float] = {}
+        # Expiry order is insertion order: every entry lives for the same horizon.
+        self._expiry: deque[tuple[float, str, object]] = deque()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def claim(self, keys: tuple[str, ...]) -> Ticket | Answer:
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        pass
+
+    async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
         self._sweep()
         # No await between looking and claiming: on one event loop this is atomic.
         for key in keys:
             existing = self._entries.get(key)
             if existing is None:
                 continue
-            if existing.done():
-                return existing.result()
-            try:
-                return await asyncio.wait_for(asyncio.shield(existing), self._wait_timeout)
-            except TimeoutError:
-                return IN_PROGRESS
+            if existing.result.done():
+                return existing.result.result()
+            return await wait_for_answer(existing.result, deadline, time.monotonic)
         result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        entry = _Entry(new_claim_id(), "claimed", result)
         for key in keys:
-            self._entries[key] = result
-        return Ticket(keys, result)
+            self._entries[key] = entry
+        uncertain = any(key in self._marks for key in keys)
+        return Ticket(keys, entry.claim_id, uncertain=uncertain, result=result)
 
-    async def finish(self, ticket: Ticket, answer: Answer, *, remember: bool) -> None:
-        if remember:
-            expires = self._clock() + self._horizon
-            for key in ticket.keys:
-                self._expiry.append((expires, key, ticket.result))
-        else:
-            for key in ticket.keys:
-                if self._entries.get(key) is ticket.result:
-                    del self._entries[key]
-        if not ticket.result.done():
+    async def acting(self, ticket: Ticket, context: Mapping[str, Any]) -> None:
+        entries = [self._entries.get(key) for key in ticket.keys]
+        for key, entry in zip(ticket.keys, entries, strict=True):
+            if entry is None or entry.claim_id != ticket.claim_id or entry.phase != "claimed":
+                raise ClaimLost(f"claim on {key} is no longer held")
+        for entry in entries:
+            assert entry is not None
+            entry.phase = "acting"
+            entry.context = dict(context)
+
+    async def finish(
+        self, ticket: Ticket, answer: Answer, *, remember: bool, uncertain: bool = False
+    ) -> None:
+        expires = self._clock() + self._horizon
+        for key in ticket.keys:
+            entry = self._entries.get(key)
+            if entry is None or entry.claim_id != ticket.claim_id:
+                continue
+            if remember:
+                entry.phase = "done"
+                self._expiry.append((expires, key, entry))
+            else:
+                del self._entries[key]
+            if uncertain:
+                self._marks[key] = expires
+                self._expiry.append((expires, key, expires))
+        if ticket.result is not None and not ticket.result.done():
             ticket.result.set_result(answer)
 
     def _sweep(self) -> None:
         now = self._clock()
         while self._expiry and self._expiry[0][0] <= now:
-            _, key, result = self._expiry.popleft()
-            if self._entries.get(key) is result:
-                del self._entries[key]
+            _, key, what = self._expiry.popleft()
+            if isinstance(what, _Entry):
+                if self._entries.get(key) is what:
+                    del self._entries[key]
+            elif self._marks.get(key) == what:
+                del self._marks[key]

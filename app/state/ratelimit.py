@@ -1,7 +1,14 @@
 """Per-route, per-caller call limits (N calls per window), for robocall floods.
 
 Counts every call that reaches the route, including refused ones, so a flood stays
-refused while it goes on. State is in-process and survives rule reloads by route name.
+refused while it goes on: a call is over the limit when the caller's last `calls` calls
+to the route all came within `per`. A call counts once: a redelivery of the same call
+(after a 503) gets the verdict its first delivery got.
+
+`RateLimits` is the seam. `RateLimiter` counts in this process's memory (bounded: the
+longest-idle callers are forgotten first); the SQLite and Redis stores count in the state
+every process or replica shares (app.state.sqlite, app.state.redisstore), with the same
+rule. Counts are kept by route name, so they survive rule reloads.
 """
 
 from __future__ import annotations
@@ -9,13 +16,31 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Protocol
 
 from app.rules import RateLimit
 
 MAX_KEYS = 200_000
 
 
+class RateLimits(Protocol):
+    async def allow(
+        self,
+        route: str,
+        caller: str,
+        limit: RateLimit,
+        call_id: str = "",
+        *,
+        deadline: float | None = None,
+    ) -> bool:
+        """Count this call and say whether it is within the limit (StateUnavailable when
+        a shared store cannot say by `deadline`, on time.monotonic())."""
+        ...
+
+
 class RateLimiter:
+    """Counts in this process's memory."""
+
     def __init__(
         self, *, clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS
     ) -> None:
@@ -27,9 +52,18 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._hits)
 
-    def allow(self, route: str, caller: str, limit: RateLimit, call_id: str = "") -> bool:
-        """Count this call and say whether it is within the limit. A redelivery of the same
-        call (after a 503) gets the answer its first delivery got, and is not counted again."""
+    async def allow(
+        self,
+        route: str,
+        caller: str,
+        limit: RateLimit,
+        call_id: str = "",
+        *,
+        deadline: float | None = None,
+    ) -> bool:
+        return self.allow_now(route, caller, limit, call_id)
+
+    def allow_now(self, route: str, caller: str, limit: RateLimit, call_id: str = "") -> bool:
         if call_id:
             earlier = self._calls.get(call_id)
             if earlier is not None:

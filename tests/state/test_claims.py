@@ -1,21 +1,43 @@
-"""Table-driven tests for app.state.claims: exactly-once claims on webhook and call keys.
+"""The ClaimStore contract, one suite over every implementation: memory, SQLite, Redis.
 
-Expiry runs on an injected fake clock. Concurrency is made deterministic by holding the
-owning delivery on an asyncio.Event until the test has seen every other claim waiting.
+Memory is one process; SQLite and Redis are shared, so the suite also runs "another
+process" (a second store on the same file or server) and "a dead process" (a store that
+stops renewing its leases without finishing: what kill -9 leaves behind). Redis is a real
+throwaway redis-server (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from app.state.claims import IN_PROGRESS, Answer, MemoryCallStateStore, Ticket
+from app.state.claims import (
+    IN_PROGRESS,
+    Answer,
+    ClaimLost,
+    ClaimStore,
+    MemoryClaimStore,
+    StateUnavailable,
+    Ticket,
+)
+from app.state.redis import connect
+from app.state.redisstore import RedisClaimStore, RedisState
+from app.state.sqlite import SqliteClaimStore, SqliteState
+from tests.redis_server import RedisServer
 
 HORIZON = 60.0
+LEASE = 0.3
 KEYS = ("webhook:wh_1", "call:rtc_1")
 ROUTED = Answer(200, {"call_id": "rtc_1", "route": "support", "outcome": "accepted"})
 RETRY = Answer(503, {"call_id": "rtc_1", "outcome": "upstream_error"})
+CONTEXT = {"call_id": "rtc_1", "route": "support", "action": "accept", "rules_version": "v1"}
+
+Factory = Callable[..., Awaitable[ClaimStore]]
 
 
 @pytest.fixture
@@ -23,29 +45,64 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+def soon(seconds: float = 2.0) -> float:
+    return time.monotonic() + seconds
 
 
-def make_store(
-    clock: FakeClock | None = None, *, wait_timeout: float = 30.0
-) -> MemoryCallStateStore:
-    return MemoryCallStateStore(
-        horizon_seconds=HORIZON, wait_timeout=wait_timeout, clock=clock or FakeClock()
-    )
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Factory]:
+    """A factory of stores on one backend: each call is another process on it."""
+    opened: list[ClaimStore] = []
+    kind = request.param
+    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    shared_memory: list[MemoryClaimStore] = []
+
+    async def make(*, horizon: float = HORIZON, lease: float = LEASE) -> ClaimStore:
+        store: ClaimStore
+        if kind == "memory":
+            if not shared_memory:
+                shared_memory.append(MemoryClaimStore(horizon_seconds=horizon))
+            store = shared_memory[0]  # one process: "another" is the same memory
+        elif kind == "sqlite":
+            store = SqliteClaimStore(
+                SqliteState(tmp_path / "state.db", horizon_seconds=horizon, lease_seconds=lease)
+            )
+        else:
+            store = RedisClaimStore(
+                RedisState(connect(url), horizon_seconds=horizon, lease_seconds=lease)
+            )
+        await store.open()
+        opened.append(store)
+        return store
+
+    make.kind = kind  # type: ignore[attr-defined]
+    yield make
+    for store in opened:
+        await store.close()
 
 
-async def settle() -> None:
-    """Let every ready task run up to its next suspension point."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+def shared(stores: Factory) -> bool:
+    return getattr(stores, "kind", "") != "memory"
 
 
-# Redeliveries: what a duplicate shares with the first delivery.
+async def crash(store: ClaimStore) -> None:
+    """Stop renewing leases, release nothing: the process is gone."""
+    if isinstance(store, SqliteClaimStore):
+        await asyncio.to_thread(store.state.stop)
+    elif isinstance(store, RedisClaimStore):
+        task = store.state._renewer
+        assert task is not None
+        task.cancel()
+    else:
+        raise AssertionError("a memory store cannot outlive its process")
+
+
+async def ticket(store: ClaimStore, keys: tuple[str, ...] = KEYS) -> Ticket:
+    got = await store.claim(keys, soon())
+    assert isinstance(got, Ticket), got
+    return got
+
+
 DUPLICATES = [
     pytest.param(KEYS, id="same-webhook-and-call"),
     pytest.param(("webhook:wh_1", "call:rtc_other"), id="same-webhook"),
@@ -55,204 +112,280 @@ DUPLICATES = [
 
 
 @pytest.mark.anyio
-async def test_first_claim_gets_a_ticket() -> None:
-    store = make_store()
-    ticket = await store.claim(KEYS)
-    assert isinstance(ticket, Ticket)
-    assert ticket.keys == KEYS
-    assert len(store) == 2
+async def test_first_claim_gets_a_ticket(stores: Factory) -> None:
+    store = await stores()
+    got = await ticket(store)
+    assert got.keys == KEYS
+    assert not got.uncertain
+    assert got.orphan is None
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("keys", DUPLICATES)
-async def test_remembered_answer_is_returned_to_duplicates(keys: tuple[str, ...]) -> None:
-    store = make_store()
-    ticket = await store.claim(KEYS)
-    assert isinstance(ticket, Ticket)
-    await store.finish(ticket, ROUTED, remember=True)
-
-    assert await store.claim(keys) == ROUTED
-    assert await store.claim(keys) == ROUTED  # and again: nothing is consumed
+async def test_a_kept_answer_is_replayed(stores: Factory, keys: tuple[str, ...]) -> None:
+    store = await stores()
+    first = await ticket(store)
+    await store.acting(first, CONTEXT)
+    await store.finish(first, ROUTED, remember=True)
+    assert await store.claim(keys, soon()) == ROUTED
+    assert await store.claim(keys, soon()) == ROUTED  # nothing is consumed
+    other = await stores()  # another process sees it too
+    assert await other.claim(keys, soon()) == ROUTED
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("keys", DUPLICATES)
-async def test_forgotten_keys_are_free_again(keys: tuple[str, ...]) -> None:
-    store = make_store()
-    ticket = await store.claim(KEYS)
-    assert isinstance(ticket, Ticket)
-    await store.finish(ticket, RETRY, remember=False)
-    assert len(store) == 0
-
-    again = await store.claim(keys)
-    assert isinstance(again, Ticket)
-    assert again is not ticket
+async def test_forgotten_keys_are_free_again(stores: Factory, keys: tuple[str, ...]) -> None:
+    store = await stores()
+    first = await ticket(store)
+    await store.finish(first, RETRY, remember=False)
+    again = await ticket(await stores(), keys)
+    assert again.claim_id != first.claim_id
+    assert not again.uncertain
 
 
 @pytest.mark.anyio
-async def test_unrelated_keys_are_independent() -> None:
-    store = make_store()
-    first = await store.claim(KEYS)
-    assert isinstance(first, Ticket)
-    other = await store.claim(("webhook:wh_9", "call:rtc_9"))
-    assert isinstance(other, Ticket)
+async def test_an_uncertain_request_marks_the_keys(stores: Factory) -> None:
+    store = await stores()
+    first = await ticket(store)
+    await store.acting(first, CONTEXT)
+    await store.finish(first, RETRY, remember=False, uncertain=True)
+    again = await ticket(await stores(), ("webhook:wh_2", "call:rtc_1"))
+    assert again.uncertain
+    await store.finish(again, ROUTED, remember=True)
+    assert (await ticket(store, ("call:rtc_2",))).uncertain is False
+
+
+@pytest.mark.anyio
+async def test_unrelated_keys_are_independent(stores: Factory) -> None:
+    store = await stores()
+    first = await ticket(store)
+    other = await ticket(store, ("webhook:wh_9", "call:rtc_9"))
     await store.finish(first, ROUTED, remember=True)
     await store.finish(other, RETRY, remember=True)
-    assert await store.claim(("call:rtc_1",)) == ROUTED
-    assert await store.claim(("call:rtc_9",)) == RETRY
-
-
-@pytest.mark.anyio
-async def test_retry_after_forgetting_can_be_remembered() -> None:
-    store = make_store()
-    first = await store.claim(KEYS)
-    assert isinstance(first, Ticket)
-    await store.finish(first, RETRY, remember=False)
-    second = await store.claim(KEYS)
-    assert isinstance(second, Ticket)
-    await store.finish(second, ROUTED, remember=True)
-    assert await store.claim(KEYS) == ROUTED
+    assert await store.claim(("call:rtc_1",), soon()) == ROUTED
+    assert await store.claim(("call:rtc_9",), soon()) == RETRY
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("answer", "remember"),
-    [
-        pytest.param(ROUTED, True, id="remembered"),
-        pytest.param(RETRY, False, id="forgotten"),
-    ],
+    [pytest.param(ROUTED, True, id="remembered"), pytest.param(RETRY, False, id="forgotten")],
 )
-async def test_concurrent_claims_wait_for_the_first(answer: Answer, remember: bool) -> None:
-    store = make_store()
+async def test_concurrent_claims_in_one_process_wait_for_the_first(
+    stores: Factory, answer: Answer, remember: bool
+) -> None:
+    store = await stores()
     release = asyncio.Event()
 
     async def deliver() -> Ticket | Answer:
-        got = await store.claim(KEYS)
+        got = await store.claim(KEYS, soon(5))
         if isinstance(got, Ticket):
             await release.wait()
             await store.finish(got, answer, remember=remember)
         return got
 
-    tasks = [asyncio.create_task(deliver()) for _ in range(20)]
-    await settle()
+    tasks = [asyncio.create_task(deliver()) for _ in range(10)]
+    await asyncio.sleep(0.1)
     assert not any(task.done() for task in tasks)  # the owner holds, everyone else waits
-
     release.set()
     results = await asyncio.gather(*tasks)
-
-    tickets = [r for r in results if isinstance(r, Ticket)]
-    assert len(tickets) == 1
-    assert [r for r in results if not isinstance(r, Ticket)] == [answer] * 19
-    after = await store.claim(KEYS)
-    assert isinstance(after, Ticket) is not remember
+    assert len([r for r in results if isinstance(r, Ticket)]) == 1
+    assert [r for r in results if not isinstance(r, Ticket)] == [answer] * 9
 
 
 @pytest.mark.anyio
-async def test_waiter_on_another_key_of_the_same_call_gets_the_answer() -> None:
-    store = make_store()
-    owner = await store.claim(KEYS)
-    assert isinstance(owner, Ticket)
-    waiter = asyncio.create_task(store.claim(("webhook:wh_2", "call:rtc_1")))
-    await settle()
-    assert not waiter.done()
-    await store.finish(owner, ROUTED, remember=True)
-    assert await waiter == ROUTED
+async def test_concurrent_claims_in_other_processes_wait_for_the_first(stores: Factory) -> None:
+    if not shared(stores):
+        pytest.skip("memory is one process")
+    processes = [await stores() for _ in range(4)]
+    release = asyncio.Event()
+
+    async def deliver(store: ClaimStore) -> Ticket | Answer:
+        got = await store.claim(KEYS, soon(5))
+        if isinstance(got, Ticket):
+            await release.wait()
+            await store.finish(got, ROUTED, remember=True)
+        return got
+
+    tasks = [asyncio.create_task(deliver(s)) for s in processes for _ in range(3)]
+    await asyncio.sleep(0.2)
+    assert sum(task.done() for task in tasks) == 0
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert len([r for r in results if isinstance(r, Ticket)]) == 1
+    assert [r for r in results if not isinstance(r, Ticket)] == [ROUTED] * 11
 
 
 @pytest.mark.anyio
-async def test_waiter_that_waits_too_long_gets_in_progress() -> None:
-    store = make_store(wait_timeout=0.01)
-    owner = await store.claim(KEYS)
-    assert isinstance(owner, Ticket)
-
-    assert await store.claim(KEYS) == IN_PROGRESS
+async def test_a_duplicate_that_waits_past_its_deadline_gets_in_progress(stores: Factory) -> None:
+    store = await stores()
+    owner = await ticket(store)
+    for waiter in (store, await stores()):
+        assert await waiter.claim(KEYS, soon(0.05)) == IN_PROGRESS
     assert IN_PROGRESS.status_code == 503
-
-    # The owner was not disturbed: it still finishes, and later duplicates see its answer.
-    assert not owner.result.done()
+    # The owner was not disturbed: it finishes, and later duplicates get its answer.
+    await store.acting(owner, CONTEXT)
     await store.finish(owner, ROUTED, remember=True)
-    assert await store.claim(KEYS) == ROUTED
+    assert await store.claim(KEYS, soon()) == ROUTED
 
 
 @pytest.mark.anyio
-async def test_cancelled_waiter_does_not_cancel_the_owner() -> None:
-    store = make_store()
-    owner = await store.claim(KEYS)
-    assert isinstance(owner, Ticket)
-    waiter = asyncio.create_task(store.claim(KEYS))
-    await settle()
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert not owner.result.cancelled()
+async def test_a_live_owner_keeps_its_claim_past_the_lease(stores: Factory) -> None:
+    """Leases are renewed while the process lives: a slow call is not taken over."""
+    store = await stores()
+    owner = await ticket(store)
+    await store.acting(owner, CONTEXT)
+    await asyncio.sleep(LEASE * 2.5)
+    assert await (await stores()).claim(KEYS, soon(0.05)) == IN_PROGRESS
     await store.finish(owner, ROUTED, remember=True)
-    assert await store.claim(KEYS) == ROUTED
+    assert await store.claim(KEYS, soon()) == ROUTED
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    ("elapsed", "remembered"),
-    [
-        pytest.param(0.0, True, id="at-once"),
-        pytest.param(HORIZON - 0.001, True, id="just-before-horizon"),
-        pytest.param(HORIZON, False, id="at-horizon"),
-        pytest.param(HORIZON * 100, False, id="long-after"),
-    ],
-)
-async def test_remembered_answers_expire_after_the_horizon(
-    elapsed: float, remembered: bool
-) -> None:
-    clock = FakeClock()
-    store = make_store(clock)
-    ticket = await store.claim(KEYS)
-    assert isinstance(ticket, Ticket)
-    await store.finish(ticket, ROUTED, remember=True)
-
-    clock.now += elapsed
-    got = await store.claim(KEYS)
-    assert (got == ROUTED) is remembered
-    assert isinstance(got, Ticket) is not remembered
+async def test_a_dead_owner_that_sent_nothing_is_taken_over(stores: Factory) -> None:
+    if not shared(stores):
+        pytest.skip("memory is one process")
+    dead = await stores()
+    first = await ticket(dead)
+    await crash(dead)
+    taker = await stores()
+    # Waits for the lease to run out (within its deadline), then acts: nothing was sent.
+    second = await ticket(taker)
+    assert second.orphan is None
+    await taker.acting(second, CONTEXT)
+    await taker.finish(second, ROUTED, remember=True)
+    assert await taker.claim(KEYS, soon()) == ROUTED
+    assert first.claim_id != second.claim_id
 
 
 @pytest.mark.anyio
-async def test_horizon_counts_from_finish_not_claim() -> None:
-    clock = FakeClock()
-    store = make_store(clock)
-    ticket = await store.claim(KEYS)
-    assert isinstance(ticket, Ticket)
-    clock.now += 50
-    await store.finish(ticket, ROUTED, remember=True)
-
-    clock.now += HORIZON - 1  # 109 s after the claim, 59 s after the finish
-    assert await store.claim(KEYS) == ROUTED
-    clock.now += 1
-    assert isinstance(await store.claim(KEYS), Ticket)
-
-
-@pytest.mark.anyio
-async def test_in_flight_claims_never_expire() -> None:
-    clock = FakeClock()
-    store = make_store(clock, wait_timeout=0.01)
-    owner = await store.claim(KEYS)
-    assert isinstance(owner, Ticket)
-    clock.now += HORIZON * 10
-    assert await store.claim(KEYS) == IN_PROGRESS
+async def test_a_dead_owner_that_was_acting_is_inherited_as_uncertain(stores: Factory) -> None:
+    if not shared(stores):
+        pytest.skip("memory is one process")
+    dead = await stores()
+    first = await ticket(dead)
+    await dead.acting(first, CONTEXT)
+    await crash(dead)
+    taker = await stores()
+    assert await taker.claim(KEYS, soon(0.05)) == IN_PROGRESS  # the lease still runs
+    second = await ticket(taker, ("webhook:wh_2", "call:rtc_1"))
+    assert second.orphan == CONTEXT
+    # Whoever inherits it and dies too passes it on as it is: never as "nothing sent".
+    await crash(taker)
+    third = await ticket(await stores(), ("webhook:wh_3", "call:rtc_1"))
+    assert third.orphan == CONTEXT
+    uncertain = Answer(200, {**CONTEXT, "outcome": "uncertain"})
+    last = await stores()
+    await last.finish(third, uncertain, remember=True)
+    assert await last.claim(KEYS, soon()) == uncertain
 
 
 @pytest.mark.anyio
-async def test_expiry_removes_entries_and_spares_newer_ones() -> None:
-    clock = FakeClock()
-    store = make_store(clock)
-    old = await store.claim(("webhook:wh_old", "call:rtc_old"))
-    assert isinstance(old, Ticket)
-    await store.finish(old, ROUTED, remember=True)
-    clock.now += HORIZON / 2
-    new = await store.claim(KEYS)
-    assert isinstance(new, Ticket)
-    await store.finish(new, RETRY, remember=True)
-    assert len(store) == 4
+async def test_a_stalled_owner_whose_claim_was_taken_cannot_act(stores: Factory) -> None:
+    if not shared(stores):
+        pytest.skip("memory is one process")
+    stalled = await stores()
+    first = await ticket(stalled)
+    await crash(stalled)  # stops renewing (a stall past the lease looks the same)
+    taker = await stores()
+    second = await ticket(taker)
+    assert second.orphan is None
+    with pytest.raises((ClaimLost, StateUnavailable)):
+        await stalled.acting(first, CONTEXT)
+    if isinstance(stalled, RedisClaimStore):
+        # The same client still works: the stalled process is refused by the fence.
+        with pytest.raises(ClaimLost):
+            await stalled.acting(first, CONTEXT)
+    await taker.acting(second, CONTEXT)
 
-    clock.now += HORIZON / 2  # the old entry's horizon, not the new one's
-    assert await store.claim(KEYS) == RETRY
-    assert len(store) == 2
-    assert isinstance(await store.claim(("call:rtc_old",)), Ticket)
+
+@pytest.mark.anyio
+async def test_answers_expire_with_the_horizon(stores: Factory) -> None:
+    store = await stores(horizon=0.3)
+    first = await ticket(store)
+    await store.finish(first, ROUTED, remember=True, uncertain=True)
+    assert await store.claim(KEYS, soon()) == ROUTED
+    await asyncio.sleep(0.4)
+    again = await ticket(store)
+    assert not again.uncertain
+
+
+@pytest.mark.anyio
+async def test_the_sqlite_state_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = SqliteClaimStore(SqliteState(path, horizon_seconds=HORIZON))
+    await first.open()
+    owner = await ticket(first)
+    await first.finish(owner, ROUTED, remember=True)
+    await first.close()
+    restarted = SqliteClaimStore(SqliteState(path, horizon_seconds=HORIZON))
+    await restarted.open()
+    try:
+        assert await restarted.claim(KEYS, soon()) == ROUTED
+    finally:
+        await restarted.close()
+
+
+@pytest.mark.anyio
+async def test_sqlite_deletes_what_expired(tmp_path: Path) -> None:
+    now = [1_000.0]
+    state = SqliteState(
+        tmp_path / "state.db",
+        horizon_seconds=10,
+        clock=lambda: now[0],
+        sweep_interval=0.05,
+    )
+    store = SqliteClaimStore(state)
+    await store.open()
+    try:
+        for n in range(50):
+            got = await ticket(store, (f"webhook:wh_{n}", f"call:rtc_{n}"))
+            await store.finish(got, ROUTED, remember=True, uncertain=True)
+        now[0] += 11
+        await asyncio.sleep(0.2)
+
+        def count(conn: Any) -> int:
+            return int(
+                conn.execute(
+                    "SELECT (SELECT count(*) FROM claims) + (SELECT count(*) FROM marks)"
+                ).fetchone()[0]
+            )
+
+        assert await state.run(count, deadline=None) == 0
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_sqlite_refuses_an_unwritable_path(tmp_path: Path) -> None:
+    from app.state.sqlite import StateDatabaseError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    store = SqliteClaimStore(SqliteState(blocker / "state.db", horizon_seconds=HORIZON))
+    with pytest.raises(StateDatabaseError, match="SWITCHBOARD_STATE_DB"):
+        await store.open()
+
+
+@pytest.mark.anyio
+async def test_redis_lost_and_back(own_redis_server: RedisServer) -> None:
+    store = RedisClaimStore(
+        RedisState(connect(own_redis_server.url()), horizon_seconds=HORIZON, timeout=0.3)
+    )
+    await store.open()
+    try:
+        done = await ticket(store)
+        await store.finish(done, ROUTED, remember=True)
+        own_redis_server.stop()
+        with pytest.raises(StateUnavailable):
+            await store.ping()
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable):
+            await store.claim(("call:rtc_2",), soon())
+        assert time.monotonic() - started < 2  # a timeout, not a hang
+        own_redis_server.start()  # empty: this one keeps nothing on disk
+        await store.ping()
+        assert isinstance(await store.claim(("call:rtc_2",), soon()), Ticket)
+    finally:
+        await store.close()

@@ -1,0 +1,116 @@
+"""The one place a Redis client is made (SWITCHBOARD_REDIS_URL), for every shared store.
+
+`redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS) or
+`unix:///path/redis.sock?db=0`, with the maintained
+`redis` package's asyncio client (hiredis parses replies when it is installed). A phone is
+ringing while we talk to Redis, so every command has a short timeout and at most one quick
+retry (a pooled connection that a Redis restart closed); nothing waits longer than the
+call's own deadline.
+
+Start-up decides between two failures (docs/operations.md, "Shared state"): a Redis that
+answers but refuses us (wrong password, no such database) is a configuration error and the
+service does not start (`RedisConfigError`); a Redis that does not answer yet only keeps
+the service not ready until it does (`RedisUnavailable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import parse_qsl, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+
+SCHEMES: Final = ("redis", "rediss", "unix")
+DEFAULT_TIMEOUT: Final = 0.5
+"""Seconds for one command (and for opening a connection), unless configured."""
+MAX_CONNECTIONS: Final = 64
+
+
+class RedisConfigError(Exception):
+    """SWITCHBOARD_REDIS_URL is malformed, or Redis refuses these credentials or database."""
+
+
+class RedisUnavailable(Exception):
+    """Redis does not answer (down, unreachable, or slower than the timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """What a URL points at, for logs: never the password."""
+
+    scheme: str
+    host: str
+    port: int
+    db: int
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.host}?db={self.db}"
+        return f"{self.scheme}://{self.host}:{self.port}/{self.db}"
+
+
+def parse_url(url: str) -> RedisTarget:
+    """Check a SWITCHBOARD_REDIS_URL; raise RedisConfigError naming what is wrong
+    (without repeating the URL, which may hold a password)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise RedisConfigError(f"SWITCHBOARD_REDIS_URL is not a valid URL ({exc})") from None
+    if parts.scheme not in SCHEMES:
+        raise RedisConfigError(
+            "SWITCHBOARD_REDIS_URL must start with redis://, rediss:// (TLS) or unix://, "
+            f"not {parts.scheme + '://' if parts.scheme else 'nothing'}"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise RedisConfigError("SWITCHBOARD_REDIS_URL (unix://) has no socket path")
+        db = dict(parse_qsl(parts.query)).get("db", "0")
+        if not db.isdigit():
+            raise RedisConfigError("SWITCHBOARD_REDIS_URL's db= must be a database number")
+        return RedisTarget(parts.scheme, parts.path, 0, int(db))
+    if not parts.hostname:
+        raise RedisConfigError("SWITCHBOARD_REDIS_URL has no host")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise RedisConfigError(
+            "SWITCHBOARD_REDIS_URL's path must be a database number, e.g. redis://host:6379/0"
+        )
+    return RedisTarget(parts.scheme, parts.hostname, port or 6379, int(path or 0))
+
+
+def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> aioredis.Redis:
+    """A pooled client for `url`; no connection is opened until the first command.
+
+    Replies are decoded as UTF-8 text. One immediate retry on a connection error covers a
+    pooled connection that a Redis restart closed; any other retry is the caller's."""
+    parse_url(url)
+    return aioredis.Redis.from_url(
+        url.strip(),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_timeout=False,
+        health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
+        decode_responses=True,
+    )
+
+
+async def check(client: aioredis.Redis, *, timeout: float = DEFAULT_TIMEOUT) -> None:  # noqa: ASYNC109
+    """PING. RedisConfigError if Redis refuses us, RedisUnavailable if it does not answer."""
+    try:
+        async with asyncio.timeout(timeout):
+            await client.ping()
+    except (AuthenticationError, AuthorizationError) as exc:
+        raise RedisConfigError(f"Redis refused the credentials: {exc}") from None
+    except ResponseError as exc:
+        # e.g. "DB index is out of range", "NOAUTH Authentication required."
+        raise RedisConfigError(f"Redis refused the connection: {exc}") from None
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise RedisUnavailable(f"Redis does not answer: {exc or type(exc).__name__}") from None

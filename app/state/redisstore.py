@@ -1,0 +1,389 @@
+"""Exactly-once claims and rate limits on Redis (SWITCHBOARD_REDIS_URL): every replica shares them.
+
+Each operation is one Lua script, so it is atomic on the server (one Redis, or a primary
+with replicas; not Redis Cluster, whose multi-key scripts would need hash tags). Times are
+the Redis server's clock (`TIME`), the one clock every replica sees.
+
+Keys, under a prefix (`switchboard:` by default):
+
+- `claim:<key>`  a hash {claim_id, owner, phase, lease, context, status, body}; it
+  expires with the horizon. `lease` (ms) is renewed every third of the lease by the
+  process holding the claim; a replica that dies releases nothing: its lease runs out and
+  the next delivery takes over (app.state.claims).
+- `mark:<key>`  a request for this key may have taken effect (no fallback after it).
+- `rate:<route>:<caller>`  a list of the caller's last `calls` call times (ms), newest
+  first, expiring a window after the newest; `verdict:<call_id>` the verdict a call got.
+
+Every command has a timeout (SWITCHBOARD_STATE_TIMEOUT_SECONDS), also bounded by the
+call's deadline; a Redis that does not answer is StateUnavailable, and the webhook is
+answered 503 without acting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from app.rules import RateLimit
+from app.state.claims import (
+    IN_PROGRESS,
+    Answer,
+    ClaimLost,
+    StateUnavailable,
+    Ticket,
+    new_claim_id,
+    new_owner_id,
+    poll_until,
+    wait_for_answer,
+)
+from app.state.redis import RedisUnavailable, check
+
+logger = logging.getLogger("switchboard.state")
+
+PREFIX: Final = "switchboard:"
+
+_NOW: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: n claim keys, then their n mark keys. ARGV: n, claim_id, owner, lease_ms, horizon_ms
+_CLAIM: Final = (
+    _NOW
+    + """
+local n = tonumber(ARGV[1])
+local rows = {}
+for i = 1, n do
+  rows[i] = redis.call('HMGET', KEYS[i], 'phase', 'lease', 'status', 'body', 'context',
+                       'claim_id')
+end
+for i = 1, n do
+  if rows[i][1] == 'done' then return {'answer', rows[i][3], rows[i][4]} end
+end
+for i = 1, n do
+  if rows[i][1] and tonumber(rows[i][2]) > now then return {'busy', rows[i][6]} end
+end
+local context = false
+for i = 1, n do
+  if rows[i][1] == 'acting' then context = rows[i][5] break end
+end
+local phase = 'claimed'
+if context then phase = 'acting' end
+local lease = string.format('%d', now + tonumber(ARGV[4]))
+for i = 1, n do
+  redis.call('DEL', KEYS[i])
+  redis.call('HSET', KEYS[i], 'claim_id', ARGV[2], 'owner', ARGV[3], 'phase', phase,
+             'lease', lease)
+  if context then redis.call('HSET', KEYS[i], 'context', context) end
+  redis.call('PEXPIRE', KEYS[i], ARGV[5])
+end
+local uncertain = 0
+for i = n + 1, 2 * n do
+  if redis.call('EXISTS', KEYS[i]) == 1 then uncertain = 1 end
+end
+return {'ticket', phase, context or '', uncertain}
+"""
+)
+
+# KEYS: the claim keys. ARGV: claim_id, context, lease_ms
+_ACTING: Final = (
+    _NOW
+    + """
+for i = 1, #KEYS do
+  local h = redis.call('HMGET', KEYS[i], 'claim_id', 'phase')
+  if h[1] ~= ARGV[1] or h[2] ~= 'claimed' then return 0 end
+end
+local lease = string.format('%d', now + tonumber(ARGV[3]))
+for i = 1, #KEYS do
+  redis.call('HSET', KEYS[i], 'phase', 'acting', 'context', ARGV[2], 'lease', lease)
+end
+return 1
+"""
+)
+
+# KEYS: n claim keys, then their n mark keys.
+# ARGV: n, claim_id, remember, uncertain, status, body, horizon_ms
+_FINISH: Final = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  if redis.call('HGET', KEYS[i], 'claim_id') == ARGV[2] then
+    if ARGV[3] == '1' then
+      redis.call('HSET', KEYS[i], 'phase', 'done', 'status', ARGV[5], 'body', ARGV[6])
+      redis.call('HDEL', KEYS[i], 'context')
+      redis.call('PEXPIRE', KEYS[i], ARGV[7])
+    else
+      redis.call('DEL', KEYS[i])
+    end
+  end
+  if ARGV[4] == '1' then redis.call('SET', KEYS[n + i], '1', 'PX', ARGV[7]) end
+end
+return 1
+"""
+
+# KEYS: claim keys. ARGV: lease_ms, then the claim id of each key.
+_RENEW: Final = (
+    _NOW
+    + """
+local lease = string.format('%d', now + tonumber(ARGV[1]))
+local renewed = 0
+for i = 1, #KEYS do
+  local h = redis.call('HMGET', KEYS[i], 'claim_id', 'phase')
+  if h[1] == ARGV[i + 1] and h[2] ~= 'done' then
+    redis.call('HSET', KEYS[i], 'lease', lease)
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+)
+
+# KEYS: the caller's hits list, [the call's verdict]. ARGV: calls, per_ms, horizon_ms
+_RATE: Final = (
+    _NOW
+    + """
+if KEYS[2] then
+  local earlier = redis.call('GET', KEYS[2])
+  if earlier then return tonumber(earlier) end
+end
+local calls = tonumber(ARGV[1])
+local over = 0
+if redis.call('LLEN', KEYS[1]) >= calls then
+  local oldest = tonumber(redis.call('LINDEX', KEYS[1], calls - 1))
+  if now - oldest < tonumber(ARGV[2]) then over = 1 end
+end
+redis.call('LPUSH', KEYS[1], now)
+redis.call('LTRIM', KEYS[1], 0, calls - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local allowed = 1 - over
+if KEYS[2] then redis.call('SET', KEYS[2], allowed, 'PX', ARGV[3]) end
+return allowed
+"""
+)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class RedisState:
+    """The Redis client of this process, its scripts, and the leases it renews."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        horizon_seconds: float,
+        lease_seconds: float = 5.0,
+        timeout: float = 0.5,
+        prefix: str = PREFIX,
+        target: str = "redis",
+    ) -> None:
+        self.client = client
+        self.horizon_ms = _ms(horizon_seconds)
+        self.lease_seconds = float(lease_seconds)
+        self.lease_ms = _ms(lease_seconds)
+        self.timeout = float(timeout)
+        self.prefix = prefix
+        self.owner = new_owner_id()
+        self.target = target
+        self.claim_script: AsyncScript = client.register_script(_CLAIM)
+        self.acting_script: AsyncScript = client.register_script(_ACTING)
+        self.finish_script: AsyncScript = client.register_script(_FINISH)
+        self.renew_script: AsyncScript = client.register_script(_RENEW)
+        self.rate_script: AsyncScript = client.register_script(_RATE)
+        self.held: dict[str, tuple[str, ...]] = {}
+        """Claim id -> its Redis keys, for this process's claims in flight."""
+        self._renewer: asyncio.Task[None] | None = None
+
+    def claim_key(self, key: str) -> str:
+        return f"{self.prefix}claim:{key}"
+
+    def mark_key(self, key: str) -> str:
+        return f"{self.prefix}mark:{key}"
+
+    async def start(self) -> None:
+        """RedisConfigError (the service must not start) if Redis refuses us; a Redis that
+        does not answer yet only keeps the service not ready."""
+        try:
+            await check(self.client, timeout=max(self.timeout, 2.0))
+        except RedisUnavailable as exc:
+            logger.error(
+                "Redis is unreachable: not ready until it answers",
+                extra={"event": "state_unavailable", "store": "redis", "error": str(exc)},
+            )
+        else:
+            logger.info(
+                "state store connected",
+                extra={"event": "state_opened", "store": "redis", "target": self.target},
+            )
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_loop(), name="switchboard-leases")
+
+    async def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        await self.client.aclose()
+
+    async def call(
+        self, script: AsyncScript, keys: list[str], args: list[Any], deadline: float | None
+    ) -> Any:
+        budget = self.timeout
+        if deadline is not None:
+            budget = min(budget, deadline - time.monotonic())
+        if budget <= 0:
+            raise StateUnavailable("no time left for the state store")
+        try:
+            async with asyncio.timeout(budget):
+                return await script(keys=keys, args=args)
+        except TimeoutError:
+            raise StateUnavailable("Redis did not answer in time") from None
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"Redis: {exc}") from None
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            held = list(self.held.items())
+            if not held:
+                continue
+            keys: list[str] = []
+            ids: list[str] = []
+            for claim_id, claim_keys in held:
+                keys += claim_keys
+                ids += [claim_id] * len(claim_keys)
+            try:
+                await self.call(self.renew_script, keys, [self.lease_ms, *ids], None)
+            except StateUnavailable as exc:
+                logger.warning(
+                    "claim leases not renewed",
+                    extra={"event": "state_unavailable", "store": "redis", "error": str(exc)},
+                )
+
+
+class RedisClaimStore:
+    """ClaimStore on Redis (see app.state.claims for the protocol)."""
+
+    def __init__(self, state: RedisState) -> None:
+        self._state = state
+        self._local: dict[str, asyncio.Future[Answer]] = {}
+
+    @property
+    def state(self) -> RedisState:
+        return self._state
+
+    async def open(self) -> None:
+        await self._state.start()
+
+    async def close(self) -> None:
+        await self._state.stop()
+
+    async def ping(self) -> None:
+        try:
+            await check(self._state.client, timeout=self._state.timeout)
+        except Exception as exc:
+            raise StateUnavailable(str(exc)) from None
+
+    def _keys(self, keys: tuple[str, ...]) -> list[str]:
+        state = self._state
+        return [state.claim_key(k) for k in keys] + [state.mark_key(k) for k in keys]
+
+    async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
+        state = self._state
+        redis_keys = self._keys(keys)
+        waited: list[Answer] = []
+
+        async def attempt() -> Ticket | Answer | None:
+            claim_id = new_claim_id()
+            args = [len(keys), claim_id, state.owner, state.lease_ms, state.horizon_ms]
+            got = await state.call(state.claim_script, redis_keys, args, deadline)
+            kind = got[0]
+            if kind == "answer":
+                return Answer(int(got[1]), json.loads(got[2]))
+            if kind == "ticket":
+                phase, context, uncertain = got[1], got[2], bool(int(got[3]))
+                state.held[claim_id] = tuple(redis_keys[: len(keys)])
+                result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+                self._local[claim_id] = result
+                orphan = json.loads(context) if phase == "acting" else None
+                if orphan is not None:
+                    logger.warning(
+                        "claim taken over from a replica that died while acting",
+                        extra={"event": "claim_orphaned", "keys": list(keys)},
+                    )
+                return Ticket(keys, claim_id, uncertain=uncertain, orphan=orphan, result=result)
+            local = self._local.get(got[1])
+            if local is not None:
+                waited.append(await wait_for_answer(local, deadline, time.monotonic))
+                return waited[0]
+            return None
+
+        got = await poll_until(attempt, deadline)
+        return got if got is not None else IN_PROGRESS
+
+    async def acting(self, ticket: Ticket, context: Mapping[str, Any]) -> None:
+        state = self._state
+        text = json.dumps(dict(context), default=str, separators=(",", ":"))
+        keys = [state.claim_key(k) for k in ticket.keys]
+        # No deadline of the call here: a lost answer would leave us unsure we hold it.
+        done = await state.call(
+            state.acting_script, keys, [ticket.claim_id, text, state.lease_ms], None
+        )
+        if not int(done):
+            raise ClaimLost("the claim was taken over")
+
+    async def finish(
+        self, ticket: Ticket, answer: Answer, *, remember: bool, uncertain: bool = False
+    ) -> None:
+        state = self._state
+        body = json.dumps(dict(answer.body), default=str, separators=(",", ":"))
+        args = [
+            len(ticket.keys),
+            ticket.claim_id,
+            "1" if remember else "0",
+            "1" if uncertain else "0",
+            answer.status_code,
+            body,
+            state.horizon_ms,
+        ]
+        try:
+            await state.call(state.finish_script, self._keys(ticket.keys), args, None)
+        finally:
+            state.held.pop(ticket.claim_id, None)
+            local = self._local.pop(ticket.claim_id, None)
+            if local is not None and not local.done():
+                local.set_result(answer)
+
+
+class RedisRateLimiter:
+    """Per-route, per-caller limits counted in Redis (every replica)."""
+
+    def __init__(self, state: RedisState) -> None:
+        self._state = state
+
+    async def allow(
+        self,
+        route: str,
+        caller: str,
+        limit: RateLimit,
+        call_id: str = "",
+        *,
+        deadline: float | None = None,
+    ) -> bool:
+        state = self._state
+        keys = [f"{state.prefix}rate:{len(route)}:{route}:{caller}"]
+        if call_id:
+            keys.append(f"{state.prefix}verdict:{call_id}")
+        args = [limit.calls, _ms(limit.per_seconds), state.horizon_ms]
+        return bool(int(await state.call(state.rate_script, keys, args, deadline)))

@@ -1,0 +1,40 @@
+"""Fixtures shared by every test package: real servers started for the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import REDIS_SERVER, RedisServer
+
+
+def _need_redis() -> None:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One throwaway redis-server for the session (never stopped by a test)."""
+    _need_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's server, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of this test's own, which it may stop and start (an outage)."""
+    _need_redis()
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
