@@ -3,9 +3,10 @@
 Realtime: `POST {base}/realtime/calls/{call_id}/accept|reject|refer|hangup`; GPT-Live:
 `POST {base}/live/sessions/{session_id}/accept|reject|refer|hangup`. One poster serves both
 (`CallControl`, the Realtime API; `LiveCallControl` differs only in its path and the accept
-body's shape). A phone is ringing, so every request has a short timeout, and retries
-(connection failures, 429, 5xx, with jittered backoff) stay inside one deadline for the
-whole call.
+body's shape). A phone is ringing, so every request has one short wall-clock limit, and
+retries (connection failures, 429, 5xx, with jittered backoff) stay inside one deadline for
+the whole call. The limits on sending one operation again are in `RetryPolicy` and
+docs/operations.md ("Limits").
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal, Protocol
@@ -79,8 +81,30 @@ class CallController(Protocol):
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     attempt_timeout: float = 2.0
+    """Wall-clock limit of one request, from connecting to the last byte of the answer
+    (never past the call's deadline)."""
     base_backoff: float = 0.05
+    """The first pause, and the floor of every pause: a `Retry-After` shorter than the
+    backoff (0, negative, a date in the past) waits the backoff."""
     max_backoff: float = 1.0
+    max_sends: int = 4
+    """Sends of one operation per delivery, the first included."""
+    uncertain_resends: int = 1
+    """Sends again after a failure that may have reached the API (a connection dropped
+    without an answer): once at most, and then no other send of that operation."""
+
+    def __post_init__(self) -> None:
+        if self.max_sends < 1:
+            raise ValueError("max_sends must be at least 1")
+        if self.uncertain_resends not in (0, 1):
+            raise ValueError("uncertain_resends must be 0 or 1")
+
+
+JITTER = 0.1
+"""A `Retry-After` longer than the backoff is waited for up to this much longer (10 %), so
+calls held back together do not come back together."""
+
+Sleep = Callable[[float], Awaitable[None]]
 
 
 def build_http_client(
@@ -111,11 +135,13 @@ class CallControl:
         policy: RetryPolicy | None = None,
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._client = client
         self._policy = policy or RetryPolicy()
         self._observe = observer or (lambda op, status, seconds: None)
         self._clock = clock
+        self._sleep = sleep
 
     async def accept(self, call_id: str, body: bytes, deadline: float) -> None:
         await self._post("accept", call_id, body, deadline)
@@ -134,9 +160,10 @@ class CallControl:
     ) -> None:
         url = f"{self.resource}/{call_id}/{operation}"
         headers = {"Content-Type": "application/json"} if body is not None else {}
-        attempt = 0
+        policy = self._policy
+        sends = 0
         failure: CallControlError | None = None
-        maybe_sent = False  # a connection dropped unanswered: an earlier attempt may have acted
+        uncertain_after: int | None = None  # sends when a connection dropped unanswered
         while True:
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -144,12 +171,17 @@ class CallControl:
                 if failure is not None:
                     raise failure
                 raise UpstreamUnavailable(operation, "deadline exceeded before a response")
-            timeout = min(self._policy.attempt_timeout, remaining)
+            timeout = min(policy.attempt_timeout, remaining)
             started = self._clock()
+            sends += 1
+            maybe_sent = uncertain_after is not None
             try:
-                response = await self._client.post(
-                    url, content=body, headers=headers, timeout=timeout
-                )
+                # httpx's timeouts are per read: a body trickling a byte at a time would
+                # restart them forever. One wall-clock limit covers the whole exchange.
+                async with asyncio.timeout(timeout):
+                    response = await self._client.post(
+                        url, content=body, headers=headers, timeout=timeout
+                    )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request did not reach the API: safe to send again.
                 self._observe(operation, "connection_error", self._clock() - started)
@@ -157,16 +189,22 @@ class CallControl:
                 retry_after = None
             except httpx.RemoteProtocolError as exc:
                 # Mostly a stale keep-alive connection the server had closed, so it is sent
-                # again at once rather than leave the phone ringing; but it may have been
-                # read, so whatever follows is reported as uncertain (no fallback after it).
+                # again once; but it may have been read, so whatever follows is reported as
+                # uncertain (no fallback after it), and nothing more is sent after that.
                 self._observe(operation, "connection_error", self._clock() - started)
-                maybe_sent = True
                 failure = UpstreamUnavailable(operation, _describe(exc), uncertain=True)
+                if maybe_sent or policy.uncertain_resends == 0:
+                    raise failure from None
+                uncertain_after = sends
                 retry_after = None
-            except httpx.TimeoutException as exc:
+            except (httpx.TimeoutException, TimeoutError) as exc:
                 # Sent but unanswered: it may have taken effect, so do not repeat it here.
                 self._observe(operation, "timeout", self._clock() - started)
-                raise UpstreamUnavailable(operation, _describe(exc), uncertain=True) from None
+                if isinstance(exc, httpx.TimeoutException):
+                    detail = _describe(exc)
+                else:
+                    detail = f"TimeoutError: no complete answer within {timeout:.3g}s"
+                raise UpstreamUnavailable(operation, detail, uncertain=True) from None
             except httpx.HTTPError as exc:
                 self._observe(operation, "connection_error", self._clock() - started)
                 raise UpstreamUnavailable(operation, _describe(exc), uncertain=True) from None
@@ -182,12 +220,22 @@ class CallControl:
                     raise UpstreamRejected(operation, detail, status, uncertain=maybe_sent)
                 failure = UpstreamUnavailable(operation, detail, status, uncertain=maybe_sent)
                 retry_after = _retry_after(response)
-            attempt += 1
-            pause = retry_after if retry_after is not None else self._backoff(attempt)
+            if sends >= policy.max_sends:
+                raise failure  # no send left: do not wait for nothing
+            if uncertain_after is not None and sends > uncertain_after:
+                raise failure  # the API may have acted, and it was sent again already
+            pause = self._pause(sends, retry_after)
             if self._clock() + pause >= deadline:
                 raise failure
             logger.debug("retrying %s for %s in %.3fs: %s", operation, call_id, pause, failure)
-            await asyncio.sleep(pause)
+            await self._sleep(pause)
+
+    def _pause(self, attempt: int, retry_after: float | None) -> float:
+        """The backoff, jittered; a longer `Retry-After` wins, jittered too."""
+        floor = self._backoff(attempt)
+        if retry_after is None or retry_after <= floor:
+            return floor  # 0, negative, a past date: the backoff, never a busy loop
+        return retry_after * random.uniform(1.0, 1.0 + JITTER)  # noqa: S311 - jitter
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self._policy.max_backoff, self._policy.base_backoff * 2 ** (attempt - 1))
@@ -260,9 +308,11 @@ def _retry_after(response: httpx.Response) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return None if math.isnan(seconds) else max(0.0, seconds)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):

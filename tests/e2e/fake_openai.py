@@ -32,6 +32,11 @@ class Reply:
     status: int = 200
     body: dict[str, Any] | None = None
     delay: float = 0.0
+    trickle: float = 0.0
+    """Send the headers at once, then the body one byte every `trickle` seconds (a body
+    of `trickle_bytes` spaces when `body` is None), until done or the client leaves."""
+    trickle_bytes: int = 60
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class FakeOpenAI:
         self.requests: list[Recorded] = []
         self._listeners: list[Callable[[Recorded, Reply], None]] = []
         self.websocket_backend: tuple[str, int] | None = None
+        self.trickled = 0
+        """Body bytes sent by `Reply(trickle=...)` answers, over all requests."""
         """Where sideband WebSocket upgrades go (e.g. a FakeRealtime's address)."""
         fake = self
 
@@ -86,12 +93,25 @@ class FakeOpenAI:
 
             def _reply(self, reply: Reply) -> None:
                 payload = json.dumps(reply.body).encode() if reply.body is not None else b""
+                if reply.trickle and not payload:
+                    payload = b" " * reply.trickle_bytes
                 try:
                     self.send_response(reply.status)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(payload)))
+                    for name, value in reply.headers:
+                        self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if not reply.trickle:
+                        self.wfile.write(payload)
+                        return
+                    self.wfile.flush()
+                    for index in range(len(payload)):
+                        time.sleep(reply.trickle)
+                        self.wfile.write(payload[index : index + 1])
+                        self.wfile.flush()
+                        with fake._lock:
+                            fake.trickled += 1
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the router gave up waiting (a timeout test)
 

@@ -7,18 +7,19 @@ how long the client paused, a fake clock and a fake sleep are injected instead.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from types import SimpleNamespace
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 import respx
 
-import app.openai.callcontrol
 from app.openai.callcontrol import (
+    JITTER,
     CallControl,
     CallGone,
     Operation,
@@ -386,22 +387,36 @@ class FakeTime:
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
+        if len(self.sleeps) > 1000:  # a client that does not really wait spins forever
+            raise AssertionError(f"busy loop: {len(self.sleeps)} pauses, the last {seconds}")
         self.now += seconds + self.oversleep
 
 
 @pytest.fixture
-def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
-    fake = FakeTime()
-    monkeypatch.setattr(app.openai.callcontrol, "asyncio", SimpleNamespace(sleep=fake.sleep))
-    return fake
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+TIMED = RetryPolicy(attempt_timeout=2.0, base_backoff=0.1, max_backoff=0.4)
+
+
+def timed(
+    client: httpx.AsyncClient, attempts: Attempts, fake_time: FakeTime, **policy: Any
+) -> CallControl:
+    return CallControl(
+        client,
+        policy=replace(TIMED, **policy),
+        observer=attempts,
+        clock=fake_time.monotonic,
+        sleep=fake_time.sleep,
+    )
 
 
 @pytest.fixture
 def timed_control(
     client: httpx.AsyncClient, attempts: Attempts, fake_time: FakeTime
 ) -> CallControl:
-    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.1, max_backoff=0.4)
-    return CallControl(client, policy=policy, observer=attempts, clock=fake_time.monotonic)
+    return timed(client, attempts, fake_time)
 
 
 @pytest.mark.anyio
@@ -411,16 +426,9 @@ def timed_control(
         pytest.param(httpx.Response(429, headers={"Retry-After": "2"}), 2.0, id="429-seconds"),
         pytest.param(httpx.Response(429, headers={"Retry-After": "0.25"}), 0.25, id="429-fraction"),
         pytest.param(httpx.Response(503, headers={"Retry-After": "3"}), 3.0, id="503-seconds"),
-        pytest.param(httpx.Response(429, headers={"Retry-After": "0"}), 0.0, id="429-zero"),
-        pytest.param(httpx.Response(429, headers={"Retry-After": "-5"}), 0.0, id="429-negative"),
-        pytest.param(
-            httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}),
-            0.0,
-            id="429-date-in-the-past",
-        ),
     ],
 )
-async def test_retry_after_is_honoured(
+async def test_retry_after_is_honoured_with_jitter(
     router: respx.Router,
     timed_control: CallControl,
     fake_time: FakeTime,
@@ -428,14 +436,59 @@ async def test_retry_after_is_honoured(
     response: httpx.Response,
     pause: float,
 ) -> None:
+    """Never sooner than asked, and up to 10 % later: calls held back together spread out."""
     route = router.post(f"/realtime/calls/{CALL_ID}/accept").mock(
-        side_effect=[response, httpx.Response(200)]
+        side_effect=[response, httpx.Response(200)] * 20
     )
 
-    await timed_control.accept(CALL_ID, ACCEPT_BODY, fake_time.now + 10)
+    for _ in range(20):
+        await timed_control.accept(CALL_ID, ACCEPT_BODY, fake_time.now + 10)
 
-    assert route.call_count == 2
-    assert fake_time.sleeps == [pause]
+    assert route.call_count == 40
+    assert len(fake_time.sleeps) == 20
+    assert all(pause <= s <= pause * (1 + JITTER) for s in fake_time.sleeps)
+    assert len(set(fake_time.sleeps)) > 1  # jittered, not one fixed pause
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        pytest.param("0", id="zero"),
+        pytest.param("-5", id="negative"),
+        pytest.param("0.01", id="below-the-floor"),
+        pytest.param("Wed, 21 Oct 2015 07:28:00 GMT", id="date-in-the-past"),
+        pytest.param("nan", id="nan"),
+    ],
+)
+async def test_a_short_retry_after_waits_the_backoff_floor(
+    router: respx.Router, timed_control: CallControl, fake_time: FakeTime, retry_after: str
+) -> None:
+    """0, negative or past: the server cannot make the client spin; it waits the backoff."""
+    router.post(f"/realtime/calls/{CALL_ID}/accept").mock(
+        return_value=httpx.Response(429, headers={"Retry-After": retry_after})
+    )
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await timed_control.accept(CALL_ID, ACCEPT_BODY, fake_time.now + 10)
+    assert caught.value.status == 429
+    ceilings = [0.1, 0.2, 0.4]  # the backoff of the three pauses between four sends
+    assert len(fake_time.sleeps) == 3
+    assert all(c / 2 <= s <= c for s, c in zip(fake_time.sleeps, ceilings, strict=True))
+
+
+@pytest.mark.anyio
+async def test_retry_after_zero_makes_a_bounded_number_of_requests(
+    router: respx.Router, control: CallControl, attempts: Attempts
+) -> None:
+    """The storm in issue 11: `Retry-After: 0` made 4,111 accepts for one call in 5 s."""
+    route = router.post(f"/realtime/calls/{CALL_ID}/accept").mock(
+        return_value=httpx.Response(429, headers={"Retry-After": "0"})
+    )
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await control.accept(CALL_ID, ACCEPT_BODY, soon(1.0))
+    assert caught.value.status == 429
+    assert route.call_count == RetryPolicy().max_sends == 4
+    assert attempts.labels == ["429"] * 4
 
 
 @pytest.mark.anyio
@@ -479,13 +532,17 @@ async def test_unparseable_retry_after_falls_back_to_backoff(
 
 @pytest.mark.anyio
 async def test_backoff_doubles_up_to_the_cap_and_stops_before_the_deadline(
-    router: respx.Router, timed_control: CallControl, fake_time: FakeTime, attempts: Attempts
+    router: respx.Router,
+    client: httpx.AsyncClient,
+    fake_time: FakeTime,
+    attempts: Attempts,
 ) -> None:
     route = router.post(f"/realtime/calls/{CALL_ID}/accept").respond(503)
     deadline = fake_time.now + 2.0
+    control = timed(client, attempts, fake_time, max_sends=100)
 
     with pytest.raises(UpstreamUnavailable) as caught:
-        await timed_control.accept(CALL_ID, ACCEPT_BODY, deadline)
+        await control.accept(CALL_ID, ACCEPT_BODY, deadline)
 
     assert caught.value.status == 503
     ceilings = [min(0.4, 0.1 * 2**n) for n in range(len(fake_time.sleeps))]
@@ -577,3 +634,192 @@ async def test_a_retry_after_a_dropped_connection_is_uncertain(
     with pytest.raises(UpstreamRejected) as caught:
         await control.accept(CALL_ID, b"{}", soon())
     assert caught.value.uncertain is uncertain
+
+
+# --- how often one operation is sent, per delivery -------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "mock",
+    [
+        pytest.param({"return_value": httpx.Response(503)}, id="503"),
+        pytest.param({"return_value": httpx.Response(429)}, id="429"),
+        pytest.param({"side_effect": httpx.ConnectError("refused")}, id="connect-error"),
+    ],
+)
+async def test_sends_per_delivery_are_capped(
+    router: respx.Router,
+    client: httpx.AsyncClient,
+    fake_time: FakeTime,
+    attempts: Attempts,
+    mock: dict[str, Any],
+) -> None:
+    """However long the deadline, one operation is sent at most `max_sends` times."""
+    route = router.post(f"/realtime/calls/{CALL_ID}/accept").mock(**mock)
+    control = timed(client, attempts, fake_time, max_sends=3)
+    with pytest.raises(UpstreamUnavailable):
+        await control.accept(CALL_ID, ACCEPT_BODY, fake_time.now + 3600)
+    assert route.call_count == 3
+    assert len(fake_time.sleeps) == 2  # no pause after the last send
+
+
+@pytest.mark.anyio
+async def test_a_dropped_connection_is_sent_again_once_only(
+    router: respx.Router, control: CallControl, attempts: Attempts
+) -> None:
+    """It may have been read: a second send is allowed for a stale keep-alive, not eleven."""
+    route = router.post(f"/realtime/calls/{CALL_ID}/accept").mock(
+        side_effect=httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    )
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await control.accept(CALL_ID, ACCEPT_BODY, soon(1.0))
+    assert route.call_count == 2
+    assert caught.value.uncertain is True
+    assert attempts.labels == ["connection_error"] * 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "after",
+    [
+        pytest.param(httpx.Response(503), id="then-503"),
+        pytest.param(httpx.Response(429), id="then-429"),
+        pytest.param(httpx.ConnectError("refused"), id="then-connect-error"),
+    ],
+)
+async def test_nothing_more_is_sent_after_the_resend_of_a_dropped_request(
+    router: respx.Router, control: CallControl, after: Any
+) -> None:
+    """After an uncertain failure, one more send in all, whatever it meets."""
+    route = router.post(f"/realtime/calls/{CALL_ID}/refer").mock(
+        side_effect=[httpx.RemoteProtocolError("dropped"), after, httpx.Response(200)]
+    )
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await control.refer(CALL_ID, "tel:+14155550123", soon(1.0))
+    assert route.call_count == 2
+    assert caught.value.uncertain is True
+
+
+@pytest.mark.anyio
+async def test_a_dropped_connection_after_retries_still_gets_its_one_resend(
+    router: respx.Router, control: CallControl
+) -> None:
+    route = router.post(f"/realtime/calls/{CALL_ID}/accept").mock(
+        side_effect=[
+            httpx.Response(503),
+            httpx.RemoteProtocolError("dropped"),
+            httpx.Response(200),
+        ]
+    )
+    await control.accept(CALL_ID, ACCEPT_BODY, soon(1.0))
+    assert route.call_count == 3
+
+
+def test_retry_policy_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_sends"):
+        RetryPolicy(max_sends=0)
+    with pytest.raises(ValueError, match="uncertain_resends"):
+        RetryPolicy(uncertain_resends=2)
+
+
+@pytest.mark.anyio
+async def test_no_resend_of_a_dropped_request_when_the_policy_allows_none(
+    router: respx.Router, client: httpx.AsyncClient, attempts: Attempts
+) -> None:
+    route = router.post(f"/realtime/calls/{CALL_ID}/accept").mock(
+        side_effect=[httpx.RemoteProtocolError("dropped"), httpx.Response(200)]
+    )
+    control = CallControl(client, policy=replace(FAST, uncertain_resends=0), observer=attempts)
+    with pytest.raises(UpstreamUnavailable):
+        await control.accept(CALL_ID, ACCEPT_BODY, soon(1.0))
+    assert route.call_count == 1
+
+
+# --- one wall-clock limit per request, against a real local server ---------------------------
+
+
+class Trickle:
+    """A real HTTP server that answers 200 with headers at once, then one body byte at a time."""
+
+    def __init__(self, *, length: int = 200, every: float = 0.05) -> None:
+        self.length = length
+        self.every = every
+        self.sent = 0
+        self.requests = 0
+        self.disconnected = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Trickle:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            await reader.readexactly(length)
+            self.requests += 1
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                + f"content-length: {self.length}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            for _ in range(self.length):
+                await asyncio.sleep(self.every)
+                if reader.at_eof() or writer.is_closing():
+                    break
+                writer.write(b" ")
+                await writer.drain()
+                self.sent += 1
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.disconnected.set()
+            writer.close()
+
+
+@pytest.mark.anyio
+async def test_a_trickling_answer_is_cut_at_the_request_limit() -> None:
+    """httpx's read timeout restarts at every byte; the request's own limit does not."""
+    async with (
+        Trickle(length=200, every=0.05) as server,
+        build_http_client(server.base_url, API_KEY) as http,
+    ):
+        control = CallControl(http, policy=RetryPolicy(attempt_timeout=0.3))
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await control.accept(CALL_ID, ACCEPT_BODY, time.monotonic() + 0.5)
+        assert caught.value.uncertain is True
+        assert "no complete answer" in caught.value.detail
+        await asyncio.wait_for(server.disconnected.wait(), 10)
+        assert server.requests == 1  # sent but unanswered: not sent again
+        assert server.sent < server.length  # the client left long before the body ended
+
+
+@pytest.mark.anyio
+async def test_a_trickling_answer_is_cut_at_the_call_deadline() -> None:
+    """The request limit is longer than what is left of the call: the deadline wins."""
+    async with (
+        Trickle(length=200, every=0.05) as server,
+        build_http_client(server.base_url, API_KEY) as http,
+    ):
+        control = CallControl(http, policy=RetryPolicy(attempt_timeout=60))
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await control.hangup(CALL_ID, time.monotonic() + 0.3)
+        assert caught.value.uncertain is True
+        await asyncio.wait_for(server.disconnected.wait(), 10)
+        assert server.sent < server.length
