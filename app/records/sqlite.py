@@ -16,17 +16,26 @@ calls older than the retention; the writer thread then repeats the deletion hour
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
-from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
+from app.records.calllog import (
+    DROP_REASONS,
+    Backlog,
+    CallEvent,
+    CallLog,
+    CallRecord,
+    CallStatus,
+)
 
 logger = logging.getLogger("switchboard.calllog")
 
@@ -44,6 +53,12 @@ BARRIER_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 30.0
 """How long close() waits for the writer to write what is queued."""
 RECOVERED_NOTE: Final = "open at shutdown"
+HELD_MAX: Final = 10_000
+"""Writes held in memory while the disk refuses them (full, I/O errors); past this many the
+oldest are dropped, and counted (`switchboard_call_records_dropped_total`)."""
+RETRY_FIRST: Final = 0.5
+RETRY_MAX: Final = 30.0
+"""Pauses between two tries of the held writes: doubling from the first to the last."""
 
 STATUSES: Final[frozenset[str]] = frozenset(("active", "answered", "ended"))
 
@@ -171,8 +186,12 @@ class SqliteCallLog:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self.write_errors = 0
-        """Operations that could not be written (each one logged)."""
+        # The writer thread's: writes the disk refused, in order, tried again until it
+        # takes them (disk full, I/O error); read by backlog() from other threads.
+        self._held: deque[_Op] = deque()
+        self._retry_at = 0.0
+        self._retry_pause = RETRY_FIRST
+        self._lost = dict.fromkeys(DROP_REASONS, 0)
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -402,8 +421,9 @@ class SqliteCallLog:
         next_expiry = time.monotonic() + self._retention_interval
         stop = False
         while not stop:
+            wake = min(next_expiry, self._retry_at) if self._held else next_expiry
             try:
-                first = self._queue.get(timeout=max(0.0, next_expiry - time.monotonic()))
+                first = self._queue.get(timeout=max(0.0, wake - time.monotonic()))
             except queue.Empty:
                 first = _NOTHING
             ops: list[_Op] = []
@@ -422,7 +442,11 @@ class SqliteCallLog:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if ops:
+            if self._held:
+                self._hold(ops)  # after the held ones: a call's writes keep their order
+                if stop or time.monotonic() >= self._retry_at:
+                    self._replay(conn)
+            elif ops:
                 self._apply(conn, ops)
             for barrier in barriers:
                 barrier.set()
@@ -453,33 +477,114 @@ class SqliteCallLog:
             elif item is not None:
                 leftovers.append(item)
         if leftovers:
-            self._apply(conn, leftovers)
+            self._hold(leftovers) if self._held else self._apply(conn, leftovers)
+        if self._held:
+            self._replay(conn)
+        if self._held:
+            self._lost["shutdown"] += len(self._held)
+            logger.error(
+                "call log closed with writes the disk did not take: dropped",
+                extra={"event": "calllog_dropped", "dropped": len(self._held)},
+            )
+            self._held.clear()
 
     def _apply(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
-        """One transaction; if it fails, one per operation, so that a bad one (data JSON
-        cannot encode, a full disk for a moment...) loses only itself."""
+        """One transaction; if it fails, one per operation, so that a bad one (data that
+        cannot be stored) loses only itself. A refusal of the disk (full, I/O error) holds
+        the operations from there on, to be tried again (_replay)."""
         try:
             with conn:
                 for op in ops:
                     op(conn)
             return
-        except Exception as exc:
-            if len(ops) == 1:
-                self._failed(exc)
-                return
-        for op in ops:
+        except sqlite3.OperationalError as exc:
+            self._hold(ops)
+            self._refused(exc)
+            return
+        except Exception:  # noqa: S110 - one of them cannot be stored: found below
+            pass
+        for i, op in enumerate(ops):
             try:
                 with conn:
                     op(conn)
+            except sqlite3.OperationalError as exc:
+                self._hold(ops[i:])
+                self._refused(exc)
+                return
             except Exception as exc:
-                self._failed(exc)
+                self._reject(exc)
 
-    def _failed(self, exc: Exception) -> None:
-        self.write_errors += 1
+    def _hold(self, ops: list[_Op]) -> None:
+        self._held.extend(ops)
+        over = len(self._held) - HELD_MAX
+        if over > 0:
+            for _ in range(over):
+                self._held.popleft()  # the oldest: the newest calls matter most now
+            self._lost["queue_full"] += over
+
+    def _refused(self, exc: Exception) -> None:
+        first = self._retry_at == 0.0
+        self._retry_at = time.monotonic() + self._retry_pause
+        self._retry_pause = min(RETRY_MAX, self._retry_pause * 2)
+        if first:
+            logger.error(
+                "call log writes refused by the disk: held in memory and tried again",
+                extra={
+                    "event": "calllog_write_failed",
+                    "error": str(exc),
+                    "path": str(self.path),
+                    "held": len(self._held),
+                },
+            )
+
+    def _replay(self, conn: sqlite3.Connection) -> None:
+        """Try the held writes again, oldest first, a batch at a time; each leaves the
+        front of the queue once written (or refused for its data), not before."""
+        replayed = 0
+        while self._held:
+            batch = list(itertools.islice(self._held, MAX_BATCH))
+            try:
+                with conn:
+                    for op in batch:
+                        op(conn)
+            except sqlite3.OperationalError as exc:
+                self._refused(exc)
+                return
+            except Exception:
+                for op in batch:  # one of them cannot be stored: find it
+                    try:
+                        with conn:
+                            op(conn)
+                    except sqlite3.OperationalError as exc:
+                        self._refused(exc)
+                        return
+                    except Exception as exc:
+                        self._reject(exc)
+                    self._held.popleft()
+                    replayed += 1
+                continue
+            for _ in batch:
+                self._held.popleft()
+            replayed += len(batch)
+        self._retry_at, self._retry_pause = 0.0, RETRY_FIRST
+        logger.warning(
+            "call log writes taken again by the disk",
+            extra={
+                "event": "calllog_recovered_writes",
+                "written": replayed,
+                "dropped": self._lost["queue_full"],
+            },
+        )
+
+    def _reject(self, exc: Exception) -> None:
+        self._lost["rejected"] += 1
         logger.error(
             "call log write failed",
             extra={"event": "calllog_write_failed", "error": str(exc), "path": str(self.path)},
         )
+
+    def backlog(self) -> Backlog:
+        return Backlog(queued=len(self._held), dropped=dict(self._lost), available=not self._held)
 
     # --- reads: in worker threads -------------------------------------------------------
 
