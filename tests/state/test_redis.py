@@ -1,0 +1,98 @@
+"""app.state.redis: SWITCHBOARD_REDIS_URL checked, and a real redis-server's two kinds of no."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings
+from app.state.redis import RedisConfigError, RedisUnavailable, check, connect, parse_url
+from tests.redis_server import RedisServer, free_port
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        ("redis://localhost", "redis://localhost:6379/0"),
+        ("redis://:secret@10.0.0.5:6380/3", "redis://10.0.0.5:6380/3"),
+        ("rediss://user:secret@redis.internal/1", "rediss://redis.internal:6379/1"),
+        ("unix:///run/redis.sock?db=2", "unix:///run/redis.sock?db=2"),
+    ],
+)
+def test_urls_and_what_logs_show_of_them(url: str, target: str) -> None:
+    assert str(parse_url(url)) == target
+    assert "secret" not in str(parse_url(url))
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://localhost:6379", "must start with redis://"),
+        ("localhost:6379", "must start with redis://"),
+        ("redis://", "no host"),
+        ("redis://localhost:port", "not a valid URL"),
+        ("redis://localhost/zero", "database number"),
+    ],
+)
+def test_bad_urls_are_refused_without_echoing_them(url: str, message: str) -> None:
+    with pytest.raises(RedisConfigError, match=message) as refused:
+        parse_url(url)
+    assert "secret" not in str(refused.value)
+
+
+def test_the_setting_is_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHBOARD_REDIS_URL", "redis://:pw@localhost/not-a-number")
+    with pytest.raises(ValidationError, match="database number"):
+        Settings(_env_file=None)
+
+
+@pytest.mark.anyio
+async def test_a_server_that_answers(redis_url: str) -> None:
+    client = connect(redis_url)
+    try:
+        await check(client)
+        await client.set("k", "v")
+        assert await client.get("k") == "v"  # text, not bytes
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_nobody_listening_is_unavailable() -> None:
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    try:
+        with pytest.raises(RedisUnavailable):
+            await check(client, timeout=0.5)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_wrong_password_or_database_is_a_configuration_error(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="right").start()
+    try:
+        for url in (
+            server.url().replace(":right@", ":wrong@"),
+            server.url().replace(":right@", ""),
+            server.url(db=99),
+        ):
+            client = connect(url)
+            try:
+                with pytest.raises(RedisConfigError):
+                    await check(client)
+            finally:
+                await client.aclose()
+        client = connect(server.url(db=1))
+        try:
+            await check(client)
+        finally:
+            await client.aclose()
+    finally:
+        server.stop()

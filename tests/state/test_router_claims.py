@@ -1,0 +1,138 @@
+"""The router's side of the claim: nothing is sent without one, `acting` is written before
+the first request, and a claim inherited in phase `acting` is answered without acting."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from app.intake.events import IncomingCall
+from app.records.memory import InMemoryCallLog
+from app.state.claims import (
+    Answer,
+    ClaimLost,
+    MemoryClaimStore,
+    StateUnavailable,
+    Ticket,
+)
+from tests.test_router import ACCEPT_WITH_FALLBACK, Harness, unavailable
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class ScriptedStore(MemoryClaimStore):
+    """The memory store, with what the test makes go wrong."""
+
+    def __init__(self) -> None:
+        super().__init__(horizon_seconds=300)
+        self.claim_error: Exception | None = None
+        self.acting_error: Exception | None = None
+        self.orphan: Mapping[str, Any] | None = None
+        self.phases: list[str] = []
+
+    async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
+        if self.claim_error is not None:
+            raise self.claim_error
+        got = await super().claim(keys, deadline)
+        if isinstance(got, Ticket) and self.orphan is not None:
+            got.orphan = self.orphan
+        return got
+
+    async def acting(self, ticket: Ticket, context: Mapping[str, Any]) -> None:
+        self.phases.append("acting")
+        if self.acting_error is not None:
+            raise self.acting_error
+        await super().acting(ticket, context)
+
+    async def finish(
+        self, ticket: Ticket, answer: Answer, *, remember: bool, uncertain: bool = False
+    ) -> None:
+        self.phases.append(f"finish remember={remember} uncertain={uncertain}")
+        await super().finish(ticket, answer, remember=remember, uncertain=uncertain)
+
+
+def harness(text: str = ACCEPT_WITH_FALLBACK, **script: Any) -> tuple[Harness, ScriptedStore]:
+    h = Harness(text, script or None)
+    store = ScriptedStore()
+    h.router._store = store
+    return h, store
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        ("claim", StateUnavailable("Redis did not answer in time")),
+        ("acting", StateUnavailable("Redis did not answer in time")),
+        ("acting", ClaimLost("the claim was taken over")),
+    ],
+)
+async def test_no_claim_no_request(where: str, error: Exception) -> None:
+    h, store = harness()
+    setattr(store, f"{where}_error", error)
+    event = IncomingCall(webhook_id="wh_1", call_id="rtc_1", sip_headers=(), media_security=None)
+    answer = await h.router.handle(event, h.rules)
+    assert answer.status_code == 503
+    assert "state store unavailable" in answer.body["error"]
+    assert h.controller.requests == []
+
+
+@pytest.mark.anyio
+async def test_acting_is_written_before_the_request_and_the_answer_after() -> None:
+    h, store = harness()
+    seen: list[list[str]] = []
+    accept = h.controller.accept
+
+    async def watching(call_id: str, body: bytes, deadline: float) -> None:
+        seen.append(list(store.phases))
+        await accept(call_id, body, deadline)
+
+    h.controller.accept = watching  # type: ignore[method-assign]
+    body = await h.call()
+    assert body["outcome"] == "accepted"
+    assert seen == [["acting"]]
+    assert store.phases == ["acting", "finish remember=True uncertain=False"]
+
+
+@pytest.mark.anyio
+async def test_an_inherited_acting_claim_is_answered_uncertain_without_a_request() -> None:
+    h, store = harness()
+    log = InMemoryCallLog()
+    h.router._call_log = log
+    store.orphan = {"route": "agent", "action": "accept", "rules_version": "v9", "x": "dropped"}
+    body = await h.call()
+    assert body == {
+        "route": "agent",
+        "action": "accept",
+        "outcome": "uncertain",
+        "error": body["error"],
+        "status": 200,
+    }
+    assert "not sent again" in body["error"]
+    assert h.controller.requests == []  # neither the accept again nor its fallback
+    assert store.phases == ["finish remember=True uncertain=False"]
+    record = await log.get("rtc_1")
+    assert record is not None
+    assert (record.outcome, record.status, record.end_reason) == ("uncertain", "ended", "uncertain")
+    assert h.metric("switchboard_call_outcomes_total", action="accept", outcome="uncertain") == 1
+
+
+@pytest.mark.anyio
+async def test_a_timed_out_request_marks_the_call_and_its_redelivery_has_no_fallback() -> None:
+    from app.openai.callcontrol import UpstreamUnavailable
+
+    timed_out = UpstreamUnavailable("accept", "ReadTimeout", uncertain=True)
+    h, store = harness(accept=[timed_out, unavailable()])
+    first = await h.call()
+    assert (first["status"], first["outcome"]) == (503, "upstream_error")
+    assert store.phases[-1] == "finish remember=False uncertain=True"
+    # The redelivery (another webhook id, same call) may act again, but never the fallback.
+    ticket = await store.claim(("webhook:wh_9", "call:rtc_1"), 10**9)
+    assert isinstance(ticket, Ticket)
+    assert ticket.uncertain
+    await store.finish(ticket, Answer(503, {}), remember=False)
