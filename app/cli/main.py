@@ -17,6 +17,8 @@ from pydantic import ValidationError
 from app.settings import MissingWebhookSecret, Settings
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from app.rules import RuleSet
     from app.sip.identity import IdentityPolicy
 
@@ -56,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default: SWITCHBOARD_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default: SWITCHBOARD_PORT or 8000)")
     serve.add_argument("--routes", type=Path, help="routes file (default: SWITCHBOARD_ROUTES_FILE)")
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port, one per core (default 1); more than one "
+        "needs exactly-once state they share (SQLite or Redis, not :memory:)",
+    )
     serve.set_defaults(handler=_serve)
 
     check = commands.add_parser("check", help="validate a routes file; exit 0 if valid, 1 if not")
@@ -138,6 +148,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         _print_setting_errors(exc, flags=True)
         return 2
     configure_logging(settings.log_level)
+    workers: int = args.workers
+    if workers > 1 and not _state_is_shared(settings):
+        print(
+            f"switchboard: --workers {workers} needs exactly-once state that the worker "
+            "processes share, and this one is kept in each process's memory: two workers "
+            "could answer the same call. Serve with one worker, or keep the state in SQLite "
+            "or Redis (docs/operations.md).",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings.check_can_serve()
         rules = load_rules(settings.routes_file, region=settings.default_region)
@@ -148,6 +168,23 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"switchboard: cannot start, {settings.routes_file} is invalid:", file=sys.stderr)
         print(exc, file=sys.stderr)
         return 1
+    if workers > 1:
+        del rules  # checked here so that a bad file fails at once; each worker loads its own
+        # The workers are new processes: they read their settings from the environment.
+        os.environ.update(
+            {f"SWITCHBOARD_{name.upper()}": str(value) for name, value in overrides.items()}
+        )
+        uvicorn.run(
+            "app.cli.main:worker_app",
+            factory=True,
+            workers=workers,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+        return 0
     app = create_app(settings, rules=rules)
     del rules  # this frame lasts as long as the server: do not pin the first rules after a reload
     if hasattr(signal, "SIGHUP"):
@@ -162,6 +199,28 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def worker_app() -> FastAPI:
+    """The app of one `serve --workers N` worker process, from the environment."""
+    from app.main import create_app
+    from app.ops.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def _state_is_shared(settings: Settings) -> bool:
+    """Whether every worker process sees the same exactly-once claims."""
+    return False  # the only store so far is MemoryCallStateStore: one per process
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from app.cli.main import main
+from tests.support import SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,3 +83,23 @@ def test_serve_refuses_a_port_out_of_range(port: str, capsys: pytest.CaptureFixt
     # Before: the flag skipped validation, uvicorn was handed 99999 and bound a random port.
     assert main(["serve", "--port", port]) == 2
     assert "switchboard: --port: Input should be" in capsys.readouterr().err
+
+
+def test_serve_refuses_workers_that_would_not_share_exactly_once_state(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Claims kept in each process's memory: two workers could both answer one call.
+    monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("SWITCHBOARD_CALLS_DB", ":memory:")
+    monkeypatch.setenv("SWITCHBOARD_STATE_DB", ":memory:")
+    assert main(["serve", "--workers", "2", "--routes", str(REPO / "routes.yaml")]) == 2
+    assert "--workers 2 needs exactly-once state that the worker processes share" in (
+        capsys.readouterr().err
+    )
+
+
+def test_serve_workers_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--workers", "0"])
+    assert exit_.value.code == 2
+    assert "--workers: must be 1 or more" in capsys.readouterr().err
