@@ -450,6 +450,29 @@ def test_writes_do_not_wait_for_the_disk(sqlite_logs: Logs) -> None:
     assert time.perf_counter() - start < 0.5  # queued: ~µs each, no commit per write
 
 
+def test_writes_arriving_one_by_one_are_committed_in_batches(
+    sqlite_logs: Logs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server writes one record per call, a millisecond or so apart. Before: the writer
+    # thread woke (and took the GIL from the event loop) and committed once per record.
+    log = sqlite_logs.new()
+    assert isinstance(log, SqliteCallLog)
+    batches: list[int] = []
+    apply = log._apply
+
+    def counting(conn: sqlite3.Connection, ops: list[Any]) -> None:
+        batches.append(len(ops))
+        apply(conn, ops)
+
+    monkeypatch.setattr(log, "_apply", counting)
+    for n in range(60):
+        log.started(record(f"rtc_{n}"))
+        time.sleep(0.001)
+    log.close()
+    assert sum(batches) == 60
+    assert len(batches) <= 15, batches
+
+
 # --- the database itself ----------------------------------------------------------------
 
 
