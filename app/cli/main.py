@@ -152,9 +152,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if workers > 1 and not _state_is_shared(settings):
         print(
             f"switchboard: --workers {workers} needs exactly-once state that the worker "
-            "processes share, and this one is kept in each process's memory: two workers "
-            "could answer the same call. Serve with one worker, or keep the state in SQLite "
-            "or Redis (docs/operations.md).",
+            "processes share, and this one is kept in each process's memory "
+            "(SWITCHBOARD_STATE_DB=:memory:): two workers could answer the same call. Serve "
+            "with one worker, or keep the state in SQLite (the default) or Redis.",
             file=sys.stderr,
         )
         return 2
@@ -212,8 +212,9 @@ def worker_app() -> FastAPI:
 
 
 def _state_is_shared(settings: Settings) -> bool:
-    """Whether every worker process sees the same exactly-once claims."""
-    return False  # the only store so far is MemoryCallStateStore: one per process
+    """Whether every worker process sees the same exactly-once claims (app.state.build):
+    Redis, or a SQLite file; not `:memory:`, which is one store per process."""
+    return settings.redis_url is not None or settings.state_path != ":memory:"
 
 
 def _positive(text: str) -> int:

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +71,12 @@ class Service:
 
 
 def start_service(
-    workdir: Path, routes: str, *, env: dict[str, str], timeout: float = 30
+    workdir: Path,
+    routes: str,
+    *,
+    env: dict[str, str],
+    timeout: float = 30,
+    args: Sequence[str] = (),
 ) -> Service:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "routes.yaml").write_text(routes)
@@ -80,7 +85,7 @@ def start_service(
     log = workdir / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*switchboard_command(), "serve"],
+            [*switchboard_command(), "serve", *args],
             cwd=workdir,
             env=env,
             stdout=out,
