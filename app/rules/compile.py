@@ -34,7 +34,7 @@ from app.rules.conditions import (
     TextMatches,
 )
 from app.rules.errors import ConfigIssue, RulesError
-from app.rules.files import read_rules_text
+from app.rules.files import FileChanged, Snapshot, read_rules_text
 from app.rules.gcpause import full_collections_paused
 from app.rules.numbers import ListFileError, NumberSet, e164_prefix_hint, load_number_file
 from app.rules.regex import compile_regex
@@ -72,30 +72,70 @@ TEMPLATED_KEYS: tuple[tuple[str, ...], ...] = (
 )
 
 
+# Pauses before each new attempt at a load that saw a file change (load_rules): an edit
+# written in several steps usually ends within them.
+CHANGED_RETRY_DELAYS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)
+
+
 def load_rules(path: FilePath, *, region: str) -> RuleSet:
-    return compile_rules(read_rules_text(path), str(path), region=region)
+    """The rules of the routes file `path` and the files it names, all as they were at one
+    moment: a load that saw any of them change is done again, up to
+    len(CHANGED_RETRY_DELAYS) times; then RulesError (the previous rules stay)."""
+    changed = str(path)
+    for delay in (*CHANGED_RETRY_DELAYS, None):
+        snapshot = Snapshot()
+        try:
+            text = read_rules_text(path, snapshot)
+            rules = compile_rules(text, str(path), region=region, snapshot=snapshot)
+        except FileChanged as exc:
+            changed = exc.path
+        except RulesError:
+            # A half-written file is often invalid: an error counts only if nothing moved.
+            found = snapshot.changed()
+            if found is None:
+                raise
+            changed = found
+        else:
+            found = snapshot.changed()
+            if found is None:
+                return rules
+            changed = found
+            del rules
+        if delay is not None:
+            time.sleep(delay)  # a worker thread's (see app.ops.reload), or the CLI's
+    attempts = len(CHANGED_RETRY_DELAYS) + 1
+    message = (
+        f"the file changed while it was read, {attempts} times in a row: not used. Replace it"
+        " in one step (write another file, then rename it over this one)"
+    )
+    raise RulesError([ConfigIssue(changed, None, None, "", message)])
 
 
-def compile_rules(text: str, file: str, *, region: str) -> RuleSet:
+def compile_rules(
+    text: str, file: str, *, region: str, snapshot: Snapshot | None = None
+) -> RuleSet:
+    """`snapshot`: note each list file read there (see load_rules)."""
     # Millions of objects for a large file: without the pause CPython runs several full
     # collections in the middle, a third of the time at 10,000 routes (see app.rules.gcpause).
     with full_collections_paused():
-        return _compile(text, file, region)
+        return _compile(text, file, region, snapshot)
 
 
-def _compile(text: str, file: str, region: str) -> RuleSet:
+def _compile(text: str, file: str, region: str, snapshot: Snapshot | None = None) -> RuleSet:
     doc = parse_yaml(text, file)
     # Both hold only what the RuleSet copied out: freed a piece at a time (see teardown).
     garbage: list[Any] = []
     try:
-        return _validate_and_build(doc, text, region, garbage)
+        return _validate_and_build(doc, text, region, garbage, snapshot)
     finally:
         garbage += (doc.data, doc.positions)
         doc.data, doc.positions = None, {}
         dismantle(garbage)
 
 
-def _validate_and_build(doc: Document, text: str, region: str, garbage: list[Any]) -> RuleSet:
+def _validate_and_build(
+    doc: Document, text: str, region: str, garbage: list[Any], snapshot: Snapshot | None
+) -> RuleSet:
     """The RuleSet of `doc`; the validated spec is left in `garbage` (not in a frame)."""
     if doc.data is None:
         raise RulesError([ConfigIssue(doc.file, None, None, "", "the file is empty: add routes:")])
@@ -109,12 +149,19 @@ def _validate_and_build(doc: Document, text: str, region: str, garbage: list[Any
         issues.extend(_validation_issues(exc, doc))
     if issues or not garbage:
         raise RulesError(sorted(issues, key=lambda i: (i.line or 0, i.column or 0)))
-    return _Compiler(doc, garbage[0], region).build(text)
+    return _Compiler(doc, garbage[0], region, snapshot).build(text)
 
 
 class _Compiler:
-    def __init__(self, doc: Document, spec: schema.RoutesFile, region: str) -> None:
+    def __init__(
+        self,
+        doc: Document,
+        spec: schema.RoutesFile,
+        region: str,
+        snapshot: Snapshot | None = None,
+    ) -> None:
         self.doc = doc
+        self.snapshot = snapshot
         self.spec = spec
         self.region = region
         self.base = FilePath(doc.file).parent
@@ -163,7 +210,11 @@ class _Compiler:
             self.files.append(str(path))
             try:
                 lists[name] = load_number_file(
-                    path, self.region, column=spec.column, digest=self.digest
+                    path,
+                    self.region,
+                    column=spec.column,
+                    digest=self.digest,
+                    snapshot=self.snapshot,
                 )
             except ListFileError as exc:
                 for line, message in exc.problems:

@@ -14,6 +14,7 @@ import gc
 import io
 import itertools
 import re
+import zlib
 from collections.abc import Container, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 import phonenumbers
 
+from app.rules.files import Snapshot, read_started
 from app.rules.lookup import listed
 from app.sip.identity import to_e164
 
@@ -282,11 +284,17 @@ class ListFileError(Exception):
 
 
 def load_number_file(
-    path: Path, region: str, *, column: int = 1, digest: Hash | None = None
+    path: Path,
+    region: str,
+    *,
+    column: int = 1,
+    digest: Hash | None = None,
+    snapshot: Snapshot | None = None,
 ) -> NumberSet:
     """Read a .txt (one number per line) or .csv (numbers in `column`) list.
 
     `digest` is fed the very bytes parsed, so a version never describes another edit.
+    `snapshot` notes the file as read (FileChanged if it was written meanwhile).
 
     Loads run in a worker thread while the event loop serves calls, and CPython switches
     threads only between bytecodes: so no step here is one long C call over the whole
@@ -295,7 +303,7 @@ def load_number_file(
     The file is read, decoded and split a piece at a time (_read_text), and the numbers go
     from a generator into shards (exact_set)."""
     try:
-        pieces = _read_text(path, digest)
+        pieces = _read_text(path, digest, snapshot)
     except OSError as exc:
         raise ListFileError([(None, f"cannot read {path}: {exc.strerror or exc}")]) from None
     except UnicodeDecodeError:
@@ -391,7 +399,7 @@ def _exact_numbers(
 CHUNK_BYTES = 1 << 16
 
 
-def _read_text(path: Path, digest: Hash | None) -> list[str]:
+def _read_text(path: Path, digest: Hash | None, snapshot: Snapshot | None = None) -> list[str]:
     """The file as UTF-8 text (a byte order mark dropped), in pieces of about CHUNK_BYTES,
     each cut just after a "\n" (a byte that in UTF-8 is never part of another character).
 
@@ -401,10 +409,14 @@ def _read_text(path: Path, digest: Hash | None) -> list[str]:
     gives the very lines splitting the whole text would."""
     pieces: list[str] = []
     pending: list[bytes] = []  # the start of a line not ended yet
+    checksum = 0
     with path.open("rb") as file:
+        started = read_started(file)
         while block := file.read(CHUNK_BYTES):
             if digest is not None:
                 digest.update(block)
+            if snapshot is not None:
+                checksum = zlib.crc32(block, checksum)
             cut = block.rfind(b"\n") + 1
             if cut == 0:
                 pending.append(block)
@@ -412,6 +424,8 @@ def _read_text(path: Path, digest: Hash | None) -> list[str]:
             pending.append(block[:cut])
             pieces.append(_decode(b"".join(pending), first=not pieces))
             pending = [block[cut:]]
+        if snapshot is not None:
+            snapshot.finish(path, file, started, checksum)
     tail = b"".join(pending)
     if tail:
         pieces.append(_decode(tail, first=not pieces))
