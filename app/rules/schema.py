@@ -519,8 +519,31 @@ class RoutesFile(Strict):
 def json_schema() -> dict[str, Any]:
     """JSON Schema of routes.yaml, for editors (yaml-language-server)."""
     result = RoutesFile.model_json_schema(by_alias=True)
+    _live_overrides(result)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **result,
         "title": "Switchboard routes.yaml",
     }
+
+
+_ACCEPTS = [{"$ref": "#/$defs/AcceptAction"}, {"$ref": "#/$defs/LiveAcceptAction"}]
+
+
+def _live_overrides(node: Any) -> None:
+    """`accept: {session: NAME, ...}` is a Live accept when NAME is a Live session, without
+    `type: live`: which a JSON Schema cannot know. So for editors `type` is optional in a
+    Live accept, and an accept is either kind (anyOf: a bare override fits both)."""
+    if isinstance(node, dict):
+        if node.get("oneOf") == _ACCEPTS:
+            node["anyOf"] = node.pop("oneOf")
+        live = node.get("$defs", {}).get("LiveAcceptAction")
+        if live is not None:
+            live["required"] = [key for key in live.get("required", []) if key != "type"]
+            if not live["required"]:
+                del live["required"]
+        for value in node.values():
+            _live_overrides(value)
+    elif isinstance(node, list):
+        for item in node:
+            _live_overrides(item)

@@ -346,8 +346,8 @@ def test_check_refuses(session: str, expected: str) -> None:
         ),
         pytest.param(
             "accept: {type: live, instructions: Hi.}",
-            "routes.yaml:20:5: routes[0].accept: model: required key is missing"
-            " (session and overrides merged)",
+            "routes.yaml:20:5: routes[0].accept.model: required key is missing"
+            " (a Live accept without session: gives one)",
             id="inline-live-without-model",
         ),
     ],
@@ -355,3 +355,30 @@ def test_check_refuses(session: str, expected: str) -> None:
 def test_check_refuses_accepts(route: str, expected: str) -> None:
     text = LIVE + f"routes:\n  - name: only\n    {route}\n"
     assert expected in issues(text), issues(text)
+
+
+def test_the_editor_schema_takes_live_overrides_and_refuses_unknown_keys() -> None:
+    """routes.schema.json cannot know that a named session is Live: an override without
+    `type` fits a Live accept too, while a misspelt key still fits neither."""
+    import jsonschema
+    import yaml
+
+    from app.rules.schema import json_schema
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+    data = yaml.safe_load(
+        LIVE
+        + """
+routes:
+  - name: live-override
+    accept: {session: desk, delegation: {type: client}}
+  - name: shared-key
+    accept: {session: desk, instructions: Be brief.}
+  - name: realtime-override
+    accept: {session: realtime, audio: {output: {voice: cedar}}}
+  - name: misspelt
+    accept: {sesion: desk}
+"""
+    )
+    found = [list(error.absolute_path) for error in validator.iter_errors(data)]
+    assert found == [["routes", 3, "accept"]]

@@ -560,6 +560,48 @@ def test_live_bodies_conform_to_the_sdk(name: str) -> None:
     assert sent == {"session": session}
 
 
+@pytest.mark.parametrize(
+    ("sessions", "override", "sdk"),
+    [
+        pytest.param(
+            REALTIME_SESSIONS,
+            "{session: semantic, audio: {input: {turn_detection: {type: server_vad,"
+            " threshold: 0.4}, format: {type: audio/pcm}}}, tool_choice: {type: function,"
+            " name: f}}",
+            CallAcceptParams,
+            id="realtime-other-types",
+        ),
+        pytest.param(
+            REALTIME_SESSIONS,
+            "{session: everything, truncation: {type: retention_ratio, retention_ratio: 0.5},"
+            " audio: {output: {voice: cedar}}, reasoning: {effort: low}}",
+            CallAcceptParams,
+            id="realtime-same-types",
+        ),
+        pytest.param(
+            LIVE_SESSIONS,
+            "{session: responses, delegation: {type: client}, audio: {output: {voice: {id: v1}}}}",
+            LiveSessionParams,
+            id="live-other-delegation",
+        ),
+        pytest.param(
+            LIVE_SESSIONS,
+            "{session: responses, delegation: {type: responses, responses: {model: gpt-5.2-mini,"
+            " tool_choice: none}}}",
+            LiveSessionParams,
+            id="live-same-delegation",
+        ),
+    ],
+)
+def test_merged_overrides_conform_to_the_sdk(sessions: str, override: str, sdk: Any) -> None:
+    """A session merged with a route's overrides is still a body the API takes: a mapping of
+    another `type` replaces the session's instead of mixing their keys."""
+    text = textwrap.dedent(sessions) + f"routes:\n  - name: only\n    accept: {override}\n"
+    (route,) = compile_rules(text, "routes.yaml", region="US").routes
+    assert isinstance(route.action, Accept)
+    assert conforms(json.loads(route.action.body), sdk) == []
+
+
 def test_the_sample_sessions_use_every_key_the_sdk_defines() -> None:
     """(b) covers the schema: every key path of the SDK's types appears in some body."""
     for sessions, root in (
