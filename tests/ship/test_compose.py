@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.cli.main import main as switchboard
 from app.ops.metrics import Metrics
 from app.rules import load_rules
+from app.settings import Settings
 from tests.ship.support import (
     REPO,
     final_stage,
@@ -178,6 +181,128 @@ def test_monitoring_profile_runs_prometheus_on_the_repo_config(compose: dict[str
     config = map_container_path(flags["config.file"], service_mounts(prometheus))
     assert config == PROMETHEUS_DIR / "prometheus.yml"
     assert flags["storage.tsdb.path"] in {m.target for m in service_mounts(prometheus)}
+
+
+# --- High availability: the `ha` profile ------------------------------------------------
+
+HA_SERVICES = {"switchboard-a", "switchboard-b", "proxy", "redis", "postgres"}
+HAPROXY_CONFIG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+
+
+def ha(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in compose["services"].items() if "ha" in s.get("profiles", [])}
+
+
+def replicas(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in ha(compose).items() if n.startswith("switchboard-")}
+
+
+def test_ha_profile_services(compose: dict[str, Any]) -> None:
+    assert set(ha(compose)) == HA_SERVICES
+    for name, service in ha(compose).items():
+        assert service["profiles"] == ["ha"], name
+        assert service["restart"] == "unless-stopped", name
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+        image = service["image"]
+        assert (":" in image and not image.endswith(":latest")) or image == "switchboard:latest"
+
+
+def test_ha_replicas_run_the_router_on_the_shared_state(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    single = compose["services"]["switchboard"]
+    found = replicas(compose)
+    assert len(found) >= 2
+    ids = set()
+    documented = set(re.findall(r"^#? ?([A-Z_]+)=", (REPO / ".env.example").read_text(), re.M))
+    for name, service in found.items():
+        # The same image, settings file, rules and hardening as the single node.
+        for key in ("image", "build", "env_file", "read_only", "cap_drop", "security_opt"):
+            assert service[key] == single[key], f"{name}: {key}"
+        assert "ports" not in service, f"{name}: only the proxy is published"
+        mounts = service_mounts(service)
+        assert [m for m in mounts if m.bind] == [m for m in service_mounts(single) if m.bind]
+        assert all(m.read_only for m in mounts), f"{name}: nothing durable in a replica"
+        env = service_environment(service)
+        assert set(env) <= documented, f"{name}: a setting .env.example does not document"
+        for key in ("SWITCHBOARD_HOST", "SWITCHBOARD_PORT", "SWITCHBOARD_ROUTES_FILE"):
+            assert env[key] == service_environment(single)[key], f"{name}: {key}"
+        # Redis and PostgreSQL are the compose services, started healthy first.
+        assert env["SWITCHBOARD_REDIS_URL"].startswith("redis://redis:6379/")
+        database = env["SWITCHBOARD_DATABASE_URL"]
+        postgres_env = service_environment(compose["services"]["postgres"])
+        assert database.startswith(f"postgresql://{postgres_env['POSTGRES_USER']}:")
+        assert database.endswith(f"@postgres:5432/{postgres_env['POSTGRES_DB']}")
+        assert postgres_env["POSTGRES_PASSWORD"] in database  # the same ${...} variable
+        assert service["depends_on"] == {
+            "redis": {"condition": "service_healthy"},
+            "postgres": {"condition": "service_healthy"},
+        }
+        ids.add(env["SWITCHBOARD_REPLICA_ID"])
+        # What the replica would load is a valid configuration.
+        for key in [k for k in os.environ if k.startswith(("SWITCHBOARD_", "OPENAI_"))]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value.replace("${POSTGRES_PASSWORD:-switchboard}", "pw"))
+        settings = Settings(_env_file=REPO / ".env.example")  # type: ignore[call-arg]
+        assert settings.redis_url is not None and settings.database_url is not None
+    assert len(ids) == len(found), "every replica needs its own id"
+
+
+def haproxy_lines() -> list[list[str]]:
+    lines = []
+    for raw in HAPROXY_CONFIG.read_text().splitlines():
+        text = raw.split("#", 1)[0].strip()
+        if text:
+            lines.append(text.split())
+    return lines
+
+
+def test_ha_proxy_sends_traffic_to_every_ready_replica(compose: dict[str, Any]) -> None:
+    proxy = compose["services"]["proxy"]
+    assert proxy["image"].startswith("haproxy:")
+    config_dir = map_container_path("/usr/local/etc/haproxy", service_mounts(proxy))
+    assert config_dir == HAPROXY_CONFIG.parent
+    # Published where the single node is: the TLS proxy in front stays as it is.
+    assert proxy["ports"] == compose["services"]["switchboard"]["ports"]
+    lines = haproxy_lines()
+    port = service_environment(compose["services"]["switchboard"])["SWITCHBOARD_PORT"]
+    assert ["bind", f":{port}"] in lines
+    servers = {line[2] for line in lines if line[0] == "server"}
+    expected = {
+        f"{name}:{service_environment(s)['SWITCHBOARD_PORT']}"
+        for name, s in replicas(compose).items()
+    }
+    assert servers == expected, "every replica behind the proxy, and nothing else"
+    assert set(proxy["depends_on"]) == set(replicas(compose))
+    # Only ready replicas get traffic, and a failed attempt is retried on another one.
+    assert ["option", "httpchk", "GET", "/readyz"] in lines
+    assert ["http-check", "expect", "status", "200"] in lines
+    assert any(line[0] == "default-server" and "check" in line for line in lines)
+    retry_on = next(line for line in lines if line[0] == "retry-on")
+    assert {"conn-failure", "empty-response"} <= set(retry_on[1:])
+    assert ["option", "redispatch", "1"] in lines
+    monitor = next(line for line in lines if line[0] == "monitor-uri")[1]
+    assert monitor in " ".join(proxy["healthcheck"]["test"])
+
+
+def test_ha_proxy_config_is_valid_haproxy() -> None:
+    haproxy = shutil.which("haproxy")
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy) to check its config")
+    result = subprocess.run(
+        [haproxy, "-c", "-f", str(HAPROXY_CONFIG)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ha_state_services_keep_their_data_on_named_volumes(compose: dict[str, Any]) -> None:
+    for name, target in (("redis", "/data"), ("postgres", "/var/lib/postgresql/data")):
+        service = compose["services"][name]
+        (mount,) = service_mounts(service)
+        assert not mount.bind and mount.source in compose["volumes"] and mount.target == target
+        assert "ports" not in service, f"{name} is for the replicas only"
+    assert "--appendonly" in compose["services"]["redis"]["command"]
 
 
 # --- Prometheus ------------------------------------------------------------------------
