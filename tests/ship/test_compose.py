@@ -244,7 +244,7 @@ def test_ha_replicas_run_the_router_on_the_shared_state(
             monkeypatch.delenv(key)
         for key, value in env.items():
             monkeypatch.setenv(key, value.replace("${POSTGRES_PASSWORD:-switchboard}", "pw"))
-        settings = Settings(_env_file=REPO / ".env.example")  # type: ignore[call-arg]
+        settings = Settings(_env_file=REPO / ".env.example")
         assert settings.redis_url is not None and settings.database_url is not None
     assert len(ids) == len(found), "every replica needs its own id"
 
