@@ -1,7 +1,8 @@
 """Keeps this replica's hold on its live calls, and takes over the calls of dead replicas.
 
 Every heartbeat: renew the leases of the calls this replica holds (a call another replica
-has taken meanwhile is left without being ended), then claim the calls whose lease ran out
+has taken meanwhile is left without being ended; one the registry forgot is registered
+again), then claim the calls whose lease ran out
 and resume them. Alongside, answer the operator requests (hang up, transfer) that other
 replicas relay to this one for the calls it holds.
 """
@@ -41,9 +42,15 @@ class LiveCallKeeper:
         held = self.manager.held()
         try:
             async with asyncio.timeout(self.timeout):
-                lost = await self.registry.renew(held) if held else set()
-            for call_id in lost:
+                renewal = await self.registry.renew(held)
+            for call_id in renewal.lost:
                 await self.manager.lose(call_id)
+            for call_id in renewal.missing:
+                # Redis lost its data (a restart without persistence): still ours, say so.
+                live = self.manager.live_call(call_id)
+                if live is not None:
+                    async with asyncio.timeout(self.timeout):
+                        await self.registry.register(live)
             async with asyncio.timeout(self.timeout):
                 claimed = await self.registry.takeover()
         except (LiveCallError, TimeoutError) as exc:

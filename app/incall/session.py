@@ -98,6 +98,7 @@ class InCallManager:
         return True
 
     def _begin(self, session: CallSession, live: LiveCall, *, resumed: bool) -> None:
+        session.live = live
         self._sessions[session.call_id] = session
         self.metrics.active_calls.inc()
         session.task = asyncio.create_task(
@@ -107,6 +108,11 @@ class InCallManager:
     def held(self) -> list[str]:
         """The calls this replica holds (for the registry's heartbeat)."""
         return [c for c, s in self._sessions.items() if not s.detached]
+
+    def live_call(self, call_id: str) -> LiveCall | None:
+        """The registry record of a call this replica holds."""
+        session = self._sessions.get(call_id)
+        return None if session is None or session.detached else session.live
 
     async def lose(self, call_id: str) -> None:
         """Another replica holds the call now: leave it as it is, without ending it."""
@@ -233,6 +239,8 @@ class CallSession:
             if resumed.deadline is not None and features.max_duration is not None:
                 self.limit_seconds = max(0.0, resumed.deadline - manager.wall_clock())
         self.task: asyncio.Task[None] | None = None
+        self.live: LiveCall | None = None
+        """What the live-call registry holds for this call."""
         self.sideband: Sideband | None = None
         self.end_reason: str | None = None
         self.detached = False

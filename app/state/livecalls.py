@@ -143,6 +143,17 @@ def features_from_dict(data: Mapping[str, Any]) -> CallFeatures:
 
 
 @dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a heartbeat learnt about the calls it renewed (the others were renewed)."""
+
+    lost: frozenset[str] = frozenset()
+    """Held by another replica now: it took them over."""
+    missing: frozenset[str] = frozenset()
+    """Unknown to the registry (Redis lost its data, or the call was released elsewhere):
+    the holder registers them again."""
+
+
+@dataclass(frozen=True, slots=True)
 class ControlRequest:
     """An operator's request for a call, relayed to the replica that owns it."""
 
@@ -173,9 +184,9 @@ class LiveCallRegistry(Protocol):
         """This replica holds the call now (a new call, or one it took over)."""
         ...
 
-    async def renew(self, call_ids: Collection[str]) -> set[str]:
-        """Heartbeat: extend the leases of these calls; returns the ones this replica no
-        longer holds (another took them over, or they were released)."""
+    async def renew(self, call_ids: Collection[str]) -> Renewal:
+        """Heartbeat: extend the leases of these calls; say which ones another replica
+        holds now, and which ones the registry does not know."""
         ...
 
     async def release(self, call_id: str) -> None:
@@ -258,15 +269,18 @@ class MemoryLiveCalls:
             call.encode(), self.replica, self._now() + self.lease
         )
 
-    async def renew(self, call_ids: Collection[str]) -> set[str]:
+    async def renew(self, call_ids: Collection[str]) -> Renewal:
         lost: set[str] = set()
+        missing: set[str] = set()
         for call_id in call_ids:
             entry = self.hub.entries.get(call_id)
-            if entry is None or entry.owner != self.replica:
+            if entry is None:
+                missing.add(call_id)
+            elif entry.owner != self.replica:
                 lost.add(call_id)
             else:
                 entry.expires = self._now() + self.lease
-        return lost
+        return Renewal(frozenset(lost), frozenset(missing))
 
     async def release(self, call_id: str) -> None:
         entry = self.hub.entries.get(call_id)
@@ -330,20 +344,22 @@ return 1
 """
 )
 
-# ARGV: replica, lease ms, ids...; returns the ids this replica no longer holds.
+# ARGV: replica, lease ms, ids...; returns {lost ids, missing ids}.
 _RENEW = (
     _NOW
     + """
-local lost = {}
+local lost, missing = {}, {}
 for i = 3, #ARGV do
   local id = ARGV[i]
-  if redis.call('HGET', KEYS[2], id) == ARGV[1] and redis.call('HEXISTS', KEYS[1], id) == 1 then
+  if redis.call('HEXISTS', KEYS[1], id) == 0 then
+    table.insert(missing, id)
+  elseif redis.call('HGET', KEYS[2], id) == ARGV[1] then
     redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), id)
   else
     table.insert(lost, id)
   end
 end
-return lost
+return {lost, missing}
 """
 )
 
@@ -427,13 +443,13 @@ class RedisLiveCalls:
             ),
         )
 
-    async def renew(self, call_ids: Collection[str]) -> set[str]:
+    async def renew(self, call_ids: Collection[str]) -> Renewal:
         if not call_ids:
-            return set()
-        lost = await self._run(
+            return Renewal()
+        lost, missing = await self._run(
             "renew", self._renew(keys=self._keys, args=[self.replica, self.lease_ms, *call_ids])
         )
-        return {_text(x) for x in lost}
+        return Renewal(frozenset(map(_text, lost)), frozenset(map(_text, missing)))
 
     async def release(self, call_id: str) -> None:
         await self._run("release", self._release(keys=self._keys, args=[call_id, self.replica]))

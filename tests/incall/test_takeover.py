@@ -284,3 +284,15 @@ async def test_a_registry_that_fails_costs_the_call_nothing(cluster: Cluster) ->
     assert cluster.log[call_id].endings == ["ended"]
     await manager.shutdown()
     await client.aclose()
+
+
+async def test_calls_the_registry_forgot_are_registered_again(cluster: Cluster) -> None:
+    a, b = cluster.replica("a"), cluster.replica("b")
+    call_id = await start_call(cluster, a)
+    cluster.hub.entries.clear()  # Redis restarted without its data
+    await a.keeper.beat()
+    assert call_id in a.manager, "still a's call: not left"
+    assert cluster.hub.entries[call_id].owner == "a"
+    await b.keeper.beat()
+    assert call_id not in b.manager
+    await a.manager.shutdown()

@@ -94,6 +94,13 @@ COVERED: dict[str, Covered] = {
     "docker compose logs -f switchboard": Covered(How.DOCKER),
     "docker compose exec switchboard switchboard check": Covered(How.DOCKER),
     "docker compose down": Covered(How.DOCKER),
+    # docs/deploy.md: high availability
+    "docker compose --profile ha up -d --build proxy": Covered(How.DOCKER),
+    "docker compose --profile ha ps": Covered(How.DOCKER),
+    "docker compose --profile ha logs -f switchboard-a switchboard-b": Covered(How.DOCKER),
+    "docker compose --profile ha build switchboard-a": Covered(How.DOCKER),
+    "docker compose --profile ha up -d --no-deps --wait switchboard-a": Covered(How.DOCKER),
+    "docker compose --profile ha up -d --no-deps --wait switchboard-b": Covered(How.DOCKER),
     # docs/deploy.md: connecting a project
     ".venv/bin/switchboard check routes.yaml": Covered(How.RUN, "routes.yaml: OK"),
 }
@@ -392,7 +399,7 @@ RUN_OPTIONS = {
 BUILD_OPTIONS = {"-t": True, "--tag": True, "-f": True, "--file": True, "--pull": False}
 COMPOSE_OPTIONS = {"--profile": True, "-f": True, "--file": True}
 COMPOSE_COMMANDS: dict[str, dict[str, bool]] = {
-    "up": {"-d": False, "--detach": False, "--build": False, "--wait": False},
+    "up": {"-d": False, "--detach": False, "--build": False, "--wait": False, "--no-deps": False},
     "down": {"-v": False, "--volumes": False, "--remove-orphans": False},
     "ps": {"-a": False, "--all": False},
     "logs": {"-f": False, "--follow": False, "--tail": True},

@@ -25,6 +25,7 @@ from app.state.livecalls import (
     MemoryHub,
     MemoryLiveCalls,
     RedisLiveCalls,
+    Renewal,
     features_from_dict,
     features_to_dict,
 )
@@ -171,7 +172,7 @@ async def test_renewed_leases_are_not_taken_over(replicas: Replicas) -> None:
         await asyncio.sleep(LEASE / 3)
         if isinstance(replicas, MemoryReplicas):
             replicas.now += LEASE / 2
-        assert await a.renew([call.call_id]) == set()
+        assert await a.renew([call.call_id]) == Renewal()
     assert await b.takeover() == []
 
 
@@ -188,15 +189,15 @@ async def test_an_expired_lease_is_taken_over_by_exactly_one_replica(replicas: R
     assert claimed == dataclasses.replace(call, owner="a")  # taken from a
     assert (await a.get(call.call_id)).owner == winner.replica  # type: ignore[union-attr]
     # The old owner's next heartbeat learns it lost the call; it may not release it.
-    assert await a.renew([call.call_id]) == {call.call_id}
+    assert await a.renew([call.call_id]) == Renewal(lost=frozenset({call.call_id}))
     await a.release(call.call_id)
     assert await a.get(call.call_id) is not None
     # The new owner renews, releases, and the call is gone.
-    assert await winner.renew([call.call_id]) == set()
+    assert await winner.renew([call.call_id]) == Renewal()
     assert await winner.takeover() == []
     await winner.release(call.call_id)
     assert await a.get(call.call_id) is None
-    assert await winner.renew([call.call_id]) == {call.call_id}
+    assert await winner.renew([call.call_id]) == Renewal(missing=frozenset({call.call_id}))
 
 
 async def test_disowned_calls_are_taken_over_at_once(replicas: Replicas) -> None:
@@ -208,7 +209,7 @@ async def test_disowned_calls_are_taken_over_at_once(replicas: Replicas) -> None
     assert await b.takeover() == []
     await a.disown(left.call_id)
     assert [c.call_id for c in await b.takeover()] == [left.call_id]
-    assert await a.renew([kept.call_id, left.call_id]) == {left.call_id}
+    assert await a.renew([kept.call_id, left.call_id]) == Renewal(lost=frozenset({left.call_id}))
 
 
 async def test_a_late_owner_takes_its_own_call_back(replicas: Replicas) -> None:
@@ -217,7 +218,7 @@ async def test_a_late_owner_takes_its_own_call_back(replicas: Replicas) -> None:
     await a.register(call)
     await replicas.expire()
     # Nobody took it meanwhile: the owner's late heartbeat keeps it.
-    assert await a.renew([call.call_id]) == set()
+    assert await a.renew([call.call_id]) == Renewal()
 
 
 async def test_relayed_requests_reach_the_owner(replicas: Replicas) -> None:
