@@ -39,7 +39,6 @@ from app.state.livecalls import (
     LiveCallRegistry,
     MemoryLiveCalls,
     RedisLiveCalls,
-    connect_redis,
     new_replica_id,
 )
 from app.state.ratelimit import RateLimits
@@ -101,6 +100,7 @@ def create_app(
     incall: InCallManager | None = None
     keeper: LiveCallKeeper | None = None
     registry: LiveCallRegistry | None = None
+    state: State | None = build_state(settings) if store is None else None
     if settings.dry_run:
         controller: CallController = DryRunCallControl()
     else:
@@ -116,12 +116,10 @@ def create_app(
             observer=metrics.observe_upstream,
         )
         replica = settings.replica_id or new_replica_id()
-        if settings.redis_url is not None:
+        if state is not None and state.redis is not None:
             # Replicas share the registry of live calls: any one carries on a dead one's.
             registry = RedisLiveCalls(
-                connect_redis(settings.redis_url.get_secret_value()),
-                replica,
-                lease_seconds=settings.live_lease_seconds,
+                state.redis, replica, lease_seconds=settings.live_lease_seconds
             )
         else:
             registry = MemoryLiveCalls(replica, lease_seconds=settings.live_lease_seconds)
@@ -140,7 +138,6 @@ def create_app(
             )
         if calls_control is None:
             calls_control = AnyReplicaControl(incall, registry)
-    state: State | None = build_state(settings) if store is None else None
     if state is not None:
         store = state.claims
         limits = limits if limits is not None else state.limits

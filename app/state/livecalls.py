@@ -47,7 +47,8 @@ PREFIX: Final = "switchboard:{live}"
 """Every key shares the `{live}` hash tag: one slot, so the scripts also run on a cluster."""
 TAKEOVER_BATCH: Final = 100
 """Calls one takeover claims at most (the rest at the next heartbeat, or by other replicas)."""
-REPLY_TTL_MS: Final = 30_000
+POLL_SECONDS: Final = 0.2
+"""Longest read on a pub/sub connection (under any socket timeout the client has)."""
 
 
 class LiveCallError(Exception):
@@ -221,13 +222,6 @@ class LiveCallRegistry(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def connect_redis(url: str) -> Redis:
-    """A client for the registry (no socket timeout: the control channel blocks on reads;
-    every request is bounded by its caller instead)."""
-    client: Redis = Redis.from_url(url, socket_connect_timeout=2.0, health_check_interval=30)
-    return client
 
 
 def new_replica_id() -> str:
@@ -406,6 +400,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _outcome(raw: bytes | str) -> str | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    outcome = data.get("outcome") if isinstance(data, dict) else None
+    return outcome if isinstance(outcome, str) else None
+
+
 class RedisLiveCalls:
     def __init__(
         self,
@@ -495,18 +498,24 @@ class RedisLiveCalls:
     async def ask(
         self, owner: str, request: ControlRequest, wait_seconds: float
     ) -> str | NoAnswer | None:
+        # The answer comes back on a channel of its own, subscribed before asking: no
+        # blocking command, so the client's short socket timeout holds for everything.
         reply_to = f"{self.prefix}:reply:{secrets.token_hex(12)}"
-        receivers = await self._run(
-            "ask", self.client.publish(self.channel(owner), request.encode(reply_to))
-        )
-        if not receivers:
-            return NO_ANSWER  # nobody listens on that replica's channel: it is gone
-        answer = await self._run("ask", self.client.blpop([reply_to], timeout=wait_seconds))
-        if answer is None:
-            raise TimeoutError(f"replica {owner} did not answer within {wait_seconds} s")
-        data = json.loads(answer[1])
-        outcome = data.get("outcome") if isinstance(data, dict) else None
-        return outcome if isinstance(outcome, str) else None
+        try:
+            async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(reply_to)
+                receivers = await self.client.publish(self.channel(owner), request.encode(reply_to))
+                if not receivers:
+                    return NO_ANSWER  # nobody listens on that replica's channel: it is gone
+                async with asyncio.timeout(wait_seconds):
+                    while True:
+                        message = await pubsub.get_message(timeout=POLL_SECONDS)
+                        if message is not None and message.get("type") == "message":
+                            return _outcome(message["data"])
+        except TimeoutError:
+            raise TimeoutError(f"replica {owner} did not answer within {wait_seconds} s") from None
+        except (RedisError, OSError) as exc:
+            raise LiveCallError(f"live calls: ask failed: {type(exc).__name__}: {exc}") from exc
 
     async def serve(self, handler: Handler) -> None:
         """Subscribe to this replica's channel and answer; resubscribes after a Redis loss."""
@@ -518,8 +527,9 @@ class RedisLiveCalls:
                     async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                         await pubsub.subscribe(self.channel(self.replica))
                         pause = 0.1
-                        async for message in pubsub.listen():
-                            if message.get("type") != "message":
+                        while True:
+                            message = await pubsub.get_message(timeout=POLL_SECONDS)
+                            if message is None or message.get("type") != "message":
                                 continue
                             task = asyncio.create_task(self._answer(handler, message["data"]))
                             tasks.add(task)
@@ -555,11 +565,7 @@ class RedisLiveCalls:
             logger.exception("relayed request failed", extra={"call_id": request.call_id})
             outcome = None
         with contextlib.suppress(RedisError, OSError):
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(reply_to, json.dumps({"outcome": outcome}))
-                pipe.pexpire(reply_to, REPLY_TTL_MS)
-                await pipe.execute()
+            await self.client.publish(reply_to, json.dumps({"outcome": outcome}))
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self.client.aclose()
+        return None  # the client is the deployment's (app/state/build.py), closed there

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
-from redis.asyncio import Redis
 
 from app.incall.control import AnyReplicaControl
 from app.incall.keeper import LiveCallKeeper
@@ -20,6 +19,7 @@ from app.openai.sideband import WebSocketConnector
 from app.ops.metrics import Metrics
 from app.rules.ruleset import CallFeatures, Destination, MaxDuration
 from app.state.livecalls import MemoryHub, MemoryLiveCalls, RedisLiveCalls
+from app.state.redis import connect
 from tests.e2e.fake_realtime import FakeRealtime
 from tests.incall.test_session import (
     API_KEY,
@@ -30,7 +30,7 @@ from tests.incall.test_session import (
     metric,
     of_type,
 )
-from tests.servers import free_port
+from tests.redis_server import free_port
 from tests.support import new_id
 
 pytestmark = pytest.mark.anyio
@@ -265,7 +265,7 @@ async def test_a_dead_owners_call_is_controlled_through_the_api(cluster: Cluster
 
 async def test_a_registry_that_fails_costs_the_call_nothing(cluster: Cluster) -> None:
     # Redis nowhere to be found: the call goes on, only its takeover is lost.
-    client = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    client = connect(f"redis://127.0.0.1:{free_port()}/0")
     metrics = Metrics()
     manager = InCallManager(
         connector=WebSocketConnector(cluster.fake.base_url, API_KEY),
