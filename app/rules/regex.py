@@ -11,7 +11,6 @@ expressions).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import re2
@@ -42,17 +41,34 @@ class RegexError(ValueError):
     """A pattern RE2 cannot compile; the message says why and what to write instead."""
 
 
-@dataclass(frozen=True, slots=True)
 class Regex:
-    """A compiled pattern. Equal to another with the same text and case rule."""
+    """A compiled pattern, shown as `/pattern/` (as /admin/routes shows a condition's
+    fields). Equal to another with the same text and case rule."""
 
-    pattern: str
-    ignore_case: bool = False
-    _compiled: Any = field(default=None, compare=False, repr=False)
+    __slots__ = ("_compiled", "ignore_case", "pattern")
+
+    def __init__(self, pattern: str, ignore_case: bool, compiled: Any) -> None:
+        self.pattern = pattern
+        self.ignore_case = ignore_case
+        self._compiled = compiled
 
     def search(self, text: str) -> bool:
         """Whether the pattern is found anywhere in `text` (`^`/`$` anchor it)."""
         return self._compiled.search(text) is not None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Regex):
+            return NotImplemented
+        return (self.pattern, self.ignore_case) == (other.pattern, other.ignore_case)
+
+    def __hash__(self) -> int:
+        return hash((self.pattern, self.ignore_case))
+
+    def __str__(self) -> str:
+        return f"/{self.pattern}/"
+
+    def __repr__(self) -> str:
+        return f"Regex({self.pattern!r}, ignore_case={self.ignore_case})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The RE2 object is rebuilt in the process that unpickles the rules.

@@ -1,5 +1,5 @@
 """A real `switchboard serve` process against hostile rules input: caller-written headers
-aimed at a backtracking pattern."""
+aimed at a backtracking pattern, and an alias bomb given to a reload."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from tests.e2e.conftest import Service, start_service, stop_service
 from tests.e2e.fake_openai import FakeOpenAI
+from tests.rules.test_yaml_bounds import bomb
 from tests.support import SECRET, incoming_event, new_id, signed
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +28,10 @@ routes:
 """
 
 
+TOKEN = "e2e-admin-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 @pytest.fixture
 def hardened(fake_api: FakeOpenAI, tmp_path: Path) -> Iterator[Service]:
     running = start_service(
@@ -37,6 +42,8 @@ def hardened(fake_api: FakeOpenAI, tmp_path: Path) -> Iterator[Service]:
             "OPENAI_BASE_URL": fake_api.base_url,
             "OPENAI_WEBHOOK_SECRET": SECRET,
             "SWITCHBOARD_CALL_DEADLINE_SECONDS": "2",
+            "SWITCHBOARD_ADMIN_TOKEN": TOKEN,
+            "SWITCHBOARD_WATCH_RULES": "false",
         },
     )
     yield running
@@ -58,3 +65,22 @@ def test_backtracking_pattern_against_hostile_header(hardened: Service) -> None:
     matching = deliver(hardened, incoming_event(new_id(), headers=[("X-Foo", "aaaa")]))
     assert matching.json()["route"] == "nested"
     assert httpx.get(f"{hardened.url}/readyz", timeout=5).status_code == 200
+
+
+def test_reload_refuses_an_alias_bomb_and_takes_the_next_edit(
+    hardened: Service, tmp_path: Path
+) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(bomb(6))  # 687 MB and 14.7 s before; now refused when parsed
+    refused = httpx.post(f"{hardened.url}/admin/reload", headers=AUTH, timeout=30)
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == [
+        "routes.yaml:7:7: aliases (*name) expand this value to 597,871 values; this file may add"
+        " at most 100,000 through aliases"
+    ]
+    # The previous rules serve meanwhile.
+    assert deliver(hardened, incoming_event(new_id())).json()["route"] == "main"
+    routes.write_text(ROUTES.replace("name: main", "name: edited"))
+    taken = httpx.post(f"{hardened.url}/admin/reload", headers=AUTH, timeout=30)
+    assert taken.json()["result"] == "success"
+    assert deliver(hardened, incoming_event(new_id())).json()["route"] == "edited"

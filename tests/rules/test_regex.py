@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from app.cli.main import main
+from app.ops.admin import describe_condition
 from app.rules import RulesError, compile_rules
 from app.rules.regex import Regex, RegexError, compile_regex
 from tests.rules.test_matchers import NOON, hit, invite, one_route
@@ -94,6 +95,8 @@ def test_conditions_compile_with_re2() -> None:
     assert type(regex._compiled).__module__ == "re2"
     assert regex == compile_regex("(a+)+$", ignore_case=True)
     assert regex != compile_regex("(a+)+$")
+    # /admin/routes shows it as it showed Python's patterns
+    assert describe_condition(condition)["fields"]["regex"] == "/(a+)+$/"
 
 
 @pytest.mark.parametrize(
