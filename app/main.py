@@ -13,12 +13,13 @@ from fastapi.responses import JSONResponse, Response
 from app.incall.control import AnyReplicaControl
 from app.incall.keeper import LiveCallKeeper
 from app.incall.session import InCallManager
-from app.intake.events import IncomingCall, parse_event
+from app.intake.events import INCOMING_EVENTS, IncomingCall, parse_event
 from app.intake.webhook import SignatureVerifier, WebhookError
 from app.openai.callcontrol import (
     CallControl,
     CallController,
     DryRunCallControl,
+    LiveCallControl,
     RetryPolicy,
     build_http_client,
 )
@@ -29,7 +30,7 @@ from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
 from app.records.build import build_call_log, close_call_log, open_call_log
 from app.records.calllog import CallLog
-from app.router import CallRouter
+from app.router import CallRouter, Pairing
 from app.rules import RuleSet
 from app.settings import Settings
 from app.sip.identity import IdentityPolicy
@@ -103,6 +104,7 @@ def create_app(
     state: State | None = build_state(settings) if store is None else None
     if settings.dry_run:
         controller: CallController = DryRunCallControl()
+        live_controller: CallController = controller
     else:
         assert settings.openai_api_key is not None
         client = build_http_client(
@@ -110,11 +112,9 @@ def create_app(
             settings.openai_api_key.get_secret_value(),
             transport=transport,
         )
-        controller = CallControl(
-            client,
-            policy=RetryPolicy(attempt_timeout=settings.upstream_timeout_seconds),
-            observer=metrics.observe_upstream,
-        )
+        retry = RetryPolicy(attempt_timeout=settings.upstream_timeout_seconds)
+        controller = CallControl(client, policy=retry, observer=metrics.observe_upstream)
+        live_controller = LiveCallControl(client, policy=retry, observer=metrics.observe_upstream)
         replica = settings.replica_id or new_replica_id()
         if state is not None and state.redis is not None:
             # Replicas share the registry of live calls: any one carries on a dead one's.
@@ -145,6 +145,11 @@ def create_app(
     claims: ClaimStore = store
     router = CallRouter(
         controller=controller,
+        live_controller=live_controller,
+        pairing=Pairing(
+            expected=frozenset(INCOMING_EVENTS[name] for name in settings.subscribed_events),
+            wait_seconds=settings.pair_wait_seconds,
+        ),
         store=claims,
         limiter=limits,
         metrics=metrics,
@@ -248,12 +253,10 @@ def create_app(
         else:
             webhook_id = request.headers.get("webhook-id", "")[:256]
         event = parse_event(body, webhook_id)
-        if not isinstance(event, IncomingCall) or event.api != "realtime":
-            # Live calls are parsed and verified; routing them lands with Live sessions.
-            kind = event.type if not isinstance(event, IncomingCall) else "live.transport.incoming"
+        if not isinstance(event, IncomingCall):
             metrics.webhooks.labels("ignored").inc()
-            metrics.ignored_event(kind)
-            return JSONResponse({"status": "ignored", "type": kind})
+            metrics.ignored_event(event.type)
+            return JSONResponse({"status": "ignored", "type": event.type})
         rules = manager.current  # once: the whole call is decided on these rules
         if rules is None:
             metrics.webhooks.labels("not_ready").inc()

@@ -5,6 +5,13 @@ The webhook answer contract (docs/webhooks.md):
   refused the request for good): a redelivery would not help.
 - 503 when it failed in a way that a redelivery may fix (API 5xx/429, timeout, network):
   OpenAI retries, and the retry acts again.
+
+One handler per call across the two APIs (docs/webhooks.md): a call may be announced by a
+Realtime and a Live event. The route decides which API answers; the first event of that API
+takes the call's SIP dialog (app.state.handlers) and acts, the other is acknowledged without
+acting. An event whose API the route did not choose waits (bounded) for the chosen API's
+event when that event is expected, and acts itself (a reject, or a fallback it can carry)
+only when it does not come.
 """
 
 from __future__ import annotations
@@ -16,15 +23,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from app.intake.events import IncomingCall
+from app.intake.events import APIS, Api, IncomingCall
 from app.openai.callcontrol import CallControlError, CallController, CallGone
 from app.ops.logs import mask
 from app.ops.metrics import Metrics
 from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
 from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet, caller_key
 from app.rules.ruleset import CallFeatures
+from app.sip.dialog import dialog_key
 from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
 from app.state.claims import Answer, ClaimLost, ClaimStore, StateUnavailable, Ticket
+from app.state.handlers import DialogHandlers
 from app.state.ratelimit import RateLimiter, RateLimits
 
 logger = logging.getLogger("switchboard.call")
@@ -36,6 +45,10 @@ _CONTEXT_FIELDS = frozenset(("route", "action", "rules_version"))
 CLEANUP_SECONDS = 2.0
 PENDING = "pending"
 """A call's outcome in its record between the decision and the end of the action."""
+# The status a call gets when the route's API cannot answer it (its event never came).
+NO_HANDLER_STATUS = 503
+OTHER_API = "other_api"
+"""The outcome of an event acknowledged because the other API's event handles its call."""
 UNCERTAIN_ERROR = (
     "an earlier delivery of this call stopped (the process died) after a request may have "
     "been sent: not sent again"
@@ -53,8 +66,22 @@ class Outcome:
     """Switchboard stays on the call (in-call features over the sideband)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    """Which APIs' incoming-call events the project subscribes to, and how long an event the
+    route did not choose waits for the chosen API's event (docs/webhooks.md)."""
+
+    expected: frozenset[Api] = frozenset(APIS)
+    wait_seconds: float = 1.0
+
+
+def action_api(action: Action) -> Api | None:
+    """The API an action must go through: its session's; None for a reject (either can)."""
+    return None if isinstance(action, Reject) else action.api
+
+
 class InCallStarter(Protocol):
-    def start(self, call_id: str, features: CallFeatures) -> bool: ...
+    def start(self, call_id: str, features: CallFeatures, api: Api = "realtime") -> bool: ...
 
 
 class CallRouter:
@@ -63,6 +90,8 @@ class CallRouter:
         *,
         controller: CallController,
         store: ClaimStore,
+        live_controller: CallController | None = None,
+        pairing: Pairing | None = None,
         metrics: Metrics,
         policy: IdentityPolicy,
         deadline_seconds: float,
@@ -77,7 +106,13 @@ class CallRouter:
         self._incall = incall
         # Not `limiter or ...`: an empty RateLimiter has len() 0 and is falsy.
         self._limiter = limiter if limiter is not None else RateLimiter()
-        self._controller = controller
+        # One controller per API; a test's fake may serve both.
+        self._controllers: dict[Api, CallController] = {
+            "realtime": controller,
+            "live": live_controller if live_controller is not None else controller,
+        }
+        self._pairing = pairing or Pairing()
+        self._handlers = DialogHandlers(store)
         self._store = store
         self._metrics = metrics
         self._policy = policy
@@ -192,12 +227,20 @@ class CallRouter:
         identity = identify(
             Headers((h.name, h.value) for h in call.sip_headers), self._policy, call.media_security
         )
+        # Both events of one call decide alike: splits and rate limits key on the dialog.
+        dialog = dialog_key((h.name, h.value) for h in call.sip_headers)
+        same_call = dialog or call.call_id
         decision = await self._limit(
-            rules.decide(identity, datetime.now(UTC), call.call_id),
+            rules.decide(identity, datetime.now(UTC), same_call),
             identity,
-            call.call_id,
+            same_call,
             time.monotonic() + max(0.0, deadline - self._clock()),
         )
+        handler = await self._handler(call, decision, dialog, deadline)
+        if handler != call.api:
+            return self._acknowledge(call, decision, handler), handler is not None, False
+        if action_api(decision.action) not in (None, call.api):
+            decision = self._unanswerable(call, decision)
         decided = time.perf_counter()
         self._metrics.decision_latency.observe(decided - started)
         self._metrics.decisions.labels(decision.route, decision.action.kind).inc()
@@ -206,6 +249,7 @@ class CallRouter:
 
         body: dict[str, Any] = {
             "call_id": call.call_id,
+            "api": call.api,
             "route": decision.route,
             "action": decision.action.kind,
             "rules_version": decision.rules_version,
@@ -217,7 +261,7 @@ class CallRouter:
         # Recorded before acting: a crash in the middle leaves the call in the log (still
         # `active`, ended as unknown at the next start), not nothing.
         self._record(call, decision, None, numbers)
-        outcome = await self._act(call.call_id, decision, deadline, ticket)
+        outcome = await self._act(call, decision, deadline, ticket)
         acted = time.perf_counter()
         self._metrics.outcomes.labels(decision.action.kind, outcome.name).inc()
         self._metrics.webhooks.labels("retry" if outcome.retryable else "routed").inc()
@@ -249,7 +293,7 @@ class CallRouter:
         now = time.time()
         status: CallStatus
         if outcome is None:
-            decided = {"route": decision.route, "action": decision.action.kind}
+            decided = {"route": decision.route, "action": decision.action.kind, "api": call.api}
             decided.update((k, v) for k, v in (("arm", decision.arm), ("note", decision.note)) if v)
             name, status, event = PENDING, "active", CallEvent(now, "decision", decided)
         else:
@@ -303,57 +347,123 @@ class CallRouter:
             action=limit.over_limit, arm=None, fallback=None, note="rate limited"
         )
 
+    async def _handler(
+        self, call: IncomingCall, decision: Decision, dialog: str | None, deadline: float
+    ) -> Api | None:
+        """The API that handles this call (None: not known yet, answer 503 and retry)."""
+        wanted = action_api(decision.action) or call.api
+        if wanted != call.api and wanted in self._pairing.expected:
+            if dialog is None:
+                # Nothing ties this event to the other one: it must not act (the other API's
+                # event, expected, decides the same and answers the call).
+                return wanted
+            # Leave the chosen API's event the time to take the call; act only without it.
+            pause = min(self._pairing.wait_seconds, deadline - CLEANUP_SECONDS - self._clock())
+            if pause > 0:
+                await self._handlers.wait_taken(dialog, pause)
+        if dialog is None:
+            return call.api
+        wait = time.monotonic() + max(0.0, deadline - self._clock())
+        return await self._handlers.take(dialog, call.api, wait)
+
+    def _acknowledge(self, call: IncomingCall, decision: Decision, handler: Api | None) -> Answer:
+        """This event's call is (or may be) another event's: answered without acting."""
+        self._metrics.incoming.labels(call.api, OTHER_API if handler else "undecided").inc()
+        self._metrics.webhooks.labels("routed" if handler else "retry").inc()
+        logger.info(
+            "call handled through the other API" if handler else "call handler not known yet",
+            extra={
+                "event": "call",
+                "call_id": call.call_id,
+                "webhook_id": call.webhook_id,
+                "api": call.api,
+                "handled_by": handler,
+                "route": decision.route,
+                "outcome": OTHER_API,
+            },
+        )
+        if handler is None:
+            return Answer(503, {"call_id": call.call_id, "error": "call handler not known yet"})
+        return Answer(
+            200,
+            {
+                "call_id": call.call_id,
+                "api": call.api,
+                "route": decision.route,
+                "outcome": OTHER_API,
+                "handled_by": handler,
+                "rules_version": decision.rules_version,
+            },
+        )
+
+    def _unanswerable(self, call: IncomingCall, decision: Decision) -> Decision:
+        """The route's API never announced this call: act through this event's API, with the
+        route's fallback when it can go through it, else a reject."""
+        wanted = action_api(decision.action)
+        fallback = decision.fallback
+        usable = fallback is not None and action_api(fallback) in (None, call.api)
+        action = fallback if usable and fallback is not None else Reject(NO_HANDLER_STATUS)
+        note = f"no {wanted} event for this call"
+        return decision._replace(action=action, arm=None, fallback=None, note=note)
+
     async def _act(
-        self, call_id: str, decision: Decision, deadline: float, ticket: Ticket
+        self, call: IncomingCall, decision: Decision, deadline: float, ticket: Ticket
     ) -> Outcome:
+        self._metrics.incoming.labels(call.api, "handled").inc()
         if self._dry_run:
             return Outcome("dry_run")
-        outcome = await self._perform(call_id, decision.action, deadline)
+        call_id, api = call.call_id, call.api
+        outcome = await self._perform(call_id, decision.action, deadline, api)
         fallback = decision.fallback
         if fallback is None or outcome.name not in ("failed", "upstream_error"):
             return outcome
+        if action_api(fallback) not in (None, api):
+            return outcome  # the fallback's session is of the other API: not on this call
         if outcome.uncertain or ticket.uncertain:
             # A request for this call timed out, in this delivery or an earlier one: the call
             # may be answered already, and a fallback could act on a live call.
             return outcome
         # The route's own action failed: the fallback gets its own short budget.
         budget = max(deadline, self._clock() + CLEANUP_SECONDS)
-        second = await self._perform(call_id, fallback, budget)
+        second = await self._perform(call_id, fallback, budget, api)
         if second.name in ("accepted", "rejected", "referred", "transferring"):
             return Outcome(f"fallback_{second.name}", error=outcome.error, live=second.live)
         if second.name == "caller_gone":
             return second
         return outcome
 
-    async def _perform(self, call_id: str, action: Action, deadline: float) -> Outcome:
+    async def _perform(self, call_id: str, action: Action, deadline: float, api: Api) -> Outcome:
+        controller = self._controllers[api]
         try:
             if isinstance(action, Accept):
-                await self._controller.accept(call_id, action.body, deadline)
-                return Outcome("accepted", live=self._stay_on(call_id, action.features))
+                await controller.accept(call_id, action.body, deadline)
+                return Outcome("accepted", live=self._stay_on(call_id, action.features, api))
             if isinstance(action, Reject):
-                await self._controller.reject(call_id, action.status_code, deadline)
+                await controller.reject(call_id, action.status_code, deadline)
                 return Outcome("rejected")
-            await self._controller.accept(call_id, action.accept_body, deadline)
+            await controller.accept(call_id, action.accept_body, deadline)
         except CallGone:
             return Outcome("caller_gone")
         except CallControlError as exc:
             name = "upstream_error" if exc.retryable else "failed"
             return Outcome(name, exc.retryable, str(exc), exc.uncertain)
         if action.announce and self._stay_on(
-            call_id, CallFeatures(announce=action.announce, refer_to=action.target_uri)
+            call_id, CallFeatures(announce=action.announce, refer_to=action.target_uri), api
         ):
             return Outcome("transferring", live=True)  # after the line is said
-        return await self._transfer(call_id, action, deadline)
+        return await self._transfer(call_id, action, deadline, controller)
 
-    def _stay_on(self, call_id: str, features: CallFeatures | None) -> bool:
+    def _stay_on(self, call_id: str, features: CallFeatures | None, api: Api) -> bool:
         if features is None or self._incall is None:
             return False
-        return self._incall.start(call_id, features)
+        return self._incall.start(call_id, features, api)
 
-    async def _transfer(self, call_id: str, action: Refer, deadline: float) -> Outcome:
+    async def _transfer(
+        self, call_id: str, action: Refer, deadline: float, controller: CallController
+    ) -> Outcome:
         """The call is answered now: a failed transfer cannot be undone by a redelivery."""
         try:
-            await self._controller.refer(call_id, action.target_uri, deadline)
+            await controller.refer(call_id, action.target_uri, deadline)
             return Outcome("referred")
         except CallGone:
             return Outcome("caller_gone")
@@ -361,7 +471,7 @@ class CallRouter:
             error = str(exc)
         # Do not leave the caller in dead air with a bare session.
         try:
-            await self._controller.hangup(call_id, self._clock() + CLEANUP_SECONDS)
+            await controller.hangup(call_id, self._clock() + CLEANUP_SECONDS)
         except CallControlError as exc:
             error += f"; hangup also failed: {exc.detail}"
         return Outcome("refer_failed", error=error)
@@ -384,6 +494,7 @@ class CallRouter:
                 "event": "call",
                 "call_id": call.call_id,
                 "webhook_id": call.webhook_id,
+                "api": call.api,
                 "route": decision.route,
                 "arm": decision.arm,
                 "action": decision.action.kind,

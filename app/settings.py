@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     """Bearer token for /admin/*; without one the admin endpoints answer 403."""
 
+    # --- Both APIs ----------------------------------------------------------
+    subscribed_events: CommaList = ("realtime.call.incoming", "live.transport.incoming")
+    """The incoming-call events the project's webhook subscribes to (docs/webhooks.md, "One
+    handler per call"): an event whose API the route did not choose waits for the chosen
+    API's event only when that API's event is listed here."""
+    pair_wait_seconds: float = Field(default=1.0, ge=0, le=10)
+    """How long such an event waits for the chosen API's event before it acts itself."""
+
     # --- Call control -------------------------------------------------------
     call_deadline_seconds: float = Field(default=5.0, gt=0)
     """Overall budget for one call's API requests, retries included."""
@@ -132,8 +140,24 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
 
     _split = field_validator(
-        "webhook_secrets", "caller_id_headers", "anonymous_numbers", mode="before"
+        "subscribed_events",
+        "webhook_secrets",
+        "caller_id_headers",
+        "anonymous_numbers",
+        mode="before",
     )(_split_commas)
+
+    @field_validator("subscribed_events")
+    @classmethod
+    def _events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from app.intake.events import INCOMING_EVENTS
+
+        unknown = [name for name in value if name not in INCOMING_EVENTS]
+        if unknown:
+            raise ValueError(
+                f"unknown event {unknown[0]!r}: use {', '.join(sorted(INCOMING_EVENTS))}"
+            )
+        return value
 
     @field_validator("openai_base_url")
     @classmethod

@@ -1204,6 +1204,7 @@ class Harness:
         body = dict(answer.body)
         body["status"] = answer.status_code
         del body["call_id"], body["rules_version"]
+        assert body.pop("api") == event.api
         return body
 
     def metric(self, name: str, **labels: str) -> float:
@@ -1602,7 +1603,7 @@ class BlockedController(FakeController):
 @pytest.mark.anyio
 async def test_the_call_is_recorded_before_the_action_is_taken() -> None:
     harness = Harness(ACCEPT_WITHOUT_FALLBACK)
-    harness.router._controller = controller = BlockedController()
+    harness.router._controllers["realtime"] = controller = BlockedController()
     handling = asyncio.create_task(harness.router.handle(delivery(3), harness.rules))
     await controller.sent.wait()
     # A crash here must leave the call in the log: decided, the action under way.

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 
-from app.incall.session import API, InCallManager
+from app.incall.session import InCallManager
+from app.intake.events import APIS
 from app.ops.metrics import Metrics
 from app.state.livecalls import ControlRequest, LiveCallError, LiveCallRegistry
 
@@ -63,7 +64,7 @@ class LiveCallKeeper:
         for call in claimed:
             if call.call_id in self.manager:
                 continue  # ours all along (a renewal was late): carry on as before
-            if call.api != API:
+            if call.api not in APIS:
                 # Another API's call (a newer replica's): leave it to one that knows it.
                 await self.registry.disown(call.call_id)
                 continue

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from app.intake.events import Api
 from app.openai.callcontrol import CallController, CallGone
 from app.openai.sideband import Sideband, SidebandConnector, SidebandError, SidebandRefused
 from app.ops.metrics import Metrics
@@ -36,8 +37,6 @@ END_CALL_DELAY = 1.5
 API_DEADLINE = 5.0
 SAID = {"switchboard": "say"}
 """Metadata of the lines Switchboard asks for: their `response.done` carries it back."""
-API = "realtime"
-"""The voice API whose calls this manager handles (the live-call registry records it)."""
 REGISTRY_DEADLINE = 2.0
 """Bound on one live-call registry request: a call never waits on the registry for long."""
 
@@ -72,7 +71,7 @@ class InCallManager:
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._sessions
 
-    def start(self, call_id: str, features: CallFeatures) -> bool:
+    def start(self, call_id: str, features: CallFeatures, api: Api = "realtime") -> bool:
         """Begin in-call handling; False when shutting down or already running."""
         if self._closing or call_id in self._sessions:
             return False
@@ -80,12 +79,12 @@ class InCallManager:
         limit = features.max_duration
         live = LiveCall(
             call_id,
-            API,
+            api,
             started,
             features,
             deadline=None if limit is None else started + limit.seconds,
         )
-        self._begin(CallSession(self, call_id, features), live, resumed=False)
+        self._begin(CallSession(self, call_id, features, api=api), live, resumed=False)
         return True
 
     def resume(self, live: LiveCall) -> bool:
@@ -93,7 +92,8 @@ class InCallManager:
         run its max duration to the same deadline, no greeting again."""
         if self._closing or live.call_id in self._sessions:
             return False
-        session = CallSession(self, live.call_id, live.features, resumed=live)
+        api: Api = "live" if live.api == "live" else "realtime"
+        session = CallSession(self, live.call_id, live.features, resumed=live, api=api)
         self._begin(session, live, resumed=True)
         return True
 
@@ -223,9 +223,11 @@ class CallSession:
         features: CallFeatures,
         *,
         resumed: LiveCall | None = None,
+        api: Api = "realtime",
     ) -> None:
         self.manager = manager
         self.call_id = call_id
+        self.api = api
         self.features = features
         self.started = manager.clock()
         self.resumed = resumed is not None

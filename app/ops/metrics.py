@@ -67,6 +67,11 @@ HANGUP_REASONS = (
     "operator",  # POST /admin/calls/{call_id}/hangup
     "refer_failed",  # a transfer failed and the call was hung up
 )
+INCOMING_HANDLING = (
+    "handled",  # this event's API answers the call (or rejects it)
+    "other_api",  # the other API's event handles the call: acknowledged without acting
+    "undecided",  # the handler could not be known yet: answered 503 for a redelivery
+)
 SIDEBAND_STAGES = (
     "connect",  # the sideband WebSocket could not be opened
     "dropped",  # it closed before the call ended
@@ -139,6 +144,13 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.incoming = Counter(
+            "switchboard_incoming_calls",
+            "Incoming-call events by API, and whether they handled the call or left it to "
+            "the other API's event.",
+            ["api", "handling"],
+            registry=r,
+        )
         self.rules_loaded = Gauge(
             "switchboard_rules_loaded_timestamp_seconds",
             "When the active rules were loaded.",
@@ -190,6 +202,9 @@ class Metrics:
             self.transfers.labels(outcome)
         for reason in HANGUP_REASONS:
             self.hangups.labels(reason)
+        for api in ("realtime", "live"):
+            for handling in INCOMING_HANDLING:
+                self.incoming.labels(api, handling)
         for stage in SIDEBAND_STAGES:
             self.sideband_failures.labels(stage)
         for result in WEBHOOK_RESULTS:

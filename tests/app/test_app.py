@@ -110,6 +110,7 @@ def test_accept_sends_merged_session(client: TestClient, api: respx.Router) -> N
     assert response.status_code == 200
     assert response.json() == {
         "call_id": call_id,
+        "api": "realtime",
         "route": "support",
         "action": "accept",
         "outcome": "accepted",

@@ -39,6 +39,7 @@ def test_accept(service: Service, fake_api: FakeOpenAI) -> None:
     assert response.status_code == 200
     assert response.json() == {
         "call_id": call_id,
+        "api": "realtime",
         "route": "support",
         "action": "accept",
         "outcome": "accepted",

@@ -1,0 +1,39 @@
+"""The SIP dialog an INVITE starts, as a key: what ties the two webhooks of one call.
+
+OpenAI may announce one pending SIP call twice, once per API (`realtime.call.incoming` with an
+`rtc_...` call id, `live.transport.incoming` with a `live_...` session id), and no field of the
+payloads links the two. Both carry the INVITE's headers, and RFC 3261 makes `Call-ID` plus the
+From tag the caller's half of the dialog identifier: the same INVITE gives the same key. The
+values are caller-controlled, so the key only ever ties a Realtime event to a Live event for
+a bounded time; it is hashed so that no header text is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+
+from app.sip.identity import canonical_name
+
+MAX_CALL_ID = 512
+_TAG = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.IGNORECASE)
+
+
+def dialog_key(headers: Iterable[tuple[str, str]]) -> str | None:
+    """A short digest of Call-ID and the From tag; None without a usable Call-ID."""
+    call_id: str | None = None
+    from_value = ""
+    for name, value in headers:
+        canonical = canonical_name(name)
+        if canonical == "call-id" and call_id is None:
+            call_id = value.strip()
+        elif canonical == "from" and not from_value:
+            from_value = value
+    if not call_id or len(call_id) > MAX_CALL_ID:
+        return None
+    # The tag is after the address (a display name or URI may hold ";tag=" text of its own).
+    params = from_value.rpartition(">")[2] if ">" in from_value else from_value
+    tag = _TAG.search(params)
+    text = f"{call_id}\0{tag.group(1) if tag else ''}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()

@@ -1,0 +1,287 @@
+"""One handler per call across the Realtime and GPT-Live events of one SIP INVITE.
+
+A real CallRouter with a real MemoryClaimStore and one recording controller per API; each
+scenario delivers the two events of one call (same INVITE headers, an `rtc_` and a `live_`
+id) in some order or concurrently and checks that exactly one API acted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from app.intake.events import Api, IncomingCall, SipHeader
+from app.ops.metrics import Metrics
+from app.router import CallRouter, Pairing
+from app.rules import compile_rules
+from app.sip.identity import IdentityPolicy
+from app.state.claims import Answer, MemoryClaimStore
+
+ROUTES = """
+sessions:
+  live-desk:
+    type: live
+    model: gpt-live-1
+    instructions: You answer for Example Co.
+  realtime-desk:
+    model: gpt-realtime
+    instructions: You are the front desk.
+routes:
+  - name: live-line
+    match: {called: "+18005550100"}
+    accept: live-desk
+  - name: realtime-line
+    match: {called: "+18005550101"}
+    accept: realtime-desk
+  - name: live-with-fallback
+    match: {called: "+18005550102"}
+    accept: live-desk
+    fallback: {reject: {status_code: 486}}
+  - name: blocked
+    match: {called: "+18005550103"}
+    reject: {status_code: 403}
+"""
+RULES = compile_rules(ROUTES, "routes.yaml", region="US")
+_ids = itertools.count(1)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Recorder:
+    """One API's call control: records (operation, call id, detail)."""
+
+    def __init__(self, api: Api, delay: float = 0.0) -> None:
+        self.api = api
+        self.delay = delay
+        self.requests: list[tuple[str, str, Any]] = []
+
+    async def _note(self, operation: str, call_id: str, detail: Any) -> None:
+        self.requests.append((operation, call_id, detail))
+        await asyncio.sleep(self.delay)
+
+    async def accept(self, call_id: str, body: bytes, deadline: float) -> None:
+        await self._note("accept", call_id, json.loads(body))
+
+    async def reject(self, call_id: str, status_code: int, deadline: float) -> None:
+        await self._note("reject", call_id, status_code)
+
+    async def refer(self, call_id: str, target_uri: str, deadline: float) -> None:
+        await self._note("refer", call_id, target_uri)
+
+    async def hangup(self, call_id: str, deadline: float) -> None:
+        await self._note("hangup", call_id, None)
+
+
+class Harness:
+    def __init__(
+        self,
+        expected: frozenset[Api] = frozenset(("realtime", "live")),
+        wait: float = 0.3,
+        delay: float = 0.0,
+    ) -> None:
+        self.realtime = Recorder("realtime", delay)
+        self.live = Recorder("live", delay)
+        self.metrics = Metrics()
+        self.router = CallRouter(
+            controller=self.realtime,
+            live_controller=self.live,
+            pairing=Pairing(expected=expected, wait_seconds=wait),
+            store=MemoryClaimStore(horizon_seconds=300),
+            metrics=self.metrics,
+            policy=IdentityPolicy(default_region="US"),
+            deadline_seconds=5.0,
+            dry_run=False,
+        )
+
+    async def deliver(self, event: IncomingCall) -> Answer:
+        return await self.router.handle(event, RULES)
+
+    def acted(self) -> list[tuple[str, str, str]]:
+        return [(r.api, op, cid) for r in (self.realtime, self.live) for op, cid, _ in r.requests]
+
+
+def invite(
+    called: str, *, call_id_header: str | None = None, tag: str = "a1"
+) -> tuple[SipHeader, ...]:
+    n = next(_ids)
+    headers = [
+        SipHeader("From", f"<sip:+14155550123@trunk.example.com>;tag={tag}"),
+        SipHeader("To", f"<sip:{called}@sip.api.openai.com>"),
+    ]
+    if call_id_header != "":
+        headers.append(SipHeader("Call-ID", call_id_header or f"call-{n}@10.0.0.1"))
+    return tuple(headers)
+
+
+def pair(called: str, **kwargs: Any) -> tuple[IncomingCall, IncomingCall]:
+    """The Realtime and the Live event of one INVITE."""
+    n = next(_ids)
+    headers = invite(called, **kwargs)
+    return (
+        IncomingCall(f"wh_r{n}", f"rtc_{n}", headers, "srtp", api="realtime"),
+        IncomingCall(f"wh_l{n}", f"live_{n}", headers, "srtp", api="live"),
+    )
+
+
+ORDERS = ["realtime-first", "live-first", "concurrent"]
+
+
+async def deliver_both(
+    h: Harness, events: tuple[IncomingCall, IncomingCall], order: str
+) -> list[Answer]:
+    """Both events, as OpenAI sends them: independently, one shortly after the other (or at
+    once); the answers in (realtime, live) order."""
+    realtime, live = events
+    if order == "concurrent":
+        return list(await asyncio.gather(h.deliver(realtime), h.deliver(live)))
+    first, second = (realtime, live) if order == "realtime-first" else (live, realtime)
+
+    async def later() -> Answer:
+        await asyncio.sleep(0.02)
+        return await h.deliver(second)
+
+    answers = list(await asyncio.gather(h.deliver(first), later()))
+    return answers if order == "realtime-first" else answers[::-1]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("order", ORDERS)
+async def test_a_live_route_is_answered_once_through_live(order: str) -> None:
+    h = Harness()
+    realtime, live = pair("+18005550100")
+    answers = await deliver_both(h, (realtime, live), order)
+    assert h.acted() == [("live", "accept", live.call_id)]
+    assert h.live.requests[0][2] == {
+        "type": "live",
+        "model": "gpt-live-1",
+        "instructions": "You answer for Example Co.",
+    }
+    by_realtime, by_live = answers
+    assert by_live.status_code == 200 and by_live.body["outcome"] == "accepted"
+    assert by_live.body["api"] == "live"
+    assert by_realtime.status_code == 200
+    assert by_realtime.body["outcome"] == "other_api"
+    assert by_realtime.body["handled_by"] == "live"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("order", ORDERS)
+async def test_a_realtime_route_is_answered_once_through_realtime(order: str) -> None:
+    h = Harness()
+    realtime, live = pair("+18005550101")
+    by_realtime, by_live = await deliver_both(h, (realtime, live), order)
+    assert h.acted() == [("realtime", "accept", realtime.call_id)]
+    assert by_realtime.body["outcome"] == "accepted"
+    assert (by_live.body["outcome"], by_live.body["handled_by"]) == ("other_api", "realtime")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("order", ORDERS)
+async def test_a_reject_goes_once_through_the_first_event(order: str) -> None:
+    h = Harness(delay=0.05)
+    events = pair("+18005550103")
+    await deliver_both(h, events, order)
+    acted = h.acted()
+    assert len(acted) == 1 and acted[0][1] == "reject"
+    if order != "concurrent":
+        first = "realtime" if order == "realtime-first" else "live"
+        assert acted[0][0] == first
+
+
+@pytest.mark.anyio
+async def test_duplicates_of_both_events_still_act_once() -> None:
+    h = Harness(delay=0.05)
+    realtime, live = pair("+18005550100")
+    answers = await asyncio.gather(*(h.deliver(e) for e in (realtime, live) * 3))
+    assert h.acted() == [("live", "accept", live.call_id)]
+    assert all(a.status_code == 200 for a in answers)
+
+
+@pytest.mark.anyio
+async def test_only_the_realtime_event_subscribed_a_live_route_is_rejected_at_once() -> None:
+    h = Harness(expected=frozenset(("realtime",)), wait=5.0)
+    realtime, _ = pair("+18005550100")
+    answer = await asyncio.wait_for(h.deliver(realtime), 1.0)  # no wait for a Live event
+    assert h.acted() == [("realtime", "reject", realtime.call_id)]
+    assert h.realtime.requests[0][2] == 503
+    assert answer.body["note"] == "no live event for this call"
+
+
+@pytest.mark.anyio
+async def test_the_live_event_never_comes_the_fallback_goes_through_realtime() -> None:
+    h = Harness(wait=0.05)
+    realtime, live = pair("+18005550102")
+    answer = await h.deliver(realtime)
+    assert h.acted() == [("realtime", "reject", realtime.call_id)]
+    assert h.realtime.requests[0][2] == 486  # the route's fallback, a reject, can go here
+    assert answer.body["outcome"] == "rejected"
+    late = await h.deliver(live)  # after all: the call is the Realtime event's now
+    assert late.body["handled_by"] == "realtime"
+    assert h.acted() == [("realtime", "reject", realtime.call_id)]
+
+
+@pytest.mark.anyio
+async def test_only_the_live_event_subscribed_works_alone() -> None:
+    h = Harness(expected=frozenset(("live",)))
+    _, live = pair("+18005550100")
+    answer = await h.deliver(live)
+    assert answer.body["outcome"] == "accepted"
+    assert h.acted() == [("live", "accept", live.call_id)]
+
+
+@pytest.mark.anyio
+async def test_realtime_only_project_acts_as_before_without_waiting() -> None:
+    h = Harness(expected=frozenset(("realtime",)), wait=5.0)
+    realtime, _ = pair("+18005550101")
+    await asyncio.wait_for(h.deliver(realtime), 1.0)
+    assert h.acted() == [("realtime", "accept", realtime.call_id)]
+
+
+@pytest.mark.anyio
+async def test_different_calls_are_not_tied() -> None:
+    """Two INVITEs (different Call-IDs): each its own handler."""
+    h = Harness()
+    first, second = pair("+18005550101")[0], pair("+18005550101")[0]
+    await h.deliver(first)
+    await h.deliver(second)
+    assert [op for _, op, _ in h.acted()] == ["accept", "accept"]
+
+
+@pytest.mark.anyio
+async def test_same_call_id_different_from_tag_is_another_dialog() -> None:
+    h = Harness()
+    a = IncomingCall("wh_a", "rtc_a", invite("+18005550101", call_id_header="x@y", tag="1"), None)
+    b = IncomingCall(
+        "wh_b", "live_b", invite("+18005550101", call_id_header="x@y", tag="2"), None, api="live"
+    )
+    await h.deliver(a)
+    await h.deliver(b)
+    # b is another dialog: it is not acknowledged as a's (it goes its own way: its route wants
+    # Realtime, no Realtime event of its own comes, so it ends up rejected through Live).
+    assert ("realtime", "accept", "rtc_a") in h.acted()
+    assert ("live", "reject", "live_b") in h.acted()
+
+
+@pytest.mark.anyio
+async def test_without_a_call_id_the_wrong_api_event_never_acts() -> None:
+    h = Harness(wait=5.0)
+    realtime = IncomingCall("wh_x", "rtc_x", invite("+18005550100", call_id_header=""), None)
+    answer = await asyncio.wait_for(h.deliver(realtime), 1.0)
+    assert answer.body["outcome"] == "other_api"
+    assert h.acted() == []
+
+
+@pytest.mark.anyio
+async def test_metrics_count_handled_and_acknowledged_events_by_api() -> None:
+    h = Harness()
+    await deliver_both(h, pair("+18005550100"), "live-first")
+    text = h.metrics.render()[0].decode()
+    assert 'switchboard_incoming_calls_total{api="live",handling="handled"} 1.0' in text
+    assert 'switchboard_incoming_calls_total{api="realtime",handling="other_api"} 1.0' in text
