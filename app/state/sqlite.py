@@ -4,7 +4,7 @@ Every process on the data directory (a restart, `--workers N`, a second containe
 same volume during a deploy) opens the same file, so what one process claimed, another
 sees. Each process has one connection, owned by one writer thread: the event loop puts an
 operation on a queue and awaits a future; the thread runs whatever has queued up in one
-short `BEGIN IMMEDIATE` transaction (each operation in its own savepoint) and hands the
+short `BEGIN IMMEDIATE` transaction and hands the
 results back in one wake-up of the loop. Under load many calls share one commit; a call
 alone costs one thread hand-off, not a thread of its own.
 
@@ -13,7 +13,12 @@ in the operating system's hands), not necessarily a power cut of the last moment
 
 Times are the host's wall clock (time.time()), shared by every process on it. The same
 thread renews the leases of this process's claims in flight (every third of the lease) and
-deletes what expired (claims past the horizon, marks, rate-limit counts).
+deletes what expired (claims past the horizon, rate-limit counts).
+
+A call costs the writer four statements: the claim (one read, one write of its keys),
+`acting` and `finish` (one update each). A key freed after a retryable failure whose
+request may have taken effect stays as a `free` row carrying the `uncertain` flag, so the
+next claim reads it with everything else in one statement.
 """
 
 from __future__ import annotations
@@ -60,20 +65,15 @@ CREATE TABLE IF NOT EXISTS claims (
     key      TEXT PRIMARY KEY,
     claim_id TEXT NOT NULL,
     owner    TEXT NOT NULL,
-    phase    TEXT NOT NULL CHECK (phase IN ('claimed', 'acting', 'done')),
+    phase    TEXT NOT NULL CHECK (phase IN ('claimed', 'acting', 'done', 'free')),
     lease    REAL NOT NULL,
     context  TEXT,
     status   INTEGER,
     body     TEXT,
+    uncertain INTEGER NOT NULL DEFAULT 0,
     expires  REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS claims_by_expiry ON claims (expires);
-CREATE INDEX IF NOT EXISTS claims_by_id ON claims (claim_id);
-CREATE TABLE IF NOT EXISTS marks (
-    key     TEXT PRIMARY KEY,
-    expires REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS marks_by_expiry ON marks (expires);
 CREATE TABLE IF NOT EXISTS rate_hits (
     key     TEXT PRIMARY KEY,
     hits    TEXT NOT NULL,
@@ -102,17 +102,28 @@ class _Job:
     __slots__ = ("future", "loop", "op")
 
     def __init__(
-        self, op: _Op, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any] | None
+        self,
+        op: _Op,
+        loop: asyncio.AbstractEventLoop | None,
+        future: asyncio.Future[Any] | None,
     ) -> None:
         self.op = op
         self.loop = loop
         self.future = future
 
 
-def _settle(results: list[tuple[asyncio.Future[Any] | None, bool, Any]]) -> None:
+_Result = tuple["asyncio.Future[Any] | None", bool, Any]
+
+
+def _settle(results: list[_Result], state: SqliteState) -> None:
     for future, ok, value in results:
-        if future is None or future.done():
-            continue  # the caller gave up (timeout, cancellation)
+        if future is None:
+            continue
+        if future.done():
+            # The caller gave up (timeout): a claim granted after that is released.
+            if ok and isinstance(value, tuple) and value and value[0] == "ticket":
+                state.abandon(value[1], value[2])
+            continue
         if ok:
             future.set_result(value)
         else:
@@ -220,21 +231,15 @@ class SqliteState:
         if deadline is not None:
             budget = min(budget, max(0.0, deadline - time.monotonic()))
         try:
-            return await asyncio.wait_for(asyncio.shield(future), budget)
+            async with asyncio.timeout(budget):
+                return await future
         except TimeoutError:
-            future.add_done_callback(self._late)
             raise StateUnavailable("the state database did not answer in time") from None
 
-    def _late(self, future: asyncio.Future[Any]) -> None:
-        """A claim that was granted after its caller gave up: release it."""
-        if future.cancelled() or future.exception() is not None:
-            return
-        ticket = future.result()
-        if isinstance(ticket, tuple) and ticket and ticket[0] == "ticket":
-            claim_id, keys = ticket[1], ticket[2]
-            self._release(claim_id)
-            loop = asyncio.get_running_loop()
-            self._queue.put(_Job(lambda conn: _delete_claim(conn, keys, claim_id), loop, None))
+    def abandon(self, claim_id: str, keys: tuple[str, ...]) -> None:
+        """Release a claim nobody waits for any more."""
+        self._release(claim_id)
+        self._queue.put(_Job(lambda conn: _free(conn, keys, claim_id, False), None, None))
 
     def hold(self, claim_id: str) -> None:
         with self._lock:
@@ -284,46 +289,55 @@ class SqliteState:
                 self._guard(conn, self._sweep, "expiry")
 
     def _apply(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        results: list[tuple[asyncio.Future[Any] | None, bool, Any]] = []
+        """One transaction for the batch. An operation leaves nothing half-done when it
+        raises (ClaimLost undoes its own update first); anything else unexpected rolls the
+        batch back, and each operation is tried again alone."""
+        results = self._transaction(conn, jobs)
+        if results is None:
+            results = []
+            for job in jobs:
+                alone = self._transaction(conn, [job])
+                if alone is None:
+                    error = StateUnavailable("state database error")
+                    alone = [(job.future, False, error)]
+                results += alone
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
+        for job, result in zip(jobs, results, strict=True):
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append(result)
+        for loop, settled in by_loop.items():
+            # RuntimeError: that loop is closed, nobody waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, settled, self)
+
+    def _transaction(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Result] | None:
+        """The batch's results, or None when it had to be rolled back (tried one by one)."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = StateUnavailable(f"the state database is busy: {exc}")
-            results = [(job.future, False, error) for job in jobs]
-        else:
-            try:
-                for job in jobs:
-                    conn.execute("SAVEPOINT op")
-                    try:
-                        value = job.op(conn)
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        if isinstance(exc, sqlite3.Error):
-                            exc = StateUnavailable(f"state database error: {exc}")
-                        results.append((job.future, False, exc))
-                    else:
-                        conn.execute("RELEASE op")
-                        results.append((job.future, True, value))
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                # The commit failed (disk full, I/O error): nothing of the batch holds.
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                error = StateUnavailable(f"state database error: {exc}")
-                results = [(job.future, False, error) for job in jobs]
-                logger.error(
-                    "state database write failed",
-                    extra={"event": "state_write_failed", "error": str(exc)},
-                )
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any] | None, bool, Any]]]
-        by_loop = {}
-        for job, result in zip(jobs, results, strict=True):
-            by_loop.setdefault(job.loop, []).append(result)
-        for loop, settled in by_loop.items():
-            # RuntimeError: that loop is closed, nobody waits any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, settled)
+            return [(job.future, False, error) for job in jobs]
+        results: list[_Result] = []
+        try:
+            for job in jobs:
+                try:
+                    results.append((job.future, True, job.op(conn)))
+                except (ClaimLost, StateUnavailable) as exc:
+                    results.append((job.future, False, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            logger.error(
+                "state database write failed",
+                extra={"event": "state_write_failed", "error": str(exc)},
+            )
+            if len(jobs) == 1:
+                if isinstance(exc, sqlite3.Error):
+                    exc = StateUnavailable(f"state database error: {exc}")
+                return [(jobs[0].future, False, exc)]
+            return None
+        return results
 
     def _guard(
         self, conn: sqlite3.Connection, task: Callable[[sqlite3.Connection], None], what: str
@@ -364,7 +378,6 @@ class SqliteState:
 
 _SWEEPS: Final = (
     "DELETE FROM claims WHERE key IN (SELECT key FROM claims WHERE expires <= ? LIMIT ?)",
-    "DELETE FROM marks WHERE key IN (SELECT key FROM marks WHERE expires <= ? LIMIT ?)",
     "DELETE FROM rate_hits WHERE key IN (SELECT key FROM rate_hits WHERE expires <= ? LIMIT ?)",
     "DELETE FROM rate_verdicts WHERE call_id IN "
     "(SELECT call_id FROM rate_verdicts WHERE expires <= ? LIMIT ?)",
@@ -377,11 +390,62 @@ _IDLE: Final[Any] = object()
 
 # --- claims ------------------------------------------------------------------------------
 
+# Statements for 1 to 4 keys (a delivery has 2): only "?" placeholders are formatted in.
+_MAX_KEYS: Final = 4
 
-def _delete_claim(conn: sqlite3.Connection, keys: tuple[str, ...], claim_id: str) -> None:
-    conn.executemany(
-        "DELETE FROM claims WHERE key = ? AND claim_id = ?", [(key, claim_id) for key in keys]
-    )
+
+def _per_arity(statement: str) -> dict[int, str]:
+    """`statement` for each number of keys: `(?KEYS)` becomes `(?, ?)` for two."""
+    return {
+        n: statement.replace("(?KEYS)", "(" + ", ".join("?" * n) + ")")
+        for n in range(1, _MAX_KEYS + 1)
+    }
+
+
+_SELECT: Final = _per_arity(
+    "SELECT key, claim_id, phase, lease, status, body, context, uncertain FROM claims "
+    "WHERE key IN (?KEYS) AND expires > ?"
+)
+_ACTING: Final = _per_arity(
+    "UPDATE claims SET phase = 'acting', context = ?, lease = ? "
+    "WHERE claim_id = ? AND phase = 'claimed' AND key IN (?KEYS)"
+)
+_UNDO_ACTING: Final = _per_arity(
+    "UPDATE claims SET phase = 'claimed' WHERE claim_id = ? AND phase = 'acting' AND key IN (?KEYS)"
+)
+_DONE: Final = _per_arity(
+    "UPDATE claims SET phase = 'done', status = ?, body = ?, context = NULL, expires = ? "
+    "WHERE claim_id = ? AND key IN (?KEYS)"
+)
+_FREE: Final = _per_arity(
+    "UPDATE claims SET phase = 'free', context = NULL, lease = 0, uncertain = 1, "
+    "expires = ? WHERE claim_id = ? AND key IN (?KEYS)"
+)
+_DELETE: Final = _per_arity("DELETE FROM claims WHERE claim_id = ? AND key IN (?KEYS)")
+_INSERT: Final = (
+    "INSERT OR REPLACE INTO claims "
+    "(key, claim_id, owner, phase, lease, context, uncertain, expires) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _check_keys(keys: tuple[str, ...]) -> None:
+    if not 1 <= len(keys) <= _MAX_KEYS:
+        raise ValueError(f"a claim has 1 to {_MAX_KEYS} keys, not {len(keys)}")
+
+
+def _free(
+    conn: sqlite3.Connection,
+    keys: tuple[str, ...],
+    claim_id: str,
+    uncertain: bool,
+    expires: float = 0.0,
+) -> None:
+    """Free the keys: deleted, or kept as `free` rows carrying the uncertain flag."""
+    if uncertain:
+        conn.execute(_FREE[len(keys)], (expires, claim_id, *keys))
+    else:
+        conn.execute(_DELETE[len(keys)], (claim_id, *keys))
 
 
 class SqliteClaimStore:
@@ -406,9 +470,9 @@ class SqliteClaimStore:
             raise StateUnavailable("the state database is not open")
 
     async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
+        _check_keys(keys)
         state = self._state
         owner = state.owner
-        waited: list[Answer] = []
 
         async def attempt() -> Ticket | Answer | None:
             claim_id = new_claim_id()
@@ -436,8 +500,7 @@ class SqliteClaimStore:
             # Busy: held by a live claim. One of this process: wait for its answer.
             local = self._local.get(got[1])
             if local is not None:
-                waited.append(await wait_for_answer(local, deadline, time.monotonic))
-                return waited[0]
+                return await wait_for_answer(local, deadline, time.monotonic)
             return None
 
         got = await poll_until(attempt, deadline)
@@ -448,14 +511,12 @@ class SqliteClaimStore:
         text = _dumps(context)
         lease = state.clock() + state.lease
         keys, claim_id = ticket.keys, ticket.claim_id
+        n = len(keys)
 
         def op(conn: sqlite3.Connection) -> None:
-            changed = conn.executemany(
-                "UPDATE claims SET phase = 'acting', context = ?, lease = ? "
-                "WHERE key = ? AND claim_id = ? AND phase = 'claimed'",
-                [(text, lease, key, claim_id) for key in keys],
-            ).rowcount
-            if changed != len(keys):
+            changed = conn.execute(_ACTING[n], (text, lease, claim_id, *keys)).rowcount
+            if changed != n:
+                conn.execute(_UNDO_ACTING[n], (claim_id, *keys))
                 raise ClaimLost("the claim was taken over")
 
         await state.run(op, deadline=None)
@@ -465,24 +526,16 @@ class SqliteClaimStore:
     ) -> None:
         state = self._state
         keys, claim_id = ticket.keys, ticket.claim_id
-        now = state.clock()
-        expires = now + state.horizon
+        expires = state.clock() + state.horizon
         body = _dumps(answer.body)
+        # A key that was marked stays marked until the horizon.
+        marked = uncertain or ticket.uncertain
 
         def op(conn: sqlite3.Connection) -> None:
             if remember:
-                conn.executemany(
-                    "UPDATE claims SET phase = 'done', status = ?, body = ?, context = NULL, "
-                    "expires = ? WHERE key = ? AND claim_id = ?",
-                    [(answer.status_code, body, expires, key, claim_id) for key in keys],
-                )
+                conn.execute(_DONE[len(keys)], (answer.status_code, body, expires, claim_id, *keys))
             else:
-                _delete_claim(conn, keys, claim_id)
-            if uncertain:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO marks (key, expires) VALUES (?, ?)",
-                    [(key, expires) for key in keys],
-                )
+                _free(conn, keys, claim_id, marked, expires)
 
         try:
             await state.run(op, deadline=None)
@@ -502,34 +555,24 @@ def _claim(
     lease: float,
     expires: float,
 ) -> tuple[Any, ...]:
-    found = [
-        row
-        for key in keys
-        for row in conn.execute(
-            "SELECT key, claim_id, phase, lease, status, body, context FROM claims "
-            "WHERE key = ? AND expires > ?",
-            (key, now),
-        )
-    ]
-    for row in found:
+    rows = conn.execute(_SELECT[len(keys)], (*keys, now)).fetchall()
+    # (key, claim_id, phase, lease, status, body, context, uncertain), in key order
+    rows.sort(key=lambda row: keys.index(row[0]))
+    for row in rows:
         if row[2] == "done":
             return ("answer", row[4], row[5])
-    for row in found:
-        if row[3] > now:
+    for row in rows:
+        if row[2] != "free" and row[3] > now:
             return ("busy", row[1])
     # Free, or held by processes that stopped renewing their leases.
-    context = next((row[6] for row in found if row[2] == "acting"), None)
+    context = next((row[6] for row in rows if row[2] == "acting"), None)
     phase = "acting" if context is not None else "claimed"
+    uncertain = any(row[7] for row in rows)
     conn.executemany(
-        "INSERT OR REPLACE INTO claims (key, claim_id, owner, phase, lease, context, expires) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(key, claim_id, owner, phase, lease, context, expires) for key in keys],
+        _INSERT,
+        [(key, claim_id, owner, phase, lease, context, int(uncertain), expires) for key in keys],
     )
-    marked = any(
-        conn.execute("SELECT 1 FROM marks WHERE key = ? AND expires > ?", (key, now)).fetchone()
-        for key in keys
-    )
-    return ("ticket", claim_id, keys, phase, context, marked)
+    return ("ticket", claim_id, keys, phase, context, uncertain)
 
 
 # --- rate limits -------------------------------------------------------------------------
