@@ -52,6 +52,34 @@ def incoming_event(
     }
 
 
+def live_event(
+    session_id: str | None = None,
+    *,
+    like: dict[str, Any] | None = None,
+    event_type: str = "live.transport.incoming",
+    **incoming: Any,
+) -> dict[str, Any]:
+    """A GPT-Live incoming-call event (`live.transport.incoming`, or the deprecated
+    `live.call.incoming` without data.type). `like`: a realtime.call.incoming event of the
+    same INVITE, whose SIP headers (Call-ID included) it carries; else built like one."""
+    source = like if like is not None else incoming_event(**incoming)
+    data: dict[str, Any] = {
+        "session_id": session_id or new_id("live"),
+        "sip_headers": source["data"]["sip_headers"],
+    }
+    if event_type == "live.transport.incoming":
+        data = {"type": "sip", **data}
+    if "sip_media_security" in source["data"]:
+        data["sip_media_security"] = source["data"]["sip_media_security"]
+    return {
+        "object": "event",
+        "id": new_id("evt"),
+        "type": event_type,
+        "created_at": int(time.time()),
+        "data": data,
+    }
+
+
 def sign(
     body: bytes | str,
     *,

@@ -1,10 +1,12 @@
-"""A real local HTTP server standing in for OpenAI's call-control API.
+"""A real local HTTP server standing in for OpenAI's call-control APIs: the Realtime API's
+`/v1/realtime/calls/{call_id}/...` and GPT-Live's `/v1/live/sessions/{session_id}/...`.
 
 Every request is recorded; responses are scripted per call id and operation, with an
 optional delay, and default to 200. Callbacks registered with `on_request` see each
 request and its reply before the reply is sent (a sideband fake ends the call there).
-With `websocket_backend` set, `GET /v1/realtime?call_id=...` (the sideband WebSocket) is
-passed through, bytes as they are, to that address: one base URL serves both.
+With `websocket_backend` set, `GET /v1/realtime?call_id=...` and
+`GET /v1/live/sessions/{id}/attach` (the sideband WebSockets) are passed through, bytes as
+they are, to that address: one base URL serves all.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _PATH = re.compile(
-    r"^/v1/realtime/calls/(?P<call_id>[^/]+)/(?P<operation>accept|reject|refer|hangup)$"
+    r"^/v1/(?:(?P<realtime>realtime/calls)|live/sessions)/(?P<call_id>[^/]+)/"
+    r"(?P<operation>accept|reject|refer|hangup)$"
 )
+_LIVE_ATTACH = re.compile(r"^/v1/live/sessions/[^/?]+/attach(\?.*)?$")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class Recorded:
     operation: str
     body: Any
     authorization: str | None
+    api: str = "realtime"
+    """Which API's path it came to: /v1/realtime/calls/... or /v1/live/sessions/..."""
 
 
 class FakeOpenAI:
@@ -72,6 +78,7 @@ class FakeOpenAI:
                 request = Recorded(
                     call_id=match["call_id"],
                     operation=match["operation"],
+                    api="realtime" if match["realtime"] else "live",
                     body=json.loads(raw) if raw else None,
                     authorization=self.headers.get("authorization"),
                 )
@@ -83,7 +90,8 @@ class FakeOpenAI:
 
             def do_GET(self) -> None:
                 backend = fake.websocket_backend
-                if backend is None or not self.path.startswith("/v1/realtime?"):
+                sideband = self.path.startswith("/v1/realtime?") or _LIVE_ATTACH.match(self.path)
+                if backend is None or not sideband:
                     self._reply(Reply(404, {"error": {"message": f"no route {self.path}"}}))
                     return
                 self.close_connection = True
