@@ -154,50 +154,70 @@ _TOO_DEEP = f"values are nested more than {MAX_DEPTH} levels deep"
 def _check_expansion(root: yaml.Node, file: str) -> None:
     """Refuse a tree that nests too deeply, refers to itself, or expands (aliases
     followed) beyond the bound. Linear in the nodes written, never in their expansion."""
-    sizes: dict[int, int] = {}  # id(node) -> values it expands to, itself included
-    finished: list[yaml.Node] = []  # post-order: each node after what it holds
-    on_path: set[int] = set()
-    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
-    while stack:
-        node, depth, done = stack.pop()
+    if type(root) is yaml.ScalarNode:
+        return
+    measure = _Measure(file)
+    total = measure.size(root, 1)
+    written = measure.written
+    allowed = max(MAX_ALIAS_VALUES, written)
+    if total <= written + allowed:
+        return
+    # Point at the innermost value that alone is too large.
+    node = root
+    while (inner := measure.larger_child(node, written + allowed)) is not None:
+        node = inner
+    message = (
+        f"aliases (*name) expand this value to {measure.sizes[id(node)]:,} values; this"
+        f" file may add at most {allowed:,} through aliases"
+    )
+    raise RulesError([_at(node, file, message)])
+
+
+class _Measure:
+    """Sizes of the collections of a node tree, each shared one measured once. Scalars,
+    most of a file, are counted where they stand (one each), never visited."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.sizes: dict[int, int] = {}  # id(collection) -> values it expands to
+        self.on_path: set[int] = set()
+        self.written = 0  # values measured, each once (an upper bound of those written)
+
+    def size(self, node: yaml.Node, depth: int) -> int:
         key = id(node)
-        if done:
-            on_path.discard(key)
-            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
-            finished.append(node)
-            continue
-        if key in sizes:
-            continue  # an alias of a value measured already
-        if key in on_path:
-            raise RulesError([_at(node, file, "an alias refers to the value that holds it")])
+        known = self.sizes.get(key)
+        if known is not None:
+            return known  # an alias of a value measured already
+        if key in self.on_path:
+            raise RulesError([_at(node, self.file, "an alias refers to the value that holds it")])
         if depth > MAX_DEPTH:
-            raise RulesError([_at(node, file, _TOO_DEEP)])
-        on_path.add(key)
-        stack.append((node, depth, True))
-        stack.extend((child, depth + 1, False) for child in _children(node))
-    written = len(sizes)
-    limit = written + max(MAX_ALIAS_VALUES, written)
-    if sizes[id(root)] > limit:
-        # Point at the first (innermost) value that alone is too large.
-        node = next(n for n in finished if sizes[id(n)] > limit)
-        raise RulesError(
-            [
-                _at(
-                    node,
-                    file,
-                    f"aliases (*name) expand this value to {sizes[id(node)]:,} values; this"
-                    f" file may add at most {max(MAX_ALIAS_VALUES, written):,} through aliases",
-                )
-            ]
+            raise RulesError([_at(node, self.file, _TOO_DEEP)])
+        self.on_path.add(key)
+        total = 1
+        scalar = yaml.ScalarNode
+        if type(node) is yaml.MappingNode:
+            for key_node, value_node in node.value:
+                total += 1 if type(key_node) is scalar else self.size(key_node, depth + 1)
+                total += 1 if type(value_node) is scalar else self.size(value_node, depth + 1)
+            self.written += 1 + 2 * len(node.value)
+        else:
+            for item in node.value:
+                total += 1 if type(item) is scalar else self.size(item, depth + 1)
+            self.written += 1 + len(node.value)
+        self.on_path.discard(key)
+        self.sizes[key] = total
+        return total
+
+    def larger_child(self, node: yaml.Node, limit: int) -> yaml.Node | None:
+        children = (
+            [child for pair in node.value for child in pair]
+            if type(node) is yaml.MappingNode
+            else node.value
         )
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [child for pair in node.value for child in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
+        for child in children:
+            if self.sizes.get(id(child), 0) > limit:
+                return child  # type: ignore[no-any-return]
+        return None
 
 
 def _at(node: yaml.Node, file: str, message: str) -> ConfigIssue:
