@@ -44,7 +44,7 @@ def url(port: int, database: str = "postgres") -> str:
     return f"postgresql://postgres@127.0.0.1:{port}/{database}"
 
 
-async def _admin(admin_url: str, statement: str) -> None:
+async def admin_async(admin_url: str, statement: str) -> None:
     conn = await asyncpg.connect(admin_url, timeout=5)
     try:
         await conn.execute(statement)
@@ -54,9 +54,10 @@ async def _admin(admin_url: str, statement: str) -> None:
 
 def admin(database_url: str, statement: str) -> None:
     """Run one statement, from sync code (also from inside a running event loop: an async
-    fixture may need a sync one)."""
+    fixture may need a sync one). Never from an async test: it blocks the loop, and with it
+    the call log's writer, which may hold the lock the statement waits for."""
     with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, _admin(database_url, statement)).result()
+        pool.submit(asyncio.run, admin_async(database_url, statement)).result()
 
 
 def reachable(admin_url: str) -> bool:
@@ -110,7 +111,7 @@ class Server:
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-F -c full_page_writes=off -c synchronous_commit=off"
+            "-F -c full_page_writes=off"  # no fsync: a stop loses nothing, a host crash would
         )
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w",

@@ -34,7 +34,11 @@ def build_call_log(
 ) -> CallLog:
     if database_url:
         return PostgresCallLog(
-            database_url, retention_days=retention_days, queue_max=queue_max, timeout=timeout
+            database_url,
+            retention_days=retention_days,
+            queue_max=queue_max,
+            timeout=timeout,
+            close_timeout=timeout,  # a stop must not wait long for a database that is away
         )
     return build_embedded_call_log(db, retention_days)
 

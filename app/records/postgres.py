@@ -371,6 +371,8 @@ class PostgresCallLog:
                     delay = self._retry_min
                     continue
             except Exception as exc:  # every failure is "not now": the writes stay queued
+                if isinstance(exc, asyncpg.UndefinedTableError):
+                    self._schema_ready = False  # an empty database took its place: migrate
                 await self._unavailable(exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
