@@ -238,7 +238,9 @@ class CallControl:
         return retry_after * random.uniform(1.0, 1.0 + JITTER)  # noqa: S311 - jitter
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self._policy.max_backoff, self._policy.base_backoff * 2 ** (attempt - 1))
+        ceiling = min(
+            self._policy.max_backoff, self._policy.base_backoff * 2 ** min(attempt - 1, 32)
+        )
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
 
 
