@@ -13,8 +13,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from app.intake.events import Api
@@ -39,6 +42,54 @@ SAID = {"switchboard": "say"}
 """Metadata of the lines Switchboard asks for: their `response.done` carries it back."""
 REGISTRY_DEADLINE = 2.0
 """Bound on one live-call registry request: a call never waits on the registry for long."""
+MAX_EVENTS_PER_CALL = 500
+"""Events a session records for one call; past it they are counted, not written (a caller
+pressing keys for an hour, a sideband dropping again and again, an error flood)."""
+MAX_HANDLED_TOOL_CALLS = 256
+"""Tool call ids remembered per call to act once on each (the most recent ones)."""
+HANGUP_TRIES = 3
+"""Times the max-duration timer asks for its hang-up when the API fails (each one a full
+call-control request with its own retries)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RejoinPolicy:
+    """How a sideband that dropped is rejoined: in a loop, with jittered exponential
+    backoff between rejoins, and a cap on how many a call gets."""
+
+    first_pause: float = 0.5
+    max_pause: float = 10.0
+    max_rejoins: int = 20
+    """Rejoins in the whole call; then the call is left (`sideband_lost`) and only its
+    max-duration timer still acts on it."""
+    stable_seconds: float = 30.0
+    """A connection that stayed up this long starts the backoff over."""
+
+    def pause(self, streak: int) -> float:
+        """Before the `streak`-th rejoin in a row (1, 2...): between half and all of
+        first_pause * 2 ** (streak - 1), at most max_pause."""
+        ceiling = min(self.max_pause, self.first_pause * 2 ** min(streak - 1, 32))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+
+
+class RecentIds:
+    """A set that keeps the `limit` most recent ids: bounded memory for dedupe."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, item: str) -> None:
+        self._ids[item] = None
+        self._ids.move_to_end(item)
+        while len(self._ids) > self._limit:
+            self._ids.popitem(last=False)
 
 
 class InCallManager:
@@ -54,6 +105,9 @@ class InCallManager:
         clock: Callable[[], float] = time.monotonic,
         registry: LiveCallRegistry | None = None,
         wall_clock: Callable[[], float] = time.time,
+        rejoin: RejoinPolicy | None = None,
+        max_events: int = MAX_EVENTS_PER_CALL,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.registry = registry
         """Where this replica records the calls it holds, so that another can carry them on."""
@@ -65,6 +119,10 @@ class InCallManager:
         self.connect_delays = tuple(connect_delays)
         self.end_call_delay = end_call_delay
         self.clock = clock
+        self.rejoin = rejoin or RejoinPolicy()
+        self.max_events = max_events
+        self.sleep = sleep
+        """Pauses between rejoins (tests record them)."""
         self._sessions: dict[str, CallSession] = {}
         self._closing = False
 
@@ -145,6 +203,10 @@ class InCallManager:
         finally:
             self._sessions.pop(session.call_id, None)
             self.metrics.active_calls.dec()
+            if session.events_dropped:
+                self.call_log.event(
+                    session.call_id, "events_dropped", {"count": session.events_dropped}
+                )
             if not session.detached:
                 self.metrics.call_duration.observe(self.clock() - session.started)
                 self.call_log.ended(session.call_id, session.end_reason or "ended")
@@ -251,7 +313,10 @@ class CallSession:
         self.lost = False
         """Another replica took the call over: not ours to end or release."""
         self._gone = False
-        self._handled_tools: set[str] = set()
+        self._handled_tools = RecentIds(MAX_HANDLED_TOOL_CALLS)
+        self.events_recorded = 0
+        self.events_dropped = 0
+        """Events past the manager's `max_events`: counted, not written."""
         self._response_done = asyncio.Event()
         self._idle = asyncio.Event()
         """Set while the agent is not producing a response (a new one would be refused)."""
@@ -268,33 +333,23 @@ class CallSession:
         features = self.features
         timer = self._spawn(self._max_duration()) if features.max_duration is not None else None
         try:
-            if features.sideband:
-                self.sideband = await self._connect()
-            if self.detached:
-                return  # shut down while joining: leave the call as it is
-            if self.sideband is None and self.resumed and self._gone:
-                self.end_reason = self.end_reason or "caller_gone"  # ended while unheld
-                return
-            if self.sideband is None:
-                if features.refer_to is not None:
-                    # The line cannot be said: transfer the caller all the same.
-                    await self._refer(features.refer_to, destination=None, reason="route")
-                    return
-                if timer is None:
-                    self.end_reason = "sideband_unavailable"
-                    self.manager.call_log.status(self.call_id, "answered")
-                    self.detached = True  # the end cannot be seen: do not invent one
-                    return
-                await asyncio.wait([timer])  # ends at the limit, or early on a hangup
-                return
-            if not self.resumed:
-                await self._greet()
-            if features.refer_to is not None:
-                self._spawn(self._announce_and_refer(features.refer_to))
-            await self._listen()
-            if self.end_reason == "sideband_lost" and timer is not None and not timer.done():
-                # The call may well go on without us: its time limit still holds.
+            try:
+                await self._follow(timer)
+            except Exception as exc:
+                if timer is None or timer.done() or self.detached:
+                    raise
+                # A bug in the sideband's handling must not take the time limit with it.
+                logger.exception(
+                    "in-call handling failed: the call's time limit still holds",
+                    extra={"call_id": self.call_id},
+                )
+                self._event("error", {"error": f"in-call handling failed: {exc!r}"[:500]})
+                self.sideband, sideband = None, self.sideband
+                if sideband is not None:
+                    with contextlib.suppress(Exception):
+                        await sideband.close()
                 await asyncio.wait([timer])
+                self.end_reason = self.end_reason or "error"
         finally:
             for child in list(self._children):
                 child.cancel()
@@ -304,8 +359,42 @@ class CallSession:
                 with contextlib.suppress(Exception):
                     await self.sideband.close()
 
+    async def _follow(self, timer: asyncio.Task[None] | None) -> None:
+        """Join the sideband and follow the call on it; with the sideband lost, the
+        max-duration timer (a task of its own, acting over the REST API) still runs."""
+        features = self.features
+        if features.sideband:
+            self.sideband = await self._connect()
+        if self.detached:
+            return  # shut down while joining: leave the call as it is
+        if self.sideband is None and self.resumed and self._gone:
+            self.end_reason = self.end_reason or "caller_gone"  # ended while unheld
+            return
+        if self.sideband is None:
+            if features.refer_to is not None:
+                # The line cannot be said: transfer the caller all the same.
+                await self._refer(features.refer_to, destination=None, reason="route")
+                return
+            if timer is None:
+                self.end_reason = "sideband_unavailable"
+                self.manager.call_log.status(self.call_id, "answered")
+                self.detached = True  # the end cannot be seen: do not invent one
+                return
+            await asyncio.wait([timer])  # ends at the limit, or early on a hangup
+            return
+        if not self.resumed:
+            await self._greet()
+        if features.refer_to is not None:
+            self._spawn(self._announce_and_refer(features.refer_to))
+        await self._listen()
+        if self.end_reason == "sideband_lost" and timer is not None and not timer.done():
+            # The call may well go on without us: its time limit still holds, and ends it.
+            self.end_reason = None
+            await asyncio.wait([timer])
+            self.end_reason = self.end_reason or "sideband_lost"
+
     async def _connect(self) -> Sideband | None:
-        log, metrics = self.manager.call_log, self.manager.metrics
+        metrics = self.manager.metrics
         attempts = (0.0, *self.manager.connect_delays)
         last = "no attempt"
         for pause in attempts:
@@ -323,10 +412,10 @@ class CallSession:
             except SidebandError as exc:
                 last = str(exc)
             else:
-                log.event(self.call_id, "sideband_connected")
+                self._event("sideband_connected")
                 return sideband
         metrics.sideband_failures.labels("connect").inc()
-        log.event(self.call_id, "sideband_failed", {"error": last})
+        self._event("sideband_failed", {"error": last})
         logger.warning(
             "sideband unavailable",
             extra={"event": "sideband_failed", "call_id": self.call_id, "error": last},
@@ -334,22 +423,47 @@ class CallSession:
         return None
 
     async def _listen(self) -> None:
-        assert self.sideband is not None
-        try:
-            async for event in self.sideband.events():
-                self._dispatch(event)
-        except SidebandError as exc:
+        """Follow the sideband until the call ends; rejoin it when it drops (a loop, with
+        backoff, at most `RejoinPolicy.max_rejoins` times in the call)."""
+        policy = self.manager.rejoin
+        rejoins = streak = 0
+        while True:
+            sideband = self.sideband
+            assert sideband is not None
+            joined = self.manager.clock()
+            try:
+                async for event in sideband.events():
+                    self._dispatch(event)
+                return  # closed normally: the call ended
+            except SidebandError as exc:
+                if self.detached:
+                    return
+                self.manager.metrics.sideband_failures.labels("dropped").inc()
+                self._event("sideband_dropped", {"error": str(exc)})
+            with contextlib.suppress(Exception):
+                await sideband.close()
+            if self._hung_up or self._transferred:
+                return  # the call is over for us: nothing to rejoin
+            if rejoins >= policy.max_rejoins:
+                self._event("sideband_given_up", {"rejoins": rejoins})
+                logger.warning(
+                    "sideband keeps dropping: left",
+                    extra={"event": "sideband_given_up", "call_id": self.call_id},
+                )
+                self.end_reason = self.end_reason or "sideband_lost"
+                return
+            # Try to rejoin: the call may well go on without us. A connection that drops at
+            # once is not rejoined at once: the pauses grow, so a broken sideband cannot spin.
+            streak = 1 if self.manager.clock() - joined >= policy.stable_seconds else streak + 1
+            rejoins += 1
+            await self.manager.sleep(policy.pause(streak))
             if self.detached:
                 return
-            self.manager.metrics.sideband_failures.labels("dropped").inc()
-            self.manager.call_log.event(self.call_id, "sideband_dropped", {"error": str(exc)})
-            # Try to rejoin: the call may well go on without us.
             rejoined = await self._connect()
             if rejoined is None:
                 self.end_reason = self.end_reason or "sideband_lost"
                 return
             self.sideband = rejoined
-            await self._listen()
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -358,23 +472,50 @@ class CallSession:
         elif kind == "response.done":
             self._idle.set()
             response = event.get("response")
-            if isinstance(response, dict) and response.get("metadata") == SAID:
+            if not isinstance(response, dict):
+                return
+            if response.get("metadata") == SAID:
                 self._response_done.set()  # our line, not a response still finishing
-            output = response.get("output") if isinstance(response, dict) else None
+            output = response.get("output")
+            status = response.get("status")
             for item in output if isinstance(output, list) else ():
-                if isinstance(item, dict) and item.get("type") == "function_call":
+                if not isinstance(item, dict) or item.get("type") != "function_call":
+                    continue
+                if status == "completed" and item.get("status") == "completed":
                     self._tool_call(item)
-        elif kind == "response.function_call_arguments.done":
-            self._tool_call(event)
+                else:
+                    # Cancelled (the caller spoke), incomplete, failed: the model did not
+                    # finish asking. Ending or transferring the call on it would be a guess.
+                    self._event(
+                        "tool_call_interrupted",
+                        {
+                            "name": item.get("name"),
+                            "response_status": status,
+                            "item_status": item.get("status"),
+                        },
+                    )
+        # `response.function_call_arguments.done` is not acted on: it is also sent for
+        # responses that were interrupted. Only the completed `response.done` acts.
         elif kind == "input_audio_buffer.dtmf_event_received":
             digit = event.get("event")
             if isinstance(digit, str):
                 self._spawn(self._dtmf(digit[:1]))
         elif kind == "error":
             error = event.get("error")
-            self.manager.call_log.event(
-                self.call_id, "error", error if isinstance(error, dict) else {"error": str(error)}
-            )
+            self._event("error", error if isinstance(error, dict) else {"error": str(error)})
+
+    def _event(self, kind: str, data: dict[str, Any] | None = None) -> None:
+        """Record an event of this call, up to the manager's `max_events`."""
+        limit = self.manager.max_events
+        if self.events_recorded >= limit:
+            self.events_dropped += 1
+            return
+        self.events_recorded += 1
+        if self.events_recorded == limit:
+            self.manager.call_log.event(self.call_id, "events_capped", {"limit": limit})
+            self.events_dropped += 1  # this one is not written, the cap is
+            return
+        self.manager.call_log.event(self.call_id, kind, data)
 
     # --- what the agent says ----------------------------------------------------------------
 
@@ -385,7 +526,7 @@ class CallSession:
         if self.features.greeting_instructions:
             response["instructions"] = self.features.greeting_instructions
         await self._send({"type": "response.create", "response": response})
-        self.manager.call_log.event(self.call_id, "greeting")
+        self._event("greeting")
 
     async def _say(self, instructions: str) -> None:
         """Have the agent say a short line, and wait (bounded) until it has."""
@@ -424,9 +565,7 @@ class CallSession:
             arguments = json.loads(raw) if isinstance(raw, str) and raw else {}
         except ValueError:
             arguments = None
-        self.manager.call_log.event(
-            self.call_id, "tool_call", {"name": name, "arguments": arguments}
-        )
+        self._event("tool_call", {"name": name, "arguments": arguments})
         if name == TRANSFER_TOOL and self.features.transfers:
             self._spawn(self._transfer_tool(tool_call, arguments))
         elif name == END_CALL_TOOL and self.features.end_call:
@@ -457,18 +596,33 @@ class CallSession:
             )
             self._transfer_recorded(str(name), "rejected_destination", "tool")
             return
-        await self._tool_output(
-            tool_call, {"status": "transferring", "destination": name}, respond=False
+        blocked = self._transfer_blocked()
+        if blocked is not None:
+            # The model must not be told it is transferring when it is not.
+            await self._tool_output(tool_call, {"error": _BLOCKED[blocked]}, respond=False)
+            self._event("transfer", {"destination": name, "outcome": blocked, "by": "tool"})
+            return
+        self._transferring = True  # claimed before the first await: no other may start
+        await self._transfer_claimed(
+            name,
+            reason="tool",
+            first=self._tool_output(
+                tool_call, {"status": "transferring", "destination": name}, respond=False
+            ),
         )
-        await self.transfer(name, reason="tool")
 
     async def _end_call_tool(self, tool_call: str) -> None:
+        if self._transferring or self._transferred:
+            await self._tool_output(
+                tool_call, {"error": _BLOCKED["already_transferring"]}, respond=False
+            )
+            return
         await self._tool_output(tool_call, {"status": "ending the call"}, respond=False)
         await asyncio.sleep(self.manager.end_call_delay)
         await self.hangup("end_call")
 
     async def _dtmf(self, digit: str) -> None:
-        self.manager.call_log.event(self.call_id, "dtmf", {"digit": digit})
+        self._event("dtmf", {"digit": digit})
         if digit not in self.features.dtmf:
             return
         destination = self.features.dtmf[digit]
@@ -486,11 +640,16 @@ class CallSession:
             if limit.warning and await self._send(
                 {"type": "response.create", "response": {"instructions": limit.warning}}
             ):
-                self.manager.call_log.event(self.call_id, "warning")
+                self._event("warning")
             await asyncio.sleep(limit.warning_before)
         else:
             await asyncio.sleep(seconds)
-        await self.hangup("max_duration")
+        # Over the REST API, sideband or not; asked again if the API fails.
+        for attempt in range(HANGUP_TRIES):
+            if attempt:
+                await asyncio.sleep(self.manager.rejoin.pause(attempt))
+            if await self.hangup("max_duration") != "failed":
+                return
 
     async def _announce_and_refer(self, target: str) -> None:
         if self.features.announce and not self.resumed:
@@ -499,13 +658,36 @@ class CallSession:
 
     # --- acting on the call ---------------------------------------------------------------------
 
+    def _transfer_blocked(self) -> str | None:
+        """Why a transfer cannot start now, or None.
+
+        Keys pressed twice, the model and a keypress, an operator: one REFER at a time,
+        and none once the caller has left for a transfer or a hangup."""
+        if self._transferring:
+            return "already_transferring"
+        if self._transferred or self._hung_up:
+            return "call_left"
+        return None
+
     async def transfer(self, destination: str, *, reason: str) -> str:
-        # Keys pressed twice, the model and a keypress, an operator: one REFER at a time,
-        # and none once the caller has left for a transfer or a hangup.
-        if self._transferring or self._transferred or self._hung_up:
-            return "already_transferring" if self._transferring else "call_left"
+        blocked = self._transfer_blocked()
+        if blocked is not None:
+            return blocked
         self._transferring = True
+        return await self._transfer_claimed(destination, reason=reason)
+
+    async def _transfer_claimed(
+        self,
+        destination: str,
+        *,
+        reason: str,
+        first: Coroutine[Any, Any, None] | None = None,
+    ) -> str:
+        """The transfer, once `_transferring` is set (by the caller, with no await between
+        the check and the claim); `first` runs before it (the tool's answer)."""
         try:
+            if first is not None:
+                await first
             if self.features.transfer_message:
                 await self._say(self.features.transfer_message)
             return await self._refer(
@@ -526,7 +708,7 @@ class CallSession:
             outcome = "caller_gone"
         except Exception as exc:  # recorded as failed; also a client closed at shutdown
             outcome = "failed"
-            self.manager.call_log.event(self.call_id, "error", {"error": str(exc)})
+            self._event("error", {"error": str(exc)})
         self._transfer_recorded(destination or uri, outcome, reason, uri=uri)
         if outcome == "referred":
             self._transferred = True
@@ -542,7 +724,7 @@ class CallSession:
         data = {"destination": destination, "outcome": outcome, "by": reason}
         if uri is not None:
             data["uri"] = uri
-        self.manager.call_log.event(self.call_id, "transfer", data)
+        self._event("transfer", data)
 
     async def hangup(self, reason: str) -> str:
         return await self._settle(self._hangup(reason))
@@ -561,9 +743,9 @@ class CallSession:
         except Exception as exc:  # recorded as failed; also a client closed at shutdown
             outcome = "failed"
             self._hung_up = False
-            self.manager.call_log.event(self.call_id, "error", {"error": str(exc)})
+            self._event("error", {"error": str(exc)})
         self.manager.metrics.hangups.labels(reason).inc()
-        self.manager.call_log.event(self.call_id, "hangup", {"reason": reason, "outcome": outcome})
+        self._event("hangup", {"reason": reason, "outcome": outcome})
         if outcome != "failed":
             self.end_reason = self.end_reason or reason
             if self.sideband is None and self.task is not None:
@@ -597,3 +779,10 @@ class CallSession:
         self._children.add(task)
         task.add_done_callback(self._children.discard)
         return task
+
+
+_BLOCKED = {
+    "already_transferring": "a transfer is already in progress",
+    "call_left": "the call is already ending (transferred or hung up)",
+}
+"""What the model is told when its transfer cannot start."""

@@ -6,13 +6,16 @@ scenario per connection, with the Realtime API's event shapes:
     fake.call("rtc_1", [*function_call("transfer_call", {"destination": "sales"})])
     fake.call("rtc_2", [dtmf("5")])
     fake.call("rtc_3", [Drop()], Refuse(404))  # drops; the reconnection is refused
+    fake.call("rtc_4", then=[Drop()])  # every connection drops at once
 
-Each argument after the call id is one connection: a list of steps, or `Refuse(status)`.
+Each argument after the call id is one connection: a list of steps, or `Refuse(status)`;
+`then` is the plan of every connection after those.
 On every connection the server first sends `session.created`, and it answers every client
 `response.create` with `response.created` and `response.done` on its own, alongside the
 script. A call that was never registered, or that has ended (`fake.end`, an `EndCall()`
 step, or a `/hangup` / successful `/refer` on a linked FakeOpenAI), is refused with 404;
-a registered call whose scripted connections are used up gets an idle connection.
+a registered call whose scripted connections are used up gets its `then` plan, or else an
+idle connection.
 
 Runs inside a test's event loop (`async with FakeRealtime() as fake`) or in a thread with
 its own loop (`fake.start_in_thread()` / `fake.stop_thread()`) for tests that drive a
@@ -135,8 +138,14 @@ def function_call_events(
     *,
     call_id: str | None = None,
     response_id: str | None = None,
+    status: str = "completed",
+    item_status: str = "completed",
 ) -> tuple[Event, Event]:
-    """`response.function_call_arguments.done` and the `response.done` that carries it."""
+    """`response.function_call_arguments.done` and the `response.done` that carries it.
+
+    `status` is the response's (completed, cancelled, incomplete, failed), `item_status`
+    the function call item's (completed, incomplete): an interrupted response still sends
+    both events, with these saying it did not complete."""
     call_id = call_id or _id("call")
     response_id = response_id or _id("resp")
     item_id = _id("item")
@@ -157,8 +166,15 @@ def function_call_events(
         "response": {
             "object": "realtime.response",
             "id": response_id,
-            "status": "completed",
-            "status_details": None,
+            "status": status,
+            "status_details": None
+            if status == "completed"
+            else {
+                "type": status,
+                "reason": {"cancelled": "turn_detected", "incomplete": "max_output_tokens"}.get(
+                    status
+                ),
+            },
             "output": [
                 {
                     "type": "function_call",
@@ -167,7 +183,7 @@ def function_call_events(
                     "call_id": call_id,
                     "name": name,
                     "arguments": args,
-                    "status": "completed",
+                    "status": item_status,
                 }
             ],
             "metadata": None,
@@ -183,9 +199,13 @@ def function_call(
     *,
     call_id: str | None = None,
     via: str = "both",
+    status: str = "completed",
+    item_status: str = "completed",
 ) -> list[Step]:
     """The model calls a tool: via "arguments" (the .done event), "response" or "both"."""
-    arguments_done, response_done = function_call_events(name, arguments, call_id=call_id)
+    arguments_done, response_done = function_call_events(
+        name, arguments, call_id=call_id, status=status, item_status=item_status
+    )
     steps: list[Step] = []
     if via in ("both", "arguments"):
         steps.append(Send(arguments_done))
@@ -298,6 +318,7 @@ class FakeRealtime:
         """Pause before answering a `response.create` (how long a line takes to say)."""
         self._lock = threading.Lock()
         self._plans: dict[str, deque[Plan]] = {}
+        self._then: dict[str, Plan] = {}
         self._ended: set[str] = set()
         self._logs: dict[str, list[SidebandLog]] = defaultdict(list)
         self._open: dict[str, set[ServerConnection]] = defaultdict(set)
@@ -312,10 +333,13 @@ class FakeRealtime:
 
     # --- scripting ------------------------------------------------------------------------
 
-    def call(self, call_id: str, *connections: Plan) -> None:
-        """Register a call (known from now on) and script its next connections."""
+    def call(self, call_id: str, *connections: Plan, then: Plan | None = None) -> None:
+        """Register a call (known from now on) and script its next connections; `then`:
+        the plan of every connection after those."""
         with self._lock:
             self._plans.setdefault(call_id, deque()).extend(connections)
+            if then is not None:
+                self._then[call_id] = then
             self._ended.discard(call_id)
 
     def end(self, call_id: str, code: int = 1000, reason: str = "call ended") -> None:
@@ -466,7 +490,7 @@ class FakeRealtime:
                 status = 404
             else:
                 queue = self._plans[call_id]
-                plan = queue.popleft() if queue else ()
+                plan = queue.popleft() if queue else self._then.get(call_id, ())
                 if isinstance(plan, Refuse):
                     status = plan.status
                 else:

@@ -42,6 +42,7 @@ DESK = "sip:desk@pbx.example.com"
 FRONT_DESK = "+18005550101"
 LIMITED = "+18005550102"
 TRANSFER_LINE = "+18005550103"
+STORMY = "+18005550104"
 
 ROUTES = f"""
 sessions:
@@ -68,6 +69,13 @@ routes:
       instructions: Be quick.
       call:
         max_duration: {{seconds: 1.5, warning_before: 0.75, warning: Say the call ends soon.}}
+  - name: stormy
+    match: {{called: "{STORMY}"}}
+    accept:
+      instructions: Be quick.
+      call:
+        dtmf: {{"0": hangup}}
+        max_duration: {{seconds: 3}}
   - name: transfer-line
     match: {{called: "{TRANSFER_LINE}"}}
     refer: {{target_uri: "{DESK}", announce: Say you are putting them through to the desk.}}
@@ -435,3 +443,54 @@ def test_a_restart_with_a_call_open(fakes: Fakes, tmp_path: Path) -> None:
     finally:
         stop_service(second)
     fakes.realtime.end(call_id)
+
+
+# --- issue 11: a spinning sideband, an interrupted model ------------------------------------------
+
+
+def test_a_sideband_that_drops_at_once_cannot_spin_nor_lose_the_time_limit(
+    incall: Service, fakes: Fakes
+) -> None:
+    """It was rejoined 977 times at 542/s, then the session died of a RecursionError and
+    the max-duration hangup with it. Now: rejoins with growing pauses, and the hangup."""
+    call_id = new_id()
+    fakes.realtime.call(call_id, then=[Drop()])  # every connection drops at once
+    call(incall, call_id, STORMY)
+    found = ended(incall, call_id)
+    assert found["end_reason"] == "max_duration"
+    assert fakes.ops(call_id)[1:] == [("hangup", None)]  # POST .../hangup at the stand-in
+    connections = len(fakes.realtime.sidebands(call_id))
+    # 3 s of backoff from 0.5 s doubling: a handful, never hundreds (RejoinPolicy caps 20).
+    assert 2 <= connections <= 10, connections
+    assert kinds(found).count("sideband_dropped") == connections
+    metrics = httpx.get(f"{incall.url}/metrics").text
+    assert 'switchboard_hangups_total{reason="max_duration"}' in metrics
+
+
+def test_an_interrupted_end_call_does_not_hang_up(incall: Service, fakes: Fakes) -> None:
+    """A cancelled response whose end_call item is incomplete made a real POST .../hangup."""
+    call_id = new_id()
+    interrupted = function_call("end_call", {}, status="cancelled", item_status="incomplete")
+    fakes.realtime.call(call_id, [WaitFor("response.create"), *interrupted])
+    call(incall, call_id, FRONT_DESK)
+
+    def interrupted_in_record() -> dict[str, Any] | None:
+        found = record(incall, call_id)
+        return found if found and "tool_call_interrupted" in kinds(found) else None
+
+    found = wait_until(interrupted_in_record, "the interrupted tool call in the record")
+    (interrupted_call,) = [
+        e["data"] for e in found["events"] if e["kind"] == "tool_call_interrupted"
+    ]
+    assert interrupted_call == {
+        "name": "end_call",
+        "response_status": "cancelled",
+        "item_status": "incomplete",
+    }
+    assert "tool_call" not in kinds(found)  # not taken as a call of the tool
+    assert [op for op, _ in fakes.ops(call_id)] == ["accept"]
+    assert fakes.of_type(call_id, "conversation.item.create") == []
+    fakes.realtime.end(call_id)
+    found = ended(incall, call_id)
+    assert found["end_reason"] == "ended"
+    assert [op for op, _ in fakes.ops(call_id)] == ["accept"]

@@ -19,9 +19,15 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 
-from app.incall.session import SAID, InCallManager
-from app.openai.callcontrol import CallGone, UpstreamRejected
-from app.openai.sideband import Sideband, WebSocketConnector
+from app.incall.session import (
+    MAX_EVENTS_PER_CALL,
+    SAID,
+    InCallManager,
+    RecentIds,
+    RejoinPolicy,
+)
+from app.openai.callcontrol import CallGone, UpstreamRejected, UpstreamUnavailable
+from app.openai.sideband import Sideband, SidebandError, WebSocketConnector
 from app.ops.metrics import Metrics
 from app.records.calllog import CallLog, CallRecord, CallStatus
 from app.rules.ruleset import CallFeatures, Destination, MaxDuration
@@ -244,10 +250,16 @@ class Harness:
     metrics: Metrics
     manager: InCallManager
 
-    def start(self, features: CallFeatures, *connections: Any, call_id: str | None = None) -> str:
+    def start(
+        self,
+        features: CallFeatures,
+        *connections: Any,
+        call_id: str | None = None,
+        then: Any = None,
+    ) -> str:
         call_id = call_id or new_id()
-        if connections:
-            self.fake.call(call_id, *connections)
+        if connections or then is not None:
+            self.fake.call(call_id, *connections, then=then)
         assert self.manager.start(call_id, features)
         return call_id
 
@@ -276,8 +288,10 @@ def make_manager(
     *,
     base_url: str | None = None,
     connector: Any = None,
+    **options: Any,
 ) -> InCallManager:
     call_log: CallLog = log
+    options.setdefault("rejoin", FAST_REJOIN)
     return InCallManager(
         connector=connector or WebSocketConnector(base_url or fake.base_url, API_KEY),
         controller=controller,
@@ -285,7 +299,11 @@ def make_manager(
         metrics=metrics,
         connect_delays=(0.01, 0.02),
         end_call_delay=0.05,
+        **options,
     )
+
+
+FAST_REJOIN = RejoinPolicy(first_pause=0.01, max_pause=0.05, max_rejoins=5)
 
 
 @pytest.fixture
@@ -417,7 +435,7 @@ async def test_transfer_tool_with_arguments_that_are_not_json(harness: Harness) 
     assert harness.controller.ops == []
 
 
-@pytest.mark.parametrize("via", ["both", "arguments", "response"])
+@pytest.mark.parametrize("via", ["both", "response"])
 async def test_a_tool_call_acts_once_whichever_events_carry_it(harness: Harness, via: str) -> None:
     steps = function_call("transfer_call", {"destination": "sales"}, via=via)
     # The same call again, later: still once.
@@ -884,22 +902,20 @@ async def test_operator_hangup_when_the_sideband_closes_first(racing: Harness) -
 # --- saying a line: wait for that line, not any response ------------------------------------------
 
 
-async def test_the_transfer_line_is_said_before_the_refer_even_if_events_straggle() -> None:
-    """The tool call's own response.done may arrive after the line was asked for."""
-    async with FakeRealtime(api_key=API_KEY, respond_delay=0.3) as fake:
-        controller, log, metrics = FakeController(fake), RecordingCallLog(), Metrics()
-        manager = make_manager(fake, controller, log, metrics)
-        arguments_done, response_done = function_call_events(
-            "transfer_call", {"destination": "sales"}
-        )
-        call_id = new_id()
-        fake.call(call_id, [Send(arguments_done), WaitFor("response.create"), Send(response_done)])
-        manager.start(call_id, CallFeatures(transfers=TRANSFERS, transfer_message="Say it."))
-        await eventually(lambda: log.ended_with(call_id), "the call to end")
-        refer = controller.op(call_id, "refer")
-        assert answers(refer.server_events), "transferred before the line was said"
-        await manager.shutdown()
-        assert fake.errors == []
+async def test_a_tool_call_acts_on_its_response_done_not_before(harness: Harness) -> None:
+    """The arguments are done first; the transfer waits for the response that carries them."""
+    arguments_done, response_done = function_call_events("transfer_call", {"destination": "sales"})
+    call_id = harness.start(
+        CallFeatures(transfers=TRANSFERS, transfer_message="Say it."),
+        [Send(arguments_done), Sleep(0.2), Send(response_done)],
+    )
+    assert await harness.ended(call_id) == "transferred"
+    refer = harness.controller.op(call_id, "refer")
+    assert response_done["response"]["id"] in [
+        e.get("response", {}).get("id") for e in refer.server_events
+    ]
+    # Nothing was sent before the response.done: the tool's answer, then the line.
+    assert harness.fake.types(call_id) == ["conversation.item.create", "response.create"]
 
 
 async def test_a_call_is_handled_once_and_never_restarted_in_the_log() -> None:
@@ -930,3 +946,326 @@ async def test_one_transfer_however_many_ask_for_it(harness: Harness) -> None:
     call_id = harness.start(features, steps)
     assert await harness.ended(call_id) == "transferred"
     assert harness.controller.for_call(call_id) == [("refer", SUPPORT)]
+
+
+# --- only completed function calls of completed responses act (issue 11, item 4) ---------------
+
+
+@pytest.mark.parametrize(
+    ("status", "item_status"),
+    [
+        pytest.param("cancelled", "incomplete", id="cancelled"),
+        pytest.param("incomplete", "incomplete", id="incomplete"),
+        pytest.param("failed", "incomplete", id="failed"),
+        pytest.param("cancelled", "completed", id="cancelled-response-completed-item"),
+        pytest.param("completed", "incomplete", id="completed-response-incomplete-item"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [("end_call", {}), ("transfer_call", {"destination": "sales"})],
+)
+async def test_an_interrupted_tool_call_does_not_act(
+    harness: Harness, status: str, item_status: str, tool: str, arguments: dict[str, Any]
+) -> None:
+    """The caller spoke over the model: its end_call or transfer_call was never finished."""
+    features = CallFeatures(transfers=TRANSFERS, end_call=True, dtmf={"0": None})
+    steps = function_call(tool, arguments, status=status, item_status=item_status)
+    call_id = harness.start(features, [*steps, Sleep(0.2), dtmf("0")])
+    assert await harness.ended(call_id) == "dtmf"  # the call went on until the caller left
+    assert harness.controller.for_call(call_id) == [("hangup", None)]  # the keypad's
+    assert harness.fake.types(call_id) == []  # no tool answer: there was no tool call
+    assert harness.log.data(call_id, "tool_call") == []
+    assert harness.log.data(call_id, "tool_call_interrupted") == [
+        {"name": tool, "response_status": status, "item_status": item_status}
+    ]
+
+
+async def test_arguments_done_alone_does_not_act(harness: Harness) -> None:
+    """`response.function_call_arguments.done` is also sent for interrupted responses."""
+    features = CallFeatures(transfers=TRANSFERS, end_call=True, dtmf={"0": None})
+    steps = [
+        *function_call("end_call", {}, via="arguments"),
+        *function_call("transfer_call", {"destination": "sales"}, via="arguments"),
+        Sleep(0.2),
+        dtmf("0"),
+    ]
+    call_id = harness.start(features, steps)
+    assert await harness.ended(call_id) == "dtmf"
+    assert harness.controller.for_call(call_id) == [("hangup", None)]
+    assert harness.fake.types(call_id) == []
+
+
+async def test_a_second_transfer_while_one_is_in_progress_is_told_so() -> None:
+    """The first transfer is saying its line: the second ask gets the truth, not
+    "transferring", and only one REFER is sent."""
+    async with FakeRealtime(api_key=API_KEY, respond_delay=0.3) as fake:
+        controller, log, metrics = FakeController(fake), RecordingCallLog(), Metrics()
+        manager = make_manager(fake, controller, log, metrics)
+        call_id = new_id()
+        fake.call(
+            call_id,
+            [
+                *function_call("transfer_call", {"destination": "sales"}, call_id="first"),
+                WaitFor("response.create"),  # the transfer line is being said
+                *function_call("transfer_call", {"destination": "support"}, call_id="second"),
+                *function_call("end_call", {}, call_id="bye"),
+            ],
+        )
+        manager.start(
+            call_id, CallFeatures(transfers=TRANSFERS, end_call=True, transfer_message="Say it.")
+        )
+        await eventually(lambda: log.ended_with(call_id), "the call to end")
+        outputs = {
+            e["item"]["call_id"]: output_of(e)
+            for e in of_type(fake.events(call_id), "conversation.item.create")
+        }
+        assert outputs == {
+            "first": {"status": "transferring", "destination": "sales"},
+            "second": {"error": "a transfer is already in progress"},
+            "bye": {"error": "a transfer is already in progress"},
+        }
+        assert controller.for_call(call_id) == [("refer", SALES)]
+        assert log.ended_with(call_id) == "transferred"
+        assert [d["outcome"] for d in log.data(call_id, "transfer")] == [
+            "already_transferring",
+            "referred",
+        ]
+        await manager.shutdown()
+        assert fake.errors == []
+
+
+async def test_an_operator_transfer_after_the_models_is_refused(harness: Harness) -> None:
+    features = CallFeatures(transfers=TRANSFERS, transfer_message="Say it.")
+    call_id = harness.start(features, [])
+    await eventually(lambda: harness.fake.sidebands(call_id), "the sideband")
+    harness.controller.gate = asyncio.Event()  # the REFER waits
+    first = asyncio.create_task(harness.manager.transfer(call_id, "sales"))
+    await eventually(lambda: harness.controller.ops, "the first REFER")
+    assert await harness.manager.transfer(call_id, "support") == "already_transferring"
+    harness.controller.gate.set()
+    assert await first == "referred"
+    assert harness.controller.for_call(call_id) == [("refer", SALES)]
+
+
+# --- the sideband cannot spin, and the time limit outlives it (issue 11, item 3) --------------
+
+
+async def test_a_sideband_that_drops_at_once_is_rejoined_a_bounded_number_of_times(
+    harness: Harness,
+) -> None:
+    """It was rejoined 977 times at 542/s, then the session died of a RecursionError."""
+    call_id = harness.start(CallFeatures(greeting=True), then=[Drop()])
+    assert await harness.ended(call_id) == "sideband_lost"
+    assert len(harness.fake.sidebands(call_id)) == 1 + FAST_REJOIN.max_rejoins
+    assert harness.log.kinds(call_id).count("sideband_dropped") == 1 + FAST_REJOIN.max_rejoins
+    assert harness.log.data(call_id, "sideband_given_up") == [{"rejoins": 5}]
+    # Greeted once at most (the first socket may drop before it), never once per rejoin.
+    assert harness.fake.types(call_id) in ([], ["response.create"])
+    assert metric(harness.metrics, "switchboard_sideband_failures_total", stage="dropped") == 6
+
+
+async def test_a_rejoin_storm_with_a_deep_cap_does_not_recurse(harness: Harness) -> None:
+    """More rejoins than the interpreter's recursion limit allows frames for."""
+    manager = make_manager(
+        harness.fake,
+        harness.controller,
+        harness.log,
+        harness.metrics,
+        rejoin=RejoinPolicy(first_pause=0.0001, max_pause=0.0001, max_rejoins=1200),
+        connector=(connector := DroppingConnector()),
+    )
+    call_id = new_id()
+    manager.start(call_id, CallFeatures(greeting=True))
+    assert await eventually(lambda: harness.log.ended_with(call_id), "the end", 30) == (
+        "sideband_lost"
+    )
+    assert connector.connects == 1201
+    # Two events per drop: the records stop at the cap, with a count of the rest.
+    assert len(harness.log[call_id].events) == MAX_EVENTS_PER_CALL + 1
+    assert harness.log.kinds(call_id)[-2:] == ["events_capped", "events_dropped"]
+    await manager.shutdown()
+
+
+class DroppingSideband:
+    """A sideband that opens and drops at once, without a network (fast enough to outrun
+    the recursion limit in a test)."""
+
+    async def send(self, event: dict[str, Any]) -> None:
+        pass
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        raise SidebandError("sideband dropped: no close frame received or sent")
+        yield {}  # pragma: no cover - makes this an async generator
+
+    async def close(self) -> None:
+        pass
+
+
+class DroppingConnector:
+    def __init__(self) -> None:
+        self.connects = 0
+
+    async def connect(self, call_id: str) -> Sideband:
+        self.connects += 1
+        return DroppingSideband()
+
+
+@pytest.mark.parametrize("with_warning", [False, True])
+async def test_max_duration_hangs_up_through_a_rejoin_storm(
+    harness: Harness, with_warning: bool
+) -> None:
+    limit = (
+        MaxDuration(seconds=0.6, warning_before=0.3, warning="Say goodbye.")
+        if with_warning
+        else MaxDuration(seconds=0.6)
+    )
+    manager = make_manager(
+        harness.fake,
+        harness.controller,
+        harness.log,
+        harness.metrics,
+        rejoin=RejoinPolicy(first_pause=0.01, max_pause=0.02, max_rejoins=10_000),
+        connector=DroppingConnector(),  # no network: a storm as fast as the loop runs
+    )
+    call_id = new_id()
+    manager.start(call_id, CallFeatures(greeting=True, max_duration=limit))
+    assert await eventually(lambda: harness.log.ended_with(call_id), "the end") == "max_duration"
+    assert harness.controller.for_call(call_id) == [("hangup", None)]
+    assert harness.log.data(call_id, "hangup") == [{"reason": "max_duration", "outcome": "hung_up"}]
+    await manager.shutdown()
+
+
+async def test_max_duration_hangs_up_after_the_sideband_is_given_up(harness: Harness) -> None:
+    call_id = harness.start(
+        CallFeatures(greeting=True, max_duration=MaxDuration(seconds=0.5)), then=[Drop()]
+    )
+    assert await harness.ended(call_id) == "max_duration"
+    assert harness.log.data(call_id, "sideband_given_up") == [{"rejoins": 5}]
+    assert harness.controller.for_call(call_id) == [("hangup", None)]
+
+
+async def test_max_duration_outlives_a_crash_of_the_sideband_handling(harness: Harness) -> None:
+    class Broken:
+        async def send(self, event: dict[str, Any]) -> None:
+            pass
+
+        async def events(self) -> AsyncIterator[dict[str, Any]]:
+            raise RuntimeError("a bug")
+            yield {}  # pragma: no cover
+
+        async def close(self) -> None:
+            pass
+
+    class BrokenConnector:
+        async def connect(self, call_id: str) -> Sideband:
+            return Broken()
+
+    manager = make_manager(
+        harness.fake, harness.controller, harness.log, harness.metrics, connector=BrokenConnector()
+    )
+    call_id = new_id()
+    manager.start(call_id, CallFeatures(greeting=True, max_duration=MaxDuration(seconds=0.2)))
+    assert await eventually(lambda: harness.log.ended_with(call_id), "the end") == "max_duration"
+    assert harness.controller.for_call(call_id) == [("hangup", None)]
+    assert "in-call handling failed" in harness.log.data(call_id, "error")[0]["error"]
+    await manager.shutdown()
+
+
+async def test_a_failed_max_duration_hangup_is_asked_again(harness: Harness) -> None:
+    call_id = new_id()
+    harness.controller.fail(
+        "hangup", call_id, UpstreamUnavailable("hangup", "HTTP 503: overloaded", 503)
+    )
+    harness.start(CallFeatures(max_duration=MaxDuration(seconds=0.1)), call_id=call_id)
+    assert await harness.ended(call_id) == "max_duration"
+    assert harness.controller.for_call(call_id) == [("hangup", None), ("hangup", None)]
+    assert [d["outcome"] for d in harness.log.data(call_id, "hangup")] == ["failed", "hung_up"]
+
+
+async def test_rejoin_pauses_grow_with_jitter_up_to_the_cap(harness: Harness) -> None:
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        await asyncio.sleep(0)
+
+    policy = RejoinPolicy(first_pause=0.1, max_pause=0.4, max_rejoins=6)
+    manager = make_manager(
+        harness.fake,
+        harness.controller,
+        harness.log,
+        harness.metrics,
+        rejoin=policy,
+        sleep=sleep,
+        connector=DroppingConnector(),
+    )
+    call_id = new_id()
+    manager.start(call_id, CallFeatures(greeting=True))
+    assert await eventually(lambda: harness.log.ended_with(call_id), "the end") == "sideband_lost"
+    ceilings = [0.1, 0.2, 0.4, 0.4, 0.4, 0.4]
+    assert len(pauses) == 6
+    assert all(c / 2 <= p <= c for p, c in zip(pauses, ceilings, strict=True))
+    await manager.shutdown()
+
+
+async def test_a_connection_that_stayed_up_starts_the_backoff_over(harness: Harness) -> None:
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        await asyncio.sleep(0)
+
+    policy = RejoinPolicy(first_pause=0.1, max_pause=0.4, max_rejoins=4, stable_seconds=0)
+    manager = make_manager(
+        harness.fake,
+        harness.controller,
+        harness.log,
+        harness.metrics,
+        rejoin=policy,
+        sleep=sleep,
+        connector=DroppingConnector(),
+    )
+    call_id = new_id()
+    manager.start(call_id, CallFeatures(greeting=True))
+    await eventually(lambda: harness.log.ended_with(call_id), "the end")
+    assert len(pauses) == 4 and all(0.05 <= p <= 0.1 for p in pauses)
+    await manager.shutdown()
+
+
+def test_rejoin_policy_pauses() -> None:
+    policy = RejoinPolicy(first_pause=1.0, max_pause=5.0)
+    for streak, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (40, 5.0)]:
+        pauses = {policy.pause(streak) for _ in range(50)}
+        assert all(ceiling / 2 <= p <= ceiling for p in pauses)
+        assert len(pauses) > 1  # jittered
+
+
+# --- bounded memory and records per call ----------------------------------------------------------
+
+
+async def test_events_recorded_per_call_are_capped(harness: Harness) -> None:
+    manager = make_manager(
+        harness.fake, harness.controller, harness.log, harness.metrics, max_events=10
+    )
+    call_id = new_id()
+    harness.fake.call(call_id, [*[dtmf("7") for _ in range(30)], Sleep(0.1), EndCall()])
+    manager.start(call_id, CallFeatures(dtmf={"5": None}))
+    assert await eventually(lambda: harness.log.ended_with(call_id), "the end") == "ended"
+    kinds = harness.log.kinds(call_id)
+    # sideband_connected, 8 digits, the cap, then the count of what was not written
+    assert kinds == ["sideband_connected", *["dtmf"] * 8, "events_capped", "events_dropped"]
+    assert harness.log.data(call_id, "events_capped") == [{"limit": 10}]
+    assert harness.log.data(call_id, "events_dropped") == [{"count": 22}]
+    await manager.shutdown()
+
+
+def test_recent_ids_keep_the_newest_only() -> None:
+    ids = RecentIds(3)
+    for n in range(1000):
+        ids.add(f"call_{n}")
+    assert len(ids) == 3
+    assert "call_999" in ids and "call_997" in ids and "call_996" not in ids
+    ids.add("call_997")  # seen again: the newest now
+    ids.add("call_1000")
+    assert "call_997" in ids and "call_998" not in ids
