@@ -81,6 +81,7 @@ def create_app(
             else None,
             queue_max=settings.calls_queue_max,
             timeout=settings.database_timeout_seconds,
+            single_replica=settings.redis_url is None,  # replicas share Redis
         )
     metrics.watch_call_log(call_log)
     manager = RulesManager(

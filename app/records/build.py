@@ -31,7 +31,10 @@ def build_call_log(
     database_url: str | None = None,
     queue_max: int = QUEUE_MAX,
     timeout: float = TIMEOUT,
+    single_replica: bool = True,
 ) -> CallLog:
+    """`single_replica`: no other process shares the records' database (no shared
+    live-call registry), so calls open at start-up are leftovers of a previous run."""
     if database_url:
         return PostgresCallLog(
             database_url,
@@ -39,6 +42,7 @@ def build_call_log(
             queue_max=queue_max,
             timeout=timeout,
             close_timeout=timeout,  # a stop must not wait long for a database that is away
+            recover_open_calls=single_replica,
         )
     return build_embedded_call_log(db, retention_days)
 

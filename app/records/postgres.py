@@ -23,9 +23,10 @@ the database is away, and raise CallLogUnavailable when it cannot answer in time
 `start()` creates the pool and tries once to migrate the schema (app.records.migrate);
 when the database is unreachable the service starts anyway and the writer keeps trying
 (routing does not need the records). Expired calls are deleted by every replica
-periodically (SKIP LOCKED chunks: replicas do not wait for each other). Unlike the
-SQLite log, nothing is "recovered" at start-up: another replica may own the calls that
-are still open.
+periodically (SKIP LOCKED chunks: replicas do not wait for each other). The calls left
+open by a previous run are ended at start-up (`unknown`, as the SQLite log does) only
+when this is the only replica (`recover_open_calls`): with replicas, another one may own
+them (the live-call registry carries them on).
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from app.records.calllog import DROP_REASONS, Backlog, CallEvent, CallRecord, CallStatus
 from app.records.migrate import Migration, load_migrations, migrate
 from app.records.sqlite import (
     DAY,
+    RECOVERED_NOTE,
     RETENTION_INTERVAL,
     STATUSES,
     CallLogError,
@@ -127,6 +130,21 @@ _EXPIRE_CALLS: Final = (
     "gone AS (DELETE FROM calls c USING old WHERE c.call_id = old.call_id RETURNING 1) "
     "SELECT count(*) FROM gone"
 )
+# A single replica's restart: the calls its previous run left open are over, their end
+# unknown; ended_at is the last moment the call was seen (its last event, or its start).
+_RECOVER: Final = (
+    "WITH left_open AS (SELECT c.call_id, greatest(c.started_at, max(e.at)) AS last_seen "
+    "FROM calls c LEFT JOIN call_events e ON e.call_id = c.call_id "
+    "WHERE c.status IN ('active', 'answered') AND c.started_at < to_timestamp($1::float8) "
+    "GROUP BY c.call_id), "
+    "ended AS (UPDATE calls SET status = 'ended', ended_at = left_open.last_seen, "
+    "end_reason = 'unknown' FROM left_open WHERE calls.call_id = left_open.call_id "
+    "AND calls.status <> 'ended' RETURNING calls.call_id), "
+    "noted AS (INSERT INTO call_events (event_id, call_id, at, kind, data) "
+    "SELECT gen_random_uuid(), call_id, to_timestamp($1::float8), 'ended', $2::jsonb "
+    "FROM ended RETURNING 1) "
+    "SELECT count(*) FROM noted"
+)
 # Events of no call (written for an id that never started) age out by their own time.
 _EXPIRE_EVENTS: Final = (
     "WITH old AS (SELECT id FROM call_events WHERE at < to_timestamp($1::float8) "
@@ -171,7 +189,11 @@ class PostgresCallLog:
         retry_max: float = RETRY_MAX,
         pool_size: int = POOL_SIZE,
         migrations: tuple[Migration, ...] | None = None,
+        recover_open_calls: bool = False,
     ) -> None:
+        """`recover_open_calls`: this is the only replica (no shared live-call registry),
+        so the calls still open at start-up were left by its previous run: end them
+        (`unknown`), as the SQLite log does. Never with replicas: others own those calls."""
         if retention_days < 1:
             raise ValueError("retention_days must be at least 1")
         if queue_max < 1:
@@ -203,6 +225,8 @@ class PostgresCallLog:
         self._dropped = dict.fromkeys(DROP_REASONS, 0)
         self._drop_logged: dict[str, float] = {}
         self.schema_version = 0
+        self._recover_open_calls = recover_open_calls
+        self._started_at: float | None = None
 
     @property
     def where(self) -> str:
@@ -232,6 +256,7 @@ class PostgresCallLog:
         )
         await self._pool
         self._state = "open"
+        self._started_at = self._clock()
         try:
             await self._ensure_schema()
         except Exception as exc:
@@ -391,6 +416,7 @@ class PostgresCallLog:
         async with asyncio.timeout(self._schema_timeout):
             async with self._pool.acquire() as conn:
                 result = await migrate(conn, self._migrations)
+                recovered = await self._recover(conn)
         self._schema_ready = True
         self.schema_version = result.version
         if result.newer:
@@ -400,6 +426,11 @@ class PostgresCallLog:
                 extra={"event": "calllog_schema_newer", "schema_version": result.version},
             )
         self._now_available()
+        if recovered:
+            logger.warning(
+                "calls left open by the previous run marked ended (unknown)",
+                extra={"event": "calllog_recovered", "calls": recovered},
+            )
         logger.info(
             "call log opened",
             extra={
@@ -411,6 +442,18 @@ class PostgresCallLog:
                 "retention_days": self.retention_days,
             },
         )
+
+    async def _recover(self, conn: asyncpg.Connection | PoolConnectionProxy) -> int:
+        if not self._recover_open_calls or self._started_at is None:
+            return 0
+        note = pg_json({"reason": "unknown", "note": RECOVERED_NOTE})
+        self._recover_open_calls = False  # once (idempotent anyway: only older calls)
+        try:
+            count: int = await conn.fetchval(_RECOVER, self._started_at, note)
+        except BaseException:
+            self._recover_open_calls = True
+            raise
+        return count
 
     async def _expire(self) -> None:
         """Delete the calls started before the retention with their events, in chunks."""

@@ -24,7 +24,7 @@ from app.records.migrate import (
     load_migrations,
 )
 from app.records.postgres import CallLogUnavailable, PostgresCallLog, pg_json, pg_text
-from app.records.sqlite import DAY, CallLogError, SqliteCallLog
+from app.records.sqlite import DAY, RECOVERED_NOTE, CallLogError, SqliteCallLog
 from tests.pgserver import Server, admin_async, create_database, drop_database, free_port, url
 
 NOW = 1_750_000_000.0
@@ -453,6 +453,48 @@ async def test_close_writes_what_is_queued(pg_url: str) -> None:
     assert await fetch(pg_url, "SELECT count(*) FROM call_events") == [(600,)]
     with pytest.raises(CallLogError, match="closed"):
         await log.start()
+
+
+# --- restarts -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("single_replica", [True, False], ids=["single-replica", "replicas"])
+async def test_restart_of_a_single_replica_ends_the_calls_left_open(
+    pg_url: str, open_logs: Any, single_replica: bool
+) -> None:
+    clock = [NOW]
+    first = await open_logs(pg_url, clock=lambda: clock[0])
+    first.started(record("rtc_active"))
+    clock[0] += 30
+    first.event("rtc_active", "greeting")
+    first.started(record("rtc_answered", status="answered"))
+    first.started(record("rtc_done"))
+    clock[0] += 10
+    first.ended("rtc_done", "end_call")
+    await first.aclose()  # the process stops with two calls in progress
+
+    clock[0] += 3600
+    second = await open_logs(pg_url, clock=lambda: clock[0], recover_open_calls=single_replica)
+    second.started(record("rtc_new", started_at=clock[0]))  # this run's: left alone
+    active, answered, done, new = [
+        await second.get(c) for c in ("rtc_active", "rtc_answered", "rtc_done", "rtc_new")
+    ]
+    assert active and answered and done and new
+    assert (done.end_reason, [e.kind for e in done.events]) == ("end_call", ["ended"])
+    assert new.status == "active"
+    if not single_replica:  # another replica may own them: untouched
+        assert (active.status, answered.status) == ("active", "answered")
+        return
+    assert (active.status, active.end_reason) == ("ended", "unknown")
+    assert active.ended_at == NOW + 30, "the last moment the call was seen"
+    assert active.events[-1] == CallEvent(
+        NOW + 3640, "ended", {"reason": "unknown", "note": RECOVERED_NOTE}
+    )
+    assert (answered.status, answered.end_reason, answered.duration) == ("ended", "unknown", 0)
+    second.ended("rtc_active", "end_call")  # the first end won
+    again = await second.get("rtc_active")
+    assert again is not None and again.end_reason == "unknown"
 
 
 # --- retention, build ---------------------------------------------------------------------
