@@ -180,7 +180,7 @@ class CallRouter:
         """A delivery of this call was acting when its process died: its request may have
         taken effect (the call may be answered), so nothing is sent again; 200, since a
         redelivery could not know more."""
-        body: dict[str, Any] = {"call_id": call.call_id}
+        body: dict[str, Any] = {"call_id": call.call_id, "api": call.api}
         body.update((k, v) for k, v in context.items() if k in _CONTEXT_FIELDS)
         body.update(outcome="uncertain", error=UNCERTAIN_ERROR)
         route, action = str(body.get("route", "")), str(body.get("action", ""))
