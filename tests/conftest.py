@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.pgserver import pg_empty_url, pg_server, pg_session_url, pg_url
 from tests.redis_server import REDIS_SERVER, RedisServer
+
+# PostgreSQL (tests/pgserver.py): a database of the session, a throwaway server to stop.
+__all__ = ["pg_empty_url", "pg_server", "pg_session_url", "pg_url"]
 
 
 def _need_redis() -> None:

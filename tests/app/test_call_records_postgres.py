@@ -10,10 +10,10 @@ import asyncpg
 import respx
 
 from tests.app.test_app import ADMIN_TOKEN, api, client_for, post_event
-from tests.pgserver import free_port, pg_session_url, pg_url, url
+from tests.pgserver import free_port, url
 from tests.support import incoming_event
 
-__all__ = ["api", "pg_session_url", "pg_url"]
+__all__ = ["api"]
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
