@@ -124,11 +124,12 @@ def create_app(
             )
         else:
             registry = MemoryLiveCalls(replica, lease_seconds=settings.live_lease_seconds)
+        key = settings.openai_api_key.get_secret_value()
         incall = InCallManager(
-            connector=WebSocketConnector(
-                settings.openai_base_url, settings.openai_api_key.get_secret_value()
-            ),
+            connector=WebSocketConnector(settings.openai_base_url, key),
             controller=controller,
+            live_connector=WebSocketConnector(settings.openai_base_url, key, api="live"),
+            live_controller=live_controller,
             call_log=call_log,
             metrics=metrics,
             registry=registry,

@@ -87,7 +87,7 @@ class AnyReplicaControl:
     async def _hangup_here(self, live: LiveCall) -> str:
         manager, call_id = self.manager, live.call_id
         try:
-            await manager.controller.hangup(call_id, self.clock() + API_DEADLINE)
+            await manager.controller_for(live.api).hangup(call_id, self.clock() + API_DEADLINE)
             outcome = "hung_up"
         except CallGone:
             outcome = "caller_gone"
@@ -108,7 +108,7 @@ class AnyReplicaControl:
         manager, call_id = self.manager, live.call_id
         uri = live.features.transfers[destination].uri
         try:
-            await manager.controller.refer(call_id, uri, self.clock() + API_DEADLINE)
+            await manager.controller_for(live.api).refer(call_id, uri, self.clock() + API_DEADLINE)
             outcome = "referred"
         except CallGone:
             outcome = "caller_gone"

@@ -20,6 +20,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.incall.dialects import (
+    Busy,
+    Dialect,
+    Idle,
+    Keypress,
+    LineSaid,
+    Speaking,
+    ToolCall,
+    ToolInterrupted,
+    dialect_for,
+)
 from app.intake.events import Api
 from app.openai.callcontrol import CallController, CallGone
 from app.openai.sideband import Sideband, SidebandConnector, SidebandError, SidebandRefused
@@ -38,8 +49,6 @@ SAY_TIMEOUT = 8.0
 END_CALL_DELAY = 1.5
 """After `end_call`, let the goodbye play out before hanging up."""
 API_DEADLINE = 5.0
-SAID = {"switchboard": "say"}
-"""Metadata of the lines Switchboard asks for: their `response.done` carries it back."""
 REGISTRY_DEADLINE = 2.0
 """Bound on one live-call registry request: a call never waits on the registry for long."""
 MAX_EVENTS_PER_CALL = 500
@@ -108,12 +117,17 @@ class InCallManager:
         rejoin: RejoinPolicy | None = None,
         max_events: int = MAX_EVENTS_PER_CALL,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        live_connector: SidebandConnector | None = None,
+        live_controller: CallController | None = None,
     ) -> None:
         self.registry = registry
         """Where this replica records the calls it holds, so that another can carry them on."""
         self.wall_clock = wall_clock
         self.connector = connector
         self.controller = controller
+        # GPT-Live calls: their own sideband path and call control (tests may share one).
+        self.live_connector = live_connector if live_connector is not None else connector
+        self.live_controller = live_controller if live_controller is not None else controller
         self.call_log = call_log
         self.metrics = metrics
         self.connect_delays = tuple(connect_delays)
@@ -125,6 +139,12 @@ class InCallManager:
         """Pauses between rejoins (tests record them)."""
         self._sessions: dict[str, CallSession] = {}
         self._closing = False
+
+    def connector_for(self, api: str) -> SidebandConnector:
+        return self.live_connector if api == "live" else self.connector
+
+    def controller_for(self, api: str) -> CallController:
+        return self.live_controller if api == "live" else self.controller
 
     def __contains__(self, call_id: object) -> bool:
         return call_id in self._sessions
@@ -289,6 +309,10 @@ class CallSession:
     ) -> None:
         self.manager = manager
         self.call_id = call_id
+        self.dialect: Dialect = dialect_for(api)
+        self._line: str | None = None
+        """The tag of the line being said (its LineSaid ends the wait)."""
+        self._last_speech = 0.0
         self.api = api
         self.features = features
         self.started = manager.clock()
@@ -403,7 +427,7 @@ class CallSession:
             if self.detached:
                 return None
             try:
-                sideband = await self.manager.connector.connect(self.call_id)
+                sideband = await self.manager.connector_for(self.api).connect(self.call_id)
             except SidebandRefused as exc:
                 last = str(exc)
                 if exc.status == 404:
@@ -466,43 +490,24 @@ class CallSession:
             self.sideband = rejoined
 
     def _dispatch(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "response.created":
-            self._idle.clear()
-        elif kind == "response.done":
-            self._idle.set()
-            response = event.get("response")
-            if not isinstance(response, dict):
-                return
-            if response.get("metadata") == SAID:
-                self._response_done.set()  # our line, not a response still finishing
-            output = response.get("output")
-            status = response.get("status")
-            for item in output if isinstance(output, list) else ():
-                if not isinstance(item, dict) or item.get("type") != "function_call":
-                    continue
-                if status == "completed" and item.get("status") == "completed":
-                    self._tool_call(item)
-                else:
-                    # Cancelled (the caller spoke), incomplete, failed: the model did not
-                    # finish asking. Ending or transferring the call on it would be a guess.
-                    self._event(
-                        "tool_call_interrupted",
-                        {
-                            "name": item.get("name"),
-                            "response_status": status,
-                            "item_status": item.get("status"),
-                        },
-                    )
-        # `response.function_call_arguments.done` is not acted on: it is also sent for
-        # responses that were interrupted. Only the completed `response.done` acts.
-        elif kind == "input_audio_buffer.dtmf_event_received":
-            digit = event.get("event")
-            if isinstance(digit, str):
-                self._spawn(self._dtmf(digit[:1]))
-        elif kind == "error":
-            error = event.get("error")
-            self._event("error", error if isinstance(error, dict) else {"error": str(error)})
+        for signal in self.dialect.read(event):
+            if isinstance(signal, Busy):
+                self._idle.clear()
+            elif isinstance(signal, Idle):
+                self._idle.set()
+            elif isinstance(signal, LineSaid):
+                if signal.line is not None and signal.line == self._line:
+                    self._response_done.set()  # our line, not another response finishing
+            elif isinstance(signal, Speaking):
+                self._last_speech = self.manager.clock()
+            elif isinstance(signal, ToolCall):
+                self._tool_call(signal)
+            elif isinstance(signal, ToolInterrupted):
+                self._event("tool_call_interrupted", signal.detail)
+            elif isinstance(signal, Keypress):
+                self._spawn(self._dtmf(signal.digit))
+            else:
+                self._event("error", signal.detail)
 
     def _event(self, kind: str, data: dict[str, Any] | None = None) -> None:
         """Record an event of this call, up to the manager's `max_events`."""
@@ -522,10 +527,7 @@ class CallSession:
     async def _greet(self) -> None:
         if not self.features.greeting:
             return
-        response: dict[str, Any] = {}
-        if self.features.greeting_instructions:
-            response["instructions"] = self.features.greeting_instructions
-        await self._send({"type": "response.create", "response": response})
+        await self._send(self.dialect.greeting(self.features.greeting_instructions))
         self._event("greeting")
 
     async def _say(self, instructions: str) -> None:
@@ -534,14 +536,23 @@ class CallSession:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), SAY_TIMEOUT)
         self._response_done.clear()
-        if await self._send(
-            {
-                "type": "response.create",
-                "response": {"instructions": instructions, "metadata": SAID},
-            }
-        ):
+        event, self._line = self.dialect.line(instructions)
+        if await self._send(event):
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._response_done.wait(), SAY_TIMEOUT)
+                async with asyncio.timeout(SAY_TIMEOUT):
+                    await self._response_done.wait()
+                    await self._settled()
+
+    async def _settled(self) -> None:
+        """Until the agent's speech has been quiet for the dialect's settle time (Live takes
+        a line before it is spoken; its transcript fragments show the speech going out)."""
+        settle = self.dialect.settle_seconds
+        if not settle:
+            return
+        self._last_speech = max(self._last_speech, self.manager.clock())
+        # A timestamp the reader moves on, not a state to wait for: sleep until it is old.
+        while (quiet := self.manager.clock() - self._last_speech) < settle:  # noqa: ASYNC110
+            await asyncio.sleep(settle - quiet)
 
     async def _send(self, event: dict[str, Any]) -> bool:
         if self.sideband is None:
@@ -554,13 +565,12 @@ class CallSession:
 
     # --- tools, keys and timers ---------------------------------------------------------------
 
-    def _tool_call(self, item: dict[str, Any]) -> None:
-        tool_call = item.get("call_id")
-        name = item.get("name")
-        if not isinstance(tool_call, str) or tool_call in self._handled_tools:
-            return  # arguments.done and response.done both carry it: act once
+    def _tool_call(self, call: ToolCall) -> None:
+        tool_call, name = call.call_id, call.name
+        if tool_call in self._handled_tools:
+            return  # a call seen again (a rejoined sideband replays it): act once
         self._handled_tools.add(tool_call)
-        raw = item.get("arguments")
+        raw = call.arguments
         try:
             arguments = json.loads(raw) if isinstance(raw, str) and raw else {}
         except ValueError:
@@ -572,18 +582,8 @@ class CallSession:
             self._spawn(self._end_call_tool(tool_call))
 
     async def _tool_output(self, tool_call: str, output: dict[str, Any], *, respond: bool) -> None:
-        await self._send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "function_call_output",
-                    "call_id": tool_call,
-                    "output": json.dumps(output),
-                },
-            }
-        )
-        if respond:
-            await self._send({"type": "response.create"})
+        for event in self.dialect.tool_output(tool_call, output, respond=respond):
+            await self._send(event)
 
     async def _transfer_tool(self, tool_call: str, arguments: Any) -> None:
         name = arguments.get("destination") if isinstance(arguments, dict) else None
@@ -637,9 +637,7 @@ class CallSession:
         seconds = self.limit_seconds  # less than the limit for a call taken over
         if limit.warning_before and seconds > limit.warning_before:
             await asyncio.sleep(seconds - limit.warning_before)
-            if limit.warning and await self._send(
-                {"type": "response.create", "response": {"instructions": limit.warning}}
-            ):
+            if limit.warning and await self._send(self.dialect.warning(limit.warning)):
                 self._event("warning")
             await asyncio.sleep(limit.warning_before)
         else:
@@ -700,7 +698,7 @@ class CallSession:
         return await self._settle(self._refer_now(uri, destination=destination, reason=reason))
 
     async def _refer_now(self, uri: str, *, destination: str | None, reason: str) -> str:
-        controller = self.manager.controller
+        controller = self.manager.controller_for(self.api)
         try:
             await controller.refer(self.call_id, uri, self.manager.clock() + API_DEADLINE)
             outcome = "referred"
@@ -736,7 +734,8 @@ class CallSession:
             return "call_left"  # transferred away: not ours to hang up any more
         self._hung_up = True
         try:
-            await self.manager.controller.hangup(self.call_id, self.manager.clock() + API_DEADLINE)
+            controller = self.manager.controller_for(self.api)
+            await controller.hangup(self.call_id, self.manager.clock() + API_DEADLINE)
             outcome = "hung_up"
         except CallGone:
             outcome = "caller_gone"

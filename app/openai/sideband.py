@@ -1,4 +1,5 @@
-"""The sideband WebSocket of an accepted call: `wss://<api host>/v1/realtime?call_id=...`.
+"""The sideband WebSocket of an accepted call: `wss://<api host>/v1/realtime?call_id=...`, or
+for GPT-Live `wss://<api host>/v1/live/sessions/{session_id}/attach`.
 
 A thin typed wrapper on `websockets`: JSON events in and out. `SidebandConnector` is the
 seam tests replace the network with (they use a real local WebSocket server instead).
@@ -48,11 +49,16 @@ class SidebandConnector(Protocol):
     async def connect(self, call_id: str) -> Sideband: ...
 
 
-def sideband_url(base_url: str, call_id: str) -> str:
-    """`https://api.openai.com/v1` -> `wss://api.openai.com/v1/realtime?call_id=...`."""
+def sideband_url(base_url: str, call_id: str, api: str = "realtime") -> str:
+    """`https://api.openai.com/v1` -> `wss://api.openai.com/v1/realtime?call_id=...`, or
+    for a GPT-Live session `wss://api.openai.com/v1/live/sessions/{session_id}/attach`."""
     parts = urlsplit(base_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
-    path = parts.path.rstrip("/") + "/realtime"
+    base = parts.path.rstrip("/")
+    if api == "live":
+        path = f"{base}/live/sessions/{quote(call_id, safe='')}/attach"
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
+    path = base + "/realtime"
     return urlunsplit((scheme, parts.netloc, path, f"call_id={quote(call_id)}", ""))
 
 
@@ -85,15 +91,20 @@ class WebSocketSideband:
 
 
 class WebSocketConnector:
-    def __init__(self, base_url: str, api_key: str, *, open_timeout: float = 5.0) -> None:
+    """Opens a call's sideband; `api` says which API's (see sideband_url)."""
+
+    def __init__(
+        self, base_url: str, api_key: str, *, open_timeout: float = 5.0, api: str = "realtime"
+    ) -> None:
         self._base_url = base_url
         self._api_key = api_key
         self._open_timeout = open_timeout
+        self._api = api
 
     async def connect(self, call_id: str) -> Sideband:
         try:
             connection = await connect(
-                sideband_url(self._base_url, call_id),
+                sideband_url(self._base_url, call_id, self._api),
                 additional_headers={"Authorization": f"Bearer {self._api_key}"},
                 open_timeout=self._open_timeout,
                 max_size=MAX_MESSAGE_BYTES,

@@ -269,9 +269,9 @@ class _Compiler:
                 return None
             features = self._features(merged.pop("call", None), where)
             if features is not None and api == "realtime":
-                # A Live session has no tools of its own: the GPT-Live side handles the
-                # features through delegation.
                 merged = self._with_tools(merged, features, where)
+            elif features is not None:
+                merged = self._with_live_tools(merged, features, where)
             body, template = _session_body(merged, api)
             return Accept(body, template, features, api)
         assert spec.refer is not None
@@ -336,6 +336,32 @@ class _Compiler:
                 )
             tools.append(tool)
         return {**session, "tools": tools} if tools else session
+
+    def _with_live_tools(
+        self, session: dict[str, Any], features: CallFeatures, path: Path
+    ) -> dict[str, Any]:
+        """GPT-Live: the model asks the application to run a function through its Responses
+        delegation (function tools there come back over the sideband), so transfer_call and
+        end_call are tools of `delegation.responses`; client delegation names no function."""
+        wanted = in_call_tools(features)
+        if not wanted:
+            return session
+        delegation = session.get("delegation")
+        responses = delegation.get("responses") if isinstance(delegation, dict) else None
+        if not isinstance(delegation, dict) or delegation.get("type") != "responses":
+            names = " and ".join(tool["name"] for tool in wanted)
+            self.issues.append(
+                self.doc.issue(
+                    (*path, "call"),
+                    f"{names} on a GPT-Live session need `delegation: {{type: responses, "
+                    "responses: {model: ...}}`: the model asks for them as function tools of "
+                    "the Responses backend",
+                )
+            )
+            return session
+        assert isinstance(responses, dict)
+        backend = self._with_tools(responses, features, (*path, "delegation", "responses"))
+        return {**session, "delegation": {**delegation, "responses": backend}}
 
     def _named(self, name: str | None) -> schema.SessionConfig | schema.LiveSession | None:
         # References were checked before compiling: the name exists.

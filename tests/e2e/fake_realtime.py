@@ -475,14 +475,26 @@ class FakeRealtime:
 
     # --- the protocol -----------------------------------------------------------------------
 
+    def _target(self, path: str) -> tuple[bool, str | None]:
+        """Whether the path is this API's sideband, and the call id it names."""
+        parts = urlsplit(path)
+        return parts.path == "/v1/realtime", parse_qs(parts.query).get("call_id", [None])[0]
+
+    def _opening(self) -> Event:
+        """The event the server sends first on every connection."""
+        return session_created()
+
+    def _answers(self, event: Event) -> bool:
+        """Whether the server answers this client event on its own (see _respond)."""
+        return event.get("type") == "response.create"
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        parts = urlsplit(request.path)
-        call_id = parse_qs(parts.query).get("call_id", [None])[0]
+        found, call_id = self._target(request.path)
         authorization = request.headers.get("Authorization")
         status = 0
         steps: Sequence[Step] = ()
         with self._lock:
-            if parts.path != "/v1/realtime":
+            if not found:
                 status = 404
             elif authorization != f"Bearer {self.api_key}":
                 status = 401
@@ -517,7 +529,7 @@ class FakeRealtime:
         script: asyncio.Task[None] | None = None
         try:
             if self.session_created:
-                await self._send(connection, log, session_created())
+                await self._send(connection, log, self._opening())
             script = asyncio.create_task(self._play(connection, log, steps, arrived))
             async for message in connection:
                 try:
@@ -531,7 +543,7 @@ class FakeRealtime:
                 with self._lock:
                     log.events.append(event)
                 arrived.set()
-                if self.auto_respond and event.get("type") == "response.create":
+                if self.auto_respond and self._answers(event):
                     self._track(asyncio.create_task(self._respond(connection, log, event)))
         except ConnectionClosed:
             pass
@@ -604,12 +616,16 @@ class FakeRealtime:
     async def _respond(
         self, connection: ServerConnection, log: SidebandLog, request: Event
     ) -> None:
-        created, done = response_events(request)
+        first, last = self._replies(request)
         with contextlib.suppress(ConnectionClosed):
-            await self._send(connection, log, created)
+            await self._send(connection, log, first)
             if self.respond_delay:
                 await asyncio.sleep(self.respond_delay)
-            await self._send(connection, log, done)
+            await self._send(connection, log, last)
+
+    def _replies(self, request: Event) -> tuple[Event, Event]:
+        """The two server events that answer a client event, `respond_delay` apart."""
+        return response_events(request)
 
     async def _send(self, connection: ServerConnection, log: SidebandLog, event: Event) -> None:
         if "event_id" not in event:

@@ -19,9 +19,9 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 
+from app.incall.dialects import SAID
 from app.incall.session import (
     MAX_EVENTS_PER_CALL,
-    SAID,
     InCallManager,
     RecentIds,
     RejoinPolicy,
