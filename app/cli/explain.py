@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from app.cli.simulate import invite_headers
-from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet
+from app.rules import Accept, Action, Decision, Reject, RuleSet
 from app.rules.conditions import first_failing
 from app.sip.identity import Address, CallIdentity, Headers, IdentityPolicy, identify
 
@@ -59,21 +59,24 @@ def explain(rules: RuleSet, call: CallIdentity, now: datetime) -> Explanation:
 
 
 def describe_action(action: Action) -> str:
-    if isinstance(action, Accept):
-        return f"accept with session {json.dumps(action.session, ensure_ascii=False)}"
+    """The action in a line; a GPT-Live one says so (Realtime is the default API)."""
     if isinstance(action, Reject):
         return f"reject with SIP {action.status_code}"
-    assert isinstance(action, Refer)
-    return f"accept, then refer to {action.target_uri}"
+    through = " through GPT-Live" if action.api == "live" else ""
+    if isinstance(action, Accept):
+        return f"accept{through} with session {json.dumps(action.session, ensure_ascii=False)}"
+    return f"accept{through}, then refer to {action.target_uri}"
 
 
 def action_fields(action: Action) -> dict[str, Any]:
+    """The action's fields; `api`: the API it goes through (a reject: either, null)."""
     if isinstance(action, Accept):
-        return {"action": "accept", "session": action.session}
+        return {"action": "accept", "api": action.api, "session": action.session}
     if isinstance(action, Reject):
-        return {"action": "reject", "status_code": action.status_code}
+        return {"action": "reject", "api": None, "status_code": action.status_code}
     return {
         "action": "refer",
+        "api": action.api,
         "target_uri": action.target_uri,
         "accept_session": json.loads(action.accept_body),
     }

@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check)
 
     simulate = commands.add_parser(
-        "simulate", help="send a signed realtime.call.incoming webhook to a running instance"
+        "simulate",
+        help="send a signed incoming-call webhook (Realtime, or --live) to a running instance",
     )
     simulate.add_argument("--url", help="webhook URL (default: http://HOST:PORT/webhooks/openai)")
     simulate.add_argument("--caller", default="+14155550123", help="calling number or SIP user")
@@ -87,7 +88,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="'NAME: VALUE'",
         help="an extra SIP header (repeatable), e.g. -H 'X-Customer-Tier: gold'",
     )
-    simulate.add_argument("--call-id", help="call id (default: a random rtc_... id)")
+    simulate.add_argument(
+        "--live",
+        action="store_true",
+        help="send GPT-Live's live.transport.incoming instead of realtime.call.incoming",
+    )
+    simulate.add_argument(
+        "--call-id",
+        help="call id (default: a random rtc_... id; with --live a live_... session id)",
+    )
     simulate.add_argument("--webhook-id", help="webhook id (default: random; reuse to redeliver)")
     simulate.add_argument("--media-security", default="srtp", help="srtp, rtp or '' for absent")
     simulate.set_defaults(handler=_simulate)
@@ -256,6 +265,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         extra_headers=extra,
         call_id=args.call_id,
         media_security=args.media_security or None,
+        live=args.live,
     )
     secret = settings.webhook_secrets[0] if settings.webhook_secrets else None
     if secret is None:

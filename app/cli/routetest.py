@@ -22,6 +22,8 @@ class Expectation(BaseModel):
 
     route: str | None = None
     action: Literal["accept", "reject", "refer"] | None = None
+    api: Literal["realtime", "live"] | None = None
+    """The API the call is answered through (accept and refer)."""
     status_code: int | None = None
     target_uri: str | None = None
     arm: str | None = None

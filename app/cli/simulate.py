@@ -1,4 +1,5 @@
-"""Build a realistic signed `realtime.call.incoming` webhook, for trying the service."""
+"""Build a realistic signed incoming-call webhook (`realtime.call.incoming`, or GPT-Live's
+`live.transport.incoming`), for trying the service."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
-from app.intake.events import INCOMING_CALL
+from app.intake.events import INCOMING_CALL, LIVE_INCOMING
 from app.intake.webhook import decode_secret
 from app.sip.identity import canonical_name
 
@@ -81,21 +82,26 @@ def incoming_call_event(
     extra_headers: Sequence[tuple[str, str]] = (),
     call_id: str | None = None,
     media_security: str | None = "srtp",
+    live: bool = False,
 ) -> dict[str, object]:
-    """The event as OpenAI sends it, with realistic INVITE headers."""
+    """The event as OpenAI sends it, with realistic INVITE headers: `realtime.call.incoming`,
+    or with `live` GPT-Live's `live.transport.incoming` (`call_id` is then the session id)."""
     headers = invite_headers(
         caller=caller, called=called, caller_name=caller_name, extra_headers=extra_headers
     )
-    data: dict[str, object] = {
-        "call_id": call_id or f"rtc_{secrets.token_hex(16)}",
-        "sip_headers": [{"name": n, "value": v} for n, v in headers],
-    }
+    sip_headers = [{"name": n, "value": v} for n, v in headers]
+    data: dict[str, object]
+    if live:
+        session_id = call_id or f"live_{secrets.token_hex(16)}"
+        data = {"type": "sip", "session_id": session_id, "sip_headers": sip_headers}
+    else:
+        data = {"call_id": call_id or f"rtc_{secrets.token_hex(16)}", "sip_headers": sip_headers}
     if media_security:
         data["sip_media_security"] = media_security
     return {
         "object": "event",
         "id": f"evt_{secrets.token_hex(12)}",
-        "type": INCOMING_CALL,
+        "type": LIVE_INCOMING if live else INCOMING_CALL,
         "created_at": int(time.time()),
         "data": data,
     }

@@ -8,13 +8,15 @@ same INVITE: whatever the order, exactly one API is asked to act, the one the ro
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Service, start_service, stop_service
+from tests.e2e.conftest import Service, start_service, stop_service, switchboard_command
 from tests.e2e.fake_openai import FakeOpenAI, Recorded, Reply
 from tests.support import SECRET, incoming_event, live_event, new_id, signed
 
@@ -217,3 +219,29 @@ def test_the_live_event_never_comes_the_realtime_event_rejects(
     assert seen(fake, realtime) == [
         ("realtime", "reject", realtime["data"]["call_id"], {"status_code": 503})
     ]
+
+
+def test_simulate_live_against_the_running_service(service: Service, fake: FakeOpenAI) -> None:
+    session_id = new_id("live")
+    result = subprocess.run(
+        [
+            *switchboard_command(),
+            "simulate",
+            "--live",
+            "--url",
+            service.webhook_url,
+            "--call-id",
+            session_id,
+            "--called",
+            LIVE_LINE,
+        ],
+        env=service.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=service.log.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout.split("\n", 1)[1])
+    assert (answer["api"], answer["route"], answer["outcome"]) == ("live", "live-line", "accepted")
+    assert [(r.api, r.operation) for r in fake.for_call(session_id)] == [("live", "accept")]
