@@ -10,6 +10,8 @@ ADDED_P99_US = 1000.0
 GROWTH_KB_PER_10K = 500.0
 """'Zero growth': under 50 bytes a call, less than any record of a call could take."""
 SCALING = 1.8
+DURABLE_COST = 0.10
+"""The durable default (SQLite) may cost at most this share of in-memory throughput."""
 
 
 def _status(ok: bool) -> str:
@@ -113,7 +115,26 @@ def targets(result: E2EResult) -> str:
                 _status(ok),
             ]
         )
+    memory = _state_row(result, "memory")
+    sqlite = _state_row(result, "sqlite")
+    if memory is not None and sqlite is not None:
+        cost = 1 - sqlite.rate / memory.rate
+        cpu_cost = sqlite.cpu_ms_per_call / memory.cpu_ms_per_call - 1
+        rows.append(
+            [
+                f"the durable default (SQLite state) costs < {DURABLE_COST:.0%} of in-memory "
+                "throughput",
+                f"{sqlite.rate:.0f} against {memory.rate:.0f} calls/s ({cost:+.0%} throughput; "
+                f"CPU per call {sqlite.cpu_ms_per_call:.2f} against "
+                f"{memory.cpu_ms_per_call:.2f} ms, {cpu_cost:+.0%})",
+                _status(cost < DURABLE_COST),
+            ]
+        )
     return table(["target", "measured", "status"], rows)
+
+
+def _state_row(result: E2EResult, state: str) -> Saturation | None:
+    return next((s for s in result.states if s.state == state and s.workers == 1), None)
 
 
 def _sat_row(row: Saturation, sample: Saturation | None, bare: Saturation | None) -> list[str]:
@@ -205,6 +226,40 @@ def render(result: E2EResult) -> str:
                 f"{d.repeated} repeated requests.",
                 "",
             ]
+    if result.states:
+        memory = _state_row(result, "memory")
+        parts += [
+            "**Exactly-once state stores** (Switchboard alone; one process on one core, "
+            f"then {cfg.replicas} processes sharing Redis on every core, the load sharing "
+            "them):",
+            "",
+            table(
+                [
+                    "state",
+                    "processes",
+                    "calls/s",
+                    "x in-memory",
+                    "CPU ms per call",
+                    "p50 / p99 ms (wrk)",
+                    "failed",
+                    "calls acted on / repeated",
+                ],
+                [
+                    [
+                        row.state,
+                        str(row.workers),
+                        f"{row.rate:.0f}",
+                        _fmt_ratio(_ratio(row, memory)),
+                        f"{row.cpu_ms_per_call:.2f}",
+                        f"{row.p50_ms:.1f} / {row.p99_ms:.1f}",
+                        str(row.failed),
+                        f"{row.acted} / {row.repeated}",
+                    ]
+                    for row in result.states
+                ],
+            ),
+            "",
+        ]
     if cfg.rounds > 1:
         parts += [
             "Every round:",

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +66,10 @@ class Config:
     """0: skip the multi-worker phase."""
     duplicate_calls: int = 2000
     targets: tuple[str, ...] = TARGETS
+    states: tuple[str, ...] = ("memory", "sqlite", "redis")
+    """Exactly-once state stores compared at saturation on one core (empty: skip)."""
+    replicas: int = 3
+    """Processes sharing Redis in the last row of the state comparison (0: skip)."""
 
     @classmethod
     def tiny(cls) -> Config:
@@ -81,6 +85,8 @@ class Config:
             routes=20,
             listed=100,
             duplicate_calls=50,
+            states=(),
+            replicas=0,
         )
 
     @classmethod
@@ -112,6 +118,8 @@ class Saturation:
     """Calls the stand-in saw a request for."""
     repeated: int
     """Call-control requests repeated for the same call (0: exactly once)."""
+    state: str = ""
+    """Switchboard's exactly-once state: memory, sqlite (the default) or redis."""
 
     @property
     def rss_growth_kb_per_10k(self) -> float:
@@ -151,6 +159,7 @@ class E2EResult:
     floor: Latency | None = None
     scaling: list[Saturation] = field(default_factory=list)
     duplicates: Duplicates | None = None
+    states: list[Saturation] = field(default_factory=list)
     workers_refused: str | None = None
     service_cpus: list[int] = field(default_factory=list)
     load_cpus: list[int] = field(default_factory=list)
@@ -213,14 +222,23 @@ class Bench:
         self.api = f"http://127.0.0.1:{self.standin_port}"
         procs.wait_ready(self.standin, f"{self.api}/_stats")
         self._files = 0
+        self.redis_url: str | None = None
+        self.redis: procs.Proc | None = None
 
     def close(self) -> None:
         self.standin.stop()
+        if self.redis is not None:
+            self.redis.stop()
 
     # --- the services ------------------------------------------------------------------
 
     def start_target(
-        self, target: str, *, cpus: Sequence[int], workers: int = 1
+        self,
+        target: str,
+        *,
+        cpus: Sequence[int],
+        workers: int = 1,
+        extra_env: dict[str, str] | None = None,
     ) -> tuple[procs.Proc, str]:
         port = free_port()
         common = {
@@ -239,6 +257,7 @@ class Bench:
                 SWITCHBOARD_ROUTES_FILE=str(self.routes.path),
                 SWITCHBOARD_DEFAULT_REGION=REGION,
                 SWITCHBOARD_CALLS_DB=str(run_dir / "calls.db"),
+                **(extra_env or {}),
             )
             ready = "/readyz"
         else:
@@ -347,11 +366,14 @@ class Bench:
         service_cpus: Sequence[int] | None = None,
         load_cpus: Sequence[int] | None = None,
         guess: float = 1500.0,
+        state: str = "sqlite",
     ) -> tuple[Saturation, procs.Proc, str]:
         cfg = self.config
         service_cpus = list(service_cpus or self.service_cpus)
         load_cpus = list(load_cpus or self.load_cpus)
-        proc, host = self.start_target(target, cpus=service_cpus, workers=workers)
+        proc, host = self.start_target(
+            target, cpus=service_cpus, workers=workers, extra_env=self.state_env(state)
+        )
         try:
             warm = self.requests_file(int(guess * cfg.warm_seconds * 1.5) + 50, host)
             measured = self.requests_file(int(guess * cfg.seconds * 1.5) + 50, host)
@@ -384,8 +406,51 @@ class Bench:
             wrapped=int(result["wrapped"]),
             acted=int(stats["calls"]),  # type: ignore[call-overload]
             repeated=int(stats["repeated"]),  # type: ignore[call-overload]
+            state=state if target == "switchboard" else "",
         )
         return row, proc, host
+
+    def state_env(self, state: str) -> dict[str, str]:
+        """Where Switchboard keeps its exactly-once state (app.state.build)."""
+        if state == "memory":
+            return {"SWITCHBOARD_STATE_DB": ":memory:"}
+        if state == "redis":
+            if self.redis_url is None:
+                self.redis_url = self._start_redis()
+            return {"SWITCHBOARD_REDIS_URL": self.redis_url}
+        return {}  # SQLite beside the call log: the default
+
+    def _start_redis(self) -> str:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError("redis-server is not installed")
+        port = free_port()
+        self.redis = procs.start(
+            "redis",
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            cpus=self.load_cpus,
+            env=_env(),
+            cwd=self.workdir,
+            log=self.workdir / "redis.log",
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return f"redis://127.0.0.1:{port}/0"
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start:\n{self.redis.logs()}")
 
     def fixed_load(self, target: str, proc: procs.Proc, host: str) -> Latency:
         cfg = self.config
@@ -552,6 +617,8 @@ def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2E
             result.loads.append(f"after round {round_} {_loadavg()}")
         if config.workers > 1 and "switchboard" in config.targets:
             _scaling(bench, result, say)
+        if config.states and "switchboard" in config.targets:
+            _states(bench, result, say)
     finally:
         bench.close()
         if own:
@@ -560,10 +627,9 @@ def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2E
     return result
 
 
-def _scaling(bench: Bench, result: E2EResult, say: object) -> None:
+def _scaling(bench: Bench, result: E2EResult, say: Callable[[str], None]) -> None:
     config = bench.config
     cpus = procs.usable_cpus()[: config.workers]
-    assert callable(say)
     for workers in (1, config.workers):
         say(f"switchboard --workers {workers} on cores {cpus}")
         try:
@@ -583,3 +649,31 @@ def _scaling(bench: Bench, result: E2EResult, say: object) -> None:
                 result.duplicates = bench.duplicates(host, workers)
         finally:
             proc.stop()
+
+
+def _states(bench: Bench, result: E2EResult, say: Callable[[str], None]) -> None:
+    """The exactly-once state stores side by side: one process on one core each, then
+    `replicas` processes sharing Redis on every core (as replicas would: separate
+    processes whose only shared state is Redis; here as workers behind one port)."""
+    config = bench.config
+    for state in config.states:
+        if state == "redis" and shutil.which("redis-server") is None:
+            say("redis-server not installed: Redis skipped")
+            continue
+        say(f"switchboard with its state in {state}")
+        row, proc, _ = bench.saturate("switchboard", 1, state=state)
+        proc.stop()
+        result.states.append(row)
+    if config.replicas > 1 and shutil.which("redis-server") is not None:
+        cpus = procs.usable_cpus()
+        say(f"switchboard, {config.replicas} processes sharing Redis on cores {cpus}")
+        row, proc, _ = bench.saturate(
+            "switchboard",
+            1,
+            workers=config.replicas,
+            service_cpus=cpus,
+            load_cpus=cpus,
+            state="redis",
+        )
+        proc.stop()
+        result.states.append(row)
