@@ -34,6 +34,8 @@ Implementations: `MemoryClaimStore` (one process: tests, development), the SQLit
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import time
 import uuid
 from collections import deque
@@ -116,8 +118,29 @@ def new_owner_id() -> str:
     return uuid.uuid4().hex
 
 
+class _ClaimIds:
+    """Claim ids: this process's random prefix and a counter, unique across processes,
+    hosts and restarts like a uuid4, without reading the OS's random source per claim (a
+    system call on the event loop that let the state and call-log threads take the GIL:
+    9% of the loop's samples under load)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = uuid.uuid4().hex[:16]
+        self.numbers = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.numbers):016x}"
+
+
+_claim_ids: Final = _ClaimIds()
+os.register_at_fork(after_in_child=_claim_ids.reset)  # a forked child is another process
+
+
 def new_claim_id() -> str:
-    return uuid.uuid4().hex
+    return _claim_ids.next()
 
 
 async def poll_until(

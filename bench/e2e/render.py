@@ -19,6 +19,13 @@ def _status(ok: bool) -> str:
 
 
 def _ratio(a: Saturation | None, b: Saturation | None) -> float | None:
+    """Calls per CPU-second, a over b: throughput on a core each had to itself."""
+    if a is None or b is None or not b.capacity:
+        return None
+    return a.capacity / b.capacity
+
+
+def _raw_ratio(a: Saturation | None, b: Saturation | None) -> float | None:
     if a is None or b is None or not b.rate:
         return None
     return a.rate / b.rate
@@ -50,10 +57,14 @@ def targets(result: E2EResult) -> str:
         rows.append(
             [
                 f"at saturation on one core, >= {PEER_RATIO:.1f}x OpenAI's sample style",
-                f"{ours.rate:.0f} calls/s against {sample.rate:.0f} ({_fmt_ratio(ratio)}); "
-                f"bare handler {bare.rate:.0f} ({_fmt_ratio(_ratio(ours, bare))})"
+                f"{ours.capacity:.0f} calls per CPU-second against {sample.capacity:.0f} "
+                f"({_fmt_ratio(ratio)}; CPU per call {ours.cpu_ms_per_call:.2f} against "
+                f"{sample.cpu_ms_per_call:.2f} ms); bare handler {bare.capacity:.0f} "
+                f"({_fmt_ratio(_ratio(ours, bare))}). Completed on the shared core: "
+                f"{ours.rate:.0f} against {sample.rate:.0f} calls/s "
+                f"({_fmt_ratio(_raw_ratio(ours, sample))})"
                 if sample is not None and bare is not None
-                else f"{ours.rate:.0f} calls/s (peers not run)",
+                else f"{ours.capacity:.0f} calls per CPU-second (peers not run)",
                 _status(ratio is not None and ratio >= PEER_RATIO),
             ]
         )
@@ -70,14 +81,16 @@ def targets(result: E2EResult) -> str:
                 _status(added <= ADDED_P99_US and latency.failed == 0),
             ]
         )
-    if ours is not None:
-        growth = ours.rss_growth_kb_per_10k
+    mem = result.memory
+    if mem is not None:
+        growth = mem.growth_kb_per_10k
         rows.append(
             [
                 "zero memory growth per call in steady state "
                 f"(< {GROWTH_KB_PER_10K:.0f} KB per 10k calls)",
-                f"{growth:+.0f} KB per 10k calls (RSS {ours.rss_start_mb:.1f} -> "
-                f"{ours.rss_end_mb:.1f} MB over {ours.requests} calls)",
+                f"{growth:+.0f} KB per 10k calls (RSS {mem.rss_start_mb:.1f} -> "
+                f"{mem.rss_end_mb:.1f} MB over {mem.calls} calls from {mem.callers} "
+                f"returning callers, after {mem.warm_calls} calls from them)",
                 _status(growth < GROWTH_KB_PER_10K),
             ]
         )
@@ -95,7 +108,11 @@ def targets(result: E2EResult) -> str:
             ok = False
         else:
             scale = many.rate / one.rate
-            measured = f"{many.rate:.0f} against {one.rate:.0f} calls/s ({scale:.2f}x)" + (
+            measured = (
+                f"{many.rate:.0f} against {one.rate:.0f} calls/s ({scale:.2f}x; CPU per call "
+                f"{many.cpu_ms_per_call:.2f} against {one.cpu_ms_per_call:.2f} ms, CPU used "
+                f"{many.cpu_share:.2f} against {one.cpu_share:.2f} of a core)"
+            ) + (
                 f"; {dup.calls} calls delivered twice at once: {dup.acted} acted on, "
                 f"{dup.repeated} repeated requests"
                 if dup is not None
@@ -118,15 +135,15 @@ def targets(result: E2EResult) -> str:
     memory = _state_row(result, "memory")
     sqlite = _state_row(result, "sqlite")
     if memory is not None and sqlite is not None:
-        cost = 1 - sqlite.rate / memory.rate
-        cpu_cost = sqlite.cpu_ms_per_call / memory.cpu_ms_per_call - 1
+        cost = 1 - sqlite.capacity / memory.capacity
         rows.append(
             [
                 f"the durable default (SQLite state) costs < {DURABLE_COST:.0%} of in-memory "
                 "throughput",
-                f"{sqlite.rate:.0f} against {memory.rate:.0f} calls/s ({cost:+.0%} throughput; "
-                f"CPU per call {sqlite.cpu_ms_per_call:.2f} against "
-                f"{memory.cpu_ms_per_call:.2f} ms, {cpu_cost:+.0%})",
+                f"{sqlite.capacity:.0f} against {memory.capacity:.0f} calls per CPU-second "
+                f"({-cost:+.0%}; CPU per call {sqlite.cpu_ms_per_call:.2f} against "
+                f"{memory.cpu_ms_per_call:.2f} ms); completed on the shared core "
+                f"{sqlite.rate:.0f} against {memory.rate:.0f} calls/s",
                 _status(cost < DURABLE_COST),
             ]
         )
@@ -141,10 +158,12 @@ def _sat_row(row: Saturation, sample: Saturation | None, bare: Saturation | None
     return [
         LABELS.get(row.target, row.target)
         + (f", {row.workers} workers" if row.workers != 1 else ""),
-        f"{row.rate:.0f}",
+        f"{row.capacity:.0f}",
         _fmt_ratio(_ratio(row, sample)),
         _fmt_ratio(_ratio(row, bare)),
         f"{row.cpu_ms_per_call:.2f}",
+        f"{row.rate:.0f}",
+        f"{row.cpu_share:.2f}",
         f"{row.p50_ms:.1f} / {row.p99_ms:.1f}",
         f"{row.rss_start_mb:.0f} -> {row.rss_end_mb:.0f}",
         f"{row.rss_growth_kb_per_10k:+.0f}",
@@ -155,13 +174,15 @@ def _sat_row(row: Saturation, sample: Saturation | None, bare: Saturation | None
 
 SAT_HEADER = [
     "service",
-    "calls/s",
+    "calls per CPU-second",
     "x OpenAI sample",
     "x bare",
     "CPU ms per call",
+    "calls/s completed",
+    "CPU share of the window",
     "p50 / p99 ms (wrk)",
     "RSS MB",
-    "RSS KB per 10k calls",
+    "RSS KB per 10k calls (every caller new)",
     "failed",
     "calls acted on / repeated",
 ]
@@ -175,7 +196,9 @@ def render(result: E2EResult) -> str:
     parts = [
         targets(result),
         "",
-        f"**At saturation on one core** (best of {cfg.rounds} round(s); {cfg.connections} "
+        f"**At saturation on one core** (of {cfg.rounds} round(s), each service's least "
+        "disturbed: the least CPU per call; "
+        f"{cfg.connections} "
         f"connections, {cfg.warm_seconds:g} s warm-up then a {cfg.seconds:g} s window; "
         f"service on core {result.service_cpus}, stand-in API and load on "
         f"{result.load_cpus}):",
@@ -248,9 +271,11 @@ def render(result: E2EResult) -> str:
                     [
                         row.state,
                         str(row.workers),
-                        f"{row.rate:.0f}",
+                        f"{row.capacity:.0f}",
                         _fmt_ratio(_ratio(row, memory)),
                         f"{row.cpu_ms_per_call:.2f}",
+                        f"{row.rate:.0f}",
+                        f"{row.cpu_share:.2f}",
                         f"{row.p50_ms:.1f} / {row.p99_ms:.1f}",
                         str(row.failed),
                         f"{row.acted} / {row.repeated}",

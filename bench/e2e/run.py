@@ -37,7 +37,16 @@ from pathlib import Path
 import httpx
 
 from bench.e2e import procs, webhooks
-from bench.workload import REGION, CallMaker, write_list, write_routes
+from bench.workload import (
+    _FRESH_AREAS,
+    REGION,
+    CallMaker,
+    ListFile,
+    RoutesFile,
+    _us_number,
+    write_list,
+    write_routes,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LUA = Path(__file__).with_name("load.lua")
@@ -70,6 +79,10 @@ class Config:
     """Exactly-once state stores compared at saturation on one core (empty: skip)."""
     replicas: int = 3
     """Processes sharing Redis in the last row of the state comparison (0: skip)."""
+    memory_calls: int = 20_000
+    """Calls of the steady-state memory phase (0: skip), after two calls from each of
+    `memory_callers` callers."""
+    memory_callers: int = 2_000
 
     @classmethod
     def tiny(cls) -> Config:
@@ -87,12 +100,19 @@ class Config:
             duplicate_calls=50,
             states=(),
             replicas=0,
+            memory_calls=0,
         )
 
     @classmethod
     def quick_run(cls) -> Config:
         return cls(
-            quick=True, rounds=1, warm_seconds=2, seconds=5, latency_seconds=5, duplicate_calls=500
+            quick=True,
+            rounds=1,
+            warm_seconds=2,
+            seconds=5,
+            latency_seconds=5,
+            duplicate_calls=500,
+            memory_calls=5_000,
         )
 
 
@@ -120,12 +140,52 @@ class Saturation:
     """Call-control requests repeated for the same call (0: exactly once)."""
     state: str = ""
     """Switchboard's exactly-once state: memory, sqlite (the default) or redis."""
+    cpu_share: float = 0.0
+    """CPU seconds the service used per second of the window, over all its processes (1.0:
+    one core all of the window). Below 1 on a saturated single process: other work on the
+    machine ran on its core (pinning keeps the service off other cores, not others off its
+    core)."""
+
+    @property
+    def capacity(self) -> float:
+        """Calls per CPU-second: what one core given to the service alone completes."""
+        return 1000 / self.cpu_ms_per_call if self.cpu_ms_per_call else 0.0
 
     @property
     def rss_growth_kb_per_10k(self) -> float:
         if not self.requests:
             return 0.0
         return (self.rss_end_mb - self.rss_start_mb) * 1024 / self.requests * 10_000
+
+
+class ReturningCallers(CallMaker):
+    """Calls from a fixed set of callers (every call id and webhook id still new): once each
+    caller has called, the service's bounded caches (E.164 conversions, parsed addresses:
+    65,536 entries at most) hold them all, and what memory still grows is what each call
+    leaves behind."""
+
+    def __init__(self, routes: RoutesFile, listed: ListFile, callers: int) -> None:
+        super().__init__(routes, listed)
+        self._callers = callers
+        self._next = 0
+
+    def _fresh_caller(self) -> str:
+        self._next = (self._next + 1) % self._callers
+        index = (self._next * 2_654_435_761) % self._fresh_span
+        return _us_number(index, _FRESH_AREAS[0])
+
+
+@dataclass
+class Memory:
+    warm_calls: int
+    calls: int
+    rss_start_mb: float
+    rss_end_mb: float
+    callers: int
+
+    @property
+    def growth_kb_per_10k(self) -> float:
+        return (self.rss_end_mb - self.rss_start_mb) * 1024 / self.calls * 10_000
 
 
 @dataclass
@@ -160,6 +220,7 @@ class E2EResult:
     scaling: list[Saturation] = field(default_factory=list)
     duplicates: Duplicates | None = None
     states: list[Saturation] = field(default_factory=list)
+    memory: Memory | None = None
     workers_refused: str | None = None
     service_cpus: list[int] = field(default_factory=list)
     load_cpus: list[int] = field(default_factory=list)
@@ -172,7 +233,8 @@ class E2EResult:
             for s in (self.saturation if workers == 1 else self.scaling)
             if s.target == target and s.workers == workers
         ]
-        return max(rows, key=lambda s: s.rate) if rows else None
+        # The round least disturbed by other work on the machine: the least CPU per call.
+        return min(rows, key=lambda s: s.cpu_ms_per_call) if rows else None
 
 
 def free_port() -> int:
@@ -206,9 +268,9 @@ class Bench:
         cpus = procs.usable_cpus()
         self.service_cpus = cpus[:1]
         self.load_cpus = cpus[1:2] or cpus[:1]
-        listed = write_list(workdir / "rules", config.listed)
-        self.routes = write_routes(workdir / "rules", config.routes, listed.path)
-        self.maker = CallMaker(self.routes, listed)
+        self.listed = write_list(workdir / "rules", config.listed)
+        self.routes = write_routes(workdir / "rules", config.routes, self.listed.path)
+        self.maker: CallMaker = CallMaker(self.routes, self.listed)
         self.wrk_path = shutil.which("wrk")
         self.standin_port = free_port()
         self.standin = procs.start(
@@ -252,13 +314,13 @@ class Bench:
             command = [*_switchboard(), "serve", "--port", str(port)]
             if workers != 1:
                 command += ["--workers", str(workers)]
-            env = _env(
+            settings = {
                 **common,
-                SWITCHBOARD_ROUTES_FILE=str(self.routes.path),
-                SWITCHBOARD_DEFAULT_REGION=REGION,
-                SWITCHBOARD_CALLS_DB=str(run_dir / "calls.db"),
-                **(extra_env or {}),
-            )
+                "SWITCHBOARD_ROUTES_FILE": str(self.routes.path),
+                "SWITCHBOARD_DEFAULT_REGION": REGION,
+                "SWITCHBOARD_CALLS_DB": str(run_dir / "calls.db"),
+            }
+            env = _env(**{**settings, **(extra_env or {})})
             ready = "/readyz"
         else:
             module = {"openai-sample": "peer_openai", "bare": "peer_bare"}[target]
@@ -407,6 +469,7 @@ class Bench:
             acted=int(stats["calls"]),  # type: ignore[call-overload]
             repeated=int(stats["repeated"]),  # type: ignore[call-overload]
             state=state if target == "switchboard" else "",
+            cpu_share=used.cpu_seconds / result["seconds"] if result["seconds"] else 0.0,
         )
         return row, proc, host
 
@@ -478,6 +541,51 @@ class Bench:
                 out.write(request)
         result = self.open_loop(f"127.0.0.1:{self.standin_port}", path, cfg.rate)
         return _latency("stand-in alone", cfg.rate, result, 0.0)
+
+    def memory(self) -> Memory:
+        """RSS before and after `memory_calls` calls, once the callers have all called."""
+        cfg = self.config
+        proc, host = self.start_target("switchboard", cpus=self.service_cpus)
+        maker, self.maker = (
+            self.maker,
+            ReturningCallers(self.routes, self.listed, cfg.memory_callers),
+        )
+        try:
+            warm = self.requests_file(2 * cfg.memory_callers, host)
+            measured = self.requests_file(cfg.memory_calls, host)
+            self._send_all(host, warm)
+            before = procs.usage(proc.pid)
+            self._send_all(host, measured)
+            after = procs.usage(proc.pid)
+        finally:
+            self.maker = maker
+            proc.stop()
+        return Memory(
+            warm_calls=2 * cfg.memory_callers,
+            calls=cfg.memory_calls,
+            rss_start_mb=before.rss_bytes / 2**20,
+            rss_end_mb=after.rss_bytes / 2**20,
+            callers=cfg.memory_callers,
+        )
+
+    def _send_all(self, host: str, file: Path) -> None:
+        """Every request in the file once, back to back on a few connections."""
+        address, port = host.split(":")
+        command = [
+            sys.executable,
+            "-m",
+            "bench.e2e.openloop",
+            str(file),
+            address,
+            port,
+            "0",
+            "--closed",
+            str(self.config.connections),
+            "600",
+        ]
+        result = json.loads(_run_pinned(command, self.load_cpus))
+        if result["errors"] or set(result["statuses"]) != {"200"}:
+            raise RuntimeError(f"memory phase: unexpected answers {result}")
 
     def duplicates(self, host: str, workers: int) -> Duplicates:
         """Every delivery twice, the copies on different connections at the same moment."""
@@ -619,6 +727,9 @@ def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2E
             _scaling(bench, result, say)
         if config.states and "switchboard" in config.targets:
             _states(bench, result, say)
+        if config.memory_calls and "switchboard" in config.targets:
+            say(f"switchboard: memory over {config.memory_calls} calls from returning callers")
+            result.memory = bench.memory()
     finally:
         bench.close()
         if own:

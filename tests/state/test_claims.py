@@ -385,3 +385,41 @@ async def test_redis_lost_and_back(own_redis_server: RedisServer) -> None:
         assert isinstance(await store.claim(("call:rtc_2",), soon()), Ticket)
     finally:
         await store.close()
+
+
+def test_claim_ids_are_unique_without_a_system_call_per_claim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: uuid4() per claim read os.urandom, a system call on the event loop (it let
+    # the writer threads take the GIL).
+    import os
+
+    from app.state.claims import new_claim_id
+
+    def no_urandom(n: int) -> bytes:
+        raise AssertionError("os.urandom called per claim")
+
+    first = new_claim_id()
+    monkeypatch.setattr(os, "urandom", no_urandom)
+    ids = {new_claim_id() for _ in range(1000)}
+    assert len(ids) == 1000 and first not in ids
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_a_forked_process_makes_other_claim_ids() -> None:
+    import os
+
+    from app.state.claims import new_claim_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, through the pipe
+        os.close(read)
+        os.write(write, " ".join(new_claim_id() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        theirs = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    ours = {new_claim_id() for _ in range(100)}
+    assert len(theirs) == 100 and not theirs & ours
