@@ -1,24 +1,28 @@
 """Exactly-once claims and rate limits on one SQLite file: the default, restart-safe state.
 
-Every process on the data directory (a restart, `--workers N`, a second container on the
-same volume during a deploy) opens the same file, so what one process claimed, another
-sees. Each process has one connection, owned by one writer thread: the event loop puts an
-operation on a queue and awaits a future; the thread runs whatever has queued up in one
-short `BEGIN IMMEDIATE` transaction and hands the
-results back in one wake-up of the loop. Under load many calls share one commit; a call
-alone costs one thread hand-off, not a thread of its own.
+Every process on the data directory (a restart, `serve --workers N`, a second container on
+the same volume during a deploy) opens the same file, so what one process claimed, another
+sees, and a process killed mid-call leaves its claims for the next one to find.
 
-WAL mode with synchronous=NORMAL: a commit survives the process being killed (the log is
-in the operating system's hands), not necessarily a power cut of the last moments.
+Writes are batched on the event loop: an operation is queued and awaited; every operation
+queued during one round of the loop runs in one short `BEGIN IMMEDIATE` transaction (one
+commit), on the loop's thread. That costs less than a writer thread, whose every hand-off
+takes the GIL from the event loop (measured: about 150 us of CPU a call with a thread,
+about 100 us on the loop, at 32 calls in flight). The loop never sleeps on a lock: the
+connection's busy timeout is 0, and a database another process is writing is tried again
+after a pause (1 to 50 ms) until the callers' deadlines. WAL mode with synchronous=NORMAL:
+a commit survives the process being killed, not necessarily a power cut of its last
+moments; the loop's connection never checkpoints (the fsync is off the loop).
 
-Times are the host's wall clock (time.time()), shared by every process on it. The same
-thread renews the leases of this process's claims in flight (every third of the lease) and
-deletes what expired (claims past the horizon, rate-limit counts).
+A maintenance thread with a connection of its own renews the leases of this process's
+claims in flight (every third of the lease), checkpoints the WAL, and deletes what expired
+(claims past the horizon, rate-limit counts). Times are the host's wall clock
+(time.time()), shared by every process on it.
 
-A call costs the writer four statements: the claim (one read, one write of its keys),
-`acting` and `finish` (one update each). A key freed after a retryable failure whose
-request may have taken effect stays as a `free` row carrying the `uncertain` flag, so the
-next claim reads it with everything else in one statement.
+A call costs four statements: the claim (one read, one write of its keys), `acting` and
+`finish` (one update each). A key freed after a retryable failure whose request may have
+taken effect stays as a `free` row carrying the `uncertain` flag, so the next claim reads
+it with everything else in one statement.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -59,6 +62,9 @@ MAX_BATCH: Final = 500
 SWEEP_INTERVAL: Final = 60.0
 SWEEP_CHUNK: Final = 5000
 CLOSE_TIMEOUT: Final = 10.0
+BUSY_MIN_PAUSE: Final = 0.001
+BUSY_MAX_PAUSE: Final = 0.05
+MEMORY: Final = ":memory:"
 
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS claims (
@@ -98,40 +104,19 @@ def _dumps(value: Mapping[str, Any]) -> str:
     return json.dumps(dict(value), default=str, ensure_ascii=False, separators=(",", ":"))
 
 
-class _Job:
-    __slots__ = ("future", "loop", "op")
-
-    def __init__(
-        self,
-        op: _Op,
-        loop: asyncio.AbstractEventLoop | None,
-        future: asyncio.Future[Any] | None,
-    ) -> None:
-        self.op = op
-        self.loop = loop
-        self.future = future
-
-
 _Result = tuple["asyncio.Future[Any] | None", bool, Any]
 
 
-def _settle(results: list[_Result], state: SqliteState) -> None:
-    for future, ok, value in results:
-        if future is None:
-            continue
-        if future.done():
-            # The caller gave up (timeout): a claim granted after that is released.
-            if ok and isinstance(value, tuple) and value and value[0] == "ticket":
-                state.abandon(value[1], value[2])
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+class _Job:
+    __slots__ = ("future", "op")
+
+    def __init__(self, op: _Op, future: asyncio.Future[Any] | None) -> None:
+        self.op = op
+        self.future = future
 
 
 class SqliteState:
-    """The state database of this process: its connection, writer thread and leases."""
+    """The state database of this process: its connection, its batches, its leases."""
 
     def __init__(
         self,
@@ -150,52 +135,64 @@ class SqliteState:
         self.owner = new_owner_id()
         self.clock = clock
         self._sweep_interval = sweep_interval
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._pending: list[_Job] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._busy_since: float | None = None
         self._lock = threading.Lock()
         self._held: set[str] = set()
         """Claim ids of this process in flight: their leases are renewed."""
-        self._broken: str | None = None
+        self._stopping = threading.Event()
+        self._maintenance: threading.Thread | None = None
 
     # --- lifetime -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Blocking (disk I/O). Idempotent."""
+        """Blocking (disk I/O): from async code, in a thread. Idempotent."""
         with self._lock:
-            if self._thread is not None:
+            if self._conn is not None:
                 return
             try:
-                if self.path != ":memory:":
+                if self.path != MEMORY:
                     Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(
-                    self.path, timeout=max(self.timeout, 1.0), check_same_thread=False
-                )
-                conn.isolation_level = None  # transactions are explicit
+                conn = self._connect()
                 self._prepare(conn)
+                maintenance = self._connect() if self.path != MEMORY else conn
             except (OSError, sqlite3.Error) as exc:
                 raise StateDatabaseError(
                     f"cannot use the state database {self.path}: {exc} "
                     "(SWITCHBOARD_STATE_DB must be a writable path)"
                 ) from exc
-            # Locks wait this long at most in service: a call is waiting for us.
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            # The event loop never sleeps on a lock: a busy database is tried again later
+            # (see _flush), and checkpoints (an fsync) are the maintenance thread's.
+            conn.execute("PRAGMA busy_timeout = 0")
+            if self.path != MEMORY:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._conn = conn
-            self._thread = threading.Thread(target=self._run, name="switchboard-state", daemon=True)
-            self._thread.start()
+            self._stopping.clear()
+            self._maintenance = threading.Thread(
+                target=self._maintain, args=(maintenance,), name="switchboard-state", daemon=True
+            )
+            self._maintenance.start()
         logger.info(
             "state database opened",
             extra={"event": "state_opened", "path": self.path, "store": "sqlite"},
         )
 
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False: opened in a worker thread, then used by one thread only.
+        conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+        conn.isolation_level = None  # transactions are explicit
+        conn.execute("PRAGMA busy_timeout = 10000")
+        return conn
+
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA busy_timeout = 10000")  # start-up may wait for another process
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"schema version {version} is newer than this Switchboard's ({SCHEMA_VERSION})"
             )
-        if self.path != ":memory:":
+        if self.path != MEMORY:
             (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if str(mode).lower() != "wal":
                 raise sqlite3.DatabaseError(f"cannot switch to WAL mode (journal_mode is {mode})")
@@ -203,31 +200,41 @@ class SqliteState:
         conn.executescript(_SCHEMA)
 
     def stop(self) -> None:
+        """Blocking. What is still queued is written first."""
         with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is None:
+            conn, self._conn = self._conn, None
+            maintenance, self._maintenance = self._maintenance, None
+        if conn is None:
             return
-        self._queue.put(None)
-        thread.join(CLOSE_TIMEOUT)
-        if self._conn is not None and not thread.is_alive():
-            self._conn.close()
-            self._conn = None
+        self._stopping.set()
+        if maintenance is not None:
+            maintenance.join(CLOSE_TIMEOUT)
+        jobs, self._pending = self._pending, []
+        if jobs:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA busy_timeout = 2000")
+                self._transaction(conn, jobs)
+        conn.close()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._broken is None
+        return self._conn is not None
 
-    # --- operations ------------------------------------------------------------------
+    # --- operations: batched on the event loop ----------------------------------------
 
     async def run(self, op: Callable[[sqlite3.Connection], T], *, deadline: float | None) -> T:
-        """Run `op` in a transaction of the writer thread. StateUnavailable if it cannot
-        be done by `deadline` (monotonic) or within the store timeout."""
-        if not self.running:
-            raise StateUnavailable(self._broken or "the state database is not open")
+        """Run `op` in the next transaction. Every operation queued while the event loop
+        runs one round goes into one transaction (one commit). StateUnavailable if it cannot
+        be done by `deadline` (monotonic) or within the store timeout (the database stays
+        locked by another process)."""
+        if self._conn is None:
+            raise StateUnavailable("the state database is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(op, loop, future))
-        budget = self.timeout * 2  # a lock wait (busy_timeout) plus the work itself
+        self._pending.append(_Job(op, future))
+        if self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
+        budget = self.timeout
         if deadline is not None:
             budget = min(budget, max(0.0, deadline - time.monotonic()))
         try:
@@ -236,87 +243,59 @@ class SqliteState:
         except TimeoutError:
             raise StateUnavailable("the state database did not answer in time") from None
 
-    def abandon(self, claim_id: str, keys: tuple[str, ...]) -> None:
-        """Release a claim nobody waits for any more."""
-        self._release(claim_id)
-        self._queue.put(_Job(lambda conn: _free(conn, keys, claim_id, False), None, None))
-
-    def hold(self, claim_id: str) -> None:
-        with self._lock:
-            self._held.add(claim_id)
-
-    def _release(self, claim_id: str) -> None:
-        with self._lock:
-            self._held.discard(claim_id)
-
-    # --- the writer thread ------------------------------------------------------------
-
-    def _run(self) -> None:
+    def _flush(self) -> None:
+        self._flush_handle = None
         conn = self._conn
-        assert conn is not None
-        renew_every = self.lease / 3
-        next_renew = time.monotonic() + renew_every
-        next_sweep = time.monotonic()
-        stop = False
-        while not stop:
-            wait = max(0.0, min(next_renew, next_sweep) - time.monotonic())
-            jobs: list[_Job] = []
-            try:
-                first = self._queue.get(timeout=wait)
-            except queue.Empty:
-                first = _IDLE
-            item: _Job | object | None = first
-            while True:
-                if item is None:
-                    stop = True
-                    break
-                if isinstance(item, _Job):
-                    jobs.append(item)
-                if len(jobs) >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if jobs:
-                self._apply(conn, jobs)
+        jobs, self._pending = self._pending, []
+        if conn is None:
+            for job in jobs:
+                if job.future is not None and not job.future.done():
+                    job.future.set_exception(StateUnavailable("the state database is closed"))
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            # Another process (or our maintenance thread) writes: try again shortly.
+            # Callers give up on their own deadlines.
+            self._pending[:0] = [job for job in jobs if job.future is None or not job.future.done()]
             now = time.monotonic()
-            if now >= next_renew:
-                next_renew = now + renew_every
-                self._guard(conn, self._renew, "lease renewal")
-            if now >= next_sweep:
-                next_sweep = now + self._sweep_interval
-                self._guard(conn, self._sweep, "expiry")
-
-    def _apply(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        """One transaction for the batch. An operation leaves nothing half-done when it
-        raises (ClaimLost undoes its own update first); anything else unexpected rolls the
-        batch back, and each operation is tried again alone."""
-        results = self._transaction(conn, jobs)
-        if results is None:
+            if self._busy_since is None:
+                self._busy_since = now
+            pause = min(BUSY_MAX_PAUSE, max(BUSY_MIN_PAUSE, (now - self._busy_since) / 4))
+            if self._pending and self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_later(pause, self._flush)
+            return
+        self._busy_since = None
+        results = self._in_transaction(conn, jobs)
+        if results is None:  # rolled back: each one alone
             results = []
             for job in jobs:
                 alone = self._transaction(conn, [job])
-                if alone is None:
-                    error = StateUnavailable("state database error")
-                    alone = [(job.future, False, error)]
-                results += alone
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Result]] = {}
-        for job, result in zip(jobs, results, strict=True):
-            if job.loop is not None:
-                by_loop.setdefault(job.loop, []).append(result)
-        for loop, settled in by_loop.items():
-            # RuntimeError: that loop is closed, nobody waits any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, settled, self)
+                results += alone or [(job.future, False, StateUnavailable("state database error"))]
+        for future, ok, value in results:
+            if future is None:
+                continue
+            if future.done():
+                # The caller gave up (timeout): a claim granted after that is released.
+                if ok and isinstance(value, tuple) and value and value[0] == "ticket":
+                    self.abandon(value[1], value[2])
+            elif ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
 
     def _transaction(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Result] | None:
-        """The batch's results, or None when it had to be rolled back (tried one by one)."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             error = StateUnavailable(f"the state database is busy: {exc}")
             return [(job.future, False, error) for job in jobs]
+        return self._in_transaction(conn, jobs)
+
+    def _in_transaction(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Result] | None:
+        """Run the jobs and commit: their results, or None when the batch had to be rolled
+        back. An operation leaves nothing half-done when it raises ClaimLost (it undoes its
+        own update first); anything else unexpected rolls the whole batch back."""
         results: list[_Result] = []
         try:
             for job in jobs:
@@ -339,9 +318,45 @@ class SqliteState:
             return None
         return results
 
+    def abandon(self, claim_id: str, keys: tuple[str, ...]) -> None:
+        """Release a claim nobody waits for any more (in the next batch)."""
+        self._release(claim_id)
+        self._pending.append(_Job(lambda conn: _free(conn, keys, claim_id, False), None))
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def hold(self, claim_id: str) -> None:
+        with self._lock:
+            self._held.add(claim_id)
+
+    def _release(self, claim_id: str) -> None:
+        with self._lock:
+            self._held.discard(claim_id)
+
+    # --- the maintenance thread ---------------------------------------------------------
+
+    def _maintain(self, conn: sqlite3.Connection) -> None:
+        """Renews this process's leases (every third of the lease), deletes what expired,
+        and checkpoints the WAL: on a connection of its own, off the event loop."""
+        tick = min(self.lease / 3, self._sweep_interval)
+        next_sweep = time.monotonic()
+        while not self._stopping.wait(tick):
+            self._guard(conn, self._renew, "lease renewal")
+            if self.path != MEMORY:
+                self._guard(conn, _checkpoint, "checkpoint")
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self._sweep_interval
+                self._guard(conn, self._sweep, "expiry")
+        if conn is not self._conn and self.path != MEMORY:
+            with contextlib.suppress(sqlite3.Error):
+                _checkpoint(conn)
+            conn.close()
+
     def _guard(
         self, conn: sqlite3.Connection, task: Callable[[sqlite3.Connection], None], what: str
     ) -> None:
+        if self.path == MEMORY:
+            return  # one connection, the event loop's: nothing to renew or share
         try:
             task(conn)
         except sqlite3.Error as exc:
@@ -360,7 +375,7 @@ class SqliteState:
         lease = self.clock() + self.lease
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
-            "UPDATE claims SET lease = ? WHERE claim_id = ? AND phase != 'done'",
+            "UPDATE claims SET lease = ? WHERE claim_id = ? AND phase IN ('claimed', 'acting')",
             [(lease, claim_id) for claim_id in held],
         )
         conn.execute("COMMIT")
@@ -368,12 +383,17 @@ class SqliteState:
     def _sweep(self, conn: sqlite3.Connection) -> None:
         now = self.clock()
         for statement in _SWEEPS:
-            while True:
+            while not self._stopping.is_set():
                 conn.execute("BEGIN IMMEDIATE")
                 deleted = conn.execute(statement, (now, SWEEP_CHUNK)).rowcount
                 conn.execute("COMMIT")
                 if deleted < SWEEP_CHUNK:
                     break
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    # PASSIVE: copies what it can without waiting for (or blocking) writers.
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 _SWEEPS: Final = (
@@ -383,10 +403,6 @@ _SWEEPS: Final = (
     "(SELECT call_id FROM rate_verdicts WHERE expires <= ? LIMIT ?)",
 )
 """Deletions of what expired, in chunks (short transactions: calls are waiting)."""
-
-_IDLE: Final[Any] = object()
-"""The writer's wake-up with nothing queued (time to renew leases or sweep)."""
-
 
 # --- claims ------------------------------------------------------------------------------
 

@@ -158,8 +158,10 @@ def test_two_processes_on_one_data_directory_act_once(tmp_path: Path) -> None:
     calls = [Delivery(new_id()) for _ in range(12)]
     for delivery in calls:
         fake.script(delivery.call_id, "accept", Reply(delay=0.2))
-    first = start_service(tmp_path / "data", E2E_ROUTES, env=env(fake))
-    second = start_service(tmp_path / "data", E2E_ROUTES, env=env(fake))
+    # A lease long enough for a loaded test machine: no process here dies.
+    live = env(fake, SWITCHBOARD_CLAIM_LEASE_SECONDS="5")
+    first = start_service(tmp_path / "data", E2E_ROUTES, env=live)
+    second = start_service(tmp_path / "data", E2E_ROUTES, env=live)
     try:
         jobs = [(d, s) for d in calls for s in (first, second, first, second)]
         with ThreadPoolExecutor(16) as pool:
