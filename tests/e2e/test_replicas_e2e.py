@@ -7,24 +7,29 @@ cluster, and the local stand-ins for OpenAI (call control, and the sideband thro
 same base URL). Checked: every call acted on exactly once at the stand-in, none lost, the
 records complete and the same from every replica's admin API, and the dead replica's live
 call taken over by another replica, which hangs it up at its max duration (the original
-deadline, not a new one).
+deadline, not a new one); an operator's transfer through a replica that does not hold the
+call; and HAProxy on the shipped deploy/haproxy/haproxy.cfg (where haproxy is installed)
+getting every webhook through while a replica dies behind it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Service, start_service, stop_service
+from tests.e2e.conftest import REPO, Service, free_port, start_service, stop_service
 from tests.e2e.fake_openai import FakeOpenAI, Reply
 from tests.e2e.fake_realtime import FakeRealtime
 from tests.redis_server import REDIS_SERVER, RedisServer
@@ -339,3 +344,88 @@ def test_operator_requests_work_from_any_replica(cluster: Cluster) -> None:
         "by": "operator",
         "uri": SALES,
     }
+
+
+def proxy_config(ports: list[int], listen: int) -> str:
+    """deploy/haproxy/haproxy.cfg as shipped, but on loopback: the replicas' addresses
+    instead of Docker's DNS names (and no Docker resolver), listening on a free port."""
+    text = (REPO / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    out: list[str] = []
+    skipping = False
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] == ["resolvers"]:
+            skipping = True  # the section, up to the next blank line
+        if skipping:
+            skipping = bool(line.strip())
+            continue
+        if words[:1] == ["bind"]:
+            line = f"    bind 127.0.0.1:{listen}"
+        elif words[:1] == ["default-server"]:
+            line = " ".join(w for w in words if w not in ("resolvers", "docker", "init-addr"))
+            line = "    " + line.replace(" last,libc,none", "")
+        elif words[:1] == ["server"]:
+            if words[1] == "switchboard-a":
+                out += [f"    server r{i} 127.0.0.1:{port}" for i, port in enumerate(ports)]
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_the_shipped_proxy_config_spreads_and_survives_a_dead_replica(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """HAProxy on deploy/haproxy/haproxy.cfg in front of the replicas: a replica killed
+    while webhooks flow through the proxy costs no call, and acts on none twice."""
+    haproxy = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
+    if haproxy is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    replicas = cluster.replicas
+    ports = [int(s.url.rsplit(":", 1)[1]) for s in replicas]
+    listen = free_port()
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(proxy_config(ports, listen))
+    with (tmp_path / "haproxy.log").open("wb") as log:
+        proxy = subprocess.Popen(
+            [haproxy, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT
+        )
+    front = Service(proxy, f"http://127.0.0.1:{listen}", tmp_path / "haproxy.log", {})
+    try:
+        wait_until(lambda: _ready_through(front), "the proxy to reach a ready replica", within=15)
+        calls = [Delivery(new_id()) for _ in range(24)]
+
+        def once(delivery: Delivery) -> httpx.Response:
+            # One try each: the proxy, not the sender, must get past a dead replica.
+            response = delivery.send(front)
+            assert response is not None
+            return response
+
+        with ThreadPoolExecutor(8) as pool:
+            first = list(pool.map(once, calls[:12]))
+            # Killed between two batches (nothing in flight there), the proxy not told:
+            # until its health checks notice, its connections are refused and retried.
+            kill_9(replicas[1])
+            rest = list(pool.map(once, calls[12:]))
+            # And every webhook once more, through the proxy: duplicates, answered as such.
+            again = list(pool.map(once, calls))
+        answers = first + rest
+        assert [a.status_code for a in answers + again] == [200] * 2 * len(calls)
+        assert [a.json()["outcome"] for a in answers] == ["accepted"] * len(calls)
+        assert all(a.json().get("duplicate") for a in again), [a.json() for a in again]
+        assert cluster.accepts(calls) == Counter({d.call_id: 1 for d in calls})
+        # Spread: before the kill, more than one replica answered (round robin).
+        logs = "\n".join(s.logs() for s in replicas)
+        answered = {s.url for s in replicas for d in calls[:12] if d.call_id in s.logs()}
+        assert len(answered) >= 2, logs[-2000:]
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+
+
+def _ready_through(front: Service) -> bool:
+    try:
+        return httpx.get(f"{front.url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
