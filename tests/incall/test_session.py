@@ -388,7 +388,11 @@ async def test_transfer_tool_to_an_allowlisted_name(harness: Harness) -> None:
         {"name": "transfer_call", "arguments": {"destination": "sales"}}
     ]
     assert metric(harness.metrics, "switchboard_transfers_total", outcome="referred") == 1
-    (sideband,) = harness.fake.sidebands(call_id)
+    # The fake notes the close when its side of the handshake is done: a moment after.
+    (sideband,) = await eventually(
+        lambda: [log for log in harness.fake.sidebands(call_id) if not log.open],
+        "the sideband's close at the fake",
+    )
     assert sideband.close_code == 1000 and not sideband.closed_by_client
 
 
