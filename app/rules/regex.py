@@ -108,6 +108,9 @@ def _refuse_python_only(pattern: str) -> None:
         if in_class:
             if char == "]":
                 in_class = False
+            elif pattern.startswith("[:", i) and (end := pattern.find(":]", i + 2)) > 0:
+                i = end + 2  # [:alpha:], a class inside the class
+                continue
         elif char == "[":
             in_class = True
             # `[]...]` and `[^]...]`: a leading `]` is a member, not the end.

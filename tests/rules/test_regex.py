@@ -215,7 +215,10 @@ def test_ignore_case_variant_is_checked_at_load() -> None:
         compile_rules(one_route(r"{caller_name: {regex: '\pL{900}'}}"), "r.yaml", region="US")
 
 
-@pytest.mark.parametrize("pattern", [r"[{,3}]", r"\{,3}", r"a{1,3}", r"[\]{,]"])
+@pytest.mark.parametrize(
+    "pattern",
+    [r"[{,3}]", r"\{,3}", r"a{1,3}", r"[\]{,]", r"[]{,3}]", r"[^]{,3}]", r"[[:alpha:]{,3}]"],
+)
 def test_braces_that_are_not_an_empty_minimum(pattern: str) -> None:
     compile_regex(pattern)
 
