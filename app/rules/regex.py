@@ -37,6 +37,9 @@ _CASE_SENSITIVE: Final = _options(ignore_case=False)
 _IGNORE_CASE: Final = _options(ignore_case=True)
 
 
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
+
+
 class RegexError(ValueError):
     """A pattern RE2 cannot compile; the message says why and what to write instead."""
 
@@ -54,7 +57,12 @@ class Regex:
 
     def search(self, text: str) -> bool:
         """Whether the pattern is found anywhere in `text` (`^`/`$` anchor it)."""
-        return self._compiled.search(text) is not None
+        try:
+            return self._compiled.search(text) is not None
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON lets a webhook carry "\ud800"), which RE2's UTF-8
+            # cannot: matched as U+FFFD, the replacement character.
+            return self._compiled.search(_SURROGATES.sub("\ufffd", text)) is not None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Regex):

@@ -230,3 +230,15 @@ def test_rules_with_regexes_pickle() -> None:
     copy = pickle.loads(pickle.dumps(ruleset))
     assert copy.decide(invite(name="ALAN"), NOON).route == "a"
     assert copy.decide(invite(name="Bob"), NOON).route == "default"
+
+
+def test_a_lone_surrogate_in_a_header_is_matched_not_raised() -> None:
+    # JSON lets a webhook carry "\ud800", which has no UTF-8 form: RE2 sees U+FFFD.
+    ruleset = compile_rules(
+        one_route("{headers: {X-Foo: {regex: '^a\\W?b$'}}}"), "routes.yaml", region="US"
+    )
+    call = invite(("X-Foo", "a\ud800b"))
+    assert call.headers.get_all("X-Foo") == ("a\ud800b",)
+    assert ruleset.decide(call, NOON).route == "a"
+    assert ruleset.decide(invite(("X-Foo", "\udfff")), NOON).route == "default"
+    assert compile_regex("^\ufffd$").search("\udc80")
