@@ -40,7 +40,7 @@ def test_wrk_output_is_read_with_its_units() -> None:
 
 
 def test_e2e_bench_runs_every_target_and_acts_once_per_call(tmp_path: Path) -> None:
-    config = dataclasses.replace(Config.tiny(), workers=0)
+    config = dataclasses.replace(Config.tiny(), workers=0, memory_calls=100, memory_callers=20)
     result = run(config, tmp_path, log=False)
     assert [row.target for row in result.saturation] == list(TARGETS)
     for row in result.saturation:
@@ -55,8 +55,10 @@ def test_e2e_bench_runs_every_target_and_acts_once_per_call(tmp_path: Path) -> N
     assert [row.target for row in result.latency] == list(TARGETS)
     assert all(row.failed == 0 and row.count > 0 for row in result.latency)
     assert result.floor is not None and result.floor.count > 0
+    assert result.memory is not None and result.memory.rss_end_mb > 0
     text = render.render(result)
     assert "x OpenAI sample" in text
+    assert "zero memory growth per call" in text
     # The deliveries are signed with the workload's SIP headers.
     requests = read_requests(next(tmp_path.glob("requests-*.bin")))
     assert b"webhook-signature: v1," in requests[0]
