@@ -282,7 +282,7 @@ def render(report: Report) -> str:
             if report.e2e is not None
             else []
         ),
-        SETUP,
+        _setup(),
         "## Decision path, reload and memory: targets",
         "",
         "The micro-benchmarks: regression guards for the parts of a call the end-to-end "
@@ -346,14 +346,13 @@ neighbour takes time from the pinned core, and throughput and tail latency move 
 between runs. CPU per call moves much less; the services take turns in each round.
 """
 
-SETUP = """\
-## Set-up
+SETUP_FILE = Path(__file__).with_name("setup_times.md")
+"""Measured by hand from a fresh clone (scripts are not timed by bench.report)."""
 
-Measured by hand (not by `bench.report`) from a fresh clone on this 2-core machine,
-2026-12-03; re-measure when packaging changes:
 
-SETUP_TABLE
-"""
+def _setup() -> str:
+    return "## Set-up\n\n" + SETUP_FILE.read_text(encoding="utf-8")
+
 
 ANALYSIS = r"""## Analysis and fixes
 
