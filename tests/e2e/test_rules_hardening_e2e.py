@@ -64,6 +64,10 @@ def test_backtracking_pattern_against_hostile_header(hardened: Service) -> None:
     assert answer.json()["route"] == "main"
     matching = deliver(hardened, incoming_event(new_id(), headers=[("X-Foo", "aaaa")]))
     assert matching.json()["route"] == "nested"
+    # JSON's "\ud800" (a lone surrogate, which UTF-8 cannot carry) in the header: answered.
+    surrogate = deliver(hardened, incoming_event(new_id(), headers=[("X-Foo", "aa\ud800")]))
+    assert surrogate.status_code == 200
+    assert surrogate.json()["route"] == "main"
     assert httpx.get(f"{hardened.url}/readyz", timeout=5).status_code == 200
 
 
