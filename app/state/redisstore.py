@@ -50,6 +50,7 @@ from app.state.redis import RedisUnavailable, check
 logger = logging.getLogger("switchboard.state")
 
 PREFIX: Final = "switchboard:"
+MAX_UNFINISHED: Final = 10_000
 
 _NOW: Final = """
 local t = redis.call('TIME')
@@ -200,6 +201,8 @@ class RedisState:
         self.finish_script: AsyncScript = client.register_script(_FINISH)
         self.renew_script: AsyncScript = client.register_script(_RENEW)
         self.rate_script: AsyncScript = client.register_script(_RATE)
+        self.unfinished: dict[str, tuple[list[str], list[Any]]] = {}
+        """Claim id -> the finish to write when Redis answers again."""
         self.held: dict[str, tuple[str, ...]] = {}
         """Claim id -> its Redis keys, for this process's claims in flight."""
         self._renewer: asyncio.Task[None] | None = None
@@ -236,6 +239,30 @@ class RedisState:
             self._renewer = None
         await self.client.aclose()
 
+    def finish_later(self, claim_id: str, keys: list[str], args: list[Any]) -> None:
+        """A finish Redis did not take: kept (its lease renewed meanwhile) and written when
+        Redis answers again, so a redelivery replays the answer instead of finding the
+        claim orphaned. At most MAX_UNFINISHED; the oldest are given up (their leases
+        then run out: a redelivery takes them over as after a crash)."""
+        self.unfinished[claim_id] = (keys, args)
+        while len(self.unfinished) > MAX_UNFINISHED:
+            oldest = next(iter(self.unfinished))
+            del self.unfinished[oldest]
+            self.held.pop(oldest, None)
+
+    async def _finish_late(self) -> None:
+        for claim_id, (keys, args) in list(self.unfinished.items()):
+            try:
+                await self.call(self.finish_script, keys, args, None)
+            except StateUnavailable:
+                return  # still away: the next round
+            self.unfinished.pop(claim_id, None)
+            self.held.pop(claim_id, None)
+            logger.info(
+                "answer stored after Redis came back",
+                extra={"event": "state_finished_late", "store": "redis"},
+            )
+
     async def call(
         self, script: AsyncScript, keys: list[str], args: list[Any], deadline: float | None
     ) -> Any:
@@ -255,6 +282,7 @@ class RedisState:
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            await self._finish_late()
             held = list(self.held.items())
             if not held:
                 continue
@@ -357,10 +385,15 @@ class RedisClaimStore:
             body,
             state.horizon_ms,
         ]
+        keys = self._keys(ticket.keys)
         try:
-            await state.call(state.finish_script, self._keys(ticket.keys), args, None)
-        finally:
+            await state.call(state.finish_script, keys, args, None)
+        except StateUnavailable:
+            state.finish_later(ticket.claim_id, keys, args)
+            raise
+        else:
             state.held.pop(ticket.claim_id, None)
+        finally:
             local = self._local.pop(ticket.claim_id, None)
             if local is not None and not local.done():
                 local.set_result(answer)

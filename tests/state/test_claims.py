@@ -423,3 +423,38 @@ def test_a_forked_process_makes_other_claim_ids() -> None:
     os.waitpid(pid, 0)
     ours = {new_claim_id() for _ in range(100)}
     assert len(theirs) == 100 and not theirs & ours
+
+
+@pytest.mark.anyio
+async def test_an_answer_redis_missed_is_stored_when_it_answers_again(
+    own_redis_server: RedisServer,
+) -> None:
+    """Redis froze while the call was acted on: the answer is not lost to a takeover."""
+    import os
+    import signal
+
+    url = own_redis_server.url()
+    store = RedisClaimStore(
+        RedisState(connect(url), horizon_seconds=HORIZON, lease_seconds=LEASE, timeout=0.2)
+    )
+    other = RedisClaimStore(
+        RedisState(connect(url), horizon_seconds=HORIZON, lease_seconds=LEASE, timeout=0.2)
+    )
+    await store.open()
+    await other.open()
+    process = own_redis_server.process
+    assert process is not None
+    try:
+        owner = await ticket(store)
+        await store.acting(owner, CONTEXT)
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StateUnavailable):
+                await store.finish(owner, ROUTED, remember=True)
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        await asyncio.sleep(LEASE)  # a round of the renewer
+        assert await other.claim(KEYS, soon()) == ROUTED
+    finally:
+        await store.close()
+        await other.close()
