@@ -2,7 +2,9 @@
 
 Writes (`started`, `event`, `status`, `ended`) only append to a queue in memory: they never
 wait for the database, and never fail a call. One writer task takes what has queued up
-(up to MAX_BATCH writes) and writes it in one transaction. While the database cannot be
+(up to MAX_BATCH writes) and writes it in one transaction, as a few pipelined executemany
+runs (see `_runs`). A batch that runs out of time is halved for the next try, so that a
+slow server still gets the writes, fewer at a time. While the database cannot be
 reached, the writes wait in the queue and the writer tries again (backing off from
 `retry_min` to `retry_max` seconds); the queue holds at most `queue_max` writes, and a
 write that finds it full is dropped and counted (`backlog().dropped["queue_full"]`).
@@ -216,6 +218,8 @@ class PostgresCallLog:
         self._pending: deque[_Write] = deque()
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
+        self._batch_limit = MAX_BATCH
+        """Writes a batch takes; halved by a batch that ran out of time, then grown back."""
         self._accepted = 0
         """Writes queued since start-up; `_settled` of them are written or dropped."""
         self._settled = 0
@@ -257,8 +261,9 @@ class PostgresCallLog:
         await self._pool
         self._state = "open"
         self._started_at = self._clock()
-        try:
-            await self._ensure_schema()
+        try:  # one short try: start-up never waits longer for the database than this
+            async with asyncio.timeout(self._timeout):
+                await self._ensure_schema()
         except Exception as exc:
             await self._unavailable(exc)
         self._task = asyncio.create_task(self._run(), name="switchboard-calllog-postgres")
@@ -301,6 +306,14 @@ class PostgresCallLog:
     # --- writes: queued, never blocking -------------------------------------------------
 
     def started(self, record: CallRecord) -> None:
+        try:
+            write = self._started(record)
+        except Exception as exc:  # a record that cannot be written must not fail the call
+            self._refused_early("started", record.call_id, exc)
+            return
+        self._submit(write)
+
+    def _started(self, record: CallRecord) -> _Write:
         ended_at = record.ended_at
         if record.status == "ended" and ended_at is None:
             ended_at = self._clock()
@@ -322,11 +335,27 @@ class PostgresCallLog:
             (_INSERT_EVENT, (uuid.uuid4(), call_id, e.at, pg_text(e.kind), pg_json(e.data)))
             for e in record.events
         )
-        self._submit(((_UPSERT_CALL, row), *events))
+        return ((_UPSERT_CALL, row), *events)
 
     def event(self, call_id: str, kind: str, data: Mapping[str, Any] | None = None) -> None:
-        args = (uuid.uuid4(), pg_text(call_id), self._clock(), pg_text(kind), pg_json(data))
+        try:
+            args = (uuid.uuid4(), pg_text(call_id), self._clock(), pg_text(kind), pg_json(data))
+        except Exception as exc:
+            self._refused_early("event", call_id, exc)
+            return
         self._submit(((_INSERT_EVENT, args),))
+
+    def _refused_early(self, write: str, call_id: object, exc: Exception) -> None:
+        logger.error(
+            "call log write refused: it cannot be stored",
+            extra={
+                "event": "calllog_write_failed",
+                "error": describe_error(exc),
+                "write": write,
+                "call_id": str(call_id)[:256],
+            },
+        )
+        self._drop("rejected")
 
     def status(self, call_id: str, status: CallStatus) -> None:
         if status == "ended":
@@ -386,7 +415,8 @@ class PostgresCallLog:
         while True:
             try:
                 if not self._schema_ready:
-                    await self._ensure_schema()
+                    async with asyncio.timeout(self._schema_timeout):
+                        await self._ensure_schema()
                 if self._state == "open" and time.monotonic() >= next_expiry:
                     next_expiry = time.monotonic() + self._retention_interval
                     await self._expire()
@@ -412,11 +442,11 @@ class PostgresCallLog:
                 pass
 
     async def _ensure_schema(self) -> None:
+        """Migrate (and recover); the caller bounds the time."""
         assert self._pool is not None
-        async with asyncio.timeout(self._schema_timeout):
-            async with self._pool.acquire() as conn:
-                result = await migrate(conn, self._migrations)
-                recovered = await self._recover(conn)
+        async with self._pool.acquire() as conn:
+            result = await migrate(conn, self._migrations)
+            recovered = await self._recover(conn)
         self._schema_ready = True
         self.schema_version = result.version
         if result.newer:
@@ -475,9 +505,14 @@ class PostgresCallLog:
             )
 
     async def _write_batch(self) -> None:
-        batch = list(itertools.islice(self._pending, MAX_BATCH))
+        batch = list(itertools.islice(self._pending, self._batch_limit))
         try:
             await self._write(batch)
+        except TimeoutError:
+            # A batch the database cannot take in time would never pass: smaller ones do
+            # (a slow server), down to one write at a time; then it is an outage.
+            self._batch_limit = max(1, len(batch) // 2)
+            raise
         except Exception as exc:
             if not is_refused(exc):
                 raise
@@ -495,6 +530,7 @@ class PostgresCallLog:
         for _ in batch:
             self._pending.popleft()
         self._settled += len(batch)
+        self._batch_limit = min(MAX_BATCH, self._batch_limit * 2)
         async with self._progress:
             self._progress.notify_all()
 
@@ -632,11 +668,22 @@ class PostgresCallLog:
 
 
 def _runs(batch: Sequence[_Write]) -> Iterator[tuple[str, list[tuple[Any, ...]]]]:
-    """The batch's statements in order, consecutive ones of the same SQL together (one
-    executemany each: pipelined, not one round trip per row)."""
-    statements = itertools.chain.from_iterable(batch)
-    for sql, group in itertools.groupby(statements, key=lambda s: s[0]):
-        yield sql, [args for _, args in group]
+    """The batch's statements as a few executemany runs (each pipelined: not one round
+    trip per row). Writes of different calls touch different rows and commute; those of
+    one call must keep their order. So each statement is ranked by its place among its
+    call's statements in the batch (1st, 2nd...), and the statements of the same place
+    and the same SQL run together: a call's statements stay in order, and a batch of
+    hundreds of calls takes about as many runs as one call has statements."""
+    place: dict[str, int] = {}
+    ranked: list[tuple[int, str, int, tuple[Any, ...]]] = []
+    for order, (sql, args) in enumerate(itertools.chain.from_iterable(batch)):
+        call_id = args[_CALL_ID_ARG[sql]]
+        nth = place.get(call_id, 0)
+        place[call_id] = nth + 1
+        ranked.append((nth, sql, order, args))
+    ranked.sort(key=lambda r: (r[0], r[1], r[2]))
+    for (_, sql), group in itertools.groupby(ranked, key=lambda r: (r[0], r[1])):
+        yield sql, [args for *_, args in group]
 
 
 def is_refused(exc: BaseException) -> bool:

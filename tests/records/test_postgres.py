@@ -23,7 +23,15 @@ from app.records.migrate import (
     check_order,
     load_migrations,
 )
-from app.records.postgres import CallLogUnavailable, PostgresCallLog, pg_json, pg_text
+from app.records.postgres import (
+    _CALL_ID_ARG,
+    _WRITE_NAMES,
+    CallLogUnavailable,
+    PostgresCallLog,
+    _runs,
+    pg_json,
+    pg_text,
+)
 from app.records.sqlite import DAY, RECOVERED_NOTE, CallLogError, SqliteCallLog
 from tests.pgserver import Server, admin_async, create_database, drop_database, free_port, url
 
@@ -286,6 +294,19 @@ async def test_a_refused_write_loses_only_itself(
     assert "no_poison" in failed[0].__dict__["error"]
 
 
+@pytest.mark.anyio
+async def test_a_write_that_cannot_be_encoded_is_refused_without_raising(
+    pg_url: str, open_logs: Any
+) -> None:
+    log = await open_logs(pg_url)
+    nothing: Any = None  # a caller's bug: counted, never raised
+    log.started(record("rtc_bad", route=nothing))
+    log.event("rtc_bad", nothing)
+    log.started(record("rtc_good"))
+    assert [c.call_id for c in await log.recent()] == ["rtc_good"]
+    assert log.backlog().dropped["rejected"] == 2
+
+
 # --- time limits --------------------------------------------------------------------------
 
 
@@ -313,6 +334,50 @@ async def test_a_database_that_does_not_answer_times_out(pg_url: str, open_logs:
     await written(log)
     got = await log.get("rtc_1")
     assert got is not None and got.end_reason == "end_call"
+
+
+@pytest.mark.anyio
+async def test_a_batch_too_slow_for_the_time_limit_is_split(pg_url: str, open_logs: Any) -> None:
+    """A server slow enough that a full batch runs out of time every time: the writer
+    must not retry the same batch forever, smaller ones get through."""
+    log = await open_logs(pg_url, timeout=0.25)
+    log.started(record())
+    await log.get("rtc_1")
+    await admin_async(
+        pg_url,
+        "CREATE FUNCTION slow_event() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$; "
+        "CREATE TRIGGER slow BEFORE INSERT ON call_events "
+        "FOR EACH ROW EXECUTE FUNCTION slow_event()",
+    )
+    try:
+        for n in range(50):  # 0.5 s as one batch
+            log.event("rtc_1", "transcript", {"n": n})
+        await eventually(lambda: log.backlog().queued == 0, "the queue written", 15)
+    finally:
+        await admin_async(pg_url, "DROP TRIGGER slow ON call_events; DROP FUNCTION slow_event()")
+    got = await log.get("rtc_1")
+    assert got is not None
+    assert [dict(e.data)["n"] for e in got.events] == list(range(50)), "in order, once each"
+    assert log.backlog().dropped["rejected"] == 0
+
+
+def test_a_batch_runs_few_statements_and_keeps_each_calls_order() -> None:
+    log = PostgresCallLog("postgresql://nobody@127.0.0.1:1/none")  # never started
+    for n in range(100):
+        log.started(record(f"rtc_{n}", events=(CallEvent(NOW, "decision", {}),)))
+        log.event(f"rtc_{n}", "greeting")
+        log.status(f"rtc_{n}", "answered")
+        log.ended(f"rtc_{n}", "end_call")
+    log.started(record("rtc_0", outcome="again"))  # a redelivery acted on again: last
+    runs = list(_runs(list(log._pending)))
+    assert len(runs) <= 6, "hundreds of calls, a handful of executemany runs"
+    per_call: dict[str, list[str]] = {}
+    for sql, rows in runs:
+        for args in rows:
+            per_call.setdefault(args[_CALL_ID_ARG[sql]], []).append(_WRITE_NAMES[sql])
+    assert per_call["rtc_7"] == ["started", "event", "event", "status", "ended"]
+    assert per_call["rtc_0"] == ["started", "event", "event", "status", "ended", "started"]
 
 
 # --- start-up, outages, shutdown (a server of our own) ----------------------------------
@@ -518,8 +583,15 @@ async def test_retention_at_start_deletes_old_calls_and_their_events(
     while (await fetch(pg_url, count))[0][0]:
         assert time.monotonic() < deadline, "the expired call was never deleted"
         await asyncio.sleep(0.02)
-    rows = await fetch(pg_url, "SELECT call_id FROM call_events ORDER BY id")
+    rows = await fetch(pg_url, "SELECT call_id FROM call_events ORDER BY call_id")
     assert [r[0] for r in rows] == ["rtc_kept", "rtc_orphan"]
+
+    clock[0] += 31 * DAY  # everything is old now, the orphan event by its own time too
+    await open_logs(pg_url, clock=lambda: clock[0])
+    left = "SELECT (SELECT count(*) FROM calls) + (SELECT count(*) FROM call_events)"
+    while (await fetch(pg_url, left))[0][0]:
+        assert time.monotonic() < deadline + 5, "expired rows were never deleted"
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize(
