@@ -509,8 +509,14 @@ class CallSession:
             else:
                 self._event("error", signal.detail)
 
-    def _event(self, kind: str, data: dict[str, Any] | None = None) -> None:
-        """Record an event of this call, up to the manager's `max_events`."""
+    def _event(
+        self, kind: str, data: dict[str, Any] | None = None, *, always: bool = False
+    ) -> None:
+        """Record an event of this call, up to the manager's `max_events`; `always`: what
+        ended or moved the call (few by construction), written past the cap too."""
+        if always:
+            self.manager.call_log.event(self.call_id, kind, data)
+            return
         limit = self.manager.max_events
         if self.events_recorded >= limit:
             self.events_dropped += 1
@@ -722,7 +728,7 @@ class CallSession:
         data = {"destination": destination, "outcome": outcome, "by": reason}
         if uri is not None:
             data["uri"] = uri
-        self._event("transfer", data)
+        self._event("transfer", data, always=outcome == "referred")
 
     async def hangup(self, reason: str) -> str:
         return await self._settle(self._hangup(reason))
@@ -744,7 +750,7 @@ class CallSession:
             self._hung_up = False
             self._event("error", {"error": str(exc)})
         self.manager.metrics.hangups.labels(reason).inc()
-        self._event("hangup", {"reason": reason, "outcome": outcome})
+        self._event("hangup", {"reason": reason, "outcome": outcome}, always=outcome != "failed")
         if outcome != "failed":
             self.end_reason = self.end_reason or reason
             if self.sideband is None and self.task is not None:

@@ -1264,6 +1264,20 @@ async def test_events_recorded_per_call_are_capped(harness: Harness) -> None:
     await manager.shutdown()
 
 
+async def test_the_end_of_a_call_is_recorded_past_the_cap(harness: Harness) -> None:
+    """What ended the call is never among the events dropped."""
+    manager = make_manager(
+        harness.fake, harness.controller, harness.log, harness.metrics, max_events=5
+    )
+    call_id = new_id()
+    harness.fake.call(call_id, [*[dtmf("7") for _ in range(10)], dtmf("0")])
+    manager.start(call_id, CallFeatures(dtmf={"0": None}))
+    assert await eventually(lambda: harness.log.ended_with(call_id), "the end") == "dtmf"
+    assert harness.log.data(call_id, "hangup") == [{"reason": "dtmf", "outcome": "hung_up"}]
+    assert harness.log.kinds(call_id)[-2:] == ["hangup", "events_dropped"]
+    await manager.shutdown()
+
+
 def test_recent_ids_keep_the_newest_only() -> None:
     ids = RecentIds(3)
     for n in range(1000):
