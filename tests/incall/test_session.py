@@ -757,7 +757,8 @@ async def test_operator_hangup_of_an_unknown_call(harness: Harness) -> None:
 async def test_operator_transfer(harness: Harness) -> None:
     features = CallFeatures(transfers=TRANSFERS, transfer_message="Say you transfer.")
     call_id = harness.start(features, [])
-    await eventually(lambda: harness.fake.sidebands(call_id), "the sideband")
+    # Joined on the session's side too (the fake sees the socket a moment before).
+    await eventually(lambda: "sideband_connected" in harness.log.kinds(call_id), "the sideband")
     assert await harness.manager.transfer(call_id, "support") == "referred"
     assert harness.controller.for_call(call_id) == [("refer", SUPPORT)]
     assert harness.fake.types(call_id) == ["response.create"]
@@ -1042,7 +1043,7 @@ async def test_a_second_transfer_while_one_is_in_progress_is_told_so() -> None:
 async def test_an_operator_transfer_after_the_models_is_refused(harness: Harness) -> None:
     features = CallFeatures(transfers=TRANSFERS, transfer_message="Say it.")
     call_id = harness.start(features, [])
-    await eventually(lambda: harness.fake.sidebands(call_id), "the sideband")
+    await eventually(lambda: "sideband_connected" in harness.log.kinds(call_id), "the sideband")
     harness.controller.gate = asyncio.Event()  # the REFER waits
     first = asyncio.create_task(harness.manager.transfer(call_id, "sales"))
     await eventually(lambda: harness.controller.ops, "the first REFER")
