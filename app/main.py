@@ -136,7 +136,11 @@ def create_app(
         )
         if isinstance(registry, RedisLiveCalls):
             keeper = LiveCallKeeper(
-                registry, incall, metrics, heartbeat_seconds=settings.live_heartbeat_seconds
+                registry,
+                incall,
+                metrics,
+                heartbeat_seconds=settings.live_heartbeat_seconds,
+                lease_seconds=settings.live_lease_seconds,
             )
         if calls_control is None:
             calls_control = AnyReplicaControl(incall, registry)

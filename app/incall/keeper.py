@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
 from app.incall.session import InCallManager
 from app.intake.events import APIS
@@ -29,23 +31,31 @@ class LiveCallKeeper:
         metrics: Metrics,
         *,
         heartbeat_seconds: float,
+        lease_seconds: float,
         timeout_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.manager = manager
         self.metrics = metrics
         self.heartbeat = heartbeat_seconds
+        self.lease = lease_seconds
         self.timeout = min(timeout_seconds, heartbeat_seconds)
+        self.clock = clock
         self._tasks: list[asyncio.Task[None]] = []
+        self._renewed: tuple[float, frozenset[str]] | None = None
+        """When the last renewal that worked was sent, and the calls it renewed."""
 
     async def beat(self) -> None:
         """One heartbeat: renew, let go of lost calls, take over expired ones."""
         held = self.manager.held()
+        sent = self.clock()
         try:
             async with asyncio.timeout(self.timeout):
                 renewal = await self.registry.renew(held)
+            self._renewed = (sent, frozenset(held) - renewal.lost - renewal.missing)
             for call_id in renewal.lost:
-                await self.manager.lose(call_id)
+                self.manager.lose(call_id)
             for call_id in renewal.missing:
                 # Redis lost its data (a restart without persistence): still ours, say so.
                 live = self.manager.live_call(call_id)
@@ -60,6 +70,7 @@ class LiveCallKeeper:
                 "live call registry unavailable",
                 extra={"event": "livecalls_failed", "error": str(exc) or type(exc).__name__},
             )
+            self._fence()
             return
         for call in claimed:
             if call.call_id in self.manager:
@@ -73,6 +84,20 @@ class LiveCallKeeper:
                 extra={"event": "call_taken_over", "call_id": call.call_id, "from": call.owner},
             )
             self.manager.resume(call)
+
+    def _fence(self) -> None:
+        """Renewals failed for a whole lease: the leases renewed last have run out, and
+        another replica may have taken those calls over. Leave them rather than risk two
+        replicas acting on one call; once Redis answers again, a takeover carries them on
+        (this replica's own, if no other got there first)."""
+        if self._renewed is None:
+            return
+        sent, renewed = self._renewed
+        if self.clock() - sent < self.lease:
+            return
+        for call_id in renewed:
+            self.manager.lose(call_id, fenced=True)
+        self._renewed = (sent, frozenset())
 
     async def answer(self, request: ControlRequest) -> str | None:
         """A request relayed from another replica for a call this one holds."""
@@ -89,7 +114,10 @@ class LiveCallKeeper:
 
     async def _heartbeats(self) -> None:
         while True:
-            await self.beat()
+            try:
+                await self.beat()
+            except Exception:  # a heartbeat that stopped would lose every call
+                logger.exception("live call heartbeat failed", extra={"event": "livecalls_bug"})
             await asyncio.sleep(self.heartbeat)
 
     def start(self) -> None:

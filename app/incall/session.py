@@ -138,6 +138,7 @@ class InCallManager:
         self.sleep = sleep
         """Pauses between rejoins (tests record them)."""
         self._sessions: dict[str, CallSession] = {}
+        self._leaving: set[asyncio.Task[None]] = set()
         self._closing = False
 
     def connector_for(self, api: str) -> SidebandConnector:
@@ -192,19 +193,23 @@ class InCallManager:
         session = self._sessions.get(call_id)
         return None if session is None or session.detached else session.live
 
-    async def lose(self, call_id: str) -> None:
-        """Another replica holds the call now: leave it as it is, without ending it."""
+    def lose(self, call_id: str, *, fenced: bool = False) -> None:
+        """Another replica holds the call now (or may: `fenced`, this replica could not
+        renew its lease in time): leave it as it is, without ending or releasing it. The
+        sideband closes in the background: a heartbeat never waits on a socket."""
         session = self._sessions.get(call_id)
         if session is None or session.detached:
             return
         logger.warning(
-            "another replica holds the call now: leaving it",
-            extra={"event": "call_lost", "call_id": call_id},
+            "the call's lease is lost: leaving it to another replica",
+            extra={"event": "call_lost", "call_id": call_id, "fenced": fenced},
         )
-        self.metrics.live_calls.labels("lost").inc()
+        self.metrics.live_calls.labels("fenced" if fenced else "lost").inc()
         session.detached = True
         session.lost = True
-        await session.detach()
+        task = asyncio.create_task(session.detach())
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
 
     async def _run(self, session: CallSession, live: LiveCall, resumed: bool) -> None:
         try:

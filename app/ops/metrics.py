@@ -79,6 +79,7 @@ SIDEBAND_STAGES = (
 LIVE_CALL_EVENTS = (
     "taken_over",  # this replica took over a call whose owner's lease ran out
     "lost",  # another replica took over a call this one held (its lease ran out)
+    "fenced",  # left because this replica could not renew its lease in time
     "handed_over",  # left at shutdown for another replica to take over
     "registry_error",  # the live-call registry (Redis) failed or timed out
 )

@@ -30,7 +30,7 @@ from tests.incall.test_session import (
     metric,
     of_type,
 )
-from tests.redis_server import free_port
+from tests.redis_server import RedisServer, free_port
 from tests.support import new_id
 
 pytestmark = pytest.mark.anyio
@@ -79,7 +79,9 @@ class Cluster:
             registry=registry,
             wall_clock=wall_clock,
         )
-        keeper = LiveCallKeeper(registry, manager, metrics, heartbeat_seconds=1.0)
+        keeper = LiveCallKeeper(
+            registry, manager, metrics, heartbeat_seconds=1.0, lease_seconds=LEASE
+        )
         return Replica(
             name, registry, manager, keeper, AnyReplicaControl(manager, registry), metrics
         )
@@ -114,7 +116,7 @@ async def start_call(cluster: Cluster, owner: Replica, features: CallFeatures = 
 async def die(replica: Replica) -> None:
     """The replica stops without a word: no release, no hangup, no end recorded."""
     for call_id in replica.manager.held():
-        await replica.manager.lose(call_id)
+        replica.manager.lose(call_id)
 
 
 async def test_a_dead_owners_call_is_taken_over_and_ends_at_its_deadline(cluster: Cluster) -> None:
@@ -181,7 +183,8 @@ async def test_an_owner_whose_lease_ran_out_leaves_the_call_to_the_new_one(
     await b.keeper.beat()
     await eventually(lambda: len(cluster.fake.sidebands(call_id)) == 2, "b to join")
     await a.keeper.beat()  # a wakes up: its renewal says the call is b's now
-    assert call_id not in a.manager
+    assert call_id not in a.manager.held()
+    await eventually(lambda: call_id not in a.manager, "a to leave the call")
     assert metric(a.metrics, "switchboard_live_calls_total", event="lost") == 1
     assert cluster.log[call_id].endings == []
     await eventually(lambda: not cluster.fake.sidebands(call_id)[0].open, "a's sideband to close")
@@ -296,3 +299,43 @@ async def test_calls_the_registry_forgot_are_registered_again(cluster: Cluster) 
     await b.keeper.beat()
     assert call_id not in b.manager
     await a.manager.shutdown()
+
+
+async def test_a_replica_cut_off_from_redis_for_a_lease_leaves_its_calls(
+    cluster: Cluster, own_redis_server: RedisServer
+) -> None:
+    """Its leases have run out: another replica may hold the calls now. Better no replica
+    on a call for a while than two acting on it."""
+    client = connect(own_redis_server.url())
+    registry = RedisLiveCalls(client, "a", lease_seconds=LEASE)
+    metrics = Metrics()
+    manager = InCallManager(
+        connector=WebSocketConnector(cluster.fake.base_url, API_KEY),
+        controller=cluster.controller,
+        call_log=cluster.log,
+        metrics=metrics,
+        registry=registry,
+    )
+    now = [0.0]
+    keeper = LiveCallKeeper(
+        registry, manager, metrics, heartbeat_seconds=1.0, lease_seconds=LEASE, clock=lambda: now[0]
+    )
+    call_id = new_id()
+    cluster.fake.call(call_id, [])
+    assert manager.start(call_id, FEATURES)
+    await eventually(lambda: "greeting" in cluster.log.kinds(call_id), "the greeting")
+    await keeper.beat()  # renewed at 0
+    own_redis_server.stop()
+    now[0] = LEASE - 1
+    await keeper.beat()  # failed, but the lease still runs
+    assert call_id in manager
+    now[0] = LEASE + 1
+    await keeper.beat()
+    assert call_id not in manager.held()
+    assert metric(metrics, "switchboard_live_calls_total", event="fenced") == 1
+    await eventually(lambda: not cluster.fake.sidebands(call_id)[0].open, "the sideband to close")
+    await eventually(lambda: call_id not in manager, "the session to finish")
+    assert cluster.log[call_id].endings == [], "left, not ended: the call goes on"
+    assert cluster.ops(call_id, "hangup") == []
+    await manager.shutdown()
+    await client.aclose()
