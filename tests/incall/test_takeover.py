@@ -121,8 +121,8 @@ async def die(replica: Replica) -> None:
 
 async def test_a_dead_owners_call_is_taken_over_and_ends_at_its_deadline(cluster: Cluster) -> None:
     a = cluster.replica("a")
-    # b sees the wall clock 59.9 s later: 0.1 s of the call's 60 s are left.
-    b = cluster.replica("b", wall_clock=lambda: time.time() + 59.9)
+    # b sees the wall clock 58 s later: 2 s of the call's 60 s are left (time to join).
+    b = cluster.replica("b", wall_clock=lambda: time.time() + 58)
     call_id = await start_call(cluster, a)
     await die(a)
     await b.keeper.beat()
@@ -132,8 +132,9 @@ async def test_a_dead_owners_call_is_taken_over_and_ends_at_its_deadline(cluster
     assert call_id in b.manager
     assert cluster.hub.entries[call_id].owner == "b"
 
+    await eventually(lambda: len(cluster.fake.sidebands(call_id)) == 2, "b to join")
     # It ends at the original deadline (within the eventually's bound, not 60 s later).
-    await eventually(lambda: cluster.log.ended_with(call_id), "the call to end")
+    await eventually(lambda: cluster.log.ended_with(call_id), "the call to end", within=10)
     assert cluster.log[call_id].endings == ["max_duration"]
     assert cluster.ops(call_id, "hangup") == [None]
     first, second = cluster.fake.sidebands(call_id)
