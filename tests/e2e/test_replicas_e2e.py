@@ -47,6 +47,8 @@ SALES = "sip:sales@pbx.example.com"
 MAX_DURATION = 6.0
 LEASE = 2.0
 HEARTBEAT = 0.5
+STARTUP = 90.0
+"""Three processes importing at once on two busy cores: give them time."""
 
 ROUTES = f"""
 sessions:
@@ -174,7 +176,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             with ThreadPoolExecutor(len(names)) as starting:  # they start side by side
                 replicas += starting.map(
                     lambda job: start_service(
-                        job[0], ROUTES, env={**env, "SWITCHBOARD_REPLICA_ID": job[1]}
+                        job[0],
+                        ROUTES,
+                        env={**env, "SWITCHBOARD_REPLICA_ID": job[1]},
+                        timeout=STARTUP,
                     ),
                     zip(workdirs, names, strict=True),
                 )
@@ -281,6 +286,7 @@ def test_three_replicas_one_killed(
         tmp_path_factory.mktemp("r3-again"),
         ROUTES,
         env={**cluster.env, "SWITCHBOARD_REPLICA_ID": "r3"},
+        timeout=STARTUP,
     )
     cluster.replicas[2] = back
     every = [r1, r2, back]
@@ -309,10 +315,7 @@ def test_three_replicas_one_killed(
         assert kinds[0] == "decision", (call_id, kinds)
 
 
-def test_operator_requests_work_from_any_replica(cluster: Cluster) -> None:
-    """A live call held by one replica, transferred through another's admin API: the
-    allowlist checked there, the transfer done by the owner."""
-    owner, other = cluster.replicas[0], cluster.replicas[1]
+def live_call(cluster: Cluster, owner: Service) -> Delivery:
     call = Delivery(new_id(), called=LIMITED)
     cluster.realtime.call(call.call_id, [])
     answer = call.send(owner)
@@ -321,6 +324,29 @@ def test_operator_requests_work_from_any_replica(cluster: Cluster) -> None:
         lambda: any(e["type"] == "response.create" for e in cluster.realtime.events(call.call_id)),
         "the greeting",
     )
+    return call
+
+
+def test_operator_requests_work_from_any_replica(cluster: Cluster) -> None:
+    """Live calls held by one replica, hung up and transferred through another's admin
+    API: the allowlist checked there, the hang-up and the transfer done by the owner."""
+    owner, other = cluster.replicas[0], cluster.replicas[1]
+    hung = live_call(cluster, owner)
+    done = httpx.post(f"{other.url}/admin/calls/{hung.call_id}/hangup", headers=AUTH, timeout=30)
+    assert done.status_code == 200, done.text
+    assert done.json() == {"call_id": hung.call_id, "outcome": "hung_up"}
+    assert cluster.ops(hung.call_id, "hangup") == [None]
+
+    def hung_up() -> dict[str, Any] | None:
+        found = admin(other, f"/calls/{hung.call_id}")
+        return found if found is not None and found["status"] == "ended" else None
+
+    record = wait_until(hung_up, "the call to end")
+    assert record["end_reason"] == "operator"
+    (hangup,) = [e for e in record["events"] if e["kind"] == "hangup"]
+    assert hangup["data"] == {"reason": "operator", "outcome": "hung_up"}  # by the owner
+
+    call = live_call(cluster, owner)
     url = f"{other.url}/admin/calls/{call.call_id}/transfer"
     refused = httpx.post(url, json={"destination": "nowhere"}, headers=AUTH, timeout=30)
     assert refused.status_code == 422, refused.text
