@@ -75,15 +75,17 @@ class LiveCallKeeper:
         for call in claimed:
             if call.call_id in self.manager:
                 continue  # ours all along (a renewal was late): carry on as before
-            if call.api not in APIS:
-                # Another API's call (a newer replica's): leave it to one that knows it.
-                await self.registry.disown(call.call_id)
+            # Another API's call (a newer replica's) is left to one that knows it; a call
+            # this replica cannot start (shutting down) to another replica, now.
+            if call.api in APIS and self.manager.resume(call):
+                logger.info(
+                    "taking over a call",
+                    extra={"event": "call_taken_over", "call_id": call.call_id, "from": call.owner},
+                )
                 continue
-            logger.info(
-                "taking over a call",
-                extra={"event": "call_taken_over", "call_id": call.call_id, "from": call.owner},
-            )
-            self.manager.resume(call)
+            with contextlib.suppress(LiveCallError, TimeoutError):
+                async with asyncio.timeout(self.timeout):
+                    await self.registry.disown(call.call_id)
 
     def _fence(self) -> None:
         """Renewals failed for a whole lease: the leases renewed last have run out, and

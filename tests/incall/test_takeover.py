@@ -340,3 +340,16 @@ async def test_a_replica_cut_off_from_redis_for_a_lease_leaves_its_calls(
     assert cluster.ops(call_id, "hangup") == []
     await manager.shutdown()
     await client.aclose()
+
+
+async def test_a_replica_shutting_down_takes_nothing_over(cluster: Cluster) -> None:
+    a, b, c = cluster.replica("a"), cluster.replica("b"), cluster.replica("c")
+    call_id = await start_call(cluster, a)
+    await die(a)
+    cluster.expire_leases()
+    await b.manager.shutdown()
+    await b.keeper.beat()  # claims it, cannot start it: hands it on at once
+    assert call_id not in b.manager
+    await c.keeper.beat()
+    assert call_id in c.manager
+    await c.manager.shutdown()
