@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,23 @@ def test_max_duration_warns_then_hangs_up(service: Service, fakes: Fakes) -> Non
         ("live", "accept"),
         ("live", "hangup"),
     ]
+
+
+def test_the_admin_api_hangs_up_and_transfers_a_live_call_through_live(
+    service: Service, fakes: Fakes
+) -> None:
+    for action, body, expected in (
+        ("hangup", None, ("hangup", None)),
+        ("transfer", {"destination": "sales"}, ("refer", {"target_uri": SALES})),
+    ):
+        session_id = new_id("live")
+        fakes.live.call(session_id, [])
+        call(service, session_id, DESK)
+        wait_until(partial(fakes.live.is_open, session_id), "the sideband")
+        response = httpx.post(
+            f"{service.url}/admin/calls/{session_id}/{action}", json=body, headers=AUTH, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        ended(service, session_id)
+        api, op, sent = fakes.ops(session_id)[-1]
+        assert (api, (op, sent)) == ("live", expected)
