@@ -361,7 +361,8 @@ class CallRouter:
             pause = min(self._pairing.wait_seconds, deadline - CLEANUP_SECONDS - self._clock())
             if pause > 0:
                 await self._handlers.wait_taken(dialog, pause)
-        if dialog is None:
+        if dialog is None or not self._pairing.expected - {call.api}:
+            # Only this API's events come: no other event to tie (and no store trip).
             return call.api
         wait = time.monotonic() + max(0.0, deadline - self._clock())
         return await self._handlers.take(dialog, call.api, wait)

@@ -285,3 +285,27 @@ async def test_metrics_count_handled_and_acknowledged_events_by_api() -> None:
     text = h.metrics.render()[0].decode()
     assert 'switchboard_incoming_calls_total{api="live",handling="handled"} 1.0' in text
     assert 'switchboard_incoming_calls_total{api="realtime",handling="other_api"} 1.0' in text
+
+
+@pytest.mark.anyio
+async def test_a_one_api_project_takes_no_dialog_claim() -> None:
+    """Only Realtime events subscribed: exactly as before, nothing more in the store."""
+    h = Harness(expected=frozenset(("realtime",)))
+    store = MemoryClaimStore(horizon_seconds=300)
+    h.router = CallRouter(
+        controller=h.realtime,
+        live_controller=h.live,
+        pairing=Pairing(expected=frozenset(("realtime",))),
+        store=store,
+        metrics=h.metrics,
+        policy=IdentityPolicy(default_region="US"),
+        deadline_seconds=5.0,
+        dry_run=False,
+    )
+    realtime, _ = pair("+18005550101")
+    await h.deliver(realtime)
+    assert h.acted() == [("realtime", "accept", realtime.call_id)]
+    assert len(store) == 2  # the webhook and call keys, no dialog key
+    both = Harness()
+    await both.deliver(pair("+18005550101")[0])
+    assert len(both.router._store) == 3  # type: ignore[arg-type]
