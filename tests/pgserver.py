@@ -1,6 +1,7 @@
 """PostgreSQL for tests: throwaway databases on the machine's server (127.0.0.1:5432), and
 throwaway servers (initdb in a temporary directory, a free port) that a test may stop and
-start again to see what an outage does."""
+start again to see what an outage does. Skips (with the reason) only where the server
+binaries do not exist. (Redis: tests/redis_server.py and the fixtures in tests/conftest.py.)"""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -131,12 +133,10 @@ class Server:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-# --- fixtures (import them into a conftest.py or a test module) ----------------------------
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[Server]:
-    """A throwaway server of this session (initdb once), for the tests that stop it."""
+@contextmanager
+def throwaway_server() -> Iterator[Server]:
+    """A server of our own, started, and destroyed at the end (skips the test where
+    initdb/pg_ctl are not installed)."""
     found = bin_dir()
     if found is None:
         pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl): PostgreSQL tests skipped")
@@ -146,6 +146,16 @@ def pg_server() -> Iterator[Server]:
         yield server
     finally:
         server.destroy()
+
+
+# --- fixtures (import them into a conftest.py or a test module) ----------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    """A throwaway server of this session (initdb once), for the tests that stop it."""
+    with throwaway_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

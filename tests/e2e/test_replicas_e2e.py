@@ -32,8 +32,8 @@ import pytest
 from tests.e2e.conftest import REPO, Service, free_port, start_service, stop_service
 from tests.e2e.fake_openai import FakeOpenAI, Reply
 from tests.e2e.fake_realtime import FakeRealtime
+from tests.pgserver import create_database, throwaway_server
 from tests.redis_server import REDIS_SERVER, RedisServer
-from tests.servers import postgres_server
 from tests.support import SECRET, incoming_event, new_id, signed
 
 pytestmark = pytest.mark.e2e
@@ -152,14 +152,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
     replicas: list[Service] = []
     try:
-        with postgres_server() as postgres:
+        with throwaway_server() as postgres:
             env = {
                 "OPENAI_API_KEY": API_KEY,
                 "OPENAI_BASE_URL": api.base_url,
                 "OPENAI_WEBHOOK_SECRET": SECRET,
                 "SWITCHBOARD_ADMIN_TOKEN": TOKEN,
                 "SWITCHBOARD_REDIS_URL": redis.url(),
-                "SWITCHBOARD_DATABASE_URL": postgres.create_database("switchboard"),
+                "SWITCHBOARD_DATABASE_URL": create_database(postgres.url()),
                 "SWITCHBOARD_UPSTREAM_TIMEOUT_SECONDS": "20",
                 # Long: the accepts held by the stand-in are still in flight at the kill
                 # (one that timed out first is answered 503 and sent again, by design).
