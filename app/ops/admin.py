@@ -26,8 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from app.ops.logs import LogThrottle
 from app.ops.reload import RulesManager
-from app.records.calllog import CallLog, CallRecord, CallStatus
-from app.records.sqlite import CallLogError
+from app.records.calllog import CallLog, CallLogError, CallRecord, CallStatus
 from app.rules import RuleSet
 from app.state.livecalls import LiveCallError
 

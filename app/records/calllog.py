@@ -45,6 +45,10 @@ class CallRecord:
         return None if self.ended_at is None else max(0.0, self.ended_at - self.started_at)
 
 
+class CallLogError(Exception):
+    """The call database cannot be opened or used."""
+
+
 class CallLog(Protocol):
     def started(self, record: CallRecord) -> None:
         """A new call (its decision and first outcome); `record.events` are stored too."""

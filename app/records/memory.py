@@ -1,6 +1,7 @@
 """The call log in memory: for tests, and for SWITCHBOARD_CALLS_DB=:memory: (nothing is
-kept across a restart). Same behaviour as the SQLite log: event data is stored as JSON,
-the first end wins, expired calls are deleted (at most hourly, on a write)."""
+kept across a restart). Same behaviour as the SQLite log (the rules of app.records.storage):
+event data is stored as JSON, the first end wins, expired calls are deleted (at most hourly,
+on a write)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.records.calllog import CallEvent, CallRecord, CallStatus
-from app.records.sqlite import DAY, RETENTION_INTERVAL, Clock, decode_data, encode_data
+from app.records.storage import (
+    RETENTION_INTERVAL,
+    Clock,
+    checked_retention,
+    decode_data,
+    encode_data,
+    end_time,
+    retention_cutoff,
+)
 
 
 @dataclass(slots=True)
@@ -27,9 +36,7 @@ class InMemoryCallLog:
         clock: Clock = time.time,
         retention_interval: float = RETENTION_INTERVAL,
     ) -> None:
-        if retention_days < 1:
-            raise ValueError("retention_days must be at least 1")
-        self.retention_days = retention_days
+        self.retention_days = checked_retention(retention_days)
         self._clock = clock
         self._retention_interval = retention_interval
         self._calls: dict[str, _Call] = {}
@@ -44,7 +51,7 @@ class InMemoryCallLog:
         pass
 
     def expire(self) -> int:
-        cutoff = self._clock() - self.retention_days * DAY
+        cutoff = retention_cutoff(self._clock(), self.retention_days)
         old = [cid for cid, call in self._calls.items() if call.record.started_at < cutoff]
         for call_id in old:
             del self._calls[call_id]
@@ -63,9 +70,7 @@ class InMemoryCallLog:
 
     def started(self, record: CallRecord) -> None:
         self._maybe_expire()
-        now = self._clock()
-        if record.status == "ended" and record.ended_at is None:
-            record = replace(record, ended_at=now)
+        record = replace(record, ended_at=end_time(record, self._clock()))
         events = [self._event(e.at, e.kind, e.data) for e in record.events]
         previous = self._calls.get(record.call_id)
         if previous is not None:

@@ -49,17 +49,18 @@ from urllib.parse import urlsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from app.records.calllog import DROP_REASONS, Backlog, CallEvent, CallRecord, CallStatus
+from app.records.calllog import DROP_REASONS, Backlog, CallLogError, CallRecord, CallStatus
 from app.records.migrate import Migration, load_migrations, migrate
-from app.records.sqlite import (
-    DAY,
+from app.records.storage import (
     RECOVERED_NOTE,
     RETENTION_INTERVAL,
     STATUSES,
-    CallLogError,
     Clock,
-    as_status,
-    decode_data,
+    checked_retention,
+    end_time,
+    events_from_rows,
+    record_from_row,
+    retention_cutoff,
 )
 
 logger = logging.getLogger("switchboard.calllog")
@@ -196,11 +197,9 @@ class PostgresCallLog:
         """`recover_open_calls`: this is the only replica (no shared live-call registry),
         so the calls still open at start-up were left by its previous run: end them
         (`unknown`), as the SQLite log does. Never with replicas: others own those calls."""
-        if retention_days < 1:
-            raise ValueError("retention_days must be at least 1")
         if queue_max < 1:
             raise ValueError("queue_max must be at least 1")
-        self.retention_days = retention_days
+        self.retention_days = checked_retention(retention_days)
         self.queue_max = queue_max
         self._url = url
         self._clock = clock
@@ -314,9 +313,7 @@ class PostgresCallLog:
         self._submit(write)
 
     def _started(self, record: CallRecord) -> _Write:
-        ended_at = record.ended_at
-        if record.status == "ended" and ended_at is None:
-            ended_at = self._clock()
+        ended_at = end_time(record, self._clock())
         call_id = pg_text(record.call_id)
         row = (
             call_id,
@@ -488,7 +485,7 @@ class PostgresCallLog:
     async def _expire(self) -> None:
         """Delete the calls started before the retention with their events, in chunks."""
         assert self._pool is not None
-        cutoff = self._clock() - self.retention_days * DAY
+        cutoff = retention_cutoff(self._clock(), self.retention_days)
         deleted = 0
         for statement in (_EXPIRE_CALLS, _EXPIRE_EVENTS):
             while True:
@@ -628,7 +625,7 @@ class PostgresCallLog:
                 events = await conn.fetch(_SELECT_EVENTS, key)
         except Exception as exc:
             raise self._read_failed(exc) from exc
-        return _record(row, tuple(CallEvent(at, kind, decode_data(d)) for at, kind, d in events))
+        return record_from_row(row, events_from_rows(events))
 
     async def recent(
         self,
@@ -660,7 +657,7 @@ class PostgresCallLog:
                 rows = await conn.fetch(sql, *args)
         except Exception as exc:
             raise self._read_failed(exc) from exc
-        return [_record(row, ()) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def _read_failed(self, exc: Exception) -> CallLogUnavailable:
         error = describe_error(exc)
@@ -738,20 +735,3 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
-
-
-def _record(row: asyncpg.Record, events: tuple[CallEvent, ...]) -> CallRecord:
-    return CallRecord(
-        call_id=row[0],
-        started_at=row[1],
-        route=row[2],
-        action=row[3],
-        outcome=row[4],
-        status=as_status(row[5]),
-        caller=row[6],
-        called=row[7],
-        rules_version=row[8],
-        ended_at=row[9],
-        end_reason=row[10],
-        events=events,
-    )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import queue
 import sqlite3
@@ -31,10 +30,22 @@ from typing import Any, Final, Protocol, runtime_checkable
 from app.records.calllog import (
     DROP_REASONS,
     Backlog,
-    CallEvent,
     CallLog,
+    CallLogError,
     CallRecord,
     CallStatus,
+)
+from app.records.storage import (
+    RECOVERED_NOTE,
+    RETENTION_INTERVAL,
+    STATUSES,
+    Clock,
+    checked_retention,
+    encode_data,
+    end_time,
+    events_from_rows,
+    record_from_row,
+    retention_cutoff,
 )
 
 logger = logging.getLogger("switchboard.calllog")
@@ -43,9 +54,6 @@ MEMORY: Final = ":memory:"
 """SWITCHBOARD_CALLS_DB value for a call log kept in memory only (lost at exit)."""
 
 SCHEMA_VERSION: Final = 1
-DAY: Final = 86400.0
-RETENTION_INTERVAL: Final = 3600.0
-"""Seconds between two deletions of expired calls while running."""
 MAX_BATCH: Final = 1000
 """Operations committed in one transaction at most."""
 BATCH_WAIT: Final = 0.02
@@ -57,15 +65,12 @@ BARRIER_TIMEOUT: Final = 10.0
 """How long a read waits for the writes queued before it."""
 CLOSE_TIMEOUT: Final = 30.0
 """How long close() waits for the writer to write what is queued."""
-RECOVERED_NOTE: Final = "open at shutdown"
 HELD_MAX: Final = 10_000
 """Writes held in memory while the disk refuses them (full, I/O errors); past this many the
 oldest are dropped, and counted (`switchboard_call_records_dropped_total`)."""
 RETRY_FIRST: Final = 0.5
 RETRY_MAX: Final = 30.0
 """Pauses between two tries of the held writes: doubling from the first to the last."""
-
-STATUSES: Final[frozenset[str]] = frozenset(("active", "answered", "ended"))
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS calls (
@@ -113,12 +118,7 @@ _UPSERT_CALL = (
     "end_reason = excluded.end_reason"
 )
 
-Clock = Callable[[], float]
 _Op = Callable[[sqlite3.Connection], None]
-
-
-class CallLogError(Exception):
-    """The call database cannot be opened or used."""
 
 
 @runtime_checkable
@@ -143,27 +143,6 @@ def build_call_log(db: str, retention_days: int, *, clock: Clock = time.time) ->
     return SqliteCallLog(db, retention_days=retention_days, clock=clock)
 
 
-def encode_data(data: Mapping[str, Any] | None) -> str:
-    """Event data as stored: JSON, with anything JSON does not know written as text."""
-    return json.dumps(dict(data or {}), default=str, ensure_ascii=False, separators=(",", ":"))
-
-
-def decode_data(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {"value": text}
-    return value if isinstance(value, dict) else {"value": value}
-
-
-def as_status(value: str) -> CallStatus:
-    if value == "active":
-        return "active"
-    if value == "answered":
-        return "answered"
-    return "ended"
-
-
 class SqliteCallLog:
     """CallLog on one SQLite file; see the module docstring."""
 
@@ -176,10 +155,8 @@ class SqliteCallLog:
         retention_interval: float = RETENTION_INTERVAL,
         batch_wait: float = BATCH_WAIT,
     ) -> None:
-        if retention_days < 1:
-            raise ValueError("retention_days must be at least 1")
         self.path = Path(path)
-        self.retention_days = retention_days
+        self.retention_days = checked_retention(retention_days)
         self._clock = clock
         self._retention_interval = retention_interval
         self._batch_wait = batch_wait
@@ -318,7 +295,7 @@ class SqliteCallLog:
 
     def _expire(self, conn: sqlite3.Connection) -> int:
         """Delete the calls started before the retention, and their events."""
-        cutoff = self._clock() - self.retention_days * DAY
+        cutoff = retention_cutoff(self._clock(), self.retention_days)
         with conn:
             conn.execute(
                 "DELETE FROM events WHERE call_id IN "
@@ -343,10 +320,7 @@ class SqliteCallLog:
             logger.warning("call log write after close dropped", extra={"event": "calllog_dropped"})
 
     def started(self, record: CallRecord) -> None:
-        now = self._clock()
-        ended_at = record.ended_at
-        if record.status == "ended" and ended_at is None:
-            ended_at = now
+        ended_at = end_time(record, self._clock())
         row = (
             record.call_id,
             record.started_at,
@@ -639,7 +613,7 @@ class SqliteCallLog:
             ).fetchall()
         finally:
             conn.execute("COMMIT")
-        return _record(row, tuple(CallEvent(at, kind, decode_data(d)) for at, kind, d in events))
+        return record_from_row(row, events_from_rows(events))
 
     async def recent(
         self,
@@ -675,27 +649,8 @@ class SqliteCallLog:
             )
             .fetchall()
         )
-        return [_record(row, ()) for row in rows]
+        return [record_from_row(row) for row in rows]
 
 
 _NOTHING: Final[Any] = object()
 """The writer's wake-up with nothing queued (time for the hourly retention)."""
-
-
-def _record(row: tuple[Any, ...], events: tuple[CallEvent, ...]) -> CallRecord:
-    (call_id, started_at, route, action, outcome, status) = row[:6]
-    caller, called, rules_version, ended_at, end_reason = row[6:]
-    return CallRecord(
-        call_id=call_id,
-        started_at=started_at,
-        route=route,
-        action=action,
-        outcome=outcome,
-        status=as_status(status),
-        caller=caller,
-        called=called,
-        rules_version=rules_version,
-        ended_at=ended_at,
-        end_reason=end_reason,
-        events=events,
-    )

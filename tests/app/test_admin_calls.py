@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.ops.admin import CallsControl
-from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
+from app.records.calllog import CallEvent, CallLog, CallLogError, CallRecord, CallStatus
 from app.records.memory import InMemoryCallLog
-from app.records.sqlite import CallLogError, SqliteCallLog
+from app.records.sqlite import SqliteCallLog
 from app.rules import compile_rules
 from tests.app.test_app import ROUTES, make_settings
 

@@ -15,18 +15,11 @@ from typing import Any
 
 import pytest
 
-from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
+from app.records.calllog import CallEvent, CallLog, CallLogError, CallRecord, CallStatus
 from app.records.memory import InMemoryCallLog
 from app.records.postgres import PostgresCallLog
-from app.records.sqlite import (
-    DAY,
-    MEMORY,
-    RECOVERED_NOTE,
-    CallLogError,
-    ManagedCallLog,
-    SqliteCallLog,
-    build_call_log,
-)
+from app.records.sqlite import MEMORY, ManagedCallLog, SqliteCallLog, build_call_log
+from app.records.storage import DAY, RECOVERED_NOTE
 
 NOW = 1_750_000_000.0
 

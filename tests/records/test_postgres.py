@@ -15,7 +15,7 @@ import pytest
 
 from app.ops.metrics import Metrics
 from app.records.build import build_call_log, close_call_log, open_call_log
-from app.records.calllog import CallEvent, CallRecord
+from app.records.calllog import CallEvent, CallLogError, CallRecord
 from app.records.memory import InMemoryCallLog
 from app.records.migrate import (
     Migration,
@@ -32,7 +32,8 @@ from app.records.postgres import (
     pg_json,
     pg_text,
 )
-from app.records.sqlite import DAY, RECOVERED_NOTE, CallLogError, SqliteCallLog
+from app.records.sqlite import SqliteCallLog
+from app.records.storage import DAY, RECOVERED_NOTE
 from tests.pgserver import Server, admin_async, create_database, drop_database, free_port, url
 
 NOW = float(int(time.time())) - 3600  # within the retention of the logs on the real clock
