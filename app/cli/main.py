@@ -187,6 +187,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             "app.cli.main:worker_app",
             factory=True,
             workers=workers,
+            # A worker must be serving within this, or uvicorn kills it and starts another.
+            # Its 5 s default is less than a start-up takes on a busy machine (imports, the
+            # rules, a large list): workers were killed and restarted without end.
+            timeout_worker_healthcheck=WORKER_START_SECONDS,
             host=settings.host,
             port=settings.port,
             log_config=None,
@@ -208,6 +212,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+WORKER_START_SECONDS = 60
 
 
 def worker_app() -> FastAPI:

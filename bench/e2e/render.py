@@ -90,7 +90,8 @@ def targets(result: E2EResult) -> str:
                 f"(< {GROWTH_KB_PER_10K:.0f} KB per 10k calls)",
                 f"{growth:+.0f} KB per 10k calls (RSS {mem.rss_start_mb:.1f} -> "
                 f"{mem.rss_end_mb:.1f} MB over {mem.calls} calls from {mem.callers} "
-                f"returning callers, after {mem.warm_calls} calls from them)",
+                f"returning callers, after {mem.warm_calls} calls from them; "
+                f"{mem.failed} answered other than 200)",
                 _status(growth < GROWTH_KB_PER_10K),
             ]
         )
@@ -295,6 +296,10 @@ def render(result: E2EResult) -> str:
             ),
             "",
         ]
+    if result.failures:
+        parts += ["Phases that failed in this run:", ""]
+        parts += [f"- {failure}" for failure in result.failures]
+        parts += [""]
     generator = {row.generator for row in result.saturation}
     parts += [
         f"Load generator at saturation: {', '.join(sorted(generator))}. Load average "

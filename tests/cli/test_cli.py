@@ -103,3 +103,22 @@ def test_serve_workers_must_be_positive(capsys: pytest.CaptureFixture[str]) -> N
         main(["serve", "--workers", "0"])
     assert exit_.value.code == 2
     assert "--workers: must be 1 or more" in capsys.readouterr().err
+
+
+def test_serve_workers_get_time_to_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Before: uvicorn's 5 s default; on a busy machine a worker still importing was killed
+    # and restarted without end, and the service never became ready.
+    import os
+
+    import uvicorn
+
+    # serve passes its flags to the workers through the environment: keep that in the test.
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs, app=app))
+    monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("SWITCHBOARD_CALLS_DB", str(tmp_path / "calls.db"))
+    assert main(["serve", "--workers", "2", "--routes", str(REPO / "routes.yaml")]) == 0
+    assert seen["app"] == "app.cli.main:worker_app" and seen["workers"] == 2
+    assert isinstance(seen["timeout_worker_healthcheck"], int)
+    assert seen["timeout_worker_healthcheck"] >= 30
