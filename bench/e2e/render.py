@@ -261,9 +261,11 @@ def render(result: E2EResult) -> str:
                 [
                     "state",
                     "processes",
-                    "calls/s",
+                    "calls per CPU-second",
                     "x in-memory",
                     "CPU ms per call",
+                    "calls/s completed",
+                    "CPU share of the window",
                     "p50 / p99 ms (wrk)",
                     "failed",
                     "calls acted on / repeated",
