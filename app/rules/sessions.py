@@ -54,6 +54,15 @@ MCP_CONNECTORS = Literal[
 ]
 
 
+MCP_SERVER_KEYS: Final = ("server_url", "connector_id", "tunnel_id")
+
+
+def _one_mcp_server(tool: McpTool | LiveMcpTool) -> None:
+    """An MCP tool names its server one way (both APIs): a URL, a connector or a tunnel."""
+    if sum(1 for key in MCP_SERVER_KEYS if getattr(tool, key)) != 1:
+        raise ValueError(f"give exactly one of: {', '.join(MCP_SERVER_KEYS)}")
+
+
 class McpToolFilter(Strict):
     read_only: bool | None = None
     tool_names: list[str] | None = None
@@ -221,9 +230,7 @@ class McpTool(Strict):
 
     @model_validator(mode="after")
     def _server(self) -> McpTool:
-        given = [k for k in ("server_url", "connector_id", "tunnel_id") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError("give exactly one of: server_url, connector_id, tunnel_id")
+        _one_mcp_server(self)
         return self
 
 
@@ -607,9 +614,7 @@ class LiveMcpTool(Strict):
 
     @model_validator(mode="after")
     def _server(self) -> LiveMcpTool:
-        given = [k for k in ("server_url", "connector_id", "tunnel_id") if getattr(self, k)]
-        if len(given) != 1:
-            raise ValueError("give exactly one of: server_url, connector_id, tunnel_id")
+        _one_mcp_server(self)
         return self
 
 

@@ -305,6 +305,13 @@ def test_current_realtime_keys_are_accepted_and_sent() -> None:
             id="responses-without-config",
         ),
         pytest.param(
+            "type: live, model: gpt-live-1, delegation: {type: responses, responses: {model:"
+            ' gpt-5, tools: [{type: mcp, server_url: "https://mcp.example.com", tunnel_id: t1}]}}',
+            "routes.yaml:2:102: sessions.s.delegation.responses.tools[0]: give exactly one of:"
+            " server_url, connector_id, tunnel_id",
+            id="live-mcp-two-servers",
+        ),
+        pytest.param(
             "type: live, model: gpt-live-1, delegation: {type: client, tools: []}",
             "routes.yaml:2:65: sessions.s.delegation.tools: unknown key"
             " (expected one of: acknowledgement_delay_ms, type)",
