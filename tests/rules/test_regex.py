@@ -10,8 +10,6 @@ and what to write instead.
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,9 +19,8 @@ from app.cli.main import main
 from app.ops.admin import describe_condition
 from app.rules import RulesError, compile_rules
 from app.rules.regex import Regex, RegexError, compile_regex
+from tests.rules.fresh import run_python
 from tests.rules.test_matchers import NOON, hit, invite, one_route
-
-REPO = Path(__file__).resolve().parents[2]
 
 # Run by a child interpreter: hostile headers and names against backtracking patterns,
 # through the same path a call takes (identify -> RuleSet.decide). Prints the routes.
@@ -69,18 +66,10 @@ print(" ".join(routes))
 def test_backtracking_patterns_return_on_hostile_input() -> None:
     # Under RE2 this takes well under a second. With a backtracking engine it would run for
     # ages: the limit only turns that into a failure instead of a hung suite.
-    done = subprocess.run(
-        [sys.executable, "-c", HOSTILE],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    out = run_python(HOSTILE)
     # The first: no match (the text ends in "!"); the second: the header is cut at 512
     # characters, which then end in "a"; then a match of the display name pattern.
-    assert done.stdout.split() == ["default", "nested", "nested", "alternation", "default"]
+    assert out.split() == ["default", "nested", "nested", "alternation", "default"]
 
 
 def test_conditions_compile_with_re2() -> None:
