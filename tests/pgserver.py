@@ -10,7 +10,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
+from tests.support import free_port as free_port  # re-exported: tests import it from here
 
 SHARED_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -34,12 +35,6 @@ def bin_dir() -> Path | None:
             return Path(folder)
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def url(port: int, database: str = "postgres") -> str:

@@ -13,15 +13,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import free_port as free_port  # re-exported: tests import it from here
+
 REDIS_SERVER = shutil.which("redis-server") or (
     "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

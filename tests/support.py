@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,13 @@ from standardwebhooks.webhooks import Webhook
 
 SECRET = "whsec_" + base64.b64encode(b"switchboard-test-secret-0123456789").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"some-other-secret-abcdefghijklmnop").decode()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def new_id(prefix: str = "rtc") -> str:
