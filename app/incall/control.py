@@ -5,18 +5,27 @@ the shared registry: a transfer is checked against the allowlist stored there (s
 allowlist holds on every replica), then the request is relayed to the owner, which acts as
 for a local request (with the transfer line said, and its session's state kept right).
 When the owner does not answer (it died and its lease has not run out yet), this replica
-acts itself through the call-control REST API, and records what it did in the call log.
+acts itself through the call-control REST API, records what it did in the call log, and
+takes a call that it ended out of the registry (else a replica would take it over once the
+dead owner's lease runs out, and join and record a call that is over).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 
-from app.incall.session import API_DEADLINE, SAY_TIMEOUT, InCallManager
+from app.incall.session import API_DEADLINE, REGISTRY_DEADLINE, SAY_TIMEOUT, InCallManager
 from app.openai.callcontrol import CallGone
-from app.state.livecalls import NO_ANSWER, ControlRequest, LiveCall, LiveCallRegistry
+from app.state.livecalls import (
+    NO_ANSWER,
+    ControlRequest,
+    LiveCall,
+    LiveCallError,
+    LiveCallRegistry,
+)
 
 logger = logging.getLogger("switchboard.incall")
 
@@ -102,6 +111,7 @@ class AnyReplicaControl:
         )
         if outcome != "failed":
             manager.call_log.ended(call_id, "operator")
+            await self._forget(live)
         return outcome
 
     async def _refer_here(self, live: LiveCall, destination: str) -> str:
@@ -129,4 +139,19 @@ class AnyReplicaControl:
         )
         if outcome == "referred":
             manager.call_log.ended(call_id, "transferred")
+        if outcome != "failed":
+            await self._forget(live)
         return outcome
+
+    async def _forget(self, live: LiveCall) -> None:
+        """The call is over: no replica is to take it over from its dead owner. A registry
+        that fails here costs a takeover that finds the call gone (its sideband refused)."""
+        try:
+            await asyncio.wait_for(
+                self.registry.forget(live.call_id, live.owner), REGISTRY_DEADLINE
+            )
+        except (LiveCallError, TimeoutError) as exc:
+            logger.warning(
+                "live call registry: forget failed",
+                extra={"event": "livecalls_failed", "call_id": live.call_id, "error": str(exc)},
+            )

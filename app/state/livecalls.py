@@ -199,6 +199,12 @@ class LiveCallRegistry(Protocol):
         replica takes it at its next heartbeat."""
         ...
 
+    async def forget(self, call_id: str, owner: str) -> None:
+        """The call is over, ended by this replica through the REST API for `owner`, which
+        no longer answers (an operator's hang-up or transfer): forget it, so that no replica
+        takes it over when `owner`'s lease runs out. Only while `owner` still holds it."""
+        ...
+
     async def takeover(self) -> list[LiveCall]:
         """Claim every call whose lease ran out; the claimed calls are this replica's now.
         Each comes with `owner` set to the replica that held it until now."""
@@ -285,6 +291,11 @@ class MemoryLiveCalls:
         entry = self.hub.entries.get(call_id)
         if entry is not None and entry.owner == self.replica:
             entry.expires = 0.0
+
+    async def forget(self, call_id: str, owner: str) -> None:
+        entry = self.hub.entries.get(call_id)
+        if entry is not None and entry.owner == owner:
+            del self.hub.entries[call_id]
 
     async def takeover(self) -> list[LiveCall]:
         now = self._now()
@@ -459,6 +470,10 @@ class RedisLiveCalls:
 
     async def disown(self, call_id: str) -> None:
         await self._run("disown", self._disown(keys=self._keys, args=[call_id, self.replica]))
+
+    async def forget(self, call_id: str, owner: str) -> None:
+        # A release on `owner`'s behalf: the same script, with its name.
+        await self._run("forget", self._release(keys=self._keys, args=[call_id, owner]))
 
     async def takeover(self) -> list[LiveCall]:
         flat = await self._run(

@@ -264,6 +264,15 @@ async def test_a_dead_owners_call_is_controlled_through_the_api(cluster: Cluster
         }
     ]
     assert cluster.log[moved].endings == ["transferred"]
+    # Both calls are over: once a's lease runs out, no replica takes them over (it would
+    # join a call that has ended and record it again: "resumed", "active", a second end).
+    cluster.expire_leases()
+    await b.keeper.beat()
+    for call_id in (hung, moved):
+        assert call_id not in cluster.hub.entries
+        assert call_id not in b.manager
+        assert "resumed" not in cluster.log.kinds(call_id)
+    assert metric(b.metrics, "switchboard_live_calls_total", event="taken_over") == 0
     await b.manager.shutdown()
 
 

@@ -209,6 +209,20 @@ async def test_disowned_calls_are_taken_over_at_once(replicas: Replicas) -> None
     assert await a.renew([kept.call_id, left.call_id]) == Renewal(lost=frozenset({left.call_id}))
 
 
+async def test_a_call_ended_for_its_dead_owner_is_forgotten(replicas: Replicas) -> None:
+    a, b = replicas.make("a", SHORT), replicas.make("b")
+    ended, other = live(), live()
+    await a.register(ended)
+    await a.register(other)
+    await b.forget(ended.call_id, "c")  # not c's: nothing happens
+    assert (await b.get(ended.call_id)) is not None
+    await b.forget(ended.call_id, "a")  # ended by b for a, which is gone
+    assert await b.get(ended.call_id) is None
+    await replicas.expire()
+    # Nothing left of it to take over; the other call of the dead owner is taken over.
+    assert [c.call_id for c in await b.takeover()] == [other.call_id]
+
+
 async def test_a_late_owner_takes_its_own_call_back(replicas: Replicas) -> None:
     a = replicas.make("a", SHORT)
     call = live()
