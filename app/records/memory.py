@@ -15,9 +15,11 @@ from app.records.storage import (
     RETENTION_INTERVAL,
     Clock,
     checked_retention,
+    checked_status,
     decode_data,
     encode_data,
     end_time,
+    ended_data,
     retention_cutoff,
 )
 
@@ -92,6 +94,7 @@ class InMemoryCallLog:
         if status == "ended":
             self._end(call_id, None)
             return
+        status = checked_status(status)
         call = self._calls.get(call_id)
         if call is not None and call.record.status != "ended":
             call.record = replace(call.record, status=status)
@@ -109,7 +112,7 @@ class InMemoryCallLog:
         at = self._clock()
         ended_at = record.ended_at if record.ended_at is not None else at
         call.record = replace(record, status="ended", ended_at=ended_at, end_reason=reason)
-        call.events.append(self._event(at, "ended", {"reason": reason} if reason else {}))
+        call.events.append(self._event(at, "ended", ended_data(reason)))
 
     async def get(self, call_id: str) -> CallRecord | None:
         call = self._calls.get(call_id)

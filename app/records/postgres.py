@@ -52,14 +52,15 @@ from asyncpg.pool import PoolConnectionProxy
 from app.records.calllog import DROP_REASONS, Backlog, CallLogError, CallRecord, CallStatus
 from app.records.migrate import Migration, load_migrations, migrate
 from app.records.storage import (
-    RECOVERED_NOTE,
     RETENTION_INTERVAL,
-    STATUSES,
     Clock,
     checked_retention,
+    checked_status,
     end_time,
+    ended_data,
     events_from_rows,
     record_from_row,
+    recovered_data,
     retention_cutoff,
 )
 
@@ -358,8 +359,7 @@ class PostgresCallLog:
         if status == "ended":
             self._end(call_id, None)
             return
-        if status not in STATUSES:
-            raise ValueError(f"unknown call status {status!r}")
+        status = checked_status(status)
         self._submit(((_SET_STATUS, (pg_text(call_id), status)),))
 
     def ended(self, call_id: str, reason: str) -> None:
@@ -367,7 +367,7 @@ class PostgresCallLog:
 
     def _end(self, call_id: str, reason: str | None) -> None:
         reason = None if reason is None else pg_text(reason)
-        data = pg_json({"reason": reason} if reason else {})
+        data = pg_json(ended_data(reason))
         args = (pg_text(call_id), self._clock(), reason, uuid.uuid4(), data)
         self._submit(((_END_CALL, args),))
 
@@ -473,7 +473,7 @@ class PostgresCallLog:
     async def _recover(self, conn: asyncpg.Connection | PoolConnectionProxy) -> int:
         if not self._recover_open_calls or self._started_at is None:
             return 0
-        note = pg_json({"reason": "unknown", "note": RECOVERED_NOTE})
+        note = pg_json(recovered_data())
         self._recover_open_calls = False  # once (idempotent anyway: only older calls)
         try:
             count: int = await conn.fetchval(_RECOVER, self._started_at, note)

@@ -36,15 +36,16 @@ from app.records.calllog import (
     CallStatus,
 )
 from app.records.storage import (
-    RECOVERED_NOTE,
     RETENTION_INTERVAL,
-    STATUSES,
     Clock,
     checked_retention,
+    checked_status,
     encode_data,
     end_time,
+    ended_data,
     events_from_rows,
     record_from_row,
+    recovered_data,
     retention_cutoff,
 )
 
@@ -280,7 +281,7 @@ class SqliteCallLog:
                 "FROM calls c LEFT JOIN events e ON e.call_id = c.call_id "
                 "WHERE c.status IN ('active', 'answered') GROUP BY c.call_id"
             ).fetchall()
-            note = encode_data({"reason": "unknown", "note": RECOVERED_NOTE})
+            note = encode_data(recovered_data())
             for call_id, last_seen in rows:
                 conn.execute(
                     "UPDATE calls SET status = 'ended', ended_at = ?, end_reason = 'unknown' "
@@ -361,8 +362,7 @@ class SqliteCallLog:
         if status == "ended":
             self._end(call_id, None)
             return
-        if status not in STATUSES:
-            raise ValueError(f"unknown call status {status!r}")
+        status = checked_status(status)
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -389,7 +389,7 @@ class SqliteCallLog:
             if changed:
                 conn.execute(
                     "INSERT INTO events (call_id, at, kind, data) VALUES (?, ?, 'ended', ?)",
-                    (call_id, at, encode_data({"reason": reason} if reason else {})),
+                    (call_id, at, encode_data(ended_data(reason))),
                 )
 
         self._submit(op)

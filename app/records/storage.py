@@ -23,6 +23,23 @@ RECOVERED_NOTE: Final = "open at shutdown"
 STATUSES: Final[frozenset[str]] = frozenset(("active", "answered", "ended"))
 
 
+def checked_status(status: str) -> CallStatus:
+    """A status a caller gives (`status()`): one of STATUSES, else ValueError."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown call status {status!r}")
+    return as_status(status)
+
+
+def ended_data(reason: str | None) -> dict[str, str]:
+    """The data of a call's `ended` event."""
+    return {"reason": reason} if reason else {}
+
+
+def recovered_data() -> dict[str, str]:
+    """The data of the `ended` event of a call a previous run left open."""
+    return {"reason": "unknown", "note": RECOVERED_NOTE}
+
+
 class Row(Protocol):
     """A row as read: a sqlite3 tuple or an asyncpg Record."""
 

@@ -522,6 +522,16 @@ def test_parent_directories_are_made(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "b" / "calls.db").is_file()
 
 
+@pytest.mark.anyio
+async def test_an_unknown_status_is_refused_and_changes_nothing(logs: Logs) -> None:
+    log = await logs.open()
+    log.started(record())
+    with pytest.raises(ValueError, match="unknown call status 'ringing'"):
+        log.status("rtc_1", "ringing")  # type: ignore[arg-type]
+    found = await log.get("rtc_1")
+    assert found is not None and found.status == "active"
+
+
 @pytest.mark.parametrize(
     ("db", "kind"), [(MEMORY, InMemoryCallLog), ("calls.db", SqliteCallLog)], ids=["memory", "file"]
 )
