@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -472,18 +472,27 @@ class SqliteCallLog:
             self._held.clear()
 
     def _apply(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
-        """One transaction; if it fails, one per operation, so that a bad one (data that
-        cannot be stored) loses only itself. A refusal of the disk (full, I/O error) holds
-        the operations from there on, to be tried again (_replay)."""
+        """Write them; a refusal of the disk (full, I/O error) holds the operations from
+        there on, to be tried again (_replay)."""
+        written, refusal = self._write(conn, ops)
+        if refusal is not None:
+            self._hold(ops[written:])
+            self._refused(refusal)
+
+    def _write(
+        self, conn: sqlite3.Connection, ops: Sequence[_Op]
+    ) -> tuple[int, sqlite3.OperationalError | None]:
+        """One transaction; if it fails for its data, one per operation, so that a bad one
+        (data that cannot be stored) loses only itself. Stops at a refusal of the disk:
+        returns how many operations, from the first, are done with (written or rejected),
+        and the refusal if there was one."""
         try:
             with conn:
                 for op in ops:
                     op(conn)
-            return
+            return len(ops), None
         except sqlite3.OperationalError as exc:
-            self._hold(ops)
-            self._refused(exc)
-            return
+            return 0, exc
         except Exception:  # noqa: S110 - one of them cannot be stored: found below
             pass
         for i, op in enumerate(ops):
@@ -491,11 +500,10 @@ class SqliteCallLog:
                 with conn:
                     op(conn)
             except sqlite3.OperationalError as exc:
-                self._hold(ops[i:])
-                self._refused(exc)
-                return
+                return i, exc
             except Exception as exc:
                 self._reject(exc)
+        return len(ops), None
 
     def _hold(self, ops: list[_Op]) -> None:
         self._held.extend(ops)
@@ -526,29 +534,13 @@ class SqliteCallLog:
         replayed = 0
         while self._held:
             batch = list(itertools.islice(self._held, MAX_BATCH))
-            try:
-                with conn:
-                    for op in batch:
-                        op(conn)
-            except sqlite3.OperationalError as exc:
-                self._refused(exc)
-                return
-            except Exception:
-                for op in batch:  # one of them cannot be stored: find it
-                    try:
-                        with conn:
-                            op(conn)
-                    except sqlite3.OperationalError as exc:
-                        self._refused(exc)
-                        return
-                    except Exception as exc:
-                        self._reject(exc)
-                    self._held.popleft()
-                    replayed += 1
-                continue
-            for _ in batch:
+            written, refusal = self._write(conn, batch)
+            for _ in range(written):
                 self._held.popleft()
-            replayed += len(batch)
+            replayed += written
+            if refusal is not None:
+                self._refused(refusal)
+                return
         self._retry_at, self._retry_pause = 0.0, RETRY_FIRST
         logger.warning(
             "call log writes taken again by the disk",

@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,32 @@ def test_too_many_held_writes_drop_the_oldest_and_count_them(
     refuse_writes(log, False)
     eventually(lambda: log.backlog().available, "the held writes to be written")
     assert stored(log, 4, 5, 6, 7, 8)  # the newest five
+
+
+def unstorable() -> CallRecord:
+    """A write SQLite refuses for its data (a lone surrogate cannot be encoded), not for
+    the disk: only that one is lost."""
+    return replace(record(2), call_id="rtc_\ud800")
+
+
+def test_a_write_refused_for_its_data_loses_only_itself(log: SqliteCallLog) -> None:
+    log.started(record(1))
+    log.started(unstorable())
+    log.started(record(3))
+    eventually(lambda: stored(log, 1, 3), "the other writes to be written")
+    assert log.backlog().dropped == {"queue_full": 0, "rejected": 1, "shutdown": 0}
+
+
+def test_a_held_write_refused_for_its_data_loses_only_itself(log: SqliteCallLog) -> None:
+    refuse_writes(log, True)
+    log.started(record(1))
+    log.started(unstorable())
+    log.started(record(3))
+    eventually(lambda: log.backlog().queued == 3, "the writes held")
+    refuse_writes(log, False)
+    eventually(lambda: log.backlog().available, "the held writes to be written")
+    assert stored(log, 1, 3)
+    assert log.backlog().dropped == {"queue_full": 0, "rejected": 1, "shutdown": 0}
 
 
 def test_writes_still_held_at_shutdown_are_counted_as_dropped(tmp_path: Path) -> None:
