@@ -7,9 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -138,3 +139,18 @@ def service(fake_api: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> I
     )
     yield running
     stop_service(running)
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T | None], what: str, within: float = 20.0) -> T:
+    """Poll `check` until it gives something true (returned); fail after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -5,14 +5,14 @@ Calls route all along; the records arrive when the database does; a stop does no
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import E2E_ROUTES, Service, start_service, stop_service
+from tests.e2e.conftest import E2E_ROUTES, Service, start_service, stop_service, wait_until
 from tests.e2e.fake_openai import FakeOpenAI
 from tests.pgserver import Server, create_database, drop_database
 from tests.support import SECRET, incoming_event, signed
@@ -21,17 +21,6 @@ pytestmark = pytest.mark.e2e
 
 TOKEN = "e2e-records-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T | None], what: str, within: float = 20.0) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def metric(service: Service, name: str) -> float:

@@ -20,16 +20,23 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import REPO, Service, free_port, start_service, stop_service
+from tests.e2e.conftest import (
+    REPO,
+    Service,
+    free_port,
+    start_service,
+    stop_service,
+    wait_until,
+)
 from tests.e2e.fake_openai import FakeOpenAI, Reply
 from tests.e2e.fake_realtime import FakeRealtime
 from tests.pgserver import create_database, throwaway_server
@@ -71,19 +78,6 @@ routes:
     match: {{called: "{SUPPORT}"}}
     accept: support
 """
-
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T | None], what: str, within: float = 20.0) -> T:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Delivery:
