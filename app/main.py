@@ -300,6 +300,7 @@ def create_app(
         manager,
         settings.admin_token,
         call_log=call_log,
+        metrics=metrics,
         calls_control=calls_control,
         dry_run=settings.dry_run,
     )

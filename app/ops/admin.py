@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from app.ops.logs import LogThrottle
+from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
 from app.records.calllog import CallLog, CallLogError, CallRecord, CallStatus
 from app.rules import RuleSet
@@ -65,9 +66,13 @@ class TransferRequest(BaseModel):
 
 
 class AdminRefused(Exception):
-    def __init__(self, status_code: int, error: str, challenge: str | None = None) -> None:
+    def __init__(
+        self, status_code: int, reason: str, error: str, challenge: str | None = None
+    ) -> None:
         super().__init__(error)
         self.status_code = status_code
+        self.reason = reason
+        """The metric's label (app.ops.metrics.ADMIN_REFUSALS)."""
         self.error = error
         self.challenge = challenge
 
@@ -78,6 +83,7 @@ def install_admin(
     token: SecretStr | None,
     *,
     call_log: CallLog,
+    metrics: Metrics,
     calls_control: CallsControl | None = None,
     dry_run: bool = False,
 ) -> None:
@@ -86,14 +92,18 @@ def install_admin(
     async def authorize(request: Request) -> None:
         if expected is None:
             raise AdminRefused(
-                403, "the admin API is disabled: set SWITCHBOARD_ADMIN_TOKEN to enable it"
+                403,
+                "disabled",
+                "the admin API is disabled: set SWITCHBOARD_ADMIN_TOKEN to enable it",
             )
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            raise AdminRefused(401, "a bearer token is required", REALM)
+            raise AdminRefused(401, "missing_token", "a bearer token is required", REALM)
         # Headers arrive decoded as latin-1: compare the bytes that were sent.
         if not hmac.compare_digest(given.strip().encode("latin-1"), expected):
-            raise AdminRefused(401, "invalid token", f'{REALM}, error="invalid_token"')
+            raise AdminRefused(
+                401, "invalid_token", "invalid token", f'{REALM}, error="invalid_token"'
+            )
 
     refusals = LogThrottle()  # token guessing must not flood the logs
 
@@ -104,6 +114,7 @@ def install_admin(
 
     @app.exception_handler(AdminRefused)
     async def _refused(request: Request, exc: AdminRefused) -> Response:
+        metrics.admin_refused.labels(exc.reason).inc()  # every refusal, logged or not
         suppressed = refusals.admit()
         if suppressed is not None:
             logger.warning(

@@ -34,6 +34,11 @@ WEBHOOK_RESULTS = (
     "malformed",  # bad JSON or no call_id
     "too_large",
 )
+ADMIN_REFUSALS = (
+    "disabled",  # no SWITCHBOARD_ADMIN_TOKEN: the admin API is off (403)
+    "missing_token",  # no bearer token (401)
+    "invalid_token",  # a wrong token (401)
+)
 RELOAD_RESULTS = (
     "success",  # new rules swapped in
     "failure",  # invalid or unreadable: the previous rules keep serving
@@ -93,6 +98,12 @@ class Metrics:
         r = self.registry
         self.webhooks = Counter(
             "switchboard_webhooks", "Webhook deliveries by result.", ["result"], registry=r
+        )
+        self.admin_refused = Counter(
+            "switchboard_admin_refused",
+            "Admin API requests refused, by reason (their log lines are rate-limited).",
+            ["reason"],
+            registry=r,
         )
         self.decisions = Counter(
             "switchboard_decisions",
@@ -212,6 +223,8 @@ class Metrics:
             self.webhooks.labels(result)
         for result in RELOAD_RESULTS:
             self.rules_reloads.labels(result)
+        for reason in ADMIN_REFUSALS:
+            self.admin_refused.labels(reason)
         self.rules_reload_ok.set(1)
         for operation in OPERATIONS:
             self.upstream_latency.labels(operation)

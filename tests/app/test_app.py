@@ -468,3 +468,10 @@ def test_a_flood_of_refused_admin_requests_is_logged_sparingly(
             assert client.get("/admin/status", headers=wrong).status_code == 401
     lines = [r for r in caplog.records if getattr(r, "event", None) == "admin_refused"]
     assert 1 <= len(lines) <= 25
+    # Every refusal is counted, logged or not (issue 11: the log is throttled, not the count).
+    metrics = client.get("/metrics").text
+    assert 'switchboard_admin_refused_total{reason="invalid_token"} 300.0' in metrics
+    assert client.get("/admin/status").status_code == 401
+    metrics = client.get("/metrics").text
+    assert 'switchboard_admin_refused_total{reason="missing_token"} 1.0' in metrics
+    assert 'switchboard_admin_refused_total{reason="disabled"} 0.0' in metrics

@@ -128,6 +128,7 @@ def test_admin_is_disabled_without_a_token(
         assert response.status_code == 403
         assert "SWITCHBOARD_ADMIN_TOKEN" in response.json()["error"]
         assert client.app.state.rules.last_reload is None  # type: ignore[attr-defined]
+        assert metric(client, 'switchboard_admin_refused_total{reason="disabled"}') == 1
 
 
 @pytest.mark.parametrize(
