@@ -284,10 +284,9 @@ def create_app(
             return JSONResponse({"status": "not ready", "detail": "rules not loaded"}, 503)
         try:
             await claims.ping()
-        except StateUnavailable as exc:
-            return JSONResponse(
-                {"status": "not ready", "detail": f"state store unavailable: {exc}"}, 503
-            )
+        except StateUnavailable:
+            # Its error names the store's host: GET /admin/status shows it.
+            return JSONResponse({"status": "not ready", "detail": "state store unavailable"}, 503)
         return JSONResponse({"status": "ready", "rules_version": rules.version})
 
     @app.get("/metrics")
@@ -301,6 +300,7 @@ def create_app(
         settings.admin_token,
         call_log=call_log,
         metrics=metrics,
+        state_check=claims.ping,
         calls_control=calls_control,
         dry_run=settings.dry_run,
     )

@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Annotated, Any, Protocol
 
@@ -29,6 +29,7 @@ from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
 from app.records.calllog import CallLog, CallLogError, CallRecord, CallStatus
 from app.rules import RuleSet
+from app.state.claims import StateUnavailable
 from app.state.livecalls import LiveCallError
 
 logger = logging.getLogger("switchboard.admin")
@@ -84,6 +85,7 @@ def install_admin(
     *,
     call_log: CallLog,
     metrics: Metrics,
+    state_check: Callable[[], Awaitable[None]] | None = None,
     calls_control: CallsControl | None = None,
     dry_run: bool = False,
 ) -> None:
@@ -154,6 +156,12 @@ def install_admin(
     async def status() -> Response:
         rules = manager.current
         last = manager.last_reload
+        state = "ok"
+        if state_check is not None:
+            try:
+                await state_check()
+            except StateUnavailable as exc:
+                state = f"unavailable: {exc}"  # /readyz only says "state store unavailable"
         # Still "ready" after a failed reload: the previous, valid rules keep serving.
         return JSONResponse(
             {
@@ -163,6 +171,7 @@ def install_admin(
                 "routes": len(rules.routes) if rules is not None else 0,
                 "dry_run": dry_run,
                 "last_reload": last.as_dict() if last is not None else None,
+                "state_store": state,
             }
         )
 

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.rules import compile_rules
 from app.settings import MissingWebhookSecret, Settings
+from app.state.claims import MemoryClaimStore, StateUnavailable
 from tests.support import OTHER_SECRET, SECRET, incoming_event, new_id, sign, sign_raw, signed
 
 BASE = "https://api.test/v1"
@@ -475,3 +476,32 @@ def test_a_flood_of_refused_admin_requests_is_logged_sparingly(
     metrics = client.get("/metrics").text
     assert 'switchboard_admin_refused_total{reason="missing_token"} 1.0' in metrics
     assert 'switchboard_admin_refused_total{reason="disabled"} 0.0' in metrics
+
+
+class UnreachableStore(MemoryClaimStore):
+    """A shared store that does not answer: its error names an internal host."""
+
+    async def ping(self) -> None:
+        raise StateUnavailable("Redis: Error 111 connecting to 10.20.30.40:6379. Refused.")
+
+
+def test_readiness_without_the_state_store_tells_the_public_no_details(
+    api: respx.Router,
+) -> None:
+    app = create_app(
+        make_settings(),
+        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+        store=UnreachableStore(horizon_seconds=60),
+    )
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        # Public: the status only; where the store lives is the admin's business.
+        assert ready.json() == {"status": "not ready", "detail": "state store unavailable"}
+        status = client.get("/admin/status", headers=ADMIN).json()
+        assert status["state_store"] == (
+            "unavailable: Redis: Error 111 connecting to 10.20.30.40:6379. Refused."
+        )
+    with client_for(api) as client:
+        assert client.get("/admin/status", headers=ADMIN).json()["state_store"] == "ok"
