@@ -224,9 +224,11 @@ class SqliteState:
 
     async def run(self, op: Callable[[sqlite3.Connection], T], *, deadline: float | None) -> T:
         """Run `op` in the next transaction. Every operation queued while the event loop
-        runs one round goes into one transaction (one commit). StateUnavailable if it cannot
-        be done by `deadline` (monotonic) or within the store timeout (the database stays
-        locked by another process)."""
+        runs one round goes into one transaction (one commit). StateUnavailable when the
+        database stays locked by another process longer than the store timeout, or when it
+        is not done by `deadline` (monotonic; without one, ten store timeouts). The store
+        timeout counts the lock only, not the time the operation waits for a busy event
+        loop: an overloaded process is slow, not without its state."""
         if self._conn is None:
             raise StateUnavailable("the state database is not open")
         loop = asyncio.get_running_loop()
@@ -234,9 +236,7 @@ class SqliteState:
         self._pending.append(_Job(op, future))
         if self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
-        budget = self.timeout
-        if deadline is not None:
-            budget = min(budget, max(0.0, deadline - time.monotonic()))
+        budget = self.timeout * 10 if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             async with asyncio.timeout(budget):
                 return await future
@@ -261,6 +261,14 @@ class SqliteState:
             now = time.monotonic()
             if self._busy_since is None:
                 self._busy_since = now
+            elif now - self._busy_since > self.timeout:
+                self._busy_since = None
+                jobs, self._pending = self._pending, []
+                error = StateUnavailable(f"the state database stayed locked over {self.timeout} s")
+                for job in jobs:
+                    if job.future is not None and not job.future.done():
+                        job.future.set_exception(error)
+                return
             pause = min(BUSY_MAX_PAUSE, max(BUSY_MIN_PAUSE, (now - self._busy_since) / 4))
             if self._pending and self._flush_handle is None:
                 self._flush_handle = asyncio.get_running_loop().call_later(pause, self._flush)

@@ -474,3 +474,42 @@ async def test_an_answer_redis_missed_is_stored_when_it_answers_again(
     finally:
         await store.close()
         await other.close()
+
+
+@pytest.mark.anyio
+async def test_sqlite_waits_out_a_short_lock_and_gives_up_on_a_long_one(tmp_path: Path) -> None:
+    """Another process holding the write lock: retried without blocking the event loop,
+    up to the store timeout; then StateUnavailable (the webhook gets 503, nothing is sent)."""
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    store = SqliteClaimStore(SqliteState(path, horizon_seconds=HORIZON, timeout=0.3))
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, other.execute, "COMMIT")  # a short lock: waited out
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.create_task(tick())
+        assert isinstance(await store.claim(KEYS, soon()), Ticket)
+        ticking.cancel()
+        assert ticks >= 5  # the loop ran meanwhile
+
+        other.execute("BEGIN IMMEDIATE")  # a long lock
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable, match="locked"):
+            await store.claim(("call:rtc_2",), soon(5))
+        assert 0.3 <= time.monotonic() - started < 2
+        other.execute("COMMIT")
+        assert isinstance(await store.claim(("call:rtc_2",), soon()), Ticket)
+    finally:
+        other.close()
+        await store.close()
