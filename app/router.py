@@ -214,6 +214,7 @@ class CallRouter:
                     rules_version=str(body.get("rules_version", "")),
                     ended_at=now,
                     end_reason="uncertain",
+                    api=call.api,
                     events=(CallEvent(now, "uncertain", result),),
                 )
             )
@@ -319,6 +320,7 @@ class CallRouter:
                 rules_version=decision.rules_version,
                 ended_at=now if status == "ended" else None,
                 end_reason=name if status == "ended" else None,
+                api=call.api,
                 events=(event,),
             )
         )

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from app.ops.logs import LogThrottle
 from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
-from app.records.calllog import CallLog, CallLogError, CallRecord, CallStatus
+from app.records.calllog import CallApi, CallLog, CallLogError, CallRecord, CallStatus
 from app.rules import RuleSet
 from app.state.claims import StateUnavailable
 from app.state.livecalls import LiveCallError
@@ -192,8 +192,9 @@ def install_admin(
         route: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
         since: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_CALLS)] = 100,
+        api: Annotated[CallApi | None, Query()] = None,
     ) -> list[dict[str, Any]]:
-        found = await call_log.recent(status=status, route=route, since=since, limit=limit)
+        found = await call_log.recent(status=status, route=route, since=since, limit=limit, api=api)
         return [describe_call(record) for record in found]
 
     @app.get("/admin/calls/{call_id}", dependencies=[Depends(authorize)])

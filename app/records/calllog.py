@@ -14,6 +14,9 @@ CallStatus = Literal["active", "answered", "ended"]
 """active: in progress with a sideband; answered: accepted, no sideband to see the end;
 ended: over (rejected, hung up, caller gone, sideband closed...)."""
 
+CallApi = Literal["realtime", "live"]
+"""The API that handled the call (app.rules.ruleset.Api; records do not import the rules)."""
+
 
 @dataclass(frozen=True, slots=True)
 class CallEvent:
@@ -38,6 +41,7 @@ class CallRecord:
     rules_version: str
     ended_at: float | None = None
     end_reason: str | None = None
+    api: CallApi = "realtime"
     events: tuple[CallEvent, ...] = ()
 
     @property
@@ -71,6 +75,7 @@ class CallLog(Protocol):
         route: str | None = None,
         since: float | None = None,
         limit: int = 100,
+        api: CallApi | None = None,
     ) -> list[CallRecord]: ...
 
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app.records.calllog import CallEvent, CallRecord, CallStatus
+from app.records.calllog import CallApi, CallEvent, CallRecord, CallStatus
 from app.records.storage import (
     RETENTION_INTERVAL,
     Clock,
@@ -128,6 +128,7 @@ class InMemoryCallLog:
         route: str | None = None,
         since: float | None = None,
         limit: int = 100,
+        api: CallApi | None = None,
     ) -> list[CallRecord]:
         found = [
             call.record
@@ -135,6 +136,7 @@ class InMemoryCallLog:
             if (status is None or call.record.status == status)
             and (route is None or call.record.route == route)
             and (since is None or call.record.started_at >= since)
+            and (api is None or call.record.api == api)
         ]
         found.sort(key=lambda r: (-r.started_at, r.call_id))
         return found[: max(0, limit)]

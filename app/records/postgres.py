@@ -49,7 +49,14 @@ from urllib.parse import urlsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from app.records.calllog import DROP_REASONS, Backlog, CallLogError, CallRecord, CallStatus
+from app.records.calllog import (
+    DROP_REASONS,
+    Backlog,
+    CallApi,
+    CallLogError,
+    CallRecord,
+    CallStatus,
+)
 from app.records.migrate import Migration, load_migrations, migrate
 from app.records.storage import (
     RETENTION_INTERVAL,
@@ -89,7 +96,7 @@ _POISON_CLASSES: Final = ("22", "23")  # data exception, integrity constraint vi
 # Times travel as unix seconds (float8), like CallRecord's.
 _SELECT_CALLS: Final = (
     "SELECT call_id, extract(epoch FROM started_at)::float8, route, action, outcome, status, "
-    "caller, called, rules_version, extract(epoch FROM ended_at)::float8, end_reason "
+    "caller, called, rules_version, extract(epoch FROM ended_at)::float8, end_reason, api "
     "FROM calls "
 )
 _SELECT_EVENTS: Final = (
@@ -100,14 +107,14 @@ _SELECT_EVENTS: Final = (
 # the new decision and outcome replace the old ones, the first start time stays.
 _UPSERT_CALL: Final = (
     "INSERT INTO calls (call_id, started_at, route, action, outcome, status, caller, called, "
-    "rules_version, ended_at, end_reason) VALUES ($1, to_timestamp($2::float8), $3, $4, $5, "
-    "$6, $7, $8, $9, to_timestamp($10::float8), $11) "
+    "rules_version, ended_at, end_reason, api) VALUES ($1, to_timestamp($2::float8), $3, $4, "
+    "$5, $6, $7, $8, $9, to_timestamp($10::float8), $11, $12) "
     "ON CONFLICT (call_id) DO UPDATE SET "
     "started_at = least(calls.started_at, excluded.started_at), "
     "route = excluded.route, action = excluded.action, outcome = excluded.outcome, "
     "status = excluded.status, caller = excluded.caller, called = excluded.called, "
     "rules_version = excluded.rules_version, ended_at = excluded.ended_at, "
-    "end_reason = excluded.end_reason"
+    "end_reason = excluded.end_reason, api = excluded.api"
 )
 _INSERT_EVENT: Final = (
     "INSERT INTO call_events (event_id, call_id, at, kind, data) "
@@ -328,6 +335,7 @@ class PostgresCallLog:
             pg_text(record.rules_version),
             ended_at,
             None if record.end_reason is None else pg_text(record.end_reason),
+            record.api,
         )
         events = tuple(
             (_INSERT_EVENT, (uuid.uuid4(), call_id, e.at, pg_text(e.kind), pg_json(e.data)))
@@ -634,6 +642,7 @@ class PostgresCallLog:
         route: str | None = None,
         since: float | None = None,
         limit: int = 100,
+        api: CallApi | None = None,
     ) -> list[CallRecord]:
         where: list[str] = []
         args: list[Any] = []
@@ -641,6 +650,7 @@ class PostgresCallLog:
             ("status = ${}", status),
             ("route = ${}", None if route is None else pg_text(route)),
             ("started_at >= to_timestamp(${}::float8)", since),
+            ("api = ${}", api),
         ):
             if value is not None:
                 args.append(value)

@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from app.records.calllog import (
     DROP_REASONS,
     Backlog,
+    CallApi,
     CallLog,
     CallLogError,
     CallRecord,
@@ -54,7 +55,8 @@ logger = logging.getLogger("switchboard.calllog")
 MEMORY: Final = ":memory:"
 """SWITCHBOARD_CALLS_DB value for a call log kept in memory only (lost at exit)."""
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+"""1: the first schema; 2: calls.api (a version-1 file gets the column at open)."""
 MAX_BATCH: Final = 1000
 """Operations committed in one transaction at most."""
 BATCH_WAIT: Final = 0.02
@@ -85,7 +87,8 @@ CREATE TABLE IF NOT EXISTS calls (
     called        TEXT,
     rules_version TEXT NOT NULL,
     ended_at      REAL,
-    end_reason    TEXT
+    end_reason    TEXT,
+    api           TEXT NOT NULL DEFAULT 'realtime'
 );
 CREATE INDEX IF NOT EXISTS calls_by_start ON calls (started_at);
 CREATE INDEX IF NOT EXISTS calls_by_status ON calls (status, started_at);
@@ -104,19 +107,21 @@ PRAGMA user_version = {SCHEMA_VERSION};
 
 _SELECT_CALLS = (
     "SELECT call_id, started_at, route, action, outcome, status, caller, called, "
-    "rules_version, ended_at, end_reason FROM calls "
+    "rules_version, ended_at, end_reason, api FROM calls "
 )
+# Version 1 -> 2. Every call recorded before knew only the Realtime API.
+_ADD_API = "ALTER TABLE calls ADD COLUMN api TEXT NOT NULL DEFAULT 'realtime'"
 # Again for the same call (a redelivery acted on again): the new decision and outcome
 # replace the old ones, the first start time stays, and the events add up.
 _UPSERT_CALL = (
     "INSERT INTO calls (call_id, started_at, route, action, outcome, status, caller, called, "
-    "rules_version, ended_at, end_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "rules_version, ended_at, end_reason, api) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (call_id) DO UPDATE SET "
     "started_at = min(calls.started_at, excluded.started_at), "
     "route = excluded.route, action = excluded.action, outcome = excluded.outcome, "
     "status = excluded.status, caller = excluded.caller, called = excluded.called, "
     "rules_version = excluded.rules_version, ended_at = excluded.ended_at, "
-    "end_reason = excluded.end_reason"
+    "end_reason = excluded.end_reason, api = excluded.api"
 )
 
 _Op = Callable[[sqlite3.Connection], None]
@@ -269,7 +274,20 @@ class SqliteCallLog:
         if str(mode).lower() != "wal":
             raise sqlite3.DatabaseError(f"cannot switch to WAL mode (journal_mode is {mode})")
         conn.execute("PRAGMA synchronous = NORMAL")
+        if 0 < version < SCHEMA_VERSION:
+            self._upgrade(conn)
         conn.executescript(_SCHEMA)
+
+    @staticmethod
+    def _upgrade(conn: sqlite3.Connection) -> None:
+        """An older file's schema brought to this version, in one transaction (a crash
+        half-way leaves the old version, tried again at the next open)."""
+        conn.execute("BEGIN IMMEDIATE")
+        with conn:  # commits, or rolls back on an error
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+            if columns and "api" not in columns:
+                conn.execute(_ADD_API)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _recover(self, conn: sqlite3.Connection) -> int:
         """End the calls a previous run left open. Their end is not known: ended_at is the
@@ -334,6 +352,7 @@ class SqliteCallLog:
             record.rules_version,
             ended_at,
             record.end_reason,
+            record.api,
         )
         events = [(record.call_id, e.at, e.kind, dict(e.data)) for e in record.events]
 
@@ -614,11 +633,17 @@ class SqliteCallLog:
         route: str | None = None,
         since: float | None = None,
         limit: int = 100,
+        api: CallApi | None = None,
     ) -> list[CallRecord]:
-        return await asyncio.to_thread(self._recent, status, route, since, limit)
+        return await asyncio.to_thread(self._recent, status, route, since, limit, api)
 
     def _recent(
-        self, status: CallStatus | None, route: str | None, since: float | None, limit: int
+        self,
+        status: CallStatus | None,
+        route: str | None,
+        since: float | None,
+        limit: int,
+        api: CallApi | None,
     ) -> list[CallRecord]:
         where: list[str] = []
         args: list[Any] = []
@@ -631,6 +656,9 @@ class SqliteCallLog:
         if since is not None:
             where.append("started_at >= ?")
             args.append(since)
+        if api is not None:
+            where.append("api = ?")
+            args.append(api)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         self._catch_up()
         rows = (

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
-from app.records.calllog import CallEvent, CallRecord, CallStatus
+from app.records.calllog import CallApi, CallEvent, CallRecord, CallStatus
 
 Clock = Callable[[], float]
 
@@ -59,6 +59,11 @@ def decode_data(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
+def as_api(value: str) -> CallApi:
+    """A stored API name; anything else (none is written) reads as the default."""
+    return "live" if value == "live" else "realtime"
+
+
 def as_status(value: str) -> CallStatus:
     if value == "active":
         return "active"
@@ -87,8 +92,8 @@ def end_time(record: CallRecord, now: float) -> float | None:
 
 
 def record_from_row(row: Row, events: tuple[CallEvent, ...] = ()) -> CallRecord:
-    """A call row, its columns in CallRecord's order (call_id ... end_reason, times as
-    unix seconds), and its events."""
+    """A call row, its columns in CallRecord's order (call_id ... end_reason, api; times
+    as unix seconds), and its events."""
     return CallRecord(
         call_id=row[0],
         started_at=row[1],
@@ -101,6 +106,7 @@ def record_from_row(row: Row, events: tuple[CallEvent, ...] = ()) -> CallRecord:
         rules_version=row[8],
         ended_at=row[9],
         end_reason=row[10],
+        api=as_api(row[11]),
         events=events,
     )
 

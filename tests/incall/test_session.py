@@ -29,7 +29,7 @@ from app.incall.session import (
 from app.openai.callcontrol import CallGone, UpstreamRejected, UpstreamUnavailable
 from app.openai.sideband import Sideband, SidebandError, WebSocketConnector
 from app.ops.metrics import Metrics
-from app.records.calllog import CallLog, CallRecord, CallStatus
+from app.records.calllog import CallApi, CallLog, CallRecord, CallStatus
 from app.rules.ruleset import CallFeatures, Destination, MaxDuration
 from tests.e2e.fake_realtime import (
     Close,
@@ -179,6 +179,7 @@ class RecordingCallLog:
         route: str | None = None,
         since: float | None = None,
         limit: int = 100,
+        api: CallApi | None = None,
     ) -> list[CallRecord]:
         return []
 

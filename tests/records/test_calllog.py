@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from app.records.calllog import CallEvent, CallLog, CallLogError, CallRecord, CallStatus
+from app.records.calllog import (
+    CallApi,
+    CallEvent,
+    CallLog,
+    CallLogError,
+    CallRecord,
+    CallStatus,
+)
 from app.records.memory import InMemoryCallLog
 from app.records.postgres import PostgresCallLog
 from app.records.sqlite import MEMORY, ManagedCallLog, SqliteCallLog, build_call_log
@@ -50,6 +57,7 @@ def record(
     status: CallStatus = "active",
     end_reason: str | None = None,
     events: tuple[CallEvent, ...] = (),
+    api: CallApi = "realtime",
 ) -> CallRecord:
     return CallRecord(
         call_id=call_id,
@@ -62,6 +70,7 @@ def record(
         called="+18005550100",
         rules_version="v1",
         end_reason=end_reason,
+        api=api,
         events=events,
     )
 
@@ -150,6 +159,7 @@ class Expect:
     outcome: str = "accepted"
     kinds: tuple[str, ...] = ()
     started_at: float = NOW
+    api: CallApi = "realtime"
 
 
 DECISION = CallEvent(NOW, "decision", {"route": "support", "matched": ["called"]})
@@ -204,6 +214,21 @@ ROUND_TRIPS: list[Any] = [
         Expect("active", kinds=("sideband_connected",)),
         id="event-before-start-is-kept",
     ),
+    pytest.param(
+        [started(api="live", events=(DECISION,)), wait(30), ended("end_call")],
+        Expect("ended", "end_call", 30.0, kinds=("decision", "ended"), api="live"),
+        id="live-call",
+    ),
+    pytest.param(
+        [started(api="live"), wait(1), started(started_at=NOW + 1)],
+        Expect("active"),
+        id="redelivery-sets-the-api-of-the-latest-write",
+    ),
+    pytest.param(
+        [started(), wait(1), started(started_at=NOW + 1, api="live")],
+        Expect("active", api="live"),
+        id="redelivery-on-the-other-api",
+    ),
 ]
 
 
@@ -215,10 +240,11 @@ async def test_round_trip(logs: Logs, steps: list[Step], expect: Expect) -> None
         step(log, logs.clock)
     got = await log.get("rtc_1")
     assert got is not None
-    assert (got.status, got.end_reason, got.outcome) == (
+    assert (got.status, got.end_reason, got.outcome, got.api) == (
         expect.status,
         expect.end_reason,
         expect.outcome,
+        expect.api,
     )
     assert got.duration == expect.duration
     assert got.started_at == expect.started_at
@@ -255,13 +281,13 @@ async def test_unknown_call(logs: Logs) -> None:
 
 # --- recent ----------------------------------------------------------------------------
 
-CALLS = [
-    # id, minutes after NOW, route, status
-    ("rtc_a", 0, "support", "ended"),
-    ("rtc_b", 1, "sales", "active"),
-    ("rtc_c", 2, "support", "answered"),
-    ("rtc_d", 3, "support", "active"),
-    ("rtc_e", 3, "sales", "ended"),
+CALLS: list[tuple[str, int, str, str, CallApi]] = [
+    # id, minutes after NOW, route, status, api
+    ("rtc_a", 0, "support", "ended", "realtime"),
+    ("rtc_b", 1, "sales", "active", "live"),
+    ("rtc_c", 2, "support", "answered", "realtime"),
+    ("rtc_d", 3, "support", "active", "realtime"),
+    ("rtc_e", 3, "sales", "ended", "live"),
 ]
 
 RECENT: list[Any] = [
@@ -274,6 +300,8 @@ RECENT: list[Any] = [
         {"status": "ended", "route": "support", "since": NOW}, ["rtc_a"], id="all-filters"
     ),
     pytest.param({"route": "nope"}, [], id="no-match"),
+    pytest.param({"api": "live"}, ["rtc_e", "rtc_b"], id="api"),
+    pytest.param({"api": "realtime", "status": "ended"}, ["rtc_a"], id="api-and-status"),
 ]
 
 
@@ -281,8 +309,8 @@ RECENT: list[Any] = [
 @pytest.mark.parametrize(("filters", "expected"), RECENT)
 async def test_recent(logs: Logs, filters: dict[str, Any], expected: list[str]) -> None:
     log = await logs.open()
-    for call_id, minutes, route, call_status in CALLS:
-        log.started(record(call_id, started_at=NOW + 60 * minutes, route=route))
+    for call_id, minutes, route, call_status, api in CALLS:
+        log.started(record(call_id, started_at=NOW + 60 * minutes, route=route, api=api))
         log.event(call_id, "decision")
         if call_status == "ended":
             log.ended(call_id, "end_call")
@@ -290,6 +318,8 @@ async def test_recent(logs: Logs, filters: dict[str, Any], expected: list[str]) 
             log.status(call_id, "answered")
     got = await log.recent(**filters)
     assert [r.call_id for r in got] == expected
+    apis = {call[0]: call[4] for call in CALLS}
+    assert [r.api for r in got] == [apis[r.call_id] for r in got]
     assert all(r.events == () for r in got), "recent() leaves the events out"
 
 
@@ -505,6 +535,62 @@ def test_open_errors_say_which_file(
         log.open()
     assert str(path) in str(caught.value)
     log.close()
+
+
+# The schema of the first release (user_version 1), as it created a file.
+SCHEMA_V1 = """
+CREATE TABLE calls (
+    call_id TEXT PRIMARY KEY, started_at REAL NOT NULL, route TEXT NOT NULL,
+    action TEXT NOT NULL, outcome TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'answered', 'ended')),
+    caller TEXT, called TEXT, rules_version TEXT NOT NULL, ended_at REAL, end_reason TEXT
+);
+CREATE INDEX calls_by_start ON calls (started_at);
+CREATE INDEX calls_by_status ON calls (status, started_at);
+CREATE INDEX calls_by_route ON calls (route, started_at);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY, call_id TEXT NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX events_by_call ON events (call_id, at);
+CREATE INDEX events_by_time ON events (at);
+PRAGMA user_version = 1;
+"""
+
+
+@pytest.mark.anyio
+async def test_a_version_1_file_gets_the_api_column_and_keeps_its_calls(
+    sqlite_logs: Logs,
+) -> None:
+    with sqlite3.connect(sqlite_logs.path) as db:
+        db.executescript(SCHEMA_V1)
+        db.execute(
+            "INSERT INTO calls VALUES ('rtc_old', ?, 'support', 'accept', 'accepted', 'ended', "
+            "NULL, NULL, 'v1', ?, 'end_call')",
+            (NOW - 60, NOW - 30),
+        )
+        db.execute(
+            "INSERT INTO events (call_id, at, kind, data) VALUES ('rtc_old', ?, 'x', '{}')",
+            (NOW - 60,),
+        )
+    db.close()
+    log = sqlite_logs.new()
+    old = await log.get("rtc_old")
+    assert old is not None
+    assert (old.api, old.end_reason, old.duration) == ("realtime", "end_call", 30.0)
+    assert [e.kind for e in old.events] == ["x"]
+    log.started(record("rtc_new", api="live"))
+    assert [(r.call_id, r.api) for r in await log.recent()] == [
+        ("rtc_new", "live"),
+        ("rtc_old", "realtime"),
+    ]
+    log.close()
+    with sqlite3.connect(sqlite_logs.path) as db:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+    db.close()
+    assert version == 2
+    again = sqlite_logs.new()  # opens as a current file: no second ALTER
+    assert [r.call_id for r in await again.recent(api="live")] == ["rtc_new"]
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

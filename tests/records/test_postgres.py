@@ -37,6 +37,8 @@ from app.records.storage import DAY, RECOVERED_NOTE
 from tests.pgserver import Server, admin_async, create_database, drop_database, free_port, url
 
 NOW = float(int(time.time())) - 3600  # within the retention of the logs on the real clock
+LATEST = len(load_migrations())
+APPLIED = [(1, "calls_and_events"), (2, "calls_api")]
 
 
 @pytest.fixture
@@ -113,9 +115,9 @@ def test_migration_files_are_numbered_in_order() -> None:
 @pytest.mark.anyio
 async def test_start_creates_the_schema(pg_empty_url: str, open_logs: Any) -> None:
     log = await open_logs(pg_empty_url)
-    assert log.backlog().available and log.schema_version == 1
+    assert log.backlog().available and log.schema_version == LATEST
     rows = await fetch(pg_empty_url, "SELECT version, name FROM switchboard_schema_migrations")
-    assert rows == [(1, "calls_and_events")]
+    assert rows == APPLIED
     indexes = {
         r[0] for r in await fetch(pg_empty_url, "SELECT indexname FROM pg_indexes")
     }  # fmt: skip
@@ -135,9 +137,10 @@ async def test_replicas_starting_together_migrate_once(
     applied = [
         r.__dict__["migrations_applied"] for r in caplog.records if hasattr(r, "schema_version")
     ]
-    assert sorted(applied) == [[]] * 5 + [[1]], "one replica migrates, the others wait and see"
+    everything = list(range(1, LATEST + 1))
+    assert sorted(applied) == [[]] * 5 + [everything], "one migrates, the others wait and see"
     rows = await fetch(pg_empty_url, "SELECT version FROM switchboard_schema_migrations")
-    assert [r[0] for r in rows] == [1]
+    assert [r[0] for r in rows] == everything
 
 
 @pytest.mark.anyio
@@ -145,21 +148,47 @@ async def test_a_new_migration_is_applied_and_an_older_release_carries_on(
     pg_empty_url: str, open_logs: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = await open_logs(pg_empty_url)
-    assert first.schema_version == 1
-    later = (*load_migrations(), Migration(2, "call_notes", "ALTER TABLE calls ADD note text"))
-    newer = await open_logs(pg_empty_url, migrations=later)
-    assert newer.schema_version == 2
+    assert first.schema_version == LATEST
+    note = Migration(LATEST + 1, "call_notes", "ALTER TABLE calls ADD note text")
+    newer = await open_logs(pg_empty_url, migrations=(*load_migrations(), note))
+    assert newer.schema_version == LATEST + 1
     rows = await fetch(pg_empty_url, "SELECT version, name FROM switchboard_schema_migrations")
-    assert rows == [(1, "calls_and_events"), (2, "call_notes")]
+    assert rows == [*APPLIED, (LATEST + 1, "call_notes")]
 
     # A replica of the previous release (a rolling update) warns and keeps writing.
     caplog.set_level(logging.WARNING, "switchboard.calllog")
     older = await open_logs(pg_empty_url)
-    assert older.schema_version == 2 and older.backlog().available
+    assert older.schema_version == LATEST + 1 and older.backlog().available
     assert [r for r in caplog.records if r.__dict__.get("event") == "calllog_schema_newer"]
     older.started(record())
     got = await older.get("rtc_1")
     assert got is not None and got.route == "support"
+
+
+@pytest.mark.anyio
+async def test_calls_recorded_before_the_api_column_read_as_realtime(
+    pg_empty_url: str, open_logs: Any
+) -> None:
+    # A database of the release before 0002 (only 0001 applied), with a call in it; that
+    # release's writes do not name the api column.
+    before = await open_logs(pg_empty_url, migrations=load_migrations()[:1])
+    assert before.schema_version == 1
+    await admin_async(
+        pg_empty_url,
+        "INSERT INTO calls (call_id, started_at, route, action, outcome, status, "
+        f"rules_version) VALUES ('rtc_old', to_timestamp({NOW}), 'support', 'accept', "
+        "'accepted', 'ended', 'v1')",
+    )
+    log = await open_logs(pg_empty_url)
+    assert log.schema_version == LATEST
+    old = await log.get("rtc_old")
+    assert old is not None and (old.route, old.api) == ("support", "realtime")
+    log.started(record("rtc_new", started_at=NOW + 1, api="live"))
+    assert [(c.call_id, c.api) for c in await log.recent()] == [
+        ("rtc_new", "live"),
+        ("rtc_old", "realtime"),
+    ]
+    assert [c.call_id for c in await log.recent(api="live")] == ["rtc_new"]
 
 
 @pytest.mark.anyio
@@ -468,7 +497,7 @@ async def test_unreachable_at_start_then_the_database_comes(
         await log.recent()
     server.start()
     await written(log)
-    assert log.schema_version == 1
+    assert log.schema_version == LATEST
     got = await log.get("rtc_1")
     assert got is not None and got.end_reason == "end_call"
 
