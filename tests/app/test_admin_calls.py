@@ -15,7 +15,14 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.ops.admin import CallsControl
-from app.records.calllog import CallEvent, CallLog, CallLogError, CallRecord, CallStatus
+from app.records.calllog import (
+    CallApi,
+    CallEvent,
+    CallLog,
+    CallLogError,
+    CallRecord,
+    CallStatus,
+)
 from app.records.memory import InMemoryCallLog
 from app.records.sqlite import SqliteCallLog
 from app.rules import compile_rules
@@ -58,6 +65,7 @@ def record(
     route: str = "support",
     status: CallStatus = "active",
     outcome: str = "accepted",
+    api: CallApi = "realtime",
 ) -> CallRecord:
     return CallRecord(
         call_id=call_id,
@@ -69,6 +77,7 @@ def record(
         caller="+1415*****23",
         called="+18005550100",
         rules_version="v1",
+        api=api,
         events=(CallEvent(T0 + 60 * minutes, "decision", {"route": route}),),
     )
 
@@ -77,7 +86,7 @@ def populate(log: CallLog) -> None:
     log.started(record("rtc_old", 0, route="sales"))
     log.ended("rtc_old", "end_call")
     log.started(record("rtc_rejected", 1, route="spam", status="ended", outcome="rejected"))
-    log.started(record("rtc_answered", 2, status="answered"))
+    log.started(record("rtc_answered", 2, status="answered", api="live"))
     log.started(record("rtc_live", 3))
     log.event("rtc_live", "greeting", {"text": "Hello"})
 
@@ -177,6 +186,9 @@ LISTINGS: list[Any] = [
         f"?status=ended&route=sales&since={T0:.0f}&limit=1000", ["rtc_old"], id="every-filter"
     ),
     pytest.param("?route=nope", [], id="none"),
+    pytest.param("?api=live", ["rtc_answered"], id="api-live"),
+    pytest.param("?api=realtime", ["rtc_live", "rtc_rejected", "rtc_old"], id="api-realtime"),
+    pytest.param("?api=live&status=ended", [], id="api-and-status"),
 ]
 
 
@@ -201,8 +213,10 @@ def test_listing_shows_each_record_with_its_duration(client: TestClient) -> None
         "rules_version": "v1",
         "ended_at": None,
         "end_reason": None,
+        "api": "realtime",
         "duration": None,
     }
+    assert calls["rtc_answered"]["api"] == "live"
     old = calls["rtc_old"]
     assert (old["status"], old["end_reason"]) == ("ended", "end_call")
     assert old["duration"] == pytest.approx(old["ended_at"] - old["started_at"])
@@ -219,6 +233,7 @@ def test_listing_shows_each_record_with_its_duration(client: TestClient) -> None
         ("?since=-1", "since"),
         ("?since=nan", "since"),
         ("?route=", "route"),
+        ("?api=gpt-live", "api"),
     ],
 )
 def test_listing_refuses_bad_filters(client: TestClient, query: str, field: str) -> None:
@@ -235,6 +250,8 @@ def test_detail_has_the_events(client: TestClient) -> None:
     assert response.status_code == 200
     call = response.json()
     assert (call["call_id"], call["status"], call["duration"]) == ("rtc_live", "active", None)
+    assert call["api"] == "realtime"
+    assert client.get("/admin/calls/rtc_answered", headers=AUTH).json()["api"] == "live"
     assert [(e["kind"], e["data"]) for e in call["events"]] == [
         ("decision", {"route": "support"}),
         ("greeting", {"text": "Hello"}),

@@ -159,6 +159,12 @@ def test_greeting_over_the_live_sideband_and_the_tools_in_the_delegation(
     found = ended(service, session_id)
     assert kinds(found)[:4] == ["decision", "accepted", "sideband_connected", "greeting"]
     assert found["events"][0]["data"]["api"] == "live"
+    assert found["api"] == "live"  # the record itself, not only its decision event
+    listed = httpx.get(
+        f"{service.url}/admin/calls", params={"api": "live"}, headers=AUTH, timeout=5
+    ).json()
+    assert session_id in [c["call_id"] for c in listed]
+    assert all(c["api"] == "live" for c in listed)
 
 
 def test_the_model_transfers_to_an_allowlisted_name(service: Service, fakes: Fakes) -> None:
