@@ -149,13 +149,11 @@ def create_app(
         limits = limits if limits is not None else state.limits
     assert store is not None
     claims: ClaimStore = store
+    subscribed = frozenset(INCOMING_EVENTS[name] for name in settings.subscribed_events)
     router = CallRouter(
         controller=controller,
         live_controller=live_controller,
-        pairing=Pairing(
-            expected=frozenset(INCOMING_EVENTS[name] for name in settings.subscribed_events),
-            wait_seconds=settings.pair_wait_seconds,
-        ),
+        pairing=Pairing(expected=subscribed, wait_seconds=settings.pair_wait_seconds),
         store=claims,
         limiter=limits,
         metrics=metrics,
@@ -251,6 +249,20 @@ def create_app(
             )
         return JSONResponse({"error": exc.reason}, status_code=exc.status_code)
 
+    unsubscribed_log = LogThrottle()
+
+    def unsubscribed(event: IncomingCall) -> Response:
+        metrics.webhooks.labels("ignored").inc()
+        metrics.ignored_event(f"{event.api}.incoming")
+        if unsubscribed_log.admit() is not None:
+            logger.warning(
+                "incoming call of an API not in SWITCHBOARD_SUBSCRIBED_EVENTS: not acted on "
+                "(add its event to the setting to route these calls)",
+                extra={"event": "unsubscribed_event", "api": event.api, "call_id": event.call_id},
+            )
+        reason = "not in SWITCHBOARD_SUBSCRIBED_EVENTS"
+        return JSONResponse({"status": "ignored", "api": event.api, "reason": reason})
+
     @app.post(WEBHOOK_PATH)
     async def webhook(request: Request) -> Response:
         body = await _read_body(request, settings.max_body_bytes)
@@ -263,6 +275,10 @@ def create_app(
             metrics.webhooks.labels("ignored").inc()
             metrics.ignored_event(event.type)
             return JSONResponse({"status": "ignored", "type": event.type})
+        if event.api not in subscribed:
+            # Not announced in SWITCHBOARD_SUBSCRIBED_EVENTS: the pairing of the two APIs'
+            # events trusts that list, so acting on this one could answer a call twice.
+            return unsubscribed(event)
         rules = manager.current  # once: the whole call is decided on these rules
         if rules is None:
             metrics.webhooks.labels("not_ready").inc()

@@ -74,6 +74,12 @@ class Pairing:
     expected: frozenset[Api] = frozenset(APIS)
     wait_seconds: float = 1.0
 
+    @property
+    def untied(self) -> Api:
+        """The one API through which a call with nothing to tie its events (an INVITE
+        without headers) takes an action either API could (a reject): never both."""
+        return "realtime" if "realtime" in self.expected else "live"
+
 
 def action_api(action: Action) -> Api | None:
     """The API an action must go through: its session's; None for a reject (either can)."""
@@ -353,7 +359,9 @@ class CallRouter:
         self, call: IncomingCall, decision: Decision, dialog: str | None, deadline: float
     ) -> Api | None:
         """The API that handles this call (None: not known yet, answer 503 and retry)."""
-        wanted = action_api(decision.action) or call.api
+        wanted = action_api(decision.action) or (
+            call.api if dialog is not None else self._pairing.untied
+        )
         if wanted != call.api and wanted in self._pairing.expected:
             if dialog is None:
                 # Nothing ties this event to the other one: it must not act (the other API's

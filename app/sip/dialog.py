@@ -16,12 +16,14 @@ from collections.abc import Iterable
 
 from app.sip.identity import canonical_name
 
-MAX_CALL_ID = 512
 _TAG = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.IGNORECASE)
 
 
 def dialog_key(headers: Iterable[tuple[str, str]]) -> str | None:
-    """A short digest of Call-ID and the From tag; None without a usable Call-ID."""
+    """A short digest of Call-ID and the From tag. Without a Call-ID (SIP requires one, but
+    the caller controls the INVITE), a digest of every header in order: both events carry
+    the same headers, so they still get the same key. None only for no headers at all."""
+    headers = tuple(headers)
     call_id: str | None = None
     from_value = ""
     for name, value in headers:
@@ -30,10 +32,13 @@ def dialog_key(headers: Iterable[tuple[str, str]]) -> str | None:
             call_id = value.strip()
         elif canonical == "from" and not from_value:
             from_value = value
-    if not call_id or len(call_id) > MAX_CALL_ID:
+    if call_id:
+        # The tag is after the address (a display name or URI may hold ";tag=" text).
+        params = from_value.rpartition(">")[2] if ">" in from_value else from_value
+        tag = _TAG.search(params)
+        text = f"call-id\0{call_id}\0{tag.group(1) if tag else ''}"
+    elif headers:
+        text = "headers\0" + "\0".join(f"{canonical_name(n)}:{v}" for n, v in headers)
+    else:
         return None
-    # The tag is after the address (a display name or URI may hold ";tag=" text of its own).
-    params = from_value.rpartition(">")[2] if ">" in from_value else from_value
-    tag = _TAG.search(params)
-    text = f"{call_id}\0{tag.group(1) if tag else ''}"
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(text.encode(errors="surrogatepass"), digest_size=16).hexdigest()

@@ -16,7 +16,16 @@ from app.main import create_app
 from app.rules import compile_rules
 from app.settings import MissingWebhookSecret, Settings
 from app.state.claims import MemoryClaimStore, StateUnavailable
-from tests.support import OTHER_SECRET, SECRET, incoming_event, new_id, sign, sign_raw, signed
+from tests.support import (
+    OTHER_SECRET,
+    SECRET,
+    incoming_event,
+    live_event,
+    new_id,
+    sign,
+    sign_raw,
+    signed,
+)
 
 BASE = "https://api.test/v1"
 ADMIN_TOKEN = "admin-token-0123456789"
@@ -505,3 +514,34 @@ def test_readiness_without_the_state_store_tells_the_public_no_details(
         )
     with client_for(api) as client:
         assert client.get("/admin/status", headers=ADMIN).json()["state_store"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("subscribed", "event_type"),
+    [
+        ("realtime.call.incoming", "live.transport.incoming"),
+        ("realtime.call.incoming", "live.call.incoming"),
+        ("live.transport.incoming", "realtime.call.incoming"),
+    ],
+)
+def test_an_incoming_call_of_an_unsubscribed_api_is_not_acted_on(
+    api: respx.Router, caplog: pytest.LogCaptureFixture, subscribed: str, event_type: str
+) -> None:
+    # The pairing of the two APIs' events trusts SWITCHBOARD_SUBSCRIBED_EVENTS: a Realtime-only
+    # project skips the dialog claim, so a Live event acted on as well could answer (or
+    # reject) the call a second time. It is acknowledged, counted and logged instead.
+    if event_type == "realtime.call.incoming":
+        event = incoming_event()
+    else:
+        event = live_event(event_type=event_type)
+    with client_for(api, subscribed_events=subscribed) as client:
+        with caplog.at_level(logging.WARNING, logger="switchboard"):
+            response = post_event(client, event)
+        assert response.status_code == 200
+        assert response.json()["status"] == "ignored"
+        assert "SWITCHBOARD_SUBSCRIBED_EVENTS" in response.json()["reason"]
+        family = event_type.split(".")[0]
+        text = client.get("/metrics").text
+        assert f'switchboard_ignored_events_total{{type="{family}"}} 1.0' in text
+    assert api.calls.call_count == 0
+    assert [r for r in caplog.records if getattr(r, "event", None) == "unsubscribed_event"]
