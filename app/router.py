@@ -30,7 +30,7 @@ from app.ops.metrics import Metrics
 from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
 from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet, caller_key
 from app.rules.ruleset import CallFeatures
-from app.sip.dialog import dialog_key
+from app.sip.dialog import dialog_keys
 from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
 from app.state.claims import Answer, ClaimLost, ClaimStore, StateUnavailable, Ticket
 from app.state.handlers import DialogHandlers
@@ -235,12 +235,13 @@ class CallRouter:
             Headers((h.name, h.value) for h in call.sip_headers), self._policy, call.media_security
         )
         # Both events of one call decide alike: splits and rate limits key on the dialog.
-        dialog = dialog_key((h.name, h.value) for h in call.sip_headers)
-        same_call = dialog or call.call_id
+        # A verdict is remembered for the horizon, so it keys on a real dialog (Call-ID)
+        # only: identical INVITEs without one must not all replay the first verdict.
+        dialog, call_dialog = dialog_keys((h.name, h.value) for h in call.sip_headers)
         decision = await self._limit(
-            rules.decide(identity, datetime.now(UTC), same_call),
+            rules.decide(identity, datetime.now(UTC), dialog or call.call_id),
             identity,
-            same_call,
+            call_dialog or call.call_id,
             time.monotonic() + max(0.0, deadline - self._clock()),
         )
         handler = await self._handler(call, decision, dialog, deadline)

@@ -50,7 +50,8 @@ def _print_setting_errors(exc: ValidationError, *, flags: bool = False) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="switchboard", description="Route SIP calls arriving at the OpenAI Realtime API."
+        prog="switchboard",
+        description="Route SIP calls arriving at OpenAI's voice APIs (GPT-Live, Realtime).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -23,6 +23,13 @@ def dialog_key(headers: Iterable[tuple[str, str]]) -> str | None:
     """A short digest of Call-ID and the From tag. Without a Call-ID (SIP requires one, but
     the caller controls the INVITE), a digest of every header in order: both events carry
     the same headers, so they still get the same key. None only for no headers at all."""
+    return dialog_keys(headers)[0]
+
+
+def dialog_keys(headers: Iterable[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """(dialog_key, the same only when it comes from a Call-ID, else None). What is
+    remembered per call for long (a rate limit's verdict) keys on the second: identical
+    INVITEs without a Call-ID must not share one."""
     headers = tuple(headers)
     call_id: str | None = None
     from_value = ""
@@ -36,9 +43,13 @@ def dialog_key(headers: Iterable[tuple[str, str]]) -> str | None:
         # The tag is after the address (a display name or URI may hold ";tag=" text).
         params = from_value.rpartition(">")[2] if ">" in from_value else from_value
         tag = _TAG.search(params)
-        text = f"call-id\0{call_id}\0{tag.group(1) if tag else ''}"
-    elif headers:
-        text = "headers\0" + "\0".join(f"{canonical_name(n)}:{v}" for n, v in headers)
-    else:
-        return None
+        key = _digest(f"call-id\0{call_id}\0{tag.group(1) if tag else ''}")
+        return key, key
+    if headers:
+        text = "\0".join(f"{canonical_name(name)}:{value}" for name, value in headers)
+        return _digest(f"headers\0{text}"), None
+    return None, None
+
+
+def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode(errors="surrogatepass"), digest_size=16).hexdigest()
