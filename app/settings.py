@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     def _events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         from app.intake.events import INCOMING_EVENTS
 
+        if not value:
+            # Every incoming call would be answered "ignored": refused rather than silent.
+            raise ValueError(f"name at least one of {', '.join(sorted(INCOMING_EVENTS))}")
         unknown = [name for name in value if name not in INCOMING_EVENTS]
         if unknown:
             raise ValueError(

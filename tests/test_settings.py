@@ -68,6 +68,7 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"database_url": "mysql://db/x"}, "must be a postgresql://user:password@host"),
         ({"database_url": "postgresql://db:port/x"}, "is not a valid URL"),
         ({"calls_queue_max": 10}, "greater than or equal to 100"),
+        ({"subscribed_events": ""}, "name at least one of live.call.incoming"),
     ],
     ids=[
         "base-url",
@@ -82,6 +83,7 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
         "database-url-not-postgresql",
         "database-url-bad-port",
         "queue-max-tiny",
+        "no-subscribed-event",
     ],
 )
 def test_invalid_settings(values: dict[str, Any], message: str) -> None:
