@@ -114,8 +114,12 @@ def create_app(
             transport=transport,
         )
         retry = RetryPolicy(attempt_timeout=settings.upstream_timeout_seconds)
-        controller = CallControl(client, policy=retry, observer=metrics.observe_upstream)
-        live_controller = LiveCallControl(client, policy=retry, observer=metrics.observe_upstream)
+        controller = CallControl(
+            client, policy=retry, observer=metrics.upstream_observer("realtime")
+        )
+        live_controller = LiveCallControl(
+            client, policy=retry, observer=metrics.upstream_observer("live")
+        )
         replica = settings.replica_id or new_replica_id()
         if state is not None and state.redis is not None:
             # Replicas share the registry of live calls: any one carries on a dead one's.

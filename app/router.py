@@ -190,7 +190,7 @@ class CallRouter:
         body.update((k, v) for k, v in context.items() if k in _CONTEXT_FIELDS)
         body.update(outcome="uncertain", error=UNCERTAIN_ERROR)
         route, action = str(body.get("route", "")), str(body.get("action", ""))
-        self._metrics.outcomes.labels(action, "uncertain").inc()
+        self._metrics.outcomes.labels(call.api, action, "uncertain").inc()
         self._metrics.webhooks.labels("routed").inc()
         logger.warning(
             "call routed",
@@ -271,7 +271,7 @@ class CallRouter:
         self._record(call, decision, None, numbers)
         outcome = await self._act(call, decision, deadline, ticket)
         acted = time.perf_counter()
-        self._metrics.outcomes.labels(decision.action.kind, outcome.name).inc()
+        self._metrics.outcomes.labels(call.api, decision.action.kind, outcome.name).inc()
         self._metrics.webhooks.labels("retry" if outcome.retryable else "routed").inc()
 
         body["outcome"] = outcome.name

@@ -1396,7 +1396,10 @@ async def test_fallbacks(
     assert await harness.call() == {"route": "agent", **answer}
     assert harness.controller.requests == requests
     outcome = harness.metric(
-        "switchboard_call_outcomes_total", action=answer["action"], outcome=answer["outcome"]
+        "switchboard_call_outcomes_total",
+        api="realtime",
+        action=answer["action"],
+        outcome=answer["outcome"],
     )
     assert outcome == 1
 

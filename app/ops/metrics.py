@@ -17,7 +17,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.openai.callcontrol import OPERATIONS, STATUS_LABELS
+from app.intake.events import APIS, Api
+from app.openai.callcontrol import OPERATIONS, STATUS_LABELS, Observer
 from app.records.calllog import DROP_REASONS, CallLog, ReportsBacklog
 from app.rules import RuleSet
 
@@ -113,20 +114,20 @@ class Metrics:
         )
         self.outcomes = Counter(
             "switchboard_call_outcomes",
-            "Calls by action and outcome.",
-            ["action", "outcome"],
+            "Calls by API, action and outcome.",
+            ["api", "action", "outcome"],
             registry=r,
         )
         self.upstream = Counter(
             "switchboard_upstream_requests",
-            "Call-control API requests by operation and status.",
-            ["operation", "status"],
+            "Call-control API requests by API, operation and status.",
+            ["api", "operation", "status"],
             registry=r,
         )
         self.upstream_latency = Histogram(
             "switchboard_upstream_latency_seconds",
             "Call-control API request latency.",
-            ["operation"],
+            ["api", "operation"],
             registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
@@ -214,7 +215,7 @@ class Metrics:
             self.transfers.labels(outcome)
         for reason in HANGUP_REASONS:
             self.hangups.labels(reason)
-        for api in ("realtime", "live"):
+        for api in APIS:
             for handling in INCOMING_HANDLING:
                 self.incoming.labels(api, handling)
         for stage in SIDEBAND_STAGES:
@@ -226,13 +227,14 @@ class Metrics:
         for reason in ADMIN_REFUSALS:
             self.admin_refused.labels(reason)
         self.rules_reload_ok.set(1)
-        for operation in OPERATIONS:
-            self.upstream_latency.labels(operation)
-            for status in STATUS_LABELS:
-                self.upstream.labels(operation, status)
-        for action in ("accept", "reject", "refer"):
-            for outcome in OUTCOMES:
-                self.outcomes.labels(action, outcome)
+        for api in APIS:
+            for operation in OPERATIONS:
+                self.upstream_latency.labels(api, operation)
+                for status in STATUS_LABELS:
+                    self.upstream.labels(api, operation, status)
+            for action in ("accept", "reject", "refer"):
+                for outcome in OUTCOMES:
+                    self.outcomes.labels(api, action, outcome)
 
     def routes_loaded(self, rules: RuleSet) -> None:
         for name, action in rules.route_actions():
@@ -244,9 +246,15 @@ class Metrics:
                 self.rate_limited.labels(route.name)
         self.rules_loaded.set(rules.loaded_at)
 
-    def observe_upstream(self, operation: str, status: str, seconds: float) -> None:
-        self.upstream.labels(operation, status).inc()
-        self.upstream_latency.labels(operation).observe(seconds)
+    def observe_upstream(self, api: Api, operation: str, status: str, seconds: float) -> None:
+        self.upstream.labels(api, operation, status).inc()
+        self.upstream_latency.labels(api, operation).observe(seconds)
+
+    def upstream_observer(self, api: Api) -> Observer:
+        """The observer of one API's call control (its requests labelled with the API)."""
+        return lambda operation, status, seconds: self.observe_upstream(
+            api, operation, status, seconds
+        )
 
     def ignored_event(self, event_type: str) -> None:
         # Event types come from a signed payload, but keep the label set bounded anyway.

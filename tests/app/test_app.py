@@ -414,10 +414,13 @@ def test_metrics_are_precreated_and_hold_no_numbers(client: TestClient) -> None:
         'switchboard_webhooks_total{result="retry"} 0.0',
         'switchboard_decisions_total{action="reject",route="spam"} 0.0',
         'switchboard_decisions_total{action="accept",route="support"} 1.0',
-        'switchboard_upstream_requests_total{operation="refer",status="5xx"} 0.0',
-        'switchboard_upstream_requests_total{operation="accept",status="2xx"} 1.0',
+        'switchboard_upstream_requests_total{api="realtime",operation="refer",status="5xx"} 0.0',
+        'switchboard_upstream_requests_total{api="realtime",operation="accept",status="2xx"} 1.0',
+        'switchboard_upstream_requests_total{api="live",operation="accept",status="2xx"} 0.0',
         "switchboard_decision_latency_seconds_count 1.0",
-        'switchboard_upstream_latency_seconds_count{operation="accept"} 1.0',
+        'switchboard_upstream_latency_seconds_count{api="realtime",operation="accept"} 1.0',
+        'switchboard_call_outcomes_total{action="accept",api="realtime",outcome="accepted"} 1.0',
+        'switchboard_call_outcomes_total{action="accept",api="live",outcome="accepted"} 0.0',
     ):
         assert line in text
     assert "4155550123" not in text and "8005550100" not in text
@@ -485,6 +488,45 @@ def test_a_flood_of_refused_admin_requests_is_logged_sparingly(
     metrics = client.get("/metrics").text
     assert 'switchboard_admin_refused_total{reason="missing_token"} 1.0' in metrics
     assert 'switchboard_admin_refused_total{reason="disabled"} 0.0' in metrics
+
+
+LIVE_ROUTES = """
+sessions:
+  live-desk:
+    type: live
+    model: gpt-live-1
+    instructions: You answer for Example Co.
+routes:
+  - name: live-line
+    match: {called: "+18005550100"}
+    accept: live-desk
+default:
+  reject: {status_code: 480}
+"""
+
+
+def test_a_live_call_is_counted_under_its_api(api: respx.Router) -> None:
+    # Issue 13: the outcome and the upstream request of a GPT-Live call carry api="live",
+    # so a dashboard tells the two APIs apart (the phone numbers never are labels).
+    api.post(path__regex=r"/live/sessions/[^/]+/accept", name="live_accept").respond(200)
+    app = create_app(
+        make_settings(subscribed_events="live.transport.incoming"),
+        rules=compile_rules(LIVE_ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+    )
+    with TestClient(app) as client:
+        response = post_event(client, live_event(caller="+14155550123", called="+18005550100"))
+        assert response.json()["outcome"] == "accepted"
+        text = client.get("/metrics").text
+    for line in (
+        'switchboard_call_outcomes_total{action="accept",api="live",outcome="accepted"} 1.0',
+        'switchboard_call_outcomes_total{action="accept",api="realtime",outcome="accepted"} 0.0',
+        'switchboard_upstream_requests_total{api="live",operation="accept",status="2xx"} 1.0',
+        'switchboard_upstream_requests_total{api="realtime",operation="accept",status="2xx"} 0.0',
+        'switchboard_upstream_latency_seconds_count{api="live",operation="accept"} 1.0',
+    ):
+        assert line in text
+    assert "4155550123" not in text and "8005550100" not in text
 
 
 class UnreachableStore(MemoryClaimStore):

@@ -119,7 +119,12 @@ async def test_an_inherited_acting_claim_is_answered_uncertain_without_a_request
     record = await log.get("rtc_1")
     assert record is not None
     assert (record.outcome, record.status, record.end_reason) == ("uncertain", "ended", "uncertain")
-    assert h.metric("switchboard_call_outcomes_total", action="accept", outcome="uncertain") == 1
+    assert (
+        h.metric(
+            "switchboard_call_outcomes_total", api="realtime", action="accept", outcome="uncertain"
+        )
+        == 1
+    )
 
 
 @pytest.mark.anyio
