@@ -78,7 +78,10 @@ def start_service(
     env: dict[str, str],
     timeout: float = 30,
     args: Sequence[str] = (),
+    wait_for: str = "/readyz",
 ) -> Service:
+    """`wait_for`: the endpoint whose 200 means started (`/healthz` for a service expected
+    to start alive but not ready)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "routes.yaml").write_text(routes)
     port = free_port()
@@ -98,13 +101,15 @@ def start_service(
         if process.poll() is not None:
             raise RuntimeError(f"switchboard exited with {process.returncode}:\n{service.logs()}")
         try:
-            if httpx.get(f"{service.url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{service.url}{wait_for}", timeout=1).status_code == 200:
                 return service
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     stop_service(service)
-    raise RuntimeError(f"switchboard did not become ready:\n{service.logs()}")
+    raise RuntimeError(
+        f"switchboard did not become ready ({wait_for} never 200):\n{service.logs()}"
+    )
 
 
 def stop_service(service: Service) -> None:

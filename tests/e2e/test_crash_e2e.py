@@ -204,21 +204,59 @@ def test_redis_lost_while_serving(tmp_path: Path, own_redis_server: RedisServer)
         fake.stop()
 
 
-def test_redis_unreachable_at_start_is_not_ready(
-    tmp_path: Path, own_redis_server: RedisServer
-) -> None:
+def test_redis_unreachable_at_start_is_alive_not_ready_and_recovers(tmp_path: Path) -> None:
+    """The start-up degraded mode (docs/operations.md, "Redis, degraded"): with nothing
+    listening at SWITCHBOARD_REDIS_URL the service starts and stays alive (/healthz 200),
+    not ready (/readyz 503), and answers signed webhooks 503 without acting on them; once
+    a redis-server listens there, it becomes ready without a restart and a redelivered
+    webhook is acted on exactly once."""
     fake = FakeOpenAI().start()
-    url = own_redis_server.url()
-    own_redis_server.stop()
+    redis = RedisServer(tmp_path / "redis")  # its port, nobody listening yet
+    service = start_service(
+        tmp_path / "node",
+        E2E_ROUTES,
+        env=env(
+            fake,
+            SWITCHBOARD_REDIS_URL=redis.url(),
+            SWITCHBOARD_STATE_TIMEOUT_SECONDS="0.2",
+            SWITCHBOARD_CLAIM_LEASE_SECONDS="5",
+        ),
+        wait_for="/healthz",
+    )
     try:
-        with pytest.raises(RuntimeError, match="did not become ready"):
-            start_service(
-                tmp_path / "node",
-                E2E_ROUTES,
-                env=env(fake, SWITCHBOARD_REDIS_URL=url),
-                timeout=3,
-            )
+        assert "Redis is unreachable" in service.logs()
+        ready = httpx.get(f"{service.url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "not ready", "detail": "state store unavailable"}
+        delivery = Delivery(new_id())
+        for _ in range(3):  # OpenAI's redeliveries meanwhile: each one 503, none acted on
+            response = delivery.send(service)
+            assert response.status_code == 503, response.text
+            assert "state store unavailable" in response.json()["error"]
+        assert fake.for_call(delivery.call_id) == []
+        assert service.process.poll() is None
+        assert httpx.get(f"{service.url}/healthz").status_code == 200
+        assert httpx.get(f"{service.url}/readyz").status_code == 503
+
+        redis.start()  # the same port: no restart of the service, no new setting
+        wait_for(lambda: httpx.get(f"{service.url}/readyz").status_code == 200, "ready", 20)
+        # Redeliveries, some concurrent: the call is acted on once, the others replay it.
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: delivery.send_until_final(service), range(4)))
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+        assert {a.json()["outcome"] for a in answers} == {"accepted"}
+        assert sorted(bool(a.json().get("duplicate")) for a in answers) == [
+            False,
+            True,
+            True,
+            True,
+        ]
+        assert accepts(fake, [delivery]) == Counter({delivery.call_id: 1})
+        assert service.process.poll() is None
+        assert "Traceback" not in service.logs()  # degraded is a mode, not a crash
     finally:
+        stop_service(service)
+        redis.stop()
         fake.stop()
 
 
