@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.pgserver import pg_empty_url, pg_server, pg_session_url, pg_url
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import OPENSSL, REDIS_SERVER, RedisServer, make_tls
 
 # PostgreSQL (tests/pgserver.py): a database of the session, a throwaway server to stop.
 __all__ = ["pg_empty_url", "pg_server", "pg_session_url", "pg_url"]
@@ -40,5 +40,18 @@ def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A server of this test's own, which it may stop and start (an outage)."""
     _need_redis()
     server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A TLS-only server of this test's own: a throwaway CA signed its certificate, and it
+    requires a client certificate of that CA (mutual TLS); url() carries both files."""
+    _need_redis()
+    if OPENSSL is None:
+        pytest.skip("the openssl command is not installed (it makes the test's certificates)")
+    tls = make_tls(tmp_path / "tls")
+    server = RedisServer(tmp_path / "redis-tls", tls=tls, client_certs=True).start()
     yield server
     server.stop()

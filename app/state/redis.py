@@ -1,21 +1,28 @@
 """The one place a Redis client is made (SWITCHBOARD_REDIS_URL), for every shared store.
 
 `redis://[[user]:password@]host[:port][/db]`, `rediss://...` (TLS) or
-`unix:///path/redis.sock?db=0`, with the maintained
+`unix:///path/redis.sock?db=0`. TLS takes redis-py's URL parameters: `ssl_ca_certs=` (the CA
+file of a private CA; without it, the system's CAs), `ssl_certfile=` and `ssl_keyfile=` (a
+client certificate, when Redis requires one), `ssl_cert_reqs=` and `ssl_check_hostname=`;
+no other parameter is taken (redis-py would fail on an unknown one at the first command).
+With the maintained
 `redis` package's asyncio client (hiredis parses replies when it is installed). A phone is
 ringing while we talk to Redis, so every command has a short timeout and at most one quick
 retry (a pooled connection that a Redis restart closed); nothing waits longer than the
 call's own deadline.
 
 Start-up decides between two failures (docs/operations.md, "Shared state"): a Redis that
-answers but refuses us (wrong password, no such database) is a configuration error and the
-service does not start (`RedisConfigError`); a Redis that does not answer yet only keeps
-the service not ready until it does (`RedisUnavailable`).
+answers but refuses us (wrong password, no such database), or whose TLS certificate our CA
+does not vouch for, is a configuration error and the service does not start
+(`RedisConfigError`); a Redis that does not answer yet only keeps the service not ready
+until it does (`RedisUnavailable`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, urlsplit
@@ -29,6 +36,12 @@ SCHEMES: Final = ("redis", "rediss", "unix")
 DEFAULT_TIMEOUT: Final = 0.5
 """Seconds for one command (and for opening a connection), unless configured."""
 MAX_CONNECTIONS: Final = 64
+TLS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+TLS_PARAMETERS: Final = (*TLS_FILES, "ssl_cert_reqs", "ssl_check_hostname")
+_CHOICES: Final = {
+    "ssl_cert_reqs": ("none", "optional", "required"),
+    "ssl_check_hostname": ("true", "false"),
+}
 
 
 class RedisConfigError(Exception):
@@ -76,12 +89,34 @@ def parse_url(url: str) -> RedisTarget:
         return RedisTarget(parts.scheme, parts.path, 0, int(db))
     if not parts.hostname:
         raise RedisConfigError("SWITCHBOARD_REDIS_URL has no host")
+    _check_parameters(parts.scheme, parse_qsl(parts.query, keep_blank_values=True))
     path = parts.path.strip("/")
     if path and not path.isdigit():
         raise RedisConfigError(
             "SWITCHBOARD_REDIS_URL's path must be a database number, e.g. redis://host:6379/0"
         )
     return RedisTarget(parts.scheme, parts.hostname, port or 6379, int(path or 0))
+
+
+def _check_parameters(scheme: str, parameters: list[tuple[str, str]]) -> None:
+    """The TLS parameters, on rediss:// only, with values redis-py takes and files that
+    can be read (else the first command would fail, as if Redis did not answer)."""
+    for name, value in parameters:
+        if name not in TLS_PARAMETERS:
+            raise RedisConfigError(
+                f"SWITCHBOARD_REDIS_URL's parameter {name!r} is not supported "
+                f"(only {', '.join(TLS_PARAMETERS)}, with rediss://)"
+            )
+        if scheme != "rediss":
+            raise RedisConfigError(f"SWITCHBOARD_REDIS_URL's {name}= needs rediss:// (TLS)")
+        if name in _CHOICES and value.lower() not in _CHOICES[name]:
+            raise RedisConfigError(
+                f"SWITCHBOARD_REDIS_URL's {name}= must be one of {', '.join(_CHOICES[name])}"
+            )
+        if name in TLS_FILES and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+            raise RedisConfigError(
+                f"SWITCHBOARD_REDIS_URL's {name}= names no readable file: {value or '(empty)'}"
+            )
 
 
 def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> aioredis.Redis:
@@ -113,4 +148,25 @@ async def check(client: aioredis.Redis, *, timeout: float = DEFAULT_TIMEOUT) -> 
         # e.g. "DB index is out of range", "NOAUTH Authentication required."
         raise RedisConfigError(f"Redis refused the connection: {exc}") from None
     except (RedisError, OSError, TimeoutError) as exc:
+        refused = _certificate_refused(exc)
+        if refused is not None:
+            # Not a Redis that will come back: one our CA does not vouch for (or another
+            # server on that port). Waiting would only hide it.
+            raise RedisConfigError(
+                "Redis's TLS certificate was not accepted (certificate verify failed: "
+                f"{refused.verify_message}): give the CA that signed it in "
+                "SWITCHBOARD_REDIS_URL's ssl_ca_certs= (docs/deploy.md)"
+            ) from None
         raise RedisUnavailable(f"Redis does not answer: {exc or type(exc).__name__}") from None
+
+
+def _certificate_refused(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind redis-py's ConnectionError, if any."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # redis-py raises its own error while handling the ssl one
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from app.settings import Settings
 from app.state.redis import RedisConfigError, RedisUnavailable, check, connect, parse_url
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer, free_port, make_tls
 
 
 @pytest.fixture
@@ -24,6 +24,7 @@ def anyio_backend() -> str:
         ("redis://:secret@10.0.0.5:6380/3", "redis://10.0.0.5:6380/3"),
         ("rediss://user:secret@redis.internal/1", "rediss://redis.internal:6379/1"),
         ("unix:///run/redis.sock?db=2", "unix:///run/redis.sock?db=2"),
+        ("rediss://:secret@r.internal/1?ssl_cert_reqs=required", "rediss://r.internal:6379/1"),
     ],
 )
 def test_urls_and_what_logs_show_of_them(url: str, target: str) -> None:
@@ -39,6 +40,12 @@ def test_urls_and_what_logs_show_of_them(url: str, target: str) -> None:
         ("redis://", "no host"),
         ("redis://localhost:port", "not a valid URL"),
         ("redis://localhost/zero", "database number"),
+        # redis-py would take these and fail at the first command, as if Redis were down.
+        ("rediss://:secret@h/0?ssl_ca_certs=/nonexistent/ca.pem", "ssl_ca_certs= names no"),
+        ("rediss://:secret@h/0?ssl_certfile=", "ssl_certfile= names no readable file"),
+        ("redis://:secret@h/0?ssl_ca_certs=/etc/hostname", "needs rediss://"),
+        ("rediss://:secret@h/0?socket_timeout=1", "'socket_timeout' is not supported"),
+        ("rediss://:secret@h/0?ssl_cert_reqs=maybe", "must be one of none, optional, required"),
     ],
 )
 def test_bad_urls_are_refused_without_echoing_them(url: str, message: str) -> None:
@@ -96,3 +103,40 @@ async def test_a_wrong_password_or_database_is_a_configuration_error(tmp_path: P
             await client.aclose()
     finally:
         server.stop()
+
+
+@pytest.mark.anyio
+async def test_rediss_with_the_ca_and_a_client_certificate(tls_redis_server: RedisServer) -> None:
+    url = tls_redis_server.url()
+    assert url.startswith("rediss://") and "ssl_ca_certs=" in url and "ssl_certfile=" in url
+    client = connect(url)
+    try:
+        await check(client)
+        await client.set("k", "over TLS")
+        assert await client.get("k") == "over TLS"
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_rediss_with_another_ca_is_a_configuration_error(
+    tls_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A certificate our CA does not vouch for will not come right by waiting: the service
+    must not start (RedisConfigError), and the error says what to set."""
+    other = make_tls(tmp_path / "other", name="another CA")
+    for url in (
+        tls_redis_server.url(ca=other.ca),
+        # No CA given: the system's CAs, which do not know the private one either.
+        tls_redis_server.url().split("?")[0],
+    ):
+        client = connect(url)
+        try:
+            with pytest.raises(RedisConfigError) as refused:
+                await check(client)
+        finally:
+            await client.aclose()
+        message = str(refused.value)
+        assert "TLS certificate was not accepted" in message
+        assert "certificate verify failed" in message
+        assert "ssl_ca_certs" in message
