@@ -43,6 +43,10 @@ _CONTEXT_FIELDS = frozenset(("route", "action", "rules_version"))
 
 # Time allowed to hang up a call whose transfer failed, even past the call's deadline.
 CLEANUP_SECONDS = 2.0
+FINISH_GRACE_SECONDS = 0.5
+"""Time the state store gets to keep the answer of a call acted on, even past the call's
+deadline: the request was sent, and without its answer a redelivery would find the claim
+in `acting` and answer 'uncertain' (docs/operations.md, "Exactly-once state")."""
 PENDING = "pending"
 """A call's outcome in its record between the decision and the end of the action."""
 # The status a call gets when the route's API cannot answer it (its event never came).
@@ -130,9 +134,12 @@ class CallRouter:
     async def handle(self, call: IncomingCall, rules: RuleSet) -> Answer:
         received = self._clock()
         deadline = received + self._deadline_seconds
+        # The same deadline for the state store (time.monotonic(); self._clock may be a
+        # test's): no store call may wait past it.
+        until = time.monotonic() + self._deadline_seconds
         keys = (f"webhook:{call.webhook_id}", f"call:{call.call_id}")
         try:
-            claim = await self._store.claim(keys, time.monotonic() + self._deadline_seconds)
+            claim = await self._store.claim(keys, until)
         except StateUnavailable as exc:
             return self._unavailable(call, exc)
         if isinstance(claim, Answer):
@@ -154,13 +161,18 @@ class CallRouter:
             if claim.orphan is not None:
                 answer, remember = self._orphaned(call, claim.orphan), True
             else:
-                answer, remember, uncertain = await self._route(call, rules, claim, deadline)
+                answer, remember, uncertain = await self._route(call, rules, claim, deadline, until)
         except (StateUnavailable, ClaimLost) as exc:
             # Nothing was sent: the claim could not be moved to `acting`.
             answer = self._unavailable(call, exc)
         finally:
+            stop = self._until(deadline, until)
+            if claim.sent:
+                stop = max(stop, time.monotonic() + FINISH_GRACE_SECONDS)
             try:
-                await self._store.finish(claim, answer, remember=remember, uncertain=uncertain)
+                await self._store.finish(
+                    claim, answer, remember=remember, uncertain=uncertain, deadline=stop
+                )
             except StateUnavailable as exc:
                 # The lease runs out; a redelivery finds the claim as this delivery left it.
                 logger.error(
@@ -172,6 +184,11 @@ class CallRouter:
                     },
                 )
         return answer
+
+    def _until(self, deadline: float, until: float) -> float:
+        """The call's deadline for a store call: `until`, or sooner when self._clock (a
+        test's) says that less time is left."""
+        return min(until, time.monotonic() + max(0.0, deadline - self._clock()))
 
     def _unavailable(self, call: IncomingCall, exc: Exception) -> Answer:
         """No claim, no action: 503, and OpenAI redelivers."""
@@ -227,9 +244,10 @@ class CallRouter:
         return Answer(200, body)
 
     async def _route(
-        self, call: IncomingCall, rules: RuleSet, ticket: Ticket, deadline: float
+        self, call: IncomingCall, rules: RuleSet, ticket: Ticket, deadline: float, until: float
     ) -> tuple[Answer, bool, bool]:
-        """(answer, remember it, a request may have taken effect)."""
+        """(answer, remember it, a request may have taken effect). `until`: the deadline
+        on time.monotonic() for the state store's calls."""
         started = time.perf_counter()
         identity = identify(
             Headers((h.name, h.value) for h in call.sip_headers), self._policy, call.media_security
@@ -242,9 +260,9 @@ class CallRouter:
             rules.decide(identity, datetime.now(UTC), dialog or call.call_id),
             identity,
             call_dialog or call.call_id,
-            time.monotonic() + max(0.0, deadline - self._clock()),
+            self._until(deadline, until),
         )
-        handler = await self._handler(call, decision, dialog, deadline)
+        handler = await self._handler(call, decision, dialog, deadline, until)
         if handler != call.api:
             return self._acknowledge(call, decision, handler), handler is not None, False
         if action_api(decision.action) not in (None, call.api):
@@ -264,8 +282,10 @@ class CallRouter:
         }
         numbers = self._numbers(identity)  # masked once, for the log line and the record
         if not self._dry_run:
-            # Written before the first request: a crash from here on is "uncertain".
-            await self._store.acting(ticket, body)
+            # Written before the first request: a crash from here on is "uncertain". Not
+            # written by the call's deadline: nothing is sent (503, OpenAI redelivers).
+            await self._store.acting(ticket, body, deadline=self._until(deadline, until))
+            ticket.sent = True
         # Recorded before acting: a crash in the middle leaves the call in the log (still
         # `active`, ended as unknown at the next start), not nothing.
         self._record(call, decision, None, numbers)
@@ -357,7 +377,12 @@ class CallRouter:
         )
 
     async def _handler(
-        self, call: IncomingCall, decision: Decision, dialog: str | None, deadline: float
+        self,
+        call: IncomingCall,
+        decision: Decision,
+        dialog: str | None,
+        deadline: float,
+        until: float,
     ) -> Api | None:
         """The API that handles this call (None: not known yet, answer 503 and retry)."""
         wanted = action_api(decision.action) or (
@@ -375,8 +400,7 @@ class CallRouter:
         if dialog is None or not self._pairing.expected - {call.api}:
             # Only this API's events come: no other event to tie (and no store trip).
             return call.api
-        wait = time.monotonic() + max(0.0, deadline - self._clock())
-        return await self._handlers.take(dialog, call.api, wait)
+        return await self._handlers.take(dialog, call.api, self._until(deadline, until))
 
     def _acknowledge(self, call: IncomingCall, decision: Decision, handler: Api | None) -> Answer:
         """This event's call is (or may be) another event's: answered without acting."""

@@ -67,6 +67,9 @@ class Ticket:
     (route, action...). A request of that process may have taken effect."""
     result: asyncio.Future[Answer] | None = field(default=None, repr=False)
     """Completed by finish(): how waiters in the same process learn the answer."""
+    sent: bool = False
+    """Set by the router once `acting` is stored: a request of this delivery may be sent
+    (its answer then gets a short grace past the call's deadline to be kept)."""
 
 
 class StateUnavailable(Exception):
@@ -93,16 +96,27 @@ class ClaimStore(Protocol):
         """`deadline` on time.monotonic(): how long a duplicate may wait for its answer."""
         ...
 
-    async def acting(self, ticket: Ticket, context: Mapping[str, Any]) -> None:
+    async def acting(
+        self, ticket: Ticket, context: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
         """Record, before the first request is sent, that one may be; ClaimLost if the
-        ticket no longer holds its keys."""
+        ticket no longer holds its keys. `deadline` (time.monotonic()): StateUnavailable
+        when it is not written by then (the router gives the call's deadline; None: the
+        store's own timeout)."""
         ...
 
     async def finish(
-        self, ticket: Ticket, answer: Answer, *, remember: bool, uncertain: bool = False
+        self,
+        ticket: Ticket,
+        answer: Answer,
+        *,
+        remember: bool,
+        uncertain: bool = False,
+        deadline: float | None = None,
     ) -> None:
         """Keep the answer for the horizon if `remember`, else free the keys (a redelivery
-        acts again). `uncertain`: a request may have taken effect; marks the keys."""
+        acts again). `uncertain`: a request may have taken effect; marks the keys.
+        `deadline` as for acting()."""
         ...
 
 
@@ -233,7 +247,9 @@ class MemoryClaimStore:
         uncertain = any(key in self._marks for key in keys)
         return Ticket(keys, entry.claim_id, uncertain=uncertain, result=result)
 
-    async def acting(self, ticket: Ticket, context: Mapping[str, Any]) -> None:
+    async def acting(
+        self, ticket: Ticket, context: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
         entries = [self._entries.get(key) for key in ticket.keys]
         for key, entry in zip(ticket.keys, entries, strict=True):
             if entry is None or entry.claim_id != ticket.claim_id or entry.phase != "claimed":
@@ -244,8 +260,15 @@ class MemoryClaimStore:
             entry.context = dict(context)
 
     async def finish(
-        self, ticket: Ticket, answer: Answer, *, remember: bool, uncertain: bool = False
+        self,
+        ticket: Ticket,
+        answer: Answer,
+        *,
+        remember: bool,
+        uncertain: bool = False,
+        deadline: float | None = None,
     ) -> None:
+        # Memory answers at once: no deadline to keep.
         expires = self._clock() + self._horizon
         for key in ticket.keys:
             entry = self._entries.get(key)

@@ -45,7 +45,7 @@ class DialogHandlers:
             return handler if handler in APIS else None
         # Remembered at once and for the store's horizon: a handler is never given up, even
         # when its action fails in a way a redelivery (of that same event) retries.
-        await self._store.finish(claim, Answer(200, {"api": api}), remember=True)
+        await self._store.finish(claim, Answer(200, {"api": api}), remember=True, deadline=deadline)
         woken = self._waiters.get(dialog)
         if woken is not None:
             woken.set()

@@ -360,19 +360,29 @@ class RedisClaimStore:
         got = await poll_until(attempt, deadline)
         return got if got is not None else IN_PROGRESS
 
-    async def acting(self, ticket: Ticket, context: Mapping[str, Any]) -> None:
+    async def acting(
+        self, ticket: Ticket, context: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
         state = self._state
         text = json.dumps(dict(context), default=str, separators=(",", ":"))
         keys = [state.claim_key(k) for k in ticket.keys]
-        # No deadline of the call here: a lost answer would leave us unsure we hold it.
+        # A lost answer (timeout) may leave the claim in `acting` with nothing sent: the
+        # router then sends nothing and frees the claim; only a crash before that makes a
+        # redelivery 'uncertain' when it could have acted (the safe side).
         done = await state.call(
-            state.acting_script, keys, [ticket.claim_id, text, state.lease_ms], None
+            state.acting_script, keys, [ticket.claim_id, text, state.lease_ms], deadline
         )
         if not int(done):
             raise ClaimLost("the claim was taken over")
 
     async def finish(
-        self, ticket: Ticket, answer: Answer, *, remember: bool, uncertain: bool = False
+        self,
+        ticket: Ticket,
+        answer: Answer,
+        *,
+        remember: bool,
+        uncertain: bool = False,
+        deadline: float | None = None,
     ) -> None:
         state = self._state
         body = json.dumps(dict(answer.body), default=str, separators=(",", ":"))
@@ -387,7 +397,7 @@ class RedisClaimStore:
         ]
         keys = self._keys(ticket.keys)
         try:
-            await state.call(state.finish_script, keys, args, None)
+            await state.call(state.finish_script, keys, args, deadline)
         except StateUnavailable:
             state.finish_later(ticket.claim_id, keys, args)
             raise

@@ -231,6 +231,8 @@ class SqliteState:
         loop: an overloaded process is slow, not without its state."""
         if self._conn is None:
             raise StateUnavailable("the state database is not open")
+        if deadline is not None and deadline <= time.monotonic():
+            raise StateUnavailable("no time left for the state store")  # not written late
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append(_Job(op, future))
@@ -532,7 +534,9 @@ class SqliteClaimStore:
         got = await poll_until(attempt, deadline)
         return got if got is not None else IN_PROGRESS
 
-    async def acting(self, ticket: Ticket, context: Mapping[str, Any]) -> None:
+    async def acting(
+        self, ticket: Ticket, context: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
         state = self._state
         text = _dumps(context)
         lease = state.clock() + state.lease
@@ -545,10 +549,16 @@ class SqliteClaimStore:
                 conn.execute(_UNDO_ACTING[n], (claim_id, *keys))
                 raise ClaimLost("the claim was taken over")
 
-        await state.run(op, deadline=None)
+        await state.run(op, deadline=deadline)
 
     async def finish(
-        self, ticket: Ticket, answer: Answer, *, remember: bool, uncertain: bool = False
+        self,
+        ticket: Ticket,
+        answer: Answer,
+        *,
+        remember: bool,
+        uncertain: bool = False,
+        deadline: float | None = None,
     ) -> None:
         state = self._state
         keys, claim_id = ticket.keys, ticket.claim_id
@@ -564,7 +574,7 @@ class SqliteClaimStore:
                 _free(conn, keys, claim_id, marked, expires)
 
         try:
-            await state.run(op, deadline=None)
+            await state.run(op, deadline=deadline)
         finally:
             state._release(claim_id)
             local = self._local.pop(claim_id, None)

@@ -448,6 +448,24 @@ def test_a_forked_process_makes_other_claim_ids() -> None:
 
 
 @pytest.mark.anyio
+async def test_acting_and_finish_stop_at_the_deadline_given(stores: Factory) -> None:
+    """The router gives every store call the call's deadline: with no time left, the
+    write is not attempted (StateUnavailable), whatever the store's own timeout."""
+    if not shared(stores):
+        pytest.skip("the memory store answers at once: no deadline to keep")
+    store = await stores()
+    owner = await ticket(store)
+    with pytest.raises(StateUnavailable, match="no time left"):
+        await store.acting(owner, CONTEXT, deadline=time.monotonic())
+    # Nothing was written: the claim is still `claimed`, and acting in time works.
+    await store.acting(owner, CONTEXT, deadline=soon())
+    with pytest.raises(StateUnavailable, match="no time left"):
+        await store.finish(owner, ROUTED, remember=True, deadline=time.monotonic())
+    await store.finish(owner, ROUTED, remember=True, deadline=soon())
+    assert await (await stores()).claim(KEYS, soon()) == ROUTED
+
+
+@pytest.mark.anyio
 async def test_an_answer_redis_missed_is_stored_when_it_answers_again(
     own_redis_server: RedisServer,
 ) -> None:

@@ -3,13 +3,15 @@ the first request, and a claim inherited in phase `acting` is answered without a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
 from app.intake.events import IncomingCall
 from app.records.memory import InMemoryCallLog
+from app.router import FINISH_GRACE_SECONDS
 from app.state.claims import (
     Answer,
     ClaimLost,
@@ -26,33 +28,56 @@ def anyio_backend() -> str:
 
 
 class ScriptedStore(MemoryClaimStore):
-    """The memory store, with what the test makes go wrong."""
+    """The memory store, with what the test makes go wrong, and the deadline of each call
+    (with the time it was made) recorded. Like the Redis and SQLite stores, a write given
+    no time left is StateUnavailable."""
 
     def __init__(self) -> None:
         super().__init__(horizon_seconds=300)
         self.claim_error: Exception | None = None
         self.acting_error: Exception | None = None
         self.orphan: Mapping[str, Any] | None = None
+        self.after_claim: Callable[[], None] | None = None
         self.phases: list[str] = []
+        self.deadlines: dict[str, tuple[float | None, float]] = {}
+
+    def _deadline(self, what: str, deadline: float | None) -> None:
+        now = time.monotonic()
+        self.deadlines[what] = (deadline, now)
+        if deadline is not None and deadline <= now:
+            raise StateUnavailable("no time left for the state store")
 
     async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
         if self.claim_error is not None:
             raise self.claim_error
+        self._deadline("claim", deadline)
         got = await super().claim(keys, deadline)
         if isinstance(got, Ticket) and self.orphan is not None:
             got.orphan = self.orphan
+        if self.after_claim is not None:
+            self.after_claim()
         return got
 
-    async def acting(self, ticket: Ticket, context: Mapping[str, Any]) -> None:
+    async def acting(
+        self, ticket: Ticket, context: Mapping[str, Any], *, deadline: float | None = None
+    ) -> None:
         self.phases.append("acting")
         if self.acting_error is not None:
             raise self.acting_error
+        self._deadline("acting", deadline)
         await super().acting(ticket, context)
 
     async def finish(
-        self, ticket: Ticket, answer: Answer, *, remember: bool, uncertain: bool = False
+        self,
+        ticket: Ticket,
+        answer: Answer,
+        *,
+        remember: bool,
+        uncertain: bool = False,
+        deadline: float | None = None,
     ) -> None:
         self.phases.append(f"finish remember={remember} uncertain={uncertain}")
+        self._deadline("finish", deadline)
         await super().finish(ticket, answer, remember=remember, uncertain=uncertain)
 
 
@@ -141,3 +166,55 @@ async def test_a_timed_out_request_marks_the_call_and_its_redelivery_has_no_fall
     assert isinstance(ticket, Ticket)
     assert ticket.uncertain
     await store.finish(ticket, Answer(503, {}), remember=False)
+
+
+@pytest.mark.anyio
+async def test_every_store_call_gets_the_calls_deadline() -> None:
+    h, store = harness()
+    assert (await h.call())["outcome"] == "accepted"
+    claim_deadline, claimed_at = store.deadlines["claim"]
+    acting_deadline, _ = store.deadlines["acting"]
+    finish_deadline, finished_at = store.deadlines["finish"]
+    assert claim_deadline is not None and acting_deadline is not None
+    assert claimed_at < claim_deadline <= claimed_at + 5.0  # the harness's 5 s deadline
+    assert acting_deadline <= claim_deadline
+    # The answer of a call acted on: the call's deadline, or a short grace past it.
+    assert finish_deadline is not None
+    assert finish_deadline <= max(claim_deadline, finished_at + FINISH_GRACE_SECONDS)
+
+
+@pytest.mark.anyio
+async def test_no_time_left_before_acting_sends_nothing() -> None:
+    """The claim took the whole deadline (a slow store): `acting` gets no time, so nothing
+    is sent (503, OpenAI redelivers), and the claim's release gets no grace either."""
+    h, store = harness()
+    store.after_claim = lambda: h.clock.advance(10)  # past the 5 s deadline
+    event = IncomingCall(webhook_id="wh_1", call_id="rtc_1", sip_headers=(), media_security=None)
+    answer = await h.router.handle(event, h.rules)
+    assert answer.status_code == 503
+    assert "no time left" in answer.body["error"]
+    assert h.controller.requests == []
+    acting_deadline, acting_at = store.deadlines["acting"]
+    assert acting_deadline is not None and acting_deadline <= acting_at
+    assert store.phases == ["acting", "finish remember=False uncertain=False"]
+    finish_deadline, finished_at = store.deadlines["finish"]
+    assert finish_deadline is not None and finish_deadline <= finished_at
+
+
+@pytest.mark.anyio
+async def test_the_answer_of_a_request_sent_late_gets_a_short_grace() -> None:
+    """The accept answered at the call's deadline: it took effect, so its answer still gets
+    FINISH_GRACE_SECONDS to be kept (else a redelivery would say 'uncertain')."""
+    h, store = harness()
+    accept = h.controller.accept
+
+    async def slow(call_id: str, body: bytes, deadline: float) -> None:
+        await accept(call_id, body, deadline)
+        h.clock.advance(10)  # the whole deadline and more
+
+    h.controller.accept = slow  # type: ignore[method-assign]
+    assert (await h.call())["outcome"] == "accepted"
+    finish_deadline, finished_at = store.deadlines["finish"]
+    assert finish_deadline is not None
+    assert finished_at < finish_deadline <= finished_at + FINISH_GRACE_SECONDS
+    assert store.phases == ["acting", "finish remember=True uncertain=False"]
