@@ -34,6 +34,9 @@ class Proc:
         except OSError:
             return ""
 
+    def usage(self) -> Usage:
+        return usage(self.pid)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -133,3 +136,35 @@ def usage(pid: int) -> Usage:
             if line.startswith("VmRSS:"):
                 rss += int(line.split()[1]) * 1024
     return Usage(cpu, rss)
+
+
+@dataclass
+class Group:
+    """Processes measured and stopped together: replicas behind a load balancer. The
+    `front` (the load balancer) is stopped first and not measured: the service's CPU and
+    memory are the members' own."""
+
+    name: str
+    members: list[Proc]
+    front: Proc | None = None
+
+    def usage(self) -> Usage:
+        total = Usage(0.0, 0)
+        for member in self.members:
+            used = member.usage()
+            total = Usage(total.cpu_seconds + used.cpu_seconds, total.rss_bytes + used.rss_bytes)
+        return total
+
+    def logs(self) -> str:
+        every = [self.front, *self.members] if self.front is not None else self.members
+        return "\n".join(f"--- {p.name}\n{p.logs()}" for p in every)
+
+    def stop(self) -> None:
+        if self.front is not None:
+            self.front.stop()
+        for member in self.members:
+            member.stop()
+
+
+Service = Proc | Group
+"""What a benchmark phase starts and measures: one process (and its workers), or replicas."""

@@ -254,8 +254,10 @@ def render(result: E2EResult) -> str:
         memory = _state_row(result, "memory")
         parts += [
             "**Exactly-once state stores** (Switchboard alone; one process on one core, "
-            f"then {cfg.replicas} processes sharing Redis on every core, the load sharing "
-            "them):",
+            f"then {cfg.replicas} replicas: separate `switchboard serve` processes, each on "
+            "its own port, sharing one redis-server, behind HAProxy (round robin, checked on "
+            "`/readyz`), on every core with the load; their CPU is the replicas' own, not "
+            "HAProxy's):",
             "",
             table(
                 [
@@ -272,7 +274,7 @@ def render(result: E2EResult) -> str:
                 ],
                 [
                     [
-                        row.state,
+                        row.state + (f", {row.setup}" if row.setup else ""),
                         str(row.workers),
                         f"{row.capacity:.0f}",
                         _fmt_ratio(_ratio(row, memory)),

@@ -17,6 +17,10 @@ after round, so a noisy minute on a shared machine hits them alike.
 `--workers N` runs Switchboard with N worker processes on N cores (the load then shares
 those cores: a 2-core machine has none to spare) against a 1-worker run under the same
 conditions, then sends every delivery twice at once to check exactly-once across them.
+
+The state-store phase ends with `replicas` separate `switchboard serve` processes, each on
+its own port, sharing one redis-server, behind HAProxy (round robin, health-checked on
+/readyz, as the compose `ha` profile runs them): the load reaches them only through it.
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ class Config:
     states: tuple[str, ...] = ("memory", "sqlite", "redis")
     """Exactly-once state stores compared at saturation on one core (empty: skip)."""
     replicas: int = 3
-    """Processes sharing Redis in the last row of the state comparison (0: skip)."""
+    """Replicas (separate `serve` processes, each on its port) sharing one Redis behind
+    HAProxy, in the last row of the state comparison (0: skip)."""
     memory_calls: int = 10_000
     """Calls of the steady-state memory phase (0: skip), after two calls from each of
     `memory_callers` callers."""
@@ -145,6 +150,9 @@ class Saturation:
     one core all of the window). Below 1 on a saturated single process: other work on the
     machine ran on its core (pinning keeps the service off other cores, not others off its
     core)."""
+    setup: str = ""
+    """How the processes were deployed when not one `serve` (e.g. replicas behind a load
+    balancer, whose own CPU is not counted)."""
 
     @property
     def capacity(self) -> float:
@@ -304,14 +312,16 @@ class Bench:
         cpus: Sequence[int],
         workers: int = 1,
         extra_env: dict[str, str] | None = None,
+        name: str = "",
     ) -> tuple[procs.Proc, str]:
+        """`name`: of its run directory (default: the target's)."""
         port = free_port()
         common = {
             "OPENAI_API_KEY": "sk-bench",
             "OPENAI_BASE_URL": f"{self.api}/v1",
             "OPENAI_WEBHOOK_SECRET": self.secret,
         }
-        run_dir = self.workdir / f"{target}-{port}"
+        run_dir = self.workdir / f"{name or target}-{port}"
         run_dir.mkdir()
         if target == "switchboard":
             command = [*_switchboard(), "serve", "--port", str(port)]
@@ -432,13 +442,19 @@ class Bench:
         load_cpus: Sequence[int] | None = None,
         guess: float = 1500.0,
         state: str = "sqlite",
-    ) -> tuple[Saturation, procs.Proc, str]:
+        replicas: int = 0,
+    ) -> tuple[Saturation, procs.Service, str]:
+        """`replicas` > 1: that many Switchboard processes behind HAProxy (`workers` each)."""
         cfg = self.config
         service_cpus = list(service_cpus or self.service_cpus)
         load_cpus = list(load_cpus or self.load_cpus)
-        proc, host = self.start_target(
-            target, cpus=service_cpus, workers=workers, extra_env=self.state_env(state)
-        )
+        proc: procs.Service
+        if replicas > 1:
+            proc, host = self.start_replicas(replicas, service_cpus, self.state_env(state))
+        else:
+            proc, host = self.start_target(
+                target, cpus=service_cpus, workers=workers, extra_env=self.state_env(state)
+            )
         try:
             # A few calls first, answered before the clock starts: a service's first call
             # imports and builds what it does lazily (the SDK's models: seconds on a busy VM).
@@ -448,9 +464,9 @@ class Bench:
             if cfg.warm_seconds > 0:
                 self.wrk(host, warm, cfg.warm_seconds, cfg.connections, load_cpus)
             self.reset()
-            before = procs.usage(proc.pid)
+            before = proc.usage()
             result = self.wrk(host, measured, cfg.seconds, cfg.connections, load_cpus)
-            after = procs.usage(proc.pid)
+            after = proc.usage()
             stats = self.stats()
         except BaseException:
             proc.stop()
@@ -477,7 +493,69 @@ class Bench:
             state=state if target == "switchboard" else "",
             cpu_share=used.cpu_seconds / result["seconds"] if result["seconds"] else 0.0,
         )
+        if replicas > 1:
+            row.workers = replicas * workers
+            row.setup = f"{replicas} replicas behind HAProxy"
         return row, proc, host
+
+    def start_replicas(
+        self, count: int, cpus: Sequence[int], extra_env: dict[str, str]
+    ) -> tuple[procs.Group, str]:
+        """`count` separate `switchboard serve` processes, each on its own port, behind
+        HAProxy: round robin, health-checked on /readyz, no retries (a retried webhook
+        would be answered from the claim, but would count twice here)."""
+        haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
+        if haproxy is None:
+            raise RuntimeError("haproxy is not installed (apt-get install haproxy)")
+        group = procs.Group("replicas", [])
+        try:
+            servers = []
+            for n in range(1, count + 1):
+                member, address = self.start_target(
+                    "switchboard", cpus=cpus, extra_env=extra_env, name=f"replica{n}"
+                )
+                member.name = f"switchboard replica {n}"
+                group.members.append(member)
+                servers.append(f"    server r{n} {address} check inter 2s fall 2 rise 1")
+            port = free_port()
+            config = self.workdir / f"haproxy-{port}.cfg"
+            config.write_text(
+                "\n".join(
+                    [
+                        "global",
+                        "    maxconn 4096",
+                        "defaults",
+                        "    mode http",
+                        "    timeout connect 2s",
+                        "    timeout client 30s",
+                        "    timeout server 30s",
+                        "    retries 0",
+                        "frontend switchboard",
+                        f"    bind 127.0.0.1:{port}",
+                        "    default_backend replicas",
+                        "backend replicas",
+                        "    balance roundrobin",
+                        "    option httpchk GET /readyz",
+                        "    http-check expect status 200",
+                        *servers,
+                        "",
+                    ]
+                )
+            )
+            group.front = procs.start(
+                "haproxy",
+                [haproxy, "-db", "-f", str(config)],
+                cpus=cpus,
+                env=_env(),
+                cwd=self.workdir,
+                log=self.workdir / f"haproxy-{port}.log",
+            )
+            host = f"127.0.0.1:{port}"
+            procs.wait_ready(group.front, f"http://{host}/readyz")
+        except BaseException:
+            group.stop()
+            raise
+        return group, host
 
     def state_env(self, state: str) -> dict[str, str]:
         """Where Switchboard keeps its exactly-once state (app.state.build)."""
@@ -521,13 +599,13 @@ class Bench:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start:\n{self.redis.logs()}")
 
-    def fixed_load(self, target: str, proc: procs.Proc, host: str) -> Latency:
+    def fixed_load(self, target: str, proc: procs.Service, host: str) -> Latency:
         cfg = self.config
         count = int(cfg.rate * cfg.latency_seconds)
         file = self.requests_file(count, host)
-        before = procs.usage(proc.pid)
+        before = proc.usage()
         result = self.open_loop(host, file, cfg.rate)
-        used = procs.usage(proc.pid) - before
+        used = proc.usage() - before
         return _latency(target, cfg.rate, result, used.cpu_seconds)
 
     def floor(self) -> Latency:
@@ -788,8 +866,8 @@ def _scaling(bench: Bench, result: E2EResult, say: Callable[[str], None]) -> Non
 
 def _states(bench: Bench, result: E2EResult, say: Callable[[str], None]) -> None:
     """The exactly-once state stores side by side: one process on one core each, then
-    `replicas` processes sharing Redis on every core (as replicas would: separate
-    processes whose only shared state is Redis; here as workers behind one port)."""
+    `replicas` separate `serve` processes (each its own port) sharing one Redis behind
+    HAProxy, on every core."""
     config = bench.config
     for state in config.states:
         if state == "redis" and shutil.which("redis-server") is None:
@@ -801,14 +879,14 @@ def _states(bench: Bench, result: E2EResult, say: Callable[[str], None]) -> None
         result.states.append(row)
     if config.replicas > 1 and shutil.which("redis-server") is not None:
         cpus = procs.usable_cpus()
-        say(f"switchboard, {config.replicas} processes sharing Redis on cores {cpus}")
+        say(f"switchboard, {config.replicas} replicas behind HAProxy, one Redis, cores {cpus}")
         row, proc, _ = bench.saturate(
             "switchboard",
             1,
-            workers=config.replicas,
             service_cpus=cpus,
             load_cpus=cpus,
             state="redis",
+            replicas=config.replicas,
         )
         proc.stop()
         result.states.append(row)

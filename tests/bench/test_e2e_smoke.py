@@ -4,7 +4,10 @@ what is checked is that every part ran and that every call was acted on exactly 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
+
+import pytest
 
 from bench.e2e import render
 from bench.e2e.run import TARGETS, Config, parse_wrk, run
@@ -63,3 +66,32 @@ def test_e2e_bench_runs_every_target_and_acts_once_per_call(tmp_path: Path) -> N
     requests = read_requests(next(tmp_path.glob("requests-*.bin")))
     assert b"webhook-signature: v1," in requests[0]
     assert b"P-Asserted-Identity" in requests[0]
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None
+    or (shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")) is None,
+    reason="the replicas row needs redis-server and haproxy (apt-get install redis-server haproxy)",
+)
+def test_the_replicas_row_is_three_serve_processes_behind_haproxy(tmp_path: Path) -> None:
+    """Issue 12's 'three replicas' row: three separate `switchboard serve` processes, each
+    on its own port, sharing one redis-server, reached only through HAProxy; each one
+    served calls, and every call was acted on once."""
+    config = dataclasses.replace(
+        Config.tiny(), targets=("switchboard",), workers=0, states=("redis",), replicas=3
+    )
+    result = run(config, tmp_path, log=False)
+    assert result.failures == []
+    single, replicas = result.states
+    assert (single.state, single.workers, single.setup) == ("redis", 1, "")
+    assert (replicas.state, replicas.workers) == ("redis", 3)
+    assert replicas.setup == "3 replicas behind HAProxy"
+    assert replicas.requests > 0 and replicas.failed == 0 and replicas.repeated == 0
+    assert replicas.requests <= replicas.acted <= replicas.requests + config.connections
+    logs = sorted(tmp_path.glob("replica*-*/service.log"))
+    assert len(logs) == 3
+    ports = {log.parent.name.rsplit("-", 1)[1] for log in logs}
+    assert len(ports) == 3  # each its own port
+    for log in logs:
+        assert '"event": "call"' in log.read_text(), f"{log.parent.name} served no call"
+    assert "3 replicas behind HAProxy" in render.render(result)
