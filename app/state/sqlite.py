@@ -140,8 +140,8 @@ class SqliteState:
         self._flush_handle: asyncio.Handle | None = None
         self._busy_since: float | None = None
         self._lock = threading.Lock()
-        self._held: set[str] = set()
-        """Claim ids of this process in flight: their leases are renewed."""
+        self._held: dict[str, tuple[str, ...]] = {}
+        """Claims of this process in flight (claim id -> keys): their leases are renewed."""
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
 
@@ -335,13 +335,13 @@ class SqliteState:
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
-    def hold(self, claim_id: str) -> None:
+    def hold(self, claim_id: str, keys: tuple[str, ...]) -> None:
         with self._lock:
-            self._held.add(claim_id)
+            self._held[claim_id] = keys
 
     def _release(self, claim_id: str) -> None:
         with self._lock:
-            self._held.discard(claim_id)
+            self._held.pop(claim_id, None)
 
     # --- the maintenance thread ---------------------------------------------------------
 
@@ -379,14 +379,17 @@ class SqliteState:
 
     def _renew(self, conn: sqlite3.Connection) -> None:
         with self._lock:
-            held = list(self._held)
+            held = list(self._held.items())
         if not held:
             return
         lease = self.clock() + self.lease
         conn.execute("BEGIN IMMEDIATE")
+        # By key (the primary key): by claim id alone, each claim in flight cost a scan of
+        # the whole table (every call of the horizon) with the write lock held, and the
+        # event loop's writes waited for it every third of the lease.
         conn.executemany(
-            "UPDATE claims SET lease = ? WHERE claim_id = ? AND phase IN ('claimed', 'acting')",
-            [(lease, claim_id) for claim_id in held],
+            _RENEW,
+            [(lease, key, claim_id) for claim_id, keys in held for key in keys],
         )
         conn.execute("COMMIT")
 
@@ -399,6 +402,11 @@ class SqliteState:
                 conn.execute("COMMIT")
                 if deleted < SWEEP_CHUNK:
                     break
+
+
+_RENEW: Final = (
+    "UPDATE claims SET lease = ? WHERE key = ? AND claim_id = ? AND phase IN ('claimed', 'acting')"
+)
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
@@ -515,7 +523,7 @@ class SqliteClaimStore:
                 return Answer(int(got[1]), json.loads(got[2]))
             if got[0] == "ticket":
                 _, claim_id, _, phase, context, uncertain = got
-                state.hold(claim_id)
+                state.hold(claim_id, keys)
                 result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
                 self._local[claim_id] = result
                 orphan = json.loads(context) if phase == "acting" else None
