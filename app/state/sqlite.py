@@ -14,10 +14,14 @@ after a pause (1 to 50 ms) until the callers' deadlines. WAL mode with synchrono
 a commit survives the process being killed, not necessarily a power cut of its last
 moments; the loop's connection never checkpoints (the fsync is off the loop).
 
-A maintenance thread with a connection of its own renews the leases of this process's
-claims in flight (every third of the lease), checkpoints the WAL, and deletes what expired
-(claims past the horizon, rate-limit counts). Times are the host's wall clock
-(time.time()), shared by every process on it.
+A claim in flight lives while its process does: each process keeps one row in `owners`
+(its heartbeat), renewed every third of the lease by a maintenance thread with a connection
+of its own, and a claim is held while its own lease (set when it was taken) or its owner's
+heartbeat runs. Renewing one row per process, not every claim row in flight, costs the
+same at any load (a per-claim renewal looked claims up by id: a scan of the whole table per
+claim, every few seconds). The same thread checkpoints the WAL and deletes what expired
+(claims past the horizon, rate-limit counts, heartbeats of processes gone). Times are the
+host's wall clock (time.time()), shared by every process on it.
 
 A call costs four statements: the claim (one read, one write of its keys), `acting` and
 `finish` (one update each). A key freed after a retryable failure whose request may have
@@ -92,6 +96,10 @@ CREATE TABLE IF NOT EXISTS rate_verdicts (
     expires REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rate_verdicts_by_expiry ON rate_verdicts (expires);
+CREATE TABLE IF NOT EXISTS owners (
+    owner TEXT PRIMARY KEY,
+    beat  REAL NOT NULL
+) WITHOUT ROWID;
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -140,8 +148,6 @@ class SqliteState:
         self._flush_handle: asyncio.Handle | None = None
         self._busy_since: float | None = None
         self._lock = threading.Lock()
-        self._held: dict[str, tuple[str, ...]] = {}
-        """Claims of this process in flight (claim id -> keys): their leases are renewed."""
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
 
@@ -157,6 +163,7 @@ class SqliteState:
                     Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                 conn = self._connect()
                 self._prepare(conn)
+                self._beat(conn)  # before the first claim: this process is alive
                 maintenance = self._connect() if self.path != MEMORY else conn
             except (OSError, sqlite3.Error) as exc:
                 raise StateDatabaseError(
@@ -330,28 +337,19 @@ class SqliteState:
 
     def abandon(self, claim_id: str, keys: tuple[str, ...]) -> None:
         """Release a claim nobody waits for any more (in the next batch)."""
-        self._release(claim_id)
         self._pending.append(_Job(lambda conn: _free(conn, keys, claim_id, False), None))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
-    def hold(self, claim_id: str, keys: tuple[str, ...]) -> None:
-        with self._lock:
-            self._held[claim_id] = keys
-
-    def _release(self, claim_id: str) -> None:
-        with self._lock:
-            self._held.pop(claim_id, None)
-
     # --- the maintenance thread ---------------------------------------------------------
 
     def _maintain(self, conn: sqlite3.Connection) -> None:
-        """Renews this process's leases (every third of the lease), deletes what expired,
-        and checkpoints the WAL: on a connection of its own, off the event loop."""
+        """Renews this process's heartbeat (every third of the lease), deletes what
+        expired, and checkpoints the WAL: on a connection of its own, off the event loop."""
         tick = min(self.lease / 3, self._sweep_interval)
         next_sweep = time.monotonic()
         while not self._stopping.wait(tick):
-            self._guard(conn, self._renew, "lease renewal")
+            self._guard(conn, self._beat, "heartbeat")
             if self.path != MEMORY:
                 self._guard(conn, _checkpoint, "checkpoint")
             if time.monotonic() >= next_sweep:
@@ -377,21 +375,13 @@ class SqliteState:
                 extra={"event": "state_maintenance_failed", "error": str(exc)},
             )
 
-    def _renew(self, conn: sqlite3.Connection) -> None:
-        with self._lock:
-            held = list(self._held.items())
-        if not held:
-            return
-        lease = self.clock() + self.lease
-        conn.execute("BEGIN IMMEDIATE")
-        # By key (the primary key): by claim id alone, each claim in flight cost a scan of
-        # the whole table (every call of the horizon) with the write lock held, and the
-        # event loop's writes waited for it every third of the lease.
-        conn.executemany(
-            _RENEW,
-            [(lease, key, claim_id) for claim_id, keys in held for key in keys],
+    def _beat(self, conn: sqlite3.Connection) -> None:
+        """This process lives: its claims in flight hold for another lease. A replace, not
+        an update: the row may have been swept while this process stalled."""
+        conn.execute(
+            "INSERT OR REPLACE INTO owners (owner, beat) VALUES (?, ?)",
+            (self.owner, self.clock() + self.lease),
         )
-        conn.execute("COMMIT")
 
     def _sweep(self, conn: sqlite3.Connection) -> None:
         now = self.clock()
@@ -404,11 +394,6 @@ class SqliteState:
                     break
 
 
-_RENEW: Final = (
-    "UPDATE claims SET lease = ? WHERE key = ? AND claim_id = ? AND phase IN ('claimed', 'acting')"
-)
-
-
 def _checkpoint(conn: sqlite3.Connection) -> None:
     # PASSIVE: copies what it can without waiting for (or blocking) writers.
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -419,6 +404,8 @@ _SWEEPS: Final = (
     "DELETE FROM rate_hits WHERE key IN (SELECT key FROM rate_hits WHERE expires <= ? LIMIT ?)",
     "DELETE FROM rate_verdicts WHERE call_id IN "
     "(SELECT call_id FROM rate_verdicts WHERE expires <= ? LIMIT ?)",
+    # A heartbeat run out holds nothing any more (a live process writes its row again).
+    "DELETE FROM owners WHERE owner IN (SELECT owner FROM owners WHERE beat <= ? LIMIT ?)",
 )
 """Deletions of what expired, in chunks (short transactions: calls are waiting)."""
 
@@ -437,11 +424,13 @@ def _per_arity(statement: str) -> dict[int, str]:
 
 
 _SELECT: Final = _per_arity(
-    "SELECT key, claim_id, phase, lease, status, body, context, uncertain FROM claims "
-    "WHERE key IN (?KEYS) AND expires > ?"
+    # A claim holds while its own lease or its owner's heartbeat runs.
+    "SELECT c.key, c.claim_id, c.phase, max(c.lease, coalesce(o.beat, 0)), c.status, c.body, "
+    "c.context, c.uncertain FROM claims c LEFT JOIN owners o ON o.owner = c.owner "
+    "WHERE c.key IN (?KEYS) AND c.expires > ?"
 )
 _ACTING: Final = _per_arity(
-    "UPDATE claims SET phase = 'acting', context = ?, lease = ? "
+    "UPDATE claims SET phase = 'acting', context = ? "
     "WHERE claim_id = ? AND phase = 'claimed' AND key IN (?KEYS)"
 )
 _UNDO_ACTING: Final = _per_arity(
@@ -523,7 +512,6 @@ class SqliteClaimStore:
                 return Answer(int(got[1]), json.loads(got[2]))
             if got[0] == "ticket":
                 _, claim_id, _, phase, context, uncertain = got
-                state.hold(claim_id, keys)
                 result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
                 self._local[claim_id] = result
                 orphan = json.loads(context) if phase == "acting" else None
@@ -547,12 +535,11 @@ class SqliteClaimStore:
     ) -> None:
         state = self._state
         text = _dumps(context)
-        lease = state.clock() + state.lease
         keys, claim_id = ticket.keys, ticket.claim_id
         n = len(keys)
 
         def op(conn: sqlite3.Connection) -> None:
-            changed = conn.execute(_ACTING[n], (text, lease, claim_id, *keys)).rowcount
+            changed = conn.execute(_ACTING[n], (text, claim_id, *keys)).rowcount
             if changed != n:
                 conn.execute(_UNDO_ACTING[n], (claim_id, *keys))
                 raise ClaimLost("the claim was taken over")
@@ -584,7 +571,6 @@ class SqliteClaimStore:
         try:
             await state.run(op, deadline=deadline)
         finally:
-            state._release(claim_id)
             local = self._local.pop(claim_id, None)
             if local is not None and not local.done():
                 local.set_result(answer)

@@ -376,6 +376,78 @@ async def test_sqlite_deletes_what_expired(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_sqlite_keeps_claims_alive_by_a_heartbeat_not_by_rewriting_them(
+    tmp_path: Path,
+) -> None:
+    """A live process renews one row (its heartbeat), not each claim in flight: renewing
+    claims one by one scanned the whole table per claim every third of the lease."""
+    path = tmp_path / "state.db"
+    state = SqliteState(path, horizon_seconds=HORIZON, lease_seconds=LEASE, timeout=TIMEOUT)
+    store = SqliteClaimStore(state)
+    await store.open()
+    other = SqliteClaimStore(SqliteState(path, horizon_seconds=HORIZON, lease_seconds=LEASE))
+    await other.open()
+    try:
+        owner = await ticket(store)
+
+        def leases(conn: Any) -> list[float]:
+            rows = conn.execute("SELECT lease FROM claims ORDER BY key").fetchall()
+            return [row[0] for row in rows]
+
+        def beat(conn: Any) -> float:
+            row = conn.execute("SELECT beat FROM owners WHERE owner = ?", (state.owner,))
+            return float(row.fetchone()[0])
+
+        taken = await state.run(leases, deadline=None)
+        first_beat = await state.run(beat, deadline=None)
+        await asyncio.sleep(LEASE * 2.5)
+        assert await other.claim(KEYS, soon(0.3)) == IN_PROGRESS  # still held
+        assert await state.run(leases, deadline=None) == taken  # the rows were not written
+        assert await state.run(beat, deadline=None) > first_beat
+        await store.acting(owner, CONTEXT)
+        await store.finish(owner, ROUTED, remember=True)
+        assert await other.claim(KEYS, soon()) == ROUTED
+    finally:
+        await other.close()
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_sqlite_heartbeats_of_dead_processes_are_swept_and_a_live_one_comes_back(
+    tmp_path: Path,
+) -> None:
+    now = [1_000.0]
+    path = tmp_path / "state.db"
+    state = SqliteState(
+        path, horizon_seconds=HORIZON, lease_seconds=0.3, clock=lambda: now[0], sweep_interval=0.05
+    )
+    store = SqliteClaimStore(state)
+    await store.open()
+    dead = SqliteState(path, horizon_seconds=HORIZON, clock=lambda: now[0])
+    await asyncio.to_thread(dead.start)
+    await asyncio.to_thread(dead.stop)  # killed: its heartbeat stays behind
+
+    def owners(conn: Any) -> set[str]:
+        return {row[0] for row in conn.execute("SELECT owner FROM owners")}
+
+    try:
+        assert await state.run(owners, deadline=None) == {state.owner, dead.owner}
+        now[0] += 60  # both heartbeats ran out (this process stalled, say)
+        for _ in range(100):
+            if dead.owner not in await state.run(owners, deadline=None):
+                break
+            await asyncio.sleep(0.05)
+        # The dead one is gone for good; the live one wrote its heartbeat again.
+        for _ in range(100):
+            if await state.run(owners, deadline=None) == {state.owner}:
+                break
+            await asyncio.sleep(0.05)
+        assert await state.run(owners, deadline=None) == {state.owner}
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
 async def test_sqlite_refuses_an_unwritable_path(tmp_path: Path) -> None:
     from app.state.sqlite import StateDatabaseError
 
