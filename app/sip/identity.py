@@ -7,7 +7,6 @@ the result may be None, and the call is still routed on what was understood.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from typing import Final, NamedTuple
 from urllib.parse import unquote
 
 import phonenumbers
+
+from app.sip.cache import RepeatCache
 
 # RFC 3261 7.3.3 and later RFCs' compact header names.
 COMPACT_FORMS: Final = MappingProxyType(
@@ -250,10 +251,10 @@ class _ParsedHeaders:
 
 
 # To header values already parsed. The called party is one of the numbers the trunk routes
-# here, so they repeat; a flood of made-up values empties it now and then. Address is
-# immutable, so calls can share one.
-_ADDRESSES: Final[dict[tuple[str, str], Address | None]] = {}
+# here, so they repeat; values seen once (a call to a number nobody routes) are not kept
+# (RepeatCache). Address is immutable, so calls can share one.
 MAX_CACHED_ADDRESSES: Final = 8192
+_ADDRESSES: Final[RepeatCache[tuple[str, str], Address | None]] = RepeatCache(MAX_CACHED_ADDRESSES)
 _UNPARSED: Final = Address(raw="", uri="", scheme="")
 
 
@@ -265,9 +266,7 @@ def _cached_address(value: str, region: str) -> Address | None:
     if found is not _UNPARSED:
         return found
     address = parse_address(value, region)
-    if len(_ADDRESSES) >= MAX_CACHED_ADDRESSES:
-        _ADDRESSES.clear()
-    _ADDRESSES[key] = address
+    _ADDRESSES.put(key, address)
     return address
 
 
@@ -598,11 +597,26 @@ def _normalise(
     return to_e164(candidate, parse_region), cleaned
 
 
-@functools.lru_cache(maxsize=65536)
+MAX_CACHED_E164: Final = 16384
+_E164: Final[RepeatCache[tuple[str, str | None], str | None]] = RepeatCache(MAX_CACHED_E164)
+_NOT_CACHED: Final = "\0"
+
+
 def to_e164(text: str, region: str | None) -> str | None:
     """E.164 for a possible phone number, else None. Used for rules and calls alike.
 
-    Cached: the same callers and called numbers come back, and parsing costs ~15 µs."""
+    Cached when the same text comes back (returning callers, called numbers): parsing costs
+    ~15 µs. A number seen once (a new caller, a list being loaded) is not kept."""
+    key = (text, region)
+    found = _E164.get(key, _NOT_CACHED)
+    if found is not _NOT_CACHED:
+        return found
+    e164 = _to_e164(text, region)
+    _E164.put(key, e164)
+    return e164
+
+
+def _to_e164(text: str, region: str | None) -> str | None:
     # isascii too: str.isdigit() holds for superscript and Arabic-Indic digits, which int()
     # (the fast path) rejects or the parser reads differently.
     if text.startswith("+") and text[1:].isascii() and text[1:].isdigit():
