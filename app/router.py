@@ -44,9 +44,10 @@ _CONTEXT_FIELDS = frozenset(("route", "action", "rules_version"))
 # Time allowed to hang up a call whose transfer failed, even past the call's deadline.
 CLEANUP_SECONDS = 2.0
 FINISH_GRACE_SECONDS = 0.5
-"""Time the state store gets to keep the answer of a call acted on, even past the call's
-deadline: the request was sent, and without its answer a redelivery would find the claim
-in `acting` and answer 'uncertain' (docs/operations.md, "Exactly-once state")."""
+"""Time the state store gets to keep the answer of a call acted on (or to release a claim
+whose `acting` was attempted), even past the call's deadline: without it a redelivery
+would find the claim in `acting` and answer 'uncertain' (docs/operations.md,
+"Exactly-once state")."""
 PENDING = "pending"
 """A call's outcome in its record between the decision and the end of the action."""
 # The status a call gets when the route's API cannot answer it (its event never came).
@@ -284,8 +285,10 @@ class CallRouter:
         if not self._dry_run:
             # Written before the first request: a crash from here on is "uncertain". Not
             # written by the call's deadline: nothing is sent (503, OpenAI redelivers).
-            await self._store.acting(ticket, body, deadline=self._until(deadline, until))
+            # Set first: an `acting` that timed out may still land, and the claim's release
+            # then needs its grace, or a redelivery would find it `acting`.
             ticket.sent = True
+            await self._store.acting(ticket, body, deadline=self._until(deadline, until))
         # Recorded before acting: a crash in the middle leaves the call in the log (still
         # `active`, ended as unknown at the next start), not nothing.
         self._record(call, decision, None, numbers)

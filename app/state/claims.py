@@ -68,8 +68,9 @@ class Ticket:
     result: asyncio.Future[Answer] | None = field(default=None, repr=False)
     """Completed by finish(): how waiters in the same process learn the answer."""
     sent: bool = False
-    """Set by the router once `acting` is stored: a request of this delivery may be sent
-    (its answer then gets a short grace past the call's deadline to be kept)."""
+    """Set by the router when it writes `acting`: from then on the claim may be in that
+    phase and a request may be sent, so its last write gets a short grace past the call's
+    deadline."""
 
 
 class StateUnavailable(Exception):

@@ -186,7 +186,7 @@ async def test_every_store_call_gets_the_calls_deadline() -> None:
 @pytest.mark.anyio
 async def test_no_time_left_before_acting_sends_nothing() -> None:
     """The claim took the whole deadline (a slow store): `acting` gets no time, so nothing
-    is sent (503, OpenAI redelivers), and the claim's release gets no grace either."""
+    is sent (503, OpenAI redelivers)."""
     h, store = harness()
     store.after_claim = lambda: h.clock.advance(10)  # past the 5 s deadline
     event = IncomingCall(webhook_id="wh_1", call_id="rtc_1", sip_headers=(), media_security=None)
@@ -197,6 +197,39 @@ async def test_no_time_left_before_acting_sends_nothing() -> None:
     acting_deadline, acting_at = store.deadlines["acting"]
     assert acting_deadline is not None and acting_deadline <= acting_at
     assert store.phases == ["acting", "finish remember=False uncertain=False"]
+
+
+@pytest.mark.anyio
+async def test_the_release_after_an_acting_that_timed_out_gets_the_grace() -> None:
+    """`acting` timed out at the deadline: it may still land in the store (Redis ran the
+    script, SQLite's queue wrote it), so the claim's release must not be given up at
+    once, or a redelivery would find the claim `acting` and answer 'uncertain'."""
+    h, store = harness()
+    store.acting_error = StateUnavailable("Redis did not answer in time")
+    store.after_claim = lambda: h.clock.advance(10)
+    event = IncomingCall(webhook_id="wh_1", call_id="rtc_1", sip_headers=(), media_security=None)
+    assert (await h.router.handle(event, h.rules)).status_code == 503
+    assert h.controller.requests == []
+    assert store.phases == ["acting", "finish remember=False uncertain=False"]
+    finish_deadline, finished_at = store.deadlines["finish"]
+    assert finish_deadline is not None
+    assert finished_at < finish_deadline <= finished_at + FINISH_GRACE_SECONDS
+
+
+@pytest.mark.anyio
+async def test_a_release_before_any_acting_gets_no_grace() -> None:
+    """Nothing was attempted past the claim (the rate limit's store did not answer): the
+    release stops at the call's deadline like everything else."""
+    h, store = harness()
+    store.after_claim = lambda: h.clock.advance(10)
+
+    async def no_handler(*args: Any, **kwargs: Any) -> Any:
+        raise StateUnavailable("Redis did not answer in time")
+
+    h.router._handler = no_handler  # type: ignore[method-assign]
+    event = IncomingCall(webhook_id="wh_1", call_id="rtc_1", sip_headers=(), media_security=None)
+    assert (await h.router.handle(event, h.rules)).status_code == 503
+    assert store.phases == ["finish remember=False uncertain=False"]
     finish_deadline, finished_at = store.deadlines["finish"]
     assert finish_deadline is not None and finish_deadline <= finished_at
 
