@@ -20,6 +20,7 @@ import respx
 
 from app.openai.callcontrol import (
     JITTER,
+    ApiClient,
     CallControl,
     CallGone,
     Operation,
@@ -67,14 +68,14 @@ def attempts() -> Attempts:
 
 
 @pytest.fixture
-async def client(router: respx.Router) -> AsyncIterator[httpx.AsyncClient]:
+async def client(router: respx.Router) -> AsyncIterator[ApiClient]:
     transport = httpx.MockTransport(router.async_handler)
     async with build_http_client(BASE_URL, API_KEY, transport=transport) as http:
         yield http
 
 
 @pytest.fixture
-def control(client: httpx.AsyncClient, attempts: Attempts) -> CallControl:
+def control(client: ApiClient, attempts: Attempts) -> CallControl:
     return CallControl(client, policy=FAST, observer=attempts)
 
 
@@ -400,9 +401,7 @@ def fake_time() -> FakeTime:
 TIMED = RetryPolicy(attempt_timeout=2.0, base_backoff=0.1, max_backoff=0.4)
 
 
-def timed(
-    client: httpx.AsyncClient, attempts: Attempts, fake_time: FakeTime, **policy: Any
-) -> CallControl:
+def timed(client: ApiClient, attempts: Attempts, fake_time: FakeTime, **policy: Any) -> CallControl:
     return CallControl(
         client,
         policy=replace(TIMED, **policy),
@@ -413,9 +412,7 @@ def timed(
 
 
 @pytest.fixture
-def timed_control(
-    client: httpx.AsyncClient, attempts: Attempts, fake_time: FakeTime
-) -> CallControl:
+def timed_control(client: ApiClient, attempts: Attempts, fake_time: FakeTime) -> CallControl:
     return timed(client, attempts, fake_time)
 
 
@@ -533,7 +530,7 @@ async def test_unparseable_retry_after_falls_back_to_backoff(
 @pytest.mark.anyio
 async def test_backoff_doubles_up_to_the_cap_and_stops_before_the_deadline(
     router: respx.Router,
-    client: httpx.AsyncClient,
+    client: ApiClient,
     fake_time: FakeTime,
     attempts: Attempts,
 ) -> None:
@@ -650,7 +647,7 @@ async def test_a_retry_after_a_dropped_connection_is_uncertain(
 )
 async def test_sends_per_delivery_are_capped(
     router: respx.Router,
-    client: httpx.AsyncClient,
+    client: ApiClient,
     fake_time: FakeTime,
     attempts: Attempts,
     mock: dict[str, Any],
@@ -725,7 +722,7 @@ def test_retry_policy_limits_are_validated() -> None:
 
 @pytest.mark.anyio
 async def test_no_resend_of_a_dropped_request_when_the_policy_allows_none(
-    router: respx.Router, client: httpx.AsyncClient, attempts: Attempts
+    router: respx.Router, client: ApiClient, attempts: Attempts
 ) -> None:
     route = router.post(f"/realtime/calls/{CALL_ID}/accept").mock(
         side_effect=[httpx.RemoteProtocolError("dropped"), httpx.Response(200)]

@@ -25,6 +25,7 @@ import trustme
 from app.openai.callcontrol import (
     LIMITS,
     CallControl,
+    LiveCallControl,
     RetryPolicy,
     UpstreamUnavailable,
     build_http_client,
@@ -445,3 +446,66 @@ async def test_https_to_an_untrusted_certificate_is_a_connect_error(ca: trustme.
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await http.post(f"/realtime/calls/{CALL_ID}/accept")
     assert api.requests == []
+
+
+# --- call control's own sending: the bytes httpx's client would send -------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("control_type", [CallControl, LiveCallControl])
+async def test_call_control_sends_the_bytes_of_the_httpx_client(
+    control_type: type[CallControl],
+) -> None:
+    """`CallControl` skips `AsyncClient.post`; what reaches the API must not change."""
+    call_id = "rtc_a.b:c-D_9"
+    session = b'{"type":"realtime","model":"gpt-realtime"}'
+    async with Api() as api, build_http_client(api.base_url, "sk-test") as http:
+        control = control_type(http, policy=FAST)
+        deadline = time.monotonic() + 5
+        await control.accept(call_id, session, deadline)
+        await control.reject(call_id, 486, deadline)
+        await control.refer(call_id, "tel:+14155550123", deadline)
+        await control.hangup(call_id, deadline)
+        ours = list(api.requests)
+        api.requests.clear()
+        path = f"{control.resource}/{call_id}"
+        accept = session if control_type is CallControl else b'{"session":' + session + b"}"
+        json = {"Content-Type": "application/json"}
+        await http.post(f"{path}/accept", content=accept, headers=json)
+        await http.post(f"{path}/reject", content=b'{"status_code":486}', headers=json)
+        await http.post(f"{path}/refer", content=b'{"target_uri":"tel:+14155550123"}', headers=json)
+        await http.post(f"{path}/hangup")
+    assert ours == api.requests
+    assert ours[0].startswith(f"POST /v1{path}/accept HTTP/1.1\r\nHost: 127.0.0.1:".encode())
+    assert b"\r\nAuthorization: Bearer sk-test\r\n" in ours[0]
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+@pytest.mark.anyio
+async def test_a_proxy_named_in_the_environment_is_used(no_proxy_env: pytest.MonkeyPatch) -> None:
+    async with Api() as proxy:
+        no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        async with build_http_client("http://api.openai.test/v1", "sk-test") as http:
+            await CallControl(http, policy=FAST).hangup(CALL_ID, time.monotonic() + 5)
+    (request,) = proxy.requests
+    assert request.startswith(
+        f"POST http://api.openai.test/v1/realtime/calls/{CALL_ID}/hangup HTTP/1.1\r\n".encode()
+    )
+
+
+@pytest.mark.anyio
+async def test_no_proxy_bypasses_it(no_proxy_env: pytest.MonkeyPatch) -> None:
+    async with Api() as api:
+        no_proxy_env.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+        no_proxy_env.setenv("NO_PROXY", "127.0.0.1")
+        async with build_http_client(api.base_url, "sk-test") as http:
+            assert isinstance(http.api_transport, PoolTransport)
+            await CallControl(http, policy=FAST).hangup(CALL_ID, time.monotonic() + 5)
+    assert len(api.requests) == 1
