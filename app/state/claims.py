@@ -120,6 +120,24 @@ class ClaimStore(Protocol):
         `deadline` as for acting()."""
         ...
 
+    async def keep_first(self, key: str, answer: Answer, deadline: float) -> Answer | None:
+        """Keep `answer` under `key` for the horizon unless an answer is kept there
+        already: the answer kept (`answer` itself when this call was first), or None
+        when an unfinished claim holds the key past `deadline` (time.monotonic()).
+        What a claim then a remembered finish do, in one trip where the store can."""
+        ...
+
+
+async def keep_first_by_claim(
+    store: ClaimStore, key: str, answer: Answer, deadline: float
+) -> Answer | None:
+    """keep_first() as a claim of `key` and a remembered finish (two trips)."""
+    claim = await store.claim((key,), deadline)
+    if isinstance(claim, Answer):
+        return None if claim is IN_PROGRESS else claim
+    await store.finish(claim, answer, remember=True, deadline=deadline)
+    return answer
+
 
 IN_PROGRESS: Final = Answer(503, {"error": "an earlier delivery of this call is still in progress"})
 UNAVAILABLE: Final = Answer(503, {"error": "the exactly-once state store is unavailable"})
@@ -285,6 +303,9 @@ class MemoryClaimStore:
                 self._expiry.append((expires, key, expires))
         if ticket.result is not None and not ticket.result.done():
             ticket.result.set_result(answer)
+
+    async def keep_first(self, key: str, answer: Answer, deadline: float) -> Answer | None:
+        return await keep_first_by_claim(self, key, answer, deadline)
 
     def _sweep(self) -> None:
         now = self._clock()

@@ -39,13 +39,14 @@ class DialogHandlers:
         """Make `api` the dialog's handler unless one is already chosen; return the handler,
         or None when the store cannot tell yet (an earlier claim still unfinished).
         `deadline` (time.monotonic()) bounds a wait for such a claim."""
-        claim = await self._store.claim((PREFIX + dialog,), deadline)
-        if isinstance(claim, Answer):
-            handler = claim.body.get("api")
-            return handler if handler in APIS else None
         # Remembered at once and for the store's horizon: a handler is never given up, even
         # when its action fails in a way a redelivery (of that same event) retries.
-        await self._store.finish(claim, Answer(200, {"api": api}), remember=True, deadline=deadline)
+        kept = await self._store.keep_first(PREFIX + dialog, Answer(200, {"api": api}), deadline)
+        if kept is None:
+            return None
+        handler = kept.body.get("api")
+        if handler != api:
+            return handler if handler in APIS else None
         woken = self._waiters.get(dialog)
         if woken is not None:
             woken.set()

@@ -40,6 +40,7 @@ from app.state.claims import (
     ClaimLost,
     StateUnavailable,
     Ticket,
+    keep_first_by_claim,
     new_claim_id,
     new_owner_id,
     poll_until,
@@ -407,6 +408,9 @@ class RedisClaimStore:
             local = self._local.pop(ticket.claim_id, None)
             if local is not None and not local.done():
                 local.set_result(answer)
+
+    async def keep_first(self, key: str, answer: Answer, deadline: float) -> Answer | None:
+        return await keep_first_by_claim(self, key, answer, deadline)
 
 
 class RedisRateLimiter:

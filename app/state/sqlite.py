@@ -45,13 +45,14 @@ from typing import Any, Final, TypeVar
 from app.rules import RateLimit
 from app.state.claims import (
     IN_PROGRESS,
+    MAX_POLL,
+    MIN_POLL,
     Answer,
     ClaimLost,
     StateUnavailable,
     Ticket,
     new_claim_id,
     new_owner_id,
-    poll_until,
     wait_for_answer,
 )
 
@@ -116,11 +117,22 @@ _Result = tuple["asyncio.Future[Any] | None", bool, Any]
 
 
 class _Job:
-    __slots__ = ("future", "op")
+    """`op(conn, *args)` in the next batch; `future` gets its result (None: nobody waits),
+    by `deadline` (time.monotonic()) while the database is locked."""
 
-    def __init__(self, op: _Op, future: asyncio.Future[Any] | None) -> None:
+    __slots__ = ("args", "deadline", "future", "op")
+
+    def __init__(
+        self,
+        op: Callable[..., Any],
+        args: tuple[Any, ...],
+        future: asyncio.Future[Any] | None,
+        deadline: float,
+    ) -> None:
         self.op = op
+        self.args = args
         self.future = future
+        self.deadline = deadline
 
 
 class SqliteState:
@@ -218,9 +230,15 @@ class SqliteState:
             maintenance.join(CLOSE_TIMEOUT)
         jobs, self._pending = self._pending, []
         if jobs:
+            results: list[_Result] | None = None
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("PRAGMA busy_timeout = 2000")
-                self._transaction(conn, jobs)
+                results = self._transaction(conn, jobs)
+            closed = StateUnavailable("the state database is closed")
+            for future, ok, value in results or [(job.future, False, closed) for job in jobs]:
+                if future is not None:  # their callers wait on the event loop
+                    with contextlib.suppress(RuntimeError):  # that loop is closed
+                        future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
         conn.close()
 
     @property
@@ -229,28 +247,31 @@ class SqliteState:
 
     # --- operations: batched on the event loop ----------------------------------------
 
-    async def run(self, op: Callable[[sqlite3.Connection], T], *, deadline: float | None) -> T:
-        """Run `op` in the next transaction. Every operation queued while the event loop
-        runs one round goes into one transaction (one commit). StateUnavailable when the
-        database stays locked by another process longer than the store timeout, or when it
-        is not done by `deadline` (monotonic; without one, ten store timeouts). The store
-        timeout counts the lock only, not the time the operation waits for a busy event
-        loop: an overloaded process is slow, not without its state."""
+    async def run(self, op: Callable[..., T], *args: Any, deadline: float | None) -> T:
+        """Run `op(conn, *args)` in the next transaction. Every operation queued while the
+        event loop runs one round goes into one transaction (one commit). StateUnavailable
+        when the database stays locked by another process longer than the store timeout,
+        or past `deadline` (monotonic; without one, ten store timeouts). The store timeout
+        counts the lock only, not the time the operation waits for a busy event loop: an
+        overloaded process is slow, not without its state.
+
+        No timer per operation: an operation waits only for the next batch, unless the
+        database is locked, and the retries of a locked database (_flush) fail the
+        operations whose deadline passed (a timer per operation was a tenth of the
+        store's cost on the loop)."""
         if self._conn is None:
             raise StateUnavailable("the state database is not open")
-        if deadline is not None and deadline <= time.monotonic():
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + self.timeout * 10
+        elif deadline <= now:
             raise StateUnavailable("no time left for the state store")  # not written late
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Job(op, future))
+        self._pending.append(_Job(op, args, future, deadline))
         if self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
-        budget = self.timeout * 10 if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            async with asyncio.timeout(budget):
-                return await future
-        except TimeoutError:
-            raise StateUnavailable("the state database did not answer in time") from None
+        return await future
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -265,22 +286,7 @@ class SqliteState:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:
             # Another process (or our maintenance thread) writes: try again shortly.
-            # Callers give up on their own deadlines.
-            self._pending[:0] = [job for job in jobs if job.future is None or not job.future.done()]
-            now = time.monotonic()
-            if self._busy_since is None:
-                self._busy_since = now
-            elif now - self._busy_since > self.timeout:
-                self._busy_since = None
-                jobs, self._pending = self._pending, []
-                error = StateUnavailable(f"the state database stayed locked over {self.timeout} s")
-                for job in jobs:
-                    if job.future is not None and not job.future.done():
-                        job.future.set_exception(error)
-                return
-            pause = min(BUSY_MAX_PAUSE, max(BUSY_MIN_PAUSE, (now - self._busy_since) / 4))
-            if self._pending and self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_later(pause, self._flush)
+            self._busy(jobs)
             return
         self._busy_since = None
         results = self._in_transaction(conn, jobs)
@@ -301,6 +307,40 @@ class SqliteState:
             else:
                 future.set_exception(value)
 
+    def _busy(self, jobs: list[_Job]) -> None:
+        """The database is locked: the jobs wait for the next try, except those whose
+        deadline passed (StateUnavailable, dropped); all fail once it stayed locked over
+        the store timeout."""
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        elif now - self._busy_since > self.timeout:
+            self._busy_since = None
+            jobs, self._pending = jobs + self._pending, []
+            error = StateUnavailable(f"the state database stayed locked over {self.timeout} s")
+            for job in jobs:
+                if job.future is not None and not job.future.done():
+                    job.future.set_exception(error)
+            return
+        waiting: list[_Job] = []
+        for job in jobs:
+            if job.future is not None and job.future.done():
+                continue  # the caller is gone (cancelled)
+            if job.future is not None and job.deadline <= now:
+                job.future.set_exception(
+                    StateUnavailable("the state database did not answer in time")
+                )
+                continue
+            waiting.append(job)
+        self._pending[:0] = waiting
+        if not self._pending or self._flush_handle is not None:
+            return
+        pause = min(BUSY_MAX_PAUSE, max(BUSY_MIN_PAUSE, (now - self._busy_since) / 4))
+        first = min((job.deadline for job in self._pending if job.future is not None), default=None)
+        if first is not None:
+            pause = max(0.0, min(pause, first - now))
+        self._flush_handle = asyncio.get_running_loop().call_later(pause, self._flush)
+
     def _transaction(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Result] | None:
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -317,7 +357,7 @@ class SqliteState:
         try:
             for job in jobs:
                 try:
-                    results.append((job.future, True, job.op(conn)))
+                    results.append((job.future, True, job.op(conn, *job.args)))
                 except (ClaimLost, StateUnavailable) as exc:
                     results.append((job.future, False, exc))
             conn.execute("COMMIT")
@@ -337,7 +377,7 @@ class SqliteState:
 
     def abandon(self, claim_id: str, keys: tuple[str, ...]) -> None:
         """Release a claim nobody waits for any more (in the next batch)."""
-        self._pending.append(_Job(lambda conn: _free(conn, keys, claim_id, False), None))
+        self._pending.append(_Job(_free, (keys, claim_id, False), None, 0.0))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
@@ -392,6 +432,14 @@ class SqliteState:
                 conn.execute("COMMIT")
                 if deleted < SWEEP_CHUNK:
                     break
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if not future.done():
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
@@ -454,6 +502,13 @@ _INSERT: Final = (
 )
 
 
+_KEEP: Final = (
+    "INSERT OR REPLACE INTO claims "
+    "(key, claim_id, owner, phase, lease, status, body, uncertain, expires) "
+    "VALUES (?, ?, ?, 'done', 0, ?, ?, 0, ?)"
+)
+
+
 def _check_keys(keys: tuple[str, ...]) -> None:
     if not 1 <= len(keys) <= _MAX_KEYS:
         raise ValueError(f"a claim has 1 to {_MAX_KEYS} keys, not {len(keys)}")
@@ -496,55 +551,61 @@ class SqliteClaimStore:
 
     async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
         _check_keys(keys)
+        # The first try raises StateUnavailable; a key held by a live claim is tried
+        # again, backing off, until the deadline (IN_PROGRESS). No closure per call.
+        got = await self._attempt(keys, deadline)
+        pause = MIN_POLL
+        while got is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return IN_PROGRESS
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, MAX_POLL)
+            try:
+                got = await self._attempt(keys, deadline)
+            except StateUnavailable:
+                return IN_PROGRESS
+        return got
+
+    async def _attempt(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer | None:
         state = self._state
-        owner = state.owner
-
-        async def attempt() -> Ticket | Answer | None:
-            claim_id = new_claim_id()
-            now = state.clock()
-            got = await state.run(
-                lambda conn: _claim(
-                    conn, keys, claim_id, owner, now, now + state.lease, now + state.horizon
-                ),
-                deadline=deadline,
-            )
-            if got[0] == "answer":
-                return Answer(int(got[1]), json.loads(got[2]))
-            if got[0] == "ticket":
-                _, claim_id, _, phase, context, uncertain = got
-                result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-                self._local[claim_id] = result
-                orphan = json.loads(context) if phase == "acting" else None
-                if orphan is not None:
-                    logger.warning(
-                        "claim taken over from a process that died while acting",
-                        extra={"event": "claim_orphaned", "keys": list(keys)},
-                    )
-                return Ticket(keys, claim_id, uncertain=uncertain, orphan=orphan, result=result)
-            # Busy: held by a live claim. One of this process: wait for its answer.
-            local = self._local.get(got[1])
-            if local is not None:
-                return await wait_for_answer(local, deadline, time.monotonic)
-            return None
-
-        got = await poll_until(attempt, deadline)
-        return got if got is not None else IN_PROGRESS
+        now = state.clock()
+        got = await state.run(
+            _claim,
+            keys,
+            new_claim_id(),
+            state.owner,
+            now,
+            now + state.lease,
+            now + state.horizon,
+            deadline=deadline,
+        )
+        if got[0] == "ticket":
+            _, claim_id, _, phase, context, uncertain = got
+            result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            self._local[claim_id] = result
+            orphan = json.loads(context) if phase == "acting" else None
+            if orphan is not None:
+                logger.warning(
+                    "claim taken over from a process that died while acting",
+                    extra={"event": "claim_orphaned", "keys": list(keys)},
+                )
+            return Ticket(keys, claim_id, uncertain=uncertain, orphan=orphan, result=result)
+        if got[0] == "answer":
+            return Answer(int(got[1]), json.loads(got[2]))
+        # Busy: held by a live claim. One of this process: wait for its answer.
+        local = self._local.get(got[1])
+        if local is not None:
+            return await wait_for_answer(local, deadline, time.monotonic)
+        return None
 
     async def acting(
         self, ticket: Ticket, context: Mapping[str, Any], *, deadline: float | None = None
     ) -> None:
-        state = self._state
-        text = _dumps(context)
-        keys, claim_id = ticket.keys, ticket.claim_id
-        n = len(keys)
-
-        def op(conn: sqlite3.Connection) -> None:
-            changed = conn.execute(_ACTING[n], (text, claim_id, *keys)).rowcount
-            if changed != n:
-                conn.execute(_UNDO_ACTING[n], (claim_id, *keys))
-                raise ClaimLost("the claim was taken over")
-
-        await state.run(op, deadline=deadline)
+        keys = ticket.keys
+        await self._state.run(
+            _acting, keys, ticket.claim_id, _dumps(context), len(keys), deadline=deadline
+        )
 
     async def finish(
         self,
@@ -557,23 +618,93 @@ class SqliteClaimStore:
     ) -> None:
         state = self._state
         keys, claim_id = ticket.keys, ticket.claim_id
-        expires = state.clock() + state.horizon
         body = _dumps(answer.body)
-        # A key that was marked stays marked until the horizon.
-        marked = uncertain or ticket.uncertain
-
-        def op(conn: sqlite3.Connection) -> None:
-            if remember:
-                conn.execute(_DONE[len(keys)], (answer.status_code, body, claim_id, *keys))
-            else:
-                _free(conn, keys, claim_id, marked, expires)
-
         try:
-            await state.run(op, deadline=deadline)
+            if remember:
+                await state.run(_done, keys, claim_id, answer.status_code, body, deadline=deadline)
+            else:
+                # A key that was marked stays marked until the horizon.
+                marked = uncertain or ticket.uncertain
+                expires = state.clock() + state.horizon
+                await state.run(_free, keys, claim_id, marked, expires, deadline=deadline)
         finally:
             local = self._local.pop(claim_id, None)
             if local is not None and not local.done():
                 local.set_result(answer)
+
+    async def keep_first(self, key: str, answer: Answer, deadline: float) -> Answer | None:
+        """One statement pair in one trip (a claim then a finish took two trips)."""
+        state = self._state
+        body = _dumps(answer.body)
+        pause = MIN_POLL
+        first = True
+        while True:
+            now = state.clock()
+            try:
+                got = await state.run(
+                    _keep_first,
+                    key,
+                    new_claim_id(),
+                    state.owner,
+                    now,
+                    answer.status_code,
+                    body,
+                    now + state.horizon,
+                    deadline=deadline,
+                )
+            except StateUnavailable:
+                if first:
+                    raise
+                return None  # the deadline ran out while asking
+            if got is not None:
+                break
+            # A claim holds the key: its answer, or its lease running out, until the deadline.
+            first = False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, MAX_POLL)
+        if got[1] is None:
+            return answer  # this one was kept
+        return Answer(int(got[0]), json.loads(got[1]))
+
+
+def _acting(
+    conn: sqlite3.Connection, keys: tuple[str, ...], claim_id: str, text: str, n: int
+) -> None:
+    changed = conn.execute(_ACTING[n], (text, claim_id, *keys)).rowcount
+    if changed != n:
+        conn.execute(_UNDO_ACTING[n], (claim_id, *keys))
+        raise ClaimLost("the claim was taken over")
+
+
+def _done(
+    conn: sqlite3.Connection, keys: tuple[str, ...], claim_id: str, status: int, body: str
+) -> None:
+    conn.execute(_DONE[len(keys)], (status, body, claim_id, *keys))
+
+
+def _keep_first(
+    conn: sqlite3.Connection,
+    key: str,
+    claim_id: str,
+    owner: str,
+    now: float,
+    status: int,
+    body: str,
+    expires: float,
+) -> tuple[Any, str | None] | None:
+    """(status, body) kept before, (status, None) when this one is kept now, None when a
+    live claim holds the key (one of a release that claimed, then finished)."""
+    row = conn.execute(_SELECT[1], (key, now)).fetchone()
+    if row is not None:
+        if row[2] == "done":
+            return (row[4], row[5])
+        if row[2] != "free" and row[3] > now:
+            return None
+    conn.execute(_KEEP, (key, claim_id, owner, status, body, expires))
+    return (status, None)
 
 
 def _claim(

@@ -328,6 +328,42 @@ async def test_answers_expire_with_the_horizon(stores: Factory) -> None:
 
 
 @pytest.mark.anyio
+async def test_keep_first_keeps_the_first_answer_for_every_later_one(stores: Factory) -> None:
+    first = Answer(200, {"api": "realtime"})
+    second = Answer(200, {"api": "live"})
+    store = await stores()
+    assert await store.keep_first("dialog:d1", first, soon()) == first
+    assert await store.keep_first("dialog:d1", second, soon()) == first
+    other = await stores()  # another process on a shared store
+    assert await other.keep_first("dialog:d1", second, soon()) == first
+    assert await other.keep_first("dialog:d2", second, soon()) == second
+    # Concurrent ones in one process: one is first, all see it.
+    kept = await asyncio.gather(
+        *(store.keep_first("dialog:d3", Answer(200, {"n": n}), soon()) for n in range(5))
+    )
+    assert len({repr(answer) for answer in kept}) == 1
+
+
+@pytest.mark.anyio
+async def test_keep_first_waits_for_no_dead_claim_and_answers_none_for_a_live_one(
+    stores: Factory,
+) -> None:
+    if not shared(stores):
+        pytest.skip("memory is one process")
+    kept = Answer(200, {"api": "realtime"})
+    live = await stores()
+    holder = await ticket(live, ("dialog:d1",))
+    other = await stores()
+    assert await other.keep_first("dialog:d1", kept, soon(0.2)) is None  # not known yet
+    await live.finish(holder, Answer(200, {"api": "live"}), remember=True)
+    assert await other.keep_first("dialog:d1", kept, soon()) == Answer(200, {"api": "live"})
+    dead = await stores()
+    await ticket(dead, ("dialog:d2",))
+    await crash(dead)
+    assert await other.keep_first("dialog:d2", kept, soon()) == kept  # after its lease
+
+
+@pytest.mark.anyio
 async def test_the_sqlite_state_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     first = SqliteClaimStore(SqliteState(path, horizon_seconds=HORIZON))
