@@ -33,6 +33,7 @@ from app.openai.callcontrol import (
 from app.openai.transport import AsyncioStream, Pool, PoolTransport
 
 CALL_ID = "rtc_0123456789abcdef"
+PATH = f"/realtime/calls/{CALL_ID}/accept"
 FAST = RetryPolicy(attempt_timeout=5.0, base_backoff=0.001, max_backoff=0.002)
 BODY = b'{"ok":true}'
 ANSWER = (
@@ -115,6 +116,12 @@ class Api:
                     writer.write(ANSWER.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1))
                     await writer.drain()
                     return
+                elif action == "big":
+                    size = 4 * 1024 * 1024
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+                    for _ in range(size // 65536):
+                        writer.write(b"x" * 65536)
+                        await writer.drain()
                 elif action == "silent":
                     await reader.read()  # until the client gives up and closes
                     return
@@ -216,6 +223,19 @@ async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
 
 
 @pytest.mark.anyio
+async def test_an_answer_larger_than_the_read_buffer_limit() -> None:
+    """Reading pauses past the limit and resumes as the body is consumed."""
+    async with Api("big", "ok") as api, client(api.base_url) as http:
+        async with http.stream("POST", PATH, timeout=httpx.Timeout(5.0)) as response:
+            protocol = stream_of(response)._protocol
+            await until(lambda: protocol.reading_paused, "reading paused, the body unread")
+            assert len(await response.aread()) == 4 * 1024 * 1024
+        assert not protocol.reading_paused
+        assert (await http.post(PATH)).content == BODY  # the connection is still in step
+    assert api.connections == 1
+
+
+@pytest.mark.anyio
 async def test_read_timeout() -> None:
     async with Api("silent") as api, client(api.base_url) as http:
         with pytest.raises(httpx.ReadTimeout):
@@ -255,8 +275,6 @@ async def test_connection_refused() -> None:
 
 
 # --- the pool ---------------------------------------------------------------------------------
-
-PATH = f"/realtime/calls/{CALL_ID}/accept"
 
 
 @pytest.mark.anyio
