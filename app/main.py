@@ -7,14 +7,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from starlette.routing import Route
 
+from app.endpoint import WEBHOOK_PATH, SwitchboardApp, WebhookEndpoint
 from app.incall.control import AnyReplicaControl
 from app.incall.keeper import LiveCallKeeper
 from app.incall.session import InCallManager
-from app.intake.events import INCOMING_EVENTS, IncomingCall, parse_event
-from app.intake.webhook import SignatureVerifier, WebhookError
+from app.intake.events import INCOMING_EVENTS
+from app.intake.webhook import SignatureVerifier
 from app.openai.callcontrol import (
     CallControl,
     CallController,
@@ -25,7 +27,6 @@ from app.openai.callcontrol import (
 )
 from app.openai.sideband import WebSocketConnector
 from app.ops.admin import CallsControl, install_admin
-from app.ops.logs import LogThrottle
 from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
 from app.records.build import build_call_log, close_call_log, open_call_log
@@ -46,12 +47,6 @@ from app.state.ratelimit import RateLimits
 from app.state.redis import RedisConfigError
 
 logger = logging.getLogger("switchboard")
-
-WEBHOOK_PATH = "/webhooks/openai"
-
-
-class BodyTooLarge(WebhookError):
-    status_code = 413
 
 
 def create_app(
@@ -224,7 +219,7 @@ def create_app(
             finally:
                 await close_call_log(call_log)
 
-    app = FastAPI(
+    app = SwitchboardApp(
         title="Switchboard",
         version="0.1.0",
         lifespan=lifespan,
@@ -233,62 +228,18 @@ def create_app(
         openapi_url=None,
     )
 
-    # Anyone can send refused requests: a flood of them must not flood the logs.
-    refusals = LogThrottle()
-
-    @app.exception_handler(WebhookError)
-    async def _webhook_error(request: Request, exc: WebhookError) -> Response:
-        result = {401: "unauthorized", 413: "too_large"}.get(exc.status_code, "malformed")
-        metrics.webhooks.labels(result).inc()  # every refusal, logged or not
-        suppressed = refusals.admit()
-        if suppressed is not None:
-            logger.info(
-                "webhook refused",
-                extra={
-                    "event": "webhook_refused",
-                    "status": exc.status_code,
-                    "reason": exc.reason,
-                    "suppressed": suppressed,
-                },
-            )
-        return JSONResponse({"error": exc.reason}, status_code=exc.status_code)
-
-    unsubscribed_log = LogThrottle()
-
-    def unsubscribed(event: IncomingCall) -> Response:
-        metrics.webhooks.labels("ignored").inc()
-        metrics.ignored_event(f"{event.api}.incoming")
-        if unsubscribed_log.admit() is not None:
-            logger.warning(
-                "incoming call of an API not in SWITCHBOARD_SUBSCRIBED_EVENTS: not acted on "
-                "(add its event to the setting to route these calls)",
-                extra={"event": "unsubscribed_event", "api": event.api, "call_id": event.call_id},
-            )
-        reason = "not in SWITCHBOARD_SUBSCRIBED_EVENTS"
-        return JSONResponse({"status": "ignored", "api": event.api, "reason": reason})
-
-    @app.post(WEBHOOK_PATH)
-    async def webhook(request: Request) -> Response:
-        body = await _read_body(request, settings.max_body_bytes)
-        if verifier is not None:
-            webhook_id = verifier.verify(request.headers, body)
-        else:
-            webhook_id = request.headers.get("webhook-id", "")[:256]
-        event = parse_event(body, webhook_id)
-        if not isinstance(event, IncomingCall):
-            metrics.webhooks.labels("ignored").inc()
-            metrics.ignored_event(event.type)
-            return JSONResponse({"status": "ignored", "type": event.type})
-        if event.api not in subscribed:
-            # Not announced in SWITCHBOARD_SUBSCRIBED_EVENTS: the pairing of the two APIs'
-            # events trusts that list, so acting on this one could answer a call twice.
-            return unsubscribed(event)
-        rules = manager.current  # once: the whole call is decided on these rules
-        if rules is None:
-            metrics.webhooks.labels("not_ready").inc()
-            return JSONResponse({"error": "routing rules are not loaded yet"}, status_code=503)
-        answer = await router.handle(event, rules)
-        return JSONResponse(dict(answer.body), status_code=answer.status_code)
+    # POST /webhooks/openai: served ahead of FastAPI's stack (app.endpoint); the route
+    # registered here is what FastAPI answers for the path's other methods (405).
+    webhook = WebhookEndpoint(
+        route=router.handle,
+        rules=lambda: manager.current,
+        metrics=metrics,
+        verifier=verifier,
+        subscribed=subscribed,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    app.webhook = webhook
+    app.router.routes.append(Route(WEBHOOK_PATH, webhook, methods=["POST"]))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -331,16 +282,3 @@ def create_app(
     app.state.claims = claims
     app.state.shared = state
     return app
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read at most `limit` bytes; a larger body is refused without reading it all."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body over {limit} bytes")
-    chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > limit:
-            raise BodyTooLarge(f"body over {limit} bytes")
-    return bytes(chunks)

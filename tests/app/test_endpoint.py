@@ -1,0 +1,214 @@
+"""POST /webhooks/openai served ahead of FastAPI's stack (app.endpoint): its edge cases.
+
+Requests go in as an ASGI server gives them (TestClient, or raw scopes and messages for
+what a client library would never send), on the running app's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.rules import compile_rules
+from app.state.claims import Answer, MemoryClaimStore, Ticket
+from tests.app.test_app import ROUTES, client_for, make_settings, post_event
+from tests.support import incoming_event, signed
+
+Message = dict[str, Any]
+
+
+@pytest.fixture
+def api() -> respx.Router:
+    router = respx.Router(base_url="https://api.test/v1", assert_all_called=False)
+    router.post(path__regex=r"/realtime/calls/[^/]+/\w+").respond(200)
+    return router
+
+
+@pytest.fixture
+def client(api: respx.Router) -> Iterator[TestClient]:
+    with client_for(api) as test_client:
+        yield test_client
+
+
+def scope(headers: list[tuple[bytes, bytes]], **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "scheme": "http",
+        "method": "POST",
+        "root_path": "",
+        "path": "/webhooks/openai",
+        "raw_path": b"/webhooks/openai",
+        "query_string": b"",
+        "headers": headers,
+        "state": {},
+    }
+    values.update(overrides)
+    return values
+
+
+def call(
+    client: TestClient, request_scope: dict[str, Any], messages: list[Message]
+) -> tuple[list[Message], int]:
+    """Run one request on the app's loop: (messages the app sent, messages it received)."""
+    inbox = list(messages)
+    sent: list[Message] = []
+    taken = 0
+
+    async def receive() -> Message:
+        nonlocal taken
+        taken += 1
+        assert inbox, "the app read past the last message"
+        return inbox.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        await client.app(request_scope, receive, send)  # type: ignore[arg-type]
+
+    assert client.portal is not None
+    client.portal.call(run)
+    return sent, taken
+
+
+def answer(sent: list[Message]) -> tuple[int, dict[bytes, bytes], bytes]:
+    start, body = sent
+    assert start["type"] == "http.response.start"
+    assert body["type"] == "http.response.body"
+    return start["status"], dict(start["headers"]), body["body"]
+
+
+def signed_scope(event: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    body, headers = signed(event)
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return scope(raw), body
+
+
+def test_a_routed_call_is_answered_in_json(client: TestClient) -> None:
+    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+    sent, _ = call(client, request_scope, [{"type": "http.request", "body": body}])
+    status, headers, content = answer(sent)
+    assert status == 200
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"content-length"] == str(len(content)).encode()
+    assert b'"route":"support"' in content
+
+
+def test_a_body_in_many_chunks_is_put_together(client: TestClient, api: respx.Router) -> None:
+    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+    pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
+    messages = [{"type": "http.request", "body": p, "more_body": True} for p in pieces]
+    messages.append({"type": "http.request", "body": b"", "more_body": False})
+    sent, _ = call(client, request_scope, messages)
+    assert answer(sent)[0] == 200
+    assert api.calls.call_count == 1
+
+
+def test_a_chunked_body_over_the_limit_is_413_before_the_end(client: TestClient) -> None:
+    # No content-length: the body is refused as soon as it passes the limit (4096).
+    chunk = {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+    sent, taken = call(client, scope([]), [chunk] * 10)
+    status, _, content = answer(sent)
+    assert (status, content) == (413, b'{"error":"body over 4096 bytes"}')
+    assert taken == 5  # not read to the end
+    assert 'switchboard_webhooks_total{result="too_large"} 1.0' in client.get("/metrics").text
+
+
+def test_a_declared_length_over_the_limit_is_413_unread(client: TestClient) -> None:
+    sent, taken = call(client, scope([(b"content-length", b"5000")]), [])
+    assert answer(sent)[0] == 413
+    assert taken == 0
+
+
+@pytest.mark.parametrize("declared", [b"\xb2", b"12x", b"-1", b""])
+def test_an_odd_content_length_is_not_a_500(client: TestClient, declared: bytes) -> None:
+    # "²" is a digit to str.isdigit() but not to int(); servers refuse most of these, but
+    # the endpoint must not depend on that.
+    sent, _ = call(client, scope([(b"content-length", declared)]), [{"type": "http.request"}])
+    assert answer(sent)[0] == 401  # then: no signature
+
+
+def test_a_client_gone_mid_body_gets_no_answer_and_the_app_carries_on(
+    client: TestClient, api: respx.Router
+) -> None:
+    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+    messages: list[Message] = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent, _ = call(client, request_scope, messages)
+    assert sent == []
+    assert api.calls.call_count == 0
+    assert post_event(client, incoming_event(called="+18005550100")).status_code == 200
+
+
+class BrokenStore(MemoryClaimStore):
+    """A defect in the exactly-once state: a claim raises what nothing expects."""
+
+    async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
+        raise RuntimeError("bug")
+
+
+def test_an_unexpected_exception_is_a_500_in_json_and_a_log_line(
+    api: respx.Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(
+        make_settings(),
+        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+        store=BrokenStore(horizon_seconds=3600),
+    )
+    # raise_server_exceptions: an exception reaching the server would fail the test.
+    with TestClient(app, raise_server_exceptions=True) as client:
+        with caplog.at_level(logging.ERROR, logger="switchboard"):
+            first = post_event(client, incoming_event())
+            second = post_event(client, incoming_event())
+        assert client.get("/healthz").status_code == 200
+    for response in (first, second):
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error"}
+    errors = [r for r in caplog.records if getattr(r, "event", None) == "webhook_error"]
+    assert len(errors) == 2
+    assert errors[0].exc_info is not None and "bug" in str(errors[0].exc_info[1])
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE"])
+def test_other_methods_are_405_with_allow(client: TestClient, method: str) -> None:
+    # As FastAPI answers for a POST-only route.
+    response = client.request(method, "/webhooks/openai")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    if method != "HEAD":
+        assert response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_a_trailing_slash_is_redirected_as_before(client: TestClient) -> None:
+    response = client.post("/webhooks/openai/", content=b"{}", follow_redirects=False)
+    assert response.status_code == 307
+    assert response.headers["location"].endswith("/webhooks/openai")
+
+
+def test_a_root_path_is_taken_off_as_uvicorn_gives_it(client: TestClient) -> None:
+    # `uvicorn --root-path /sb`: the scope's path includes the root path.
+    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+    request_scope.update(root_path="/sb", path="/sb/webhooks/openai")
+    sent, _ = call(client, request_scope, [{"type": "http.request", "body": body}])
+    status, _, content = answer(sent)
+    assert status == 200
+    assert b'"route":"support"' in content
+
+
+def test_other_paths_still_go_through_fastapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.post("/webhooks/other", content=b"{}").status_code == 404
