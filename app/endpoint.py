@@ -76,11 +76,10 @@ class WebhookEndpoint:
         self._refusals = LogThrottle()
         self._unsubscribed_log = LogThrottle()
         self._errors = LogThrottle()
-        # The counters this endpoint uses, looked up once.
-        self._ignored = metrics.webhooks.labels("ignored")
-        self._not_ready = metrics.webhooks.labels("not_ready")
+        self._ignored = metrics.webhook_result("ignored")
+        self._not_ready = metrics.webhook_result("not_ready")
         self._refused_counters = {
-            status: metrics.webhooks.labels(result)
+            status: metrics.webhook_result(result)
             for status, result in ((400, "malformed"), (401, "unauthorized"), (413, "too_large"))
         }
 

@@ -145,7 +145,7 @@ class CallRouter:
             return self._unavailable(call, exc)
         if isinstance(claim, Answer):
             self._metrics.duplicates.inc()
-            self._metrics.webhooks.labels("duplicate").inc()
+            self._metrics.webhook_result("duplicate").inc()
             logger.info(
                 "duplicate delivery",
                 extra={
@@ -193,7 +193,7 @@ class CallRouter:
 
     def _unavailable(self, call: IncomingCall, exc: Exception) -> Answer:
         """No claim, no action: 503, and OpenAI redelivers."""
-        self._metrics.webhooks.labels("retry").inc()
+        self._metrics.webhook_result("retry").inc()
         logger.warning(
             "webhook not acted on: exactly-once state unavailable",
             extra={"event": "state_unavailable", "call_id": call.call_id, "error": str(exc)},
@@ -208,8 +208,8 @@ class CallRouter:
         body.update((k, v) for k, v in context.items() if k in _CONTEXT_FIELDS)
         body.update(outcome="uncertain", error=UNCERTAIN_ERROR)
         route, action = str(body.get("route", "")), str(body.get("action", ""))
-        self._metrics.outcomes.labels(call.api, action, "uncertain").inc()
-        self._metrics.webhooks.labels("routed").inc()
+        self._metrics.outcome(call.api, action, "uncertain").inc()
+        self._metrics.webhook_result("routed").inc()
         logger.warning(
             "call routed",
             extra={
@@ -250,13 +250,12 @@ class CallRouter:
         """(answer, remember it, a request may have taken effect). `until`: the deadline
         on time.monotonic() for the state store's calls."""
         started = time.perf_counter()
-        identity = identify(
-            Headers((h.name, h.value) for h in call.sip_headers), self._policy, call.media_security
-        )
+        headers = Headers((h.name, h.value) for h in call.sip_headers)
+        identity = identify(headers, self._policy, call.media_security)
         # Both events of one call decide alike: splits and rate limits key on the dialog.
         # A verdict is remembered for the horizon, so it keys on a real dialog (Call-ID)
         # only: identical INVITEs without one must not all replay the first verdict.
-        dialog, call_dialog = dialog_keys((h.name, h.value) for h in call.sip_headers)
+        dialog, call_dialog = dialog_keys(headers)
         decision = await self._limit(
             rules.decide(identity, datetime.now(UTC), dialog or call.call_id),
             identity,
@@ -270,9 +269,9 @@ class CallRouter:
             decision = self._unanswerable(call, decision)
         decided = time.perf_counter()
         self._metrics.decision_latency.observe(decided - started)
-        self._metrics.decisions.labels(decision.route, decision.action.kind).inc()
+        self._metrics.decision(decision.route, decision.action.kind).inc()
         if decision.arm is not None:
-            self._metrics.split_arms.labels(decision.route, decision.arm).inc()
+            self._metrics.split_arm(decision.route, decision.arm).inc()
 
         body: dict[str, Any] = {
             "call_id": call.call_id,
@@ -294,8 +293,8 @@ class CallRouter:
         self._record(call, decision, None, numbers)
         outcome = await self._act(call, decision, deadline, ticket)
         acted = time.perf_counter()
-        self._metrics.outcomes.labels(call.api, decision.action.kind, outcome.name).inc()
-        self._metrics.webhooks.labels("retry" if outcome.retryable else "routed").inc()
+        self._metrics.outcome(call.api, decision.action.kind, outcome.name).inc()
+        self._metrics.webhook_result("retry" if outcome.retryable else "routed").inc()
 
         body["outcome"] = outcome.name
         for key, value in (
@@ -407,8 +406,8 @@ class CallRouter:
 
     def _acknowledge(self, call: IncomingCall, decision: Decision, handler: Api | None) -> Answer:
         """This event's call is (or may be) another event's: answered without acting."""
-        self._metrics.incoming.labels(call.api, OTHER_API if handler else "undecided").inc()
-        self._metrics.webhooks.labels("routed" if handler else "retry").inc()
+        self._metrics.incoming_call(call.api, OTHER_API if handler else "undecided").inc()
+        self._metrics.webhook_result("routed" if handler else "retry").inc()
         logger.info(
             "call handled through the other API" if handler else "call handler not known yet",
             extra={
@@ -448,7 +447,7 @@ class CallRouter:
     async def _act(
         self, call: IncomingCall, decision: Decision, deadline: float, ticket: Ticket
     ) -> Outcome:
-        self._metrics.incoming.labels(call.api, "handled").inc()
+        self._metrics.incoming_call(call.api, "handled").inc()
         if self._dry_run:
             return Outcome("dry_run")
         call_id, api = call.call_id, call.api

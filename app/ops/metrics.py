@@ -4,6 +4,7 @@ registry so that several apps (tests) can live in one process."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Generic, Protocol, Self, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -91,6 +92,31 @@ LIVE_CALL_EVENTS = (
 )
 # Calls last seconds to an hour; longer ones are counted in +Inf.
 CALL_DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 2700.0, 3600.0)
+
+
+class _Labelled(Protocol):
+    def labels(self, *values: str) -> Self: ...
+
+
+M = TypeVar("M", bound=_Labelled)
+
+
+class Children(Generic[M]):
+    """A labelled metric's children by label values, each looked up in prometheus_client
+    once: its labels() checks, converts and locks on every call, several times per webhook.
+    The label values are bounded sets (the module's rule), so is this."""
+
+    __slots__ = ("_found", "_metric")
+
+    def __init__(self, metric: M) -> None:
+        self._metric = metric
+        self._found: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._found.get(values)
+        if child is None:
+            child = self._found[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -209,6 +235,14 @@ class Metrics:
             ["event"],
             registry=r,
         )
+        # The children a webhook counts in, for the per-call code.
+        self.webhook_result = Children(self.webhooks)
+        self.decision = Children(self.decisions)
+        self.outcome = Children(self.outcomes)
+        self.split_arm = Children(self.split_arms)
+        self.incoming_call = Children(self.incoming)
+        self._upstream_request = Children(self.upstream)
+        self._upstream_latency = Children(self.upstream_latency)
         for event in LIVE_CALL_EVENTS:
             self.live_calls.labels(event)
         for outcome in TRANSFER_OUTCOMES:
@@ -247,8 +281,8 @@ class Metrics:
         self.rules_loaded.set(rules.loaded_at)
 
     def observe_upstream(self, api: Api, operation: str, status: str, seconds: float) -> None:
-        self.upstream.labels(api, operation, status).inc()
-        self.upstream_latency.labels(api, operation).observe(seconds)
+        self._upstream_request(api, operation, status).inc()
+        self._upstream_latency(api, operation).observe(seconds)
 
     def upstream_observer(self, api: Api) -> Observer:
         """The observer of one API's call control (its requests labelled with the API)."""

@@ -14,7 +14,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 
-from app.sip.identity import canonical_name
+from app.sip.identity import Headers, canonical_name
 
 _TAG = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.IGNORECASE)
 
@@ -29,23 +29,20 @@ def dialog_key(headers: Iterable[tuple[str, str]]) -> str | None:
 def dialog_keys(headers: Iterable[tuple[str, str]]) -> tuple[str | None, str | None]:
     """(dialog_key, the same only when it comes from a Call-ID, else None). What is
     remembered per call for long (a rate limit's verdict) keys on the second: identical
-    INVITEs without a Call-ID must not share one."""
-    headers = tuple(headers)
-    call_id: str | None = None
-    from_value = ""
-    for name, value in headers:
-        canonical = canonical_name(name)
-        if canonical == "call-id" and call_id is None:
-            call_id = value.strip()
-        elif canonical == "from" and not from_value:
-            from_value = value
+    INVITEs without a Call-ID must not share one. `headers`: a Headers (the router's, parsed
+    once per call) or any (name, value) pairs."""
+    if not isinstance(headers, Headers):
+        headers = Headers(headers)
+    call_ids = headers.get_all("call-id")
+    call_id = call_ids[0].strip() if call_ids else None  # the first Call-ID, even if blank
+    from_value = next((value for value in headers.get_all("from") if value), "")
     if call_id:
         # The tag is after the address (a display name or URI may hold ";tag=" text).
         params = from_value.rpartition(">")[2] if ">" in from_value else from_value
         tag = _TAG.search(params)
         key = _digest(f"call-id\0{call_id}\0{tag.group(1) if tag else ''}")
         return key, key
-    if headers:
+    if len(headers):
         text = "\0".join(f"{canonical_name(name)}:{value}" for name, value in headers)
         return _digest(f"headers\0{text}"), None
     return None, None
