@@ -250,7 +250,7 @@ class CallRouter:
         """(answer, remember it, a request may have taken effect). `until`: the deadline
         on time.monotonic() for the state store's calls."""
         started = time.perf_counter()
-        headers = Headers((h.name, h.value) for h in call.sip_headers)
+        headers = Headers(call.sip_headers)
         identity = identify(headers, self._policy, call.media_security)
         # Both events of one call decide alike: splits and rate limits key on the dialog.
         # A verdict is remembered for the horizon, so it keys on a real dialog (Call-ID)

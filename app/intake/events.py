@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from app.intake.webhook import MalformedPayload
 
@@ -38,8 +38,10 @@ MAX_SIP_HEADER_VALUE = 8192
 _CALL_ID = re.compile(r"[A-Za-z0-9_.:-]{1,256}")
 
 
-@dataclass(frozen=True, slots=True)
-class SipHeader:
+class SipHeader(NamedTuple):
+    """A NamedTuple rather than a frozen dataclass: a dozen or more per call, built at a
+    fraction of the cost, and a (name, value) pair as app.sip.identity.Headers takes them."""
+
     name: str
     value: str
 
