@@ -27,6 +27,8 @@ import httpx
 
 READ_BUFFER_LIMIT = 256 * 1024
 """Bytes buffered unread before the connection stops reading from the socket."""
+CORK_LIMIT = 64 * 1024
+"""Bytes of a request held back to be sent together (beyond: sent at once, and waited on)."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -116,9 +118,13 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
         self._transport = transport
         self._protocol = protocol
+        self._corked: list[bytes] = []
+        self._corked_size = 0
 
     # httpcore's interface passes each operation its timeout.
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        if self._corked:
+            self._uncork()  # the request is complete: httpcore reads only after sending it
         protocol = self._protocol
         if not protocol.chunks:
             if protocol.eof:
@@ -149,11 +155,23 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         protocol = self._protocol
         if protocol.lost or self._transport.is_closing():
             raise httpcore.WriteError("the connection is closed")
-        self._transport.write(buffer)
+        # httpcore writes a request's head and body separately: a small request is held
+        # until the first read and leaves in one send (one system call, one segment).
+        self._corked.append(buffer)
+        self._corked_size += len(buffer)
+        if self._corked_size < CORK_LIMIT:
+            return
+        self._uncork()
         if protocol.writing_paused and not await protocol.wait_drained(timeout):
             raise httpcore.WriteTimeout("timed out sending to the server")
         if protocol.lost and protocol.error is not None:
             raise httpcore.WriteError(str(protocol.error) or type(protocol.error).__name__)
+
+    def _uncork(self) -> None:
+        corked = self._corked
+        self._transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        self._corked = []
+        self._corked_size = 0
 
     async def aclose(self) -> None:
         self._transport.close()

@@ -235,6 +235,35 @@ async def test_an_answer_larger_than_the_read_buffer_limit() -> None:
     assert api.connections == 1
 
 
+class CountingTransport:
+    """An asyncio transport that counts what is written to it (uvloop's can't be patched)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+@pytest.mark.anyio
+async def test_a_request_leaves_in_one_write() -> None:
+    """Head and body together: one system call, not one per part httpcore hands over."""
+    async with Api() as api, client(api.base_url) as http:
+        stream = stream_of(await http.post(PATH))
+        counting = CountingTransport(stream._transport)
+        stream._transport = counting  # type: ignore[assignment]
+        await http.post(PATH, content=b'{"type":"realtime"}')
+        await http.post(PATH)
+    assert len(counting.writes) == 2
+    assert counting.writes[0] == api.requests[1]
+    assert counting.writes[1] == api.requests[2]
+
+
 @pytest.mark.anyio
 async def test_read_timeout() -> None:
     async with Api("silent") as api, client(api.base_url) as http:
