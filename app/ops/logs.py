@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -37,8 +39,56 @@ class JsonFormatter(logging.Formatter):
         return _encode(entry)
 
 
+class LoopBatchingHandler(logging.StreamHandler[TextIO]):
+    """The per-call lines (loggers in `batched`: app.router's) logged on a running event
+    loop are written together at the end of its iteration: one write for every call that
+    finished in it, not one per line (with PYTHONUNBUFFERED, as the container image sets
+    it, each line was a write(2) of its own, 4 % of the process's samples at saturation).
+    Every other line is written at once, after what is pending: uvicorn's last lines at
+    a SIGTERM come in the loop's last iteration (it re-raises the signal in it), and a
+    start-up or error line must not wait. flush() (at exit too) writes what is left."""
+
+    def __init__(
+        self, stream: TextIO, *, batched: frozenset[str] = frozenset({"switchboard.call"})
+    ) -> None:
+        super().__init__(stream)
+        self._batched = batched
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            loop = None
+            if record.name in self._batched:
+                with contextlib.suppress(RuntimeError):
+                    loop = asyncio.get_running_loop()
+            if loop is None:
+                self._pending.append(line)
+                self.flush()
+                return
+            if not self._pending:
+                loop.call_soon(self._flush_pending)
+            self._pending.append(line)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                self.stream.write(text)
+            self.stream.flush()
+
+    def _flush_pending(self) -> None:
+        with contextlib.suppress(Exception):  # the stream is gone: nowhere left to say so
+            self.flush()
+
+
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    handler = LoopBatchingHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
