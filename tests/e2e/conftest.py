@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.e2e.fake_openai import FakeOpenAI
-from tests.support import SECRET
+from tests.support import HTTP, SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,12 +76,13 @@ def start_service(
     routes: str,
     *,
     env: dict[str, str],
-    timeout: float = 30,
+    timeout: float = 90,
     args: Sequence[str] = (),
     wait_for: str = "/readyz",
 ) -> Service:
     """`wait_for`: the endpoint whose 200 means started (`/healthz` for a service expected
-    to start alive but not ready)."""
+    to start alive but not ready). `timeout` only bounds a start that hangs: with the
+    suite's workers on two busy cores, an import can take 30 s."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "routes.yaml").write_text(routes)
     port = free_port()
@@ -101,7 +102,7 @@ def start_service(
         if process.poll() is not None:
             raise RuntimeError(f"switchboard exited with {process.returncode}:\n{service.logs()}")
         try:
-            if httpx.get(f"{service.url}{wait_for}", timeout=1).status_code == 200:
+            if HTTP.get(f"{service.url}{wait_for}", timeout=1).status_code == 200:
                 return service
         except httpx.HTTPError:
             pass

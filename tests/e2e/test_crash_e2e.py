@@ -21,7 +21,7 @@ import pytest
 from tests.e2e.conftest import E2E_ROUTES, Service, start_service, stop_service
 from tests.e2e.fake_openai import FakeOpenAI, Reply
 from tests.redis_server import RedisServer
-from tests.support import SECRET, incoming_event, new_id, signed
+from tests.support import HTTP, SECRET, incoming_event, new_id, signed
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ class Delivery:
         self.body, self.headers = signed(incoming_event(call_id), webhook_id=new_id("wh"))
 
     def send(self, service: Service, timeout: float = 10) -> httpx.Response:
-        return httpx.post(
+        return HTTP.post(
             service.webhook_url, content=self.body, headers=self.headers, timeout=timeout
         )
 
@@ -189,14 +189,14 @@ def test_redis_lost_while_serving(tmp_path: Path, own_redis_server: RedisServer)
     )
     try:
         own_redis_server.stop()
-        assert httpx.get(f"{service.url}/readyz").status_code == 503
+        assert HTTP.get(f"{service.url}/readyz").status_code == 503
         delivery = Delivery(new_id())
         response = delivery.send(service)
         assert response.status_code == 503, response.text
         assert "state store unavailable" in response.json()["error"]
         assert fake.for_call(delivery.call_id) == []  # never acted without the claim
         own_redis_server.start()
-        wait_for(lambda: httpx.get(f"{service.url}/readyz").status_code == 200, "ready again", 10)
+        wait_for(lambda: HTTP.get(f"{service.url}/readyz").status_code == 200, "ready again", 10)
         assert delivery.send_until_final(service).json()["outcome"] == "accepted"
         assert accepts(fake, [delivery]) == Counter({delivery.call_id: 1})
     finally:
@@ -225,7 +225,7 @@ def test_redis_unreachable_at_start_is_alive_not_ready_and_recovers(tmp_path: Pa
     )
     try:
         assert "Redis is unreachable" in service.logs()
-        ready = httpx.get(f"{service.url}/readyz")
+        ready = HTTP.get(f"{service.url}/readyz")
         assert ready.status_code == 503
         assert ready.json() == {"status": "not ready", "detail": "state store unavailable"}
         delivery = Delivery(new_id())
@@ -235,11 +235,11 @@ def test_redis_unreachable_at_start_is_alive_not_ready_and_recovers(tmp_path: Pa
             assert "state store unavailable" in response.json()["error"]
         assert fake.for_call(delivery.call_id) == []
         assert service.process.poll() is None
-        assert httpx.get(f"{service.url}/healthz").status_code == 200
-        assert httpx.get(f"{service.url}/readyz").status_code == 503
+        assert HTTP.get(f"{service.url}/healthz").status_code == 200
+        assert HTTP.get(f"{service.url}/readyz").status_code == 503
 
         redis.start()  # the same port: no restart of the service, no new setting
-        wait_for(lambda: httpx.get(f"{service.url}/readyz").status_code == 200, "ready", 20)
+        wait_for(lambda: HTTP.get(f"{service.url}/readyz").status_code == 200, "ready", 20)
         # Redeliveries, some concurrent: the call is acted on once, the others replay it.
         with ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(lambda _: delivery.send_until_final(service), range(4)))

@@ -14,18 +14,18 @@ import pytest
 
 from tests.e2e.conftest import Service, start_service, stop_service, switchboard_command
 from tests.e2e.fake_openai import FakeOpenAI, Reply
-from tests.support import SECRET, incoming_event, new_id, signed
+from tests.support import HTTP, SECRET, incoming_event, new_id, signed
 
 pytestmark = pytest.mark.e2e
 
 
 def deliver(service: Service, event: dict[str, Any], **sign_args: Any) -> httpx.Response:
     body, headers = signed(event, **sign_args)
-    return httpx.post(service.webhook_url, content=body, headers=headers, timeout=10)
+    return HTTP.post(service.webhook_url, content=body, headers=headers, timeout=10)
 
 
 def service_version(service: Service) -> str:
-    version: str = httpx.get(f"{service.url}/readyz").json()["rules_version"]
+    version: str = HTTP.get(f"{service.url}/readyz").json()["rules_version"]
     return version
 
 
@@ -86,8 +86,8 @@ def test_no_match_is_declined(service: Service, fake_api: FakeOpenAI) -> None:
 def test_duplicate_delivery(service: Service, fake_api: FakeOpenAI) -> None:
     call_id = new_id()
     body, headers = signed(incoming_event(call_id))
-    first = httpx.post(service.webhook_url, content=body, headers=headers)
-    second = httpx.post(service.webhook_url, content=body, headers=headers)
+    first = HTTP.post(service.webhook_url, content=body, headers=headers)
+    second = HTTP.post(service.webhook_url, content=body, headers=headers)
     assert first.json()["outcome"] == "accepted"
     assert second.json() == {**first.json(), "duplicate": True}
     assert len(fake_api.for_call(call_id)) == 1
@@ -178,13 +178,13 @@ def test_upstream_timeout_asks_for_redelivery(service: Service, fake_api: FakeOp
     fake_api.script(call_id, "accept", Reply(200, delay=1.5))  # past the 0.5 s attempt timeout
     event = incoming_event(call_id)
     body, headers = signed(event)
-    first = httpx.post(service.webhook_url, content=body, headers=headers, timeout=10)
+    first = HTTP.post(service.webhook_url, content=body, headers=headers, timeout=10)
     assert first.status_code == 503
     assert first.json()["outcome"] == "upstream_error"
     assert "Timeout" in first.json()["error"]  # httpx's read timeout or the request's own
     assert len(fake_api.for_call(call_id)) == 1  # a sent request is not repeated blindly
     # OpenAI redelivers the same webhook: this time the API answers in time.
-    second = httpx.post(service.webhook_url, content=body, headers=headers, timeout=10)
+    second = HTTP.post(service.webhook_url, content=body, headers=headers, timeout=10)
     assert second.status_code == 200
     assert second.json()["outcome"] == "accepted"
 
@@ -202,7 +202,7 @@ def test_bad_signature_is_refused(service: Service, fake_api: FakeOpenAI) -> Non
     call_id = new_id()
     body, headers = signed(incoming_event(call_id))
     headers["webhook-signature"] = "v1,AAAA"
-    response = httpx.post(service.webhook_url, content=body, headers=headers)
+    response = HTTP.post(service.webhook_url, content=body, headers=headers)
     assert response.status_code == 401
     assert fake_api.for_call(call_id) == []
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 
 from app.openai.sideband import SidebandError, SidebandRefused, WebSocketConnector
@@ -29,7 +28,7 @@ from tests.e2e.fake_realtime import (
     dtmf,
     function_call,
 )
-from tests.support import SECRET, incoming_event, new_id, signed
+from tests.support import HTTP, SECRET, incoming_event, new_id, signed
 
 pytestmark = pytest.mark.e2e
 
@@ -145,14 +144,14 @@ def incall(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 def call(service: Service, call_id: str, called: str) -> dict[str, Any]:
     body, headers = signed(incoming_event(call_id, called=called))
-    response = httpx.post(service.webhook_url, content=body, headers=headers, timeout=10)
+    response = HTTP.post(service.webhook_url, content=body, headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
     return answer
 
 
 def record(service: Service, call_id: str) -> dict[str, Any] | None:
-    response = httpx.get(f"{service.url}/admin/calls/{call_id}", headers=AUTH, timeout=5)
+    response = HTTP.get(f"{service.url}/admin/calls/{call_id}", headers=AUTH, timeout=5)
     if response.status_code == 404:
         return None
     assert response.status_code == 200, response.text
@@ -338,7 +337,7 @@ def test_a_dropped_sideband_that_cannot_be_rejoined(incall: Service, fakes: Fake
     assert found["end_reason"] == "sideband_lost"
     assert kinds(found).index("sideband_dropped") < kinds(found).index("sideband_failed")
     assert [r.status for r in fakes.realtime.refusals if r.call_id == call_id] == [404]
-    metrics = httpx.get(f"{incall.url}/metrics").text
+    metrics = HTTP.get(f"{incall.url}/metrics").text
     assert 'switchboard_sideband_failures_total{stage="dropped"}' in metrics
 
 
@@ -351,26 +350,26 @@ def test_admin_calls_with_the_token(incall: Service, fakes: Fakes) -> None:
     call(incall, call_id, FRONT_DESK)
     wait_until(lambda: fakes.of_type(call_id, "response.create"), "the greeting")
 
-    listed = httpx.get(f"{incall.url}/admin/calls", params={"status": "active"}, headers=AUTH)
+    listed = HTTP.get(f"{incall.url}/admin/calls", params={"status": "active"}, headers=AUTH)
     assert listed.status_code == 200
     assert call_id in [c["call_id"] for c in listed.json()]
 
     url = f"{incall.url}/admin/calls/{call_id}"
-    wrong = httpx.post(f"{url}/transfer", json={"destination": "ceo"}, headers=AUTH)
+    wrong = HTTP.post(f"{url}/transfer", json={"destination": "ceo"}, headers=AUTH)
     assert wrong.status_code == 422
     assert "sales" in wrong.json()["error"]
-    unknown = httpx.post(
+    unknown = HTTP.post(
         f"{incall.url}/admin/calls/rtc_nobody/transfer", json={"destination": "sales"}, headers=AUTH
     )
     assert unknown.status_code == 404
     assert [op for op, _ in fakes.ops(call_id)] == ["accept"]
 
-    done = httpx.post(f"{url}/transfer", json={"destination": "sales"}, headers=AUTH, timeout=15)
+    done = HTTP.post(f"{url}/transfer", json={"destination": "sales"}, headers=AUTH, timeout=15)
     assert done.status_code == 200
     assert done.json() == {"call_id": call_id, "destination": "sales", "outcome": "referred"}
     assert fakes.ops(call_id)[1:] == [("refer", {"target_uri": SALES})]
     assert ended(incall, call_id)["end_reason"] == "transferred"
-    again = httpx.post(f"{url}/hangup", headers=AUTH)
+    again = HTTP.post(f"{url}/hangup", headers=AUTH)
     assert again.status_code == 404  # no longer active
 
 
@@ -379,7 +378,7 @@ def test_admin_hangup(incall: Service, fakes: Fakes) -> None:
     fakes.realtime.call(call_id, [])
     call(incall, call_id, FRONT_DESK)
     wait_until(lambda: fakes.of_type(call_id, "response.create"), "the greeting")
-    response = httpx.post(f"{incall.url}/admin/calls/{call_id}/hangup", headers=AUTH, timeout=15)
+    response = HTTP.post(f"{incall.url}/admin/calls/{call_id}/hangup", headers=AUTH, timeout=15)
     assert response.json() == {"call_id": call_id, "outcome": "hung_up"}
     assert ended(incall, call_id)["end_reason"] == "operator"
     assert fakes.ops(call_id)[1:] == [("hangup", None)]
@@ -396,7 +395,7 @@ def test_admin_calls_refuse_a_missing_or_wrong_token(
         ("GET", "/admin/calls/rtc_x"),
         ("POST", "/admin/calls/rtc_x/hangup"),
     ):
-        response = httpx.request(method, f"{incall.url}{path}", headers=headers)
+        response = HTTP.request(method, f"{incall.url}{path}", headers=headers)
         assert response.status_code == 401, (method, path)
         assert response.headers["www-authenticate"].startswith("Bearer")
 
@@ -408,7 +407,7 @@ def test_admin_calls_without_a_configured_token(service: Service) -> None:
         ("GET", "/admin/calls/rtc_x"),
         ("POST", "/admin/calls/rtc_x/hangup"),
     ):
-        response = httpx.request(method, f"{service.url}{path}", headers=AUTH)
+        response = HTTP.request(method, f"{service.url}{path}", headers=AUTH)
         assert response.status_code == 403, (method, path)
         assert "SWITCHBOARD_ADMIN_TOKEN" in response.json()["error"]
 
@@ -463,7 +462,7 @@ def test_a_sideband_that_drops_at_once_cannot_spin_nor_lose_the_time_limit(
     # 3 s of backoff from 0.5 s doubling: a handful, never hundreds (RejoinPolicy caps 20).
     assert 2 <= connections <= 10, connections
     assert kinds(found).count("sideband_dropped") == connections
-    metrics = httpx.get(f"{incall.url}/metrics").text
+    metrics = HTTP.get(f"{incall.url}/metrics").text
     assert 'switchboard_hangups_total{reason="max_duration"}' in metrics
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.conftest import Service, start_service, stop_service, switchboard_command
 from tests.e2e.fake_openai import FakeOpenAI, Recorded, Reply
-from tests.support import SECRET, incoming_event, live_event, new_id, signed
+from tests.support import HTTP, SECRET, incoming_event, live_event, new_id, signed
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +88,7 @@ def service(fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def deliver(service: Service, event: dict[str, Any]) -> httpx.Response:
     body, headers = signed(event)
-    return httpx.post(service.webhook_url, content=body, headers=headers, timeout=10)
+    return HTTP.post(service.webhook_url, content=body, headers=headers, timeout=10)
 
 
 def both(called: str) -> tuple[dict[str, Any], dict[str, Any]]:

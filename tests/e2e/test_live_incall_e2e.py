@@ -14,7 +14,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import Service, start_service, stop_service
@@ -22,7 +21,7 @@ from tests.e2e.fake_live import FakeLive, dtmf, function_call
 from tests.e2e.fake_openai import FakeOpenAI
 from tests.e2e.fake_realtime import WaitFor
 from tests.e2e.test_incall_e2e import kinds, wait_until
-from tests.support import SECRET, live_event, new_id, signed
+from tests.support import HTTP, SECRET, live_event, new_id, signed
 
 pytestmark = pytest.mark.e2e
 
@@ -108,14 +107,14 @@ def service(fakes: Fakes, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def call(service: Service, session_id: str, called: str) -> dict[str, Any]:
     body, headers = signed(live_event(session_id, called=called))
-    response = httpx.post(service.webhook_url, content=body, headers=headers, timeout=10)
+    response = HTTP.post(service.webhook_url, content=body, headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
     return answer
 
 
 def record(service: Service, session_id: str) -> dict[str, Any] | None:
-    response = httpx.get(f"{service.url}/admin/calls/{session_id}", headers=AUTH, timeout=5)
+    response = HTTP.get(f"{service.url}/admin/calls/{session_id}", headers=AUTH, timeout=5)
     if response.status_code == 404:
         return None
     found: dict[str, Any] = response.json()
@@ -160,7 +159,7 @@ def test_greeting_over_the_live_sideband_and_the_tools_in_the_delegation(
     assert kinds(found)[:4] == ["decision", "accepted", "sideband_connected", "greeting"]
     assert found["events"][0]["data"]["api"] == "live"
     assert found["api"] == "live"  # the record itself, not only its decision event
-    listed = httpx.get(
+    listed = HTTP.get(
         f"{service.url}/admin/calls", params={"api": "live"}, headers=AUTH, timeout=5
     ).json()
     assert session_id in [c["call_id"] for c in listed]
@@ -258,7 +257,7 @@ def test_the_admin_api_hangs_up_and_transfers_a_live_call_through_live(
         fakes.live.call(session_id, [])
         call(service, session_id, DESK)
         wait_until(partial(fakes.live.is_open, session_id), "the sideband")
-        response = httpx.post(
+        response = HTTP.post(
             f"{service.url}/admin/calls/{session_id}/{action}", json=body, headers=AUTH, timeout=10
         )
         assert response.status_code == 200, response.text

@@ -9,13 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import E2E_ROUTES, Service, start_service, stop_service, wait_until
 from tests.e2e.fake_openai import FakeOpenAI
 from tests.pgserver import Server, create_database, drop_database
-from tests.support import SECRET, incoming_event, signed
+from tests.support import HTTP, SECRET, incoming_event, signed
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +23,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def metric(service: Service, name: str) -> float:
-    text = httpx.get(f"{service.url}/metrics", timeout=5).text
+    text = HTTP.get(f"{service.url}/metrics", timeout=5).text
     for row in text.splitlines():
         if row.startswith(name + " "):
             return float(row.rsplit(" ", 1)[1])
@@ -37,14 +36,14 @@ def call(service: Service) -> str:
     event = incoming_event(called="+18005550100")
     body, headers = signed(event)
     started = time.monotonic()
-    answer = httpx.post(service.webhook_url, content=body, headers=headers, timeout=10)
+    answer = HTTP.post(service.webhook_url, content=body, headers=headers, timeout=10)
     assert answer.status_code == 200, answer.text
     assert time.monotonic() - started < 2, "the webhook waited for the database"
     return str(event["data"]["call_id"])
 
 
 def listed(service: Service) -> set[str] | None:
-    answer = httpx.get(f"{service.url}/admin/calls?limit=1000", headers=AUTH, timeout=10)
+    answer = HTTP.get(f"{service.url}/admin/calls?limit=1000", headers=AUTH, timeout=10)
     if answer.status_code != 200:
         return None
     return {c["call_id"] for c in answer.json()}
@@ -83,7 +82,7 @@ def test_records_survive_postgresql_outages(
         assert set(first) <= accepted, "calls routed with the database away"
         assert metric(service, "switchboard_call_records_database_up") == 0
         assert metric(service, "switchboard_call_records_queued") >= 3
-        refused = httpx.get(f"{service.url}/admin/calls", headers=AUTH, timeout=10)
+        refused = HTTP.get(f"{service.url}/admin/calls", headers=AUTH, timeout=10)
         assert refused.status_code == 503
         assert "call records unavailable" in refused.json()["error"]
 
@@ -104,7 +103,7 @@ def test_records_survive_postgresql_outages(
             for reason in ("queue_full", "rejected", "shutdown")
         }
         assert dropped == {"queue_full": 0, "rejected": 0, "shutdown": 0}
-        record = httpx.get(f"{service.url}/admin/calls/{second[0]}", headers=AUTH).json()
+        record = HTTP.get(f"{service.url}/admin/calls/{second[0]}", headers=AUTH).json()
         assert (record["route"], record["outcome"]) == ("support", "accepted")
 
         pg_server.stop()  # lost at shutdown: the stop does not wait for it for long

@@ -17,7 +17,7 @@ import pytest
 from app.rules import compile_rules
 from tests.e2e.conftest import Service, start_service, stop_service
 from tests.e2e.fake_openai import FakeOpenAI
-from tests.support import SECRET, incoming_event, signed
+from tests.support import HTTP, SECRET, incoming_event, signed
 
 pytestmark = pytest.mark.e2e
 
@@ -114,9 +114,9 @@ class Load:
 
 def readyz(service: Service) -> dict[str, Any]:
     """Ready (also while a bad edit is refused), with the details of GET /admin/status."""
-    response = httpx.get(f"{service.url}/readyz", timeout=10)
+    response = HTTP.get(f"{service.url}/readyz", timeout=10)
     assert response.status_code == 200, response.text
-    status = httpx.get(f"{service.url}/admin/status", headers=AUTH, timeout=10)
+    status = HTTP.get(f"{service.url}/admin/status", headers=AUTH, timeout=10)
     detail: dict[str, Any] = status.json()
     return detail
 
@@ -158,7 +158,7 @@ def overwrite(path: Path, text: str) -> None:
 
 
 def admin_reload(service: Service) -> httpx.Response:
-    return httpx.post(f"{service.url}/admin/reload", headers=AUTH, timeout=30)
+    return HTTP.post(f"{service.url}/admin/reload", headers=AUTH, timeout=30)
 
 
 def calls_continue(load: Load) -> None:
@@ -268,7 +268,7 @@ def test_reloads_under_load_never_fail_or_mix_a_call(reloading_service: Service)
     assert '"event": "rules_reload_failed"' in logs
     assert "routes.yaml:4:14: routes[0].reject.status_code" in logs
     assert '"trigger": "sighup"' in logs
-    metrics = httpx.get(f"{service.url}/metrics").text
+    metrics = HTTP.get(f"{service.url}/metrics").text
     assert _metric(metrics, 'switchboard_rules_reloads_total{result="failure"}') >= 3
     assert _metric(metrics, 'switchboard_rules_reloads_total{result="success"}') >= 6
 
@@ -301,7 +301,7 @@ def test_sighup_and_admin_reload_without_the_watch(tmp_path: Path, fake_api: Fak
         )
 
         replace(routes, RULES_A)
-        wrong = httpx.post(f"{service.url}/admin/reload", headers={"Authorization": "Bearer nope"})
+        wrong = HTTP.post(f"{service.url}/admin/reload", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
         assert wrong.headers["www-authenticate"].startswith("Bearer")
         assert readyz(service)["rules_version"] == version(RULES_B)  # nothing reloaded
@@ -309,7 +309,7 @@ def test_sighup_and_admin_reload_without_the_watch(tmp_path: Path, fake_api: Fak
         assert response.status_code == 200
         assert (response.json()["result"], response.json()["trigger"]) == ("success", "admin")
 
-        shown = httpx.get(f"{service.url}/admin/routes", headers=AUTH).json()
+        shown = HTTP.get(f"{service.url}/admin/routes", headers=AUTH).json()
         assert shown["rules"]["version"] == version(RULES_A)
         assert [(r["name"], r["action"]) for r in shown["rules"]["routes"]] == [
             ("vip", "reject"),

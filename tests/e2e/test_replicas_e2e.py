@@ -41,7 +41,7 @@ from tests.e2e.fake_openai import FakeOpenAI, Reply
 from tests.e2e.fake_realtime import FakeRealtime
 from tests.pgserver import create_database, throwaway_server
 from tests.redis_server import REDIS_SERVER, RedisServer
-from tests.support import SECRET, incoming_event, new_id, signed
+from tests.support import HTTP, SECRET, incoming_event, new_id, signed
 
 pytestmark = pytest.mark.e2e
 
@@ -91,7 +91,7 @@ class Delivery:
     def send(self, service: Service, timeout: float = 10) -> httpx.Response | None:
         """The answer, or None when the replica is unreachable (dead)."""
         try:
-            return httpx.post(
+            return HTTP.post(
                 service.webhook_url, content=self.body, headers=self.headers, timeout=timeout
             )
         except httpx.TransportError:
@@ -125,7 +125,7 @@ class Cluster:
 
 
 def admin(service: Service, path: str) -> Any:
-    response = httpx.get(f"{service.url}/admin{path}", headers=AUTH, timeout=10)
+    response = HTTP.get(f"{service.url}/admin{path}", headers=AUTH, timeout=10)
     assert response.status_code in (200, 404), response.text
     return response.json() if response.status_code == 200 else None
 
@@ -326,7 +326,7 @@ def test_operator_requests_work_from_any_replica(cluster: Cluster) -> None:
     API: the allowlist checked there, the hang-up and the transfer done by the owner."""
     owner, other = cluster.replicas[0], cluster.replicas[1]
     hung = live_call(cluster, owner)
-    done = httpx.post(f"{other.url}/admin/calls/{hung.call_id}/hangup", headers=AUTH, timeout=30)
+    done = HTTP.post(f"{other.url}/admin/calls/{hung.call_id}/hangup", headers=AUTH, timeout=30)
     assert done.status_code == 200, done.text
     assert done.json() == {"call_id": hung.call_id, "outcome": "hung_up"}
     assert cluster.ops(hung.call_id, "hangup") == [None]
@@ -342,11 +342,11 @@ def test_operator_requests_work_from_any_replica(cluster: Cluster) -> None:
 
     call = live_call(cluster, owner)
     url = f"{other.url}/admin/calls/{call.call_id}/transfer"
-    refused = httpx.post(url, json={"destination": "nowhere"}, headers=AUTH, timeout=30)
+    refused = HTTP.post(url, json={"destination": "nowhere"}, headers=AUTH, timeout=30)
     assert refused.status_code == 422, refused.text
     assert "not a destination of this call" in refused.json()["error"]
     assert cluster.ops(call.call_id, "refer") == []
-    moved = httpx.post(url, json={"destination": "sales"}, headers=AUTH, timeout=30)
+    moved = HTTP.post(url, json={"destination": "sales"}, headers=AUTH, timeout=30)
     assert moved.status_code == 200, moved.text
     assert moved.json()["outcome"] == "referred"
     assert cluster.ops(call.call_id, "refer") == [{"target_uri": SALES}]
@@ -446,6 +446,6 @@ def test_the_shipped_proxy_config_spreads_and_survives_a_dead_replica(
 
 def _ready_through(front: Service) -> bool:
     try:
-        return httpx.get(f"{front.url}/readyz", timeout=2).status_code == 200
+        return HTTP.get(f"{front.url}/readyz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False

@@ -13,7 +13,7 @@ import pytest
 from tests.e2e.conftest import Service, start_service, stop_service
 from tests.e2e.fake_openai import FakeOpenAI
 from tests.rules.test_yaml_bounds import bomb
-from tests.support import SECRET, incoming_event, new_id, signed
+from tests.support import HTTP, SECRET, incoming_event, new_id, signed
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ def hardened(fake_api: FakeOpenAI, tmp_path: Path) -> Iterator[Service]:
 def deliver(service: Service, event: dict[str, Any]) -> httpx.Response:
     body, headers = signed(event)
     # Generous: a backtracking engine would take ages; RE2 answers in milliseconds.
-    return httpx.post(service.webhook_url, content=body, headers=headers, timeout=30)
+    return HTTP.post(service.webhook_url, content=body, headers=headers, timeout=30)
 
 
 def test_backtracking_pattern_against_hostile_header(hardened: Service) -> None:
@@ -68,7 +68,7 @@ def test_backtracking_pattern_against_hostile_header(hardened: Service) -> None:
     surrogate = deliver(hardened, incoming_event(new_id(), headers=[("X-Foo", "aa\ud800")]))
     assert surrogate.status_code == 200
     assert surrogate.json()["route"] == "main"
-    assert httpx.get(f"{hardened.url}/readyz", timeout=5).status_code == 200
+    assert HTTP.get(f"{hardened.url}/readyz", timeout=5).status_code == 200
 
 
 def test_reload_refuses_an_alias_bomb_and_takes_the_next_edit(
@@ -76,7 +76,7 @@ def test_reload_refuses_an_alias_bomb_and_takes_the_next_edit(
 ) -> None:
     routes = tmp_path / "routes.yaml"
     routes.write_text(bomb(6))  # 687 MB and 14.7 s before; now refused when parsed
-    refused = httpx.post(f"{hardened.url}/admin/reload", headers=AUTH, timeout=30)
+    refused = HTTP.post(f"{hardened.url}/admin/reload", headers=AUTH, timeout=30)
     assert refused.status_code == 422
     assert refused.json()["errors"] == [
         "routes.yaml:7:7: aliases (*name) expand this value to 597,871 values; this file may add"
@@ -85,6 +85,6 @@ def test_reload_refuses_an_alias_bomb_and_takes_the_next_edit(
     # The previous rules serve meanwhile.
     assert deliver(hardened, incoming_event(new_id())).json()["route"] == "main"
     routes.write_text(ROUTES.replace("name: main", "name: edited"))
-    taken = httpx.post(f"{hardened.url}/admin/reload", headers=AUTH, timeout=30)
+    taken = HTTP.post(f"{hardened.url}/admin/reload", headers=AUTH, timeout=30)
     assert taken.json()["result"] == "success"
     assert deliver(hardened, incoming_event(new_id())).json()["route"] == "edited"

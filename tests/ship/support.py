@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import yaml
 
+from tests.support import HTTP
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -266,7 +268,7 @@ def wait_ready(
                 + log.read_text(errors="replace")
             )
         try:
-            response = httpx.get(url, timeout=1)
+            response = HTTP.get(url, timeout=1)
             if response.status_code == 200:
                 return response
         except httpx.HTTPError:

@@ -20,7 +20,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-import httpx
 import pytest
 
 from tests.ship.support import (
@@ -37,7 +36,7 @@ from tests.ship.support import (
     stop,
     wait_ready,
 )
-from tests.support import SECRET
+from tests.support import HTTP, SECRET
 
 
 def hadolint() -> str:
@@ -384,7 +383,7 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
         assert f"POST http://127.0.0.1:{port}/webhooks/openai -> 200" in simulate.stdout
         answer = json.loads(simulate.stdout.split("\n", 1)[1])
         assert answer["route"] and answer["outcome"] == "dry_run"
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        metrics = HTTP.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'switchboard_webhooks_total{result="routed"} 1.0' in metrics
         assert calls_db.is_file(), "the call log is opened at start-up"
     finally:
