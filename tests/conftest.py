@@ -14,6 +14,16 @@ from tests.redis_server import OPENSSL, REDIS_SERVER, RedisServer, make_tls
 __all__ = ["pg_empty_url", "pg_server", "pg_session_url", "pg_url"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With workers (scripts/test: pytest-xdist, a file per worker), the files that start
+    real processes (marked e2e: tens of seconds each) are handed out first, so that the run
+    does not end with one worker still on a long file while the other has nothing left.
+    A stable sort: the order of the tests within a file stays as written."""
+    if getattr(config.option, "numprocesses", None) or getattr(config, "workerinput", None):
+        slow = {item.path for item in items if item.get_closest_marker("e2e") is not None}
+        items.sort(key=lambda item: item.path not in slow)
+
+
 def _need_redis() -> None:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")

@@ -42,6 +42,7 @@ def test_wrk_output_is_read_with_its_units() -> None:
     assert parsed["failed"] == 4
 
 
+@pytest.mark.e2e
 def test_e2e_bench_runs_every_target_and_acts_once_per_call(tmp_path: Path) -> None:
     config = dataclasses.replace(Config.tiny(), workers=0, memory_calls=100, memory_callers=20)
     result = run(config, tmp_path, log=False)
