@@ -362,7 +362,72 @@ This section is written by hand from profiles and A/B runs taken on this machine
 tables above are regenerated on every run, this text is not. Re-check it when the numbers
 move.
 
-### End to end: where a call's CPU goes (2026-12-03)
+### End to end, second round (2026-12-03 afternoon): what changed, what is left
+
+The run above (revision ced63fb, load 0.7-1.2) against the morning's (76f8e5c, below):
+CPU per call at saturation 2.11 ms against 2.78, 1.91x the SDK sample style (0.80x in
+the morning; the sample itself cost 4.04 ms a call in this run against 2.22 then, the
+same code: this VM's speed moves between hours, which is why only same-run ratios count).
+Instruction counts (callgrind, stable under load) for each change:
+
+- **Call-control HTTP (app/openai/transport.py): the largest cost, now a quarter of it.**
+  httpcore's HTTP/1.1 connections on asyncio streams (httpcore's public network-backend
+  interface) instead of anyio: an idle connection's "readable?" is answered from what its
+  protocol saw, no `poll()`; one timer per read or write, no cancel scope and lock. A pool
+  that checks only the connection a request takes (httpcore's pool re-examined every
+  connection twice per request and counted all of them per idle one, and with 32 in
+  flight against 20 kept alive it closed a connection after nearly every request: 257
+  connections for 896 requests). Requests go straight to the transport with headers
+  merged once (the bytes are checked equal to `AsyncClient.post`'s). The client alone:
+  2.60 M -> 1.31 M instructions per request with 1 in flight, 5.05 M -> 1.31 M with 32;
+  system calls 620k -> 58k for 3,456 requests (`poll` 254k -> 0). A whole webhook
+  in-process, 32 in flight: 7.85 M -> 3.18 M instructions.
+- **The webhook route ahead of FastAPI's stack (app/endpoint.py)**: FastAPI and
+  Starlette's middleware, routing and dependency solving were 10.6% of the samples before
+  any of our code ran; -11% instructions per webhook. Cached metric children, a cached JSON
+  encoder for log lines, logging's caller lookup off, SIP headers parsed once, per-call log
+  lines written once per loop round: -3 to -7% more.
+- **SQLite state: a heartbeat row per process** instead of renewing every claim in flight
+  (the renewal also scanned the whole claims table while holding the write lock: 58-103
+  ms of lock at 13k rows, 0.8-1.0 s at 90k, which made calls wait and some answer 503),
+  the dialog's handler kept in one trip (`keep_first`), no timer or closure per operation:
+  SQLite's extra cost over the in-memory store 1.13 M -> 0.75 M instructions a call.
+
+**Left, with the measured gap:**
+
+- **The durable default: -15% against the in-memory store (target < 10%).** 2.11 against
+  1.79 ms per call; -3% in a run at load 14 an hour earlier. What remains is about four
+  short transactions a call (claim, the dialog's handler, acting, finish): `BEGIN
+  IMMEDIATE` and `COMMIT` alone are ~7% of the samples, and each commit writes WAL frames
+  for the randomly placed claim pages (~27 `pwrite` and 9 `fcntl` calls a call at 4 in
+  flight). Next: fold the handler into `acting` (one trip fewer), and claim after deciding
+  so claim and acting are one transaction.
+- **Router-added p99 at 200 calls/s: 239 ms (target 1 ms).** Two causes, measured apart
+  (`bench.e2e` pieces, 2,000 calls at 200/s, same machine): with the in-memory state the
+  p99 was 15-18 ms, with the SQLite default 83-189 ms over three runs (18 ms once with the
+  state file on tmpfs). `strace -T` shows the event loop's own `pwrite`s to the WAL taking
+  5-12 ms while another thread's `fdatasync` (the WAL checkpoint every 1.7 s, the call
+  log's commits) runs on the same file system; a loop stalled that long at 70% busy takes
+  ~100 ms to drain what queued. Next: the state's writes off the loop thread (a writer
+  thread costs ~50 us of CPU a call more, measured earlier) or checkpoints only when the
+  WAL is large. Even then 1 ms is out of reach here: one call costs 2-3.5 ms of CPU on
+  this VM (3.51 ms at 200/s, where little batches), and the in-memory store's p50 is
+  already 2-3 ms above the stand-in's; the bare handler's p99 was 23 ms.
+- **Memory: +712 KB per 10k calls (target < 500 KB).** Fixed: the To-address and E.164
+  caches kept every new caller (now a value is kept on its second sighting, bounded); full
+  garbage collections had stopped after the rules were frozen at start-up (CPython's count
+  of long-lived objects was taken before the freeze), so cyclic garbage piled up. With
+  both, a run of 15,000 calls after 6,000 of warm-up grew +328, +8 and +0 KB per 5,000
+  calls, and anonymous memory 48 KB in all: most of what RSS still shows is file-backed
+  pages (the SQLite files), not heap. Tests check that calls leave no growing Python
+  structure and that every store forgets a call past its horizon.
+- **`--workers 2`: 1.38x (target 1.8x; 1.74x and 2.13x in the morning).** The single
+  process got faster (2.01 ms a call), so the two workers now need the cores the load
+  generator and the stand-in use (1.74 cores were the workers'); and two processes on one
+  state file wait for each other's write lock (2.34 against 2.01 ms a call). Exactly once
+  held: every call delivered twice at once, 0 repeated requests.
+
+### End to end, first round (2026-12-03 morning): where a call's CPU went
 
 Profiled with py-spy (200 Hz, `--threads`) on `switchboard serve` at saturation on its
 core, with the end-to-end workload above. Shares are of the event-loop thread's samples
