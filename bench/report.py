@@ -402,17 +402,22 @@ Instruction counts (callgrind, stable under load) for each change:
   for the randomly placed claim pages (~27 `pwrite` and 9 `fcntl` calls a call at 4 in
   flight). Next: fold the handler into `acting` (one trip fewer), and claim after deciding
   so claim and acting are one transaction.
-- **Router-added p99 at 200 calls/s: 239 ms (target 1 ms).** Two causes, measured apart
-  (`bench.e2e` pieces, 2,000 calls at 200/s, same machine): with the in-memory state the
-  p99 was 15-18 ms, with the SQLite default 83-189 ms over three runs (18 ms once with the
-  state file on tmpfs). `strace -T` shows the event loop's own `pwrite`s to the WAL taking
-  5-12 ms while another thread's `fdatasync` (the WAL checkpoint every 1.7 s, the call
-  log's commits) runs on the same file system; a loop stalled that long at 70% busy takes
-  ~100 ms to drain what queued. Next: the state's writes off the loop thread (a writer
-  thread costs ~50 us of CPU a call more, measured earlier) or checkpoints only when the
-  WAL is large. Even then 1 ms is out of reach here: one call costs 2-3.5 ms of CPU on
-  this VM (3.51 ms at 200/s, where little batches), and the in-memory store's p50 is
-  already 2-3 ms above the stand-in's; the bare handler's p99 was 23 ms.
+- **Router-added p99 at 200 calls/s: 239 ms (target 1 ms).** The tail comes with the
+  SQLite state, measured apart (`bench.e2e` pieces, 2,000 calls at 200/s, one process
+  each, same quiet machine, after this run): p99 with the in-memory state 17.6, 19.4,
+  21.3, 37.3 ms; with the SQLite default 42.3, 47.5, 53.2, 53.5, 86.8, 133.2, 174.2 ms.
+  With a 60 s claim lease, which makes the maintenance thread (heartbeat and WAL
+  checkpoint) run every 20 s instead of every 1.7 s, 15.7 and 44.3 ms: that periodic
+  work is the prime suspect. Checkpointing only once the WAL reached 4 MB did not settle
+  it (20.4, 31.2, 114.9, 211.0 ms: not landed). Under `strace -T` the loop thread's own
+  `pwrite`s to the WAL took 5-12 ms while another thread's `fdatasync` ran (strace slows
+  everything, so that is a lead, not a measurement); a loop stalled that long at 70% busy
+  takes ~100 ms to drain what queued. Next: a loop-lag probe inside the server to pin
+  the stall, then the state's writes off the loop thread if it is their I/O (a writer
+  thread costs ~50 us of CPU a call more, measured earlier). Even then 1 ms is out of
+  reach on this VM: one call costs 2-3.5 ms of CPU (3.51 ms at 200/s, where little
+  batches), the in-memory store's p50 is already 2-3 ms above the stand-in's, and the
+  bare handler's p99 was 23 ms.
 - **Memory: +712 KB per 10k calls (target < 500 KB).** Fixed: the To-address and E.164
   caches kept every new caller (now a value is kept on its second sighting, bounded); full
   garbage collections had stopped after the rules were frozen at start-up (CPython's count
