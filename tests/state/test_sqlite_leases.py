@@ -86,3 +86,30 @@ async def test_a_renewal_reads_the_claims_in_flight_not_the_table(tmp_path: Path
     many = await _renewal_steps(tmp_path, 1000)
     # One row either way (a scan of the claims: ~200 times more here).
     assert many <= few + 5, (few, many)
+
+
+def test_every_connection_commits_without_fsync_under_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`synchronous` is per connection: the maintenance thread's heartbeat committed with
+    FULL (an fsync while holding the write lock), and the loop's writes found the database
+    locked for 10-40 ms at every heartbeat. NORMAL on every connection: a commit survives
+    the process being killed, which is what the claims need (WAL)."""
+    opened: list[sqlite3.Connection] = []
+    connect = SqliteState._connect
+
+    def recording(self: SqliteState) -> sqlite3.Connection:
+        conn = connect(self)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(SqliteState, "_connect", recording)
+    # A long lease: the maintenance thread stays asleep while the test reads its connection.
+    state = SqliteState(tmp_path / "state.db", horizon_seconds=3600, lease_seconds=600)
+    state.start()
+    try:
+        assert len(opened) == 2  # the event loop's and the maintenance thread's
+        normal = 1
+        assert [c.execute("PRAGMA synchronous").fetchone()[0] for c in opened] == [normal] * 2
+    finally:
+        state.stop()
