@@ -409,12 +409,16 @@ Instruction counts (callgrind, stable under load) for each change:
   With a 60 s claim lease, which makes the maintenance thread (heartbeat and WAL
   checkpoint) run every 20 s instead of every 1.7 s, 15.7 and 44.3 ms: that periodic
   work is the prime suspect. Checkpointing only once the WAL reached 4 MB did not settle
-  it (20.4, 31.2, 114.9, 211.0 ms: not landed). Under `strace -T` the loop thread's own
-  `pwrite`s to the WAL took 5-12 ms while another thread's `fdatasync` ran (strace slows
-  everything, so that is a lead, not a measurement); a loop stalled that long at 70% busy
-  takes ~100 ms to drain what queued. Next: a loop-lag probe inside the server to pin
-  the stall, then the state's writes off the loop thread if it is their I/O (a writer
-  thread costs ~50 us of CPU a call more, measured earlier). Even then 1 ms is out of
+  it (20.4, 31.2, 114.9, 211.0 ms: not landed). A probe inside the server (loop lag,
+  garbage collections, the heartbeat, and each time the loop found the database locked)
+  found the cause of part of it: the maintenance thread's connection committed its
+  heartbeat at `synchronous=FULL` (the setting is per connection), an fsync with the
+  write lock held, so at every heartbeat the loop's writes waited 10-18 ms in backoff.
+  Fixed (f1b2ce8): no locked database seen after. The p99 after the fix, seven runs:
+  19.4, 26.2, 44.8, 67.1, 73.1, 116.1, 148.1 ms. The rest is not pinned: in the slow
+  runs the loop showed no lag above 18 ms and no locked database, so calls waited
+  somewhere the probe did not look (the stand-in and the load generator share the other
+  core). Even then 1 ms is out of
   reach on this VM: one call costs 2-3.5 ms of CPU (3.51 ms at 200/s, where little
   batches), the in-memory store's p50 is already 2-3 ms above the stand-in's, and the
   bare handler's p99 was 23 ms.
