@@ -22,7 +22,6 @@ answered 503 without acting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -233,11 +232,12 @@ class RedisState:
             self._renewer = asyncio.create_task(self._renew_loop(), name="switchboard-leases")
 
     async def stop(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            # wait(): the renewer's cancellation is not raised here, and a cancellation of
+            # this task is (suppressing CancelledError around `await renewer` took it too).
+            await asyncio.wait([renewer])
         await self.client.aclose()
 
     def finish_later(self, claim_id: str, keys: list[str], args: list[Any]) -> None:
@@ -252,7 +252,10 @@ class RedisState:
             self.held.pop(oldest, None)
 
     async def _finish_late(self) -> None:
+        task = asyncio.current_task()
         for claim_id, (keys, args) in list(self.unfinished.items()):
+            if task is not None and task.cancelling():
+                return  # stopping (see _renew_loop)
             try:
                 await self.call(self.finish_script, keys, args, None)
             except StateUnavailable:
@@ -281,9 +284,18 @@ class RedisState:
             raise StateUnavailable(f"Redis: {exc}") from None
 
     async def _renew_loop(self) -> None:
-        while True:
+        # Ends at a cancellation even when a library dropped it: Python 3.11's
+        # asyncio.wait_for (redis-py bounds each socket write with it) returns the result
+        # of a write that completed as the cancellation came, and a `while True` renewed
+        # forever: stop(), or asyncio's cancellation of the tasks left when its loop
+        # ends, waited for it without end. No one uncancels this task: cancelling() stays.
+        task = asyncio.current_task()
+        assert task is not None
+        while not task.cancelling():
             await asyncio.sleep(self.lease_seconds / 3)
             await self._finish_late()
+            if task.cancelling():
+                return
             held = list(self.held.items())
             if not held:
                 continue

@@ -645,3 +645,83 @@ async def test_sqlite_waits_out_a_short_lock_and_gives_up_on_a_long_one(tmp_path
     finally:
         other.close()
         await store.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["close", "cancel"])
+async def test_redis_lease_renewer_ends_when_a_write_swallowed_its_cancellation(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Python 3.11's asyncio.wait_for (redis-py bounds each socket write with it) drops a
+    cancellation that arrives once the write has completed. The renewer loops forever: a
+    close() awaiting it, or asyncio's cancellation of the tasks left at the end of the
+    loop (the test runner's teardown, asyncio.run), hung. The seam cancels it exactly
+    then: as a renewal's write completes (load makes that moment likely)."""
+    from redis.asyncio.connection import Connection
+
+    state = RedisState(
+        connect(redis_url, timeout=TIMEOUT),
+        horizon_seconds=HORIZON,
+        lease_seconds=0.3,
+        timeout=TIMEOUT,
+    )
+    store = RedisClaimStore(state)
+    await store.open()
+    await ticket(store)  # held: the renewer writes every third of the lease
+    renewer = state._renewer
+    assert renewer is not None
+    write = Connection._send_packed_command
+    stopping: list[asyncio.Task[None]] = []
+
+    async def written_then_stopped(self: Connection, command: Any) -> None:
+        await write(self, command)
+        if stopping:
+            return
+        if how == "close":  # stop() cancels the renewer at its next step
+            stopping.append(asyncio.get_running_loop().create_task(store.close()))
+        else:  # what asyncio does to the tasks left when its loop ends
+            renewer.cancel()
+            stopping.append(asyncio.get_running_loop().create_task(asyncio.sleep(0)))
+
+    monkeypatch.setattr(Connection, "_send_packed_command", written_then_stopped)
+    try:
+        for _ in range(100):  # the renewer's next write (every 0.1 s)
+            if stopping:
+                break
+            await asyncio.sleep(0.05)
+        assert stopping, "the renewer wrote nothing"
+        # Before: the renewer kept renewing forever, and close() waited for it.
+        done, _ = await asyncio.wait([stopping[0], renewer], timeout=10)
+        assert renewer in done, "the renewer went on after its cancellation"
+        assert stopping[0] in done
+    finally:
+        monkeypatch.undo()
+        if not renewer.done():
+            renewer.cancel()
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_redis_close_cancelled_while_it_waits_for_the_renewer_is_cancelled(
+    redis_url: str,
+) -> None:
+    """close() waits for the renewer it cancelled; a cancellation of close() itself then
+    must not be taken for the renewer's and swallowed. Before, it was: the task closing
+    went on as if never cancelled (at the end of a test, the runner's own task, cancelled
+    by asyncio once pytest-timeout had interrupted a teardown, then waited forever for
+    its next fixture and asyncio's shutdown with it)."""
+    store = RedisClaimStore(
+        RedisState(
+            connect(redis_url, timeout=TIMEOUT), horizon_seconds=HORIZON, lease_seconds=LEASE
+        )
+    )
+    await store.open()
+    closing = asyncio.create_task(store.close())
+    await asyncio.sleep(0)  # close() cancelled the renewer and waits for it
+    closing.cancel()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert closing.cancelled()
+    finally:
+        await store.close()
