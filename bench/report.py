@@ -340,8 +340,20 @@ open-loop generator (`bench/e2e/openloop.py`) sends the fixed rate on its schedu
 counts latency from when each request was due. CPU per call is utime + stime from
 `/proc/<pid>/stat` over the measured window (the process and its workers, threads
 included) divided by the calls; RSS is VmRSS before and after it. Router-added latency
-is Switchboard's p99 at the fixed rate less the stand-in's own round trip measured by
-the same generator (its p50).
+is measured per call (`bench/e2e/percall.py`): at the fixed rate the generator records
+when each webhook was due, when it was written to the socket and when its answer's last
+byte was read, and the stand-in when each call-control request arrived and when it wrote
+its answer, all with `time.monotonic_ns()` (CLOCK_MONOTONIC, one clock for every process
+on the host; each taken just before the write, which a woken reader cannot precede).
+Paired by call id (a 2xx answer without its request, or a request for a call never
+sent, fails the pairing), each call's router-added time is its end to end from when it
+was sent less the stand-in's own time for it: webhook sent -> API request arrived plus
+API answer written -> webhook answer read (a referred call makes two requests, accept
+then refer: the router's time between them counts too). It still holds the loopback hops
+and the wake-ups of the processes reading them; the "stand-in alone" row shows that share
+for one hop each way. The measure used before (the p99 from due less the stand-in's p50
+measured alone, which mixes two distributions and the generator's lateness) is kept in
+the per-call table's last column.
 
 **Noise.** This is a 2-core VM shared by other work (see the load averages): a busy
 neighbour takes time from the pinned core, and throughput and tail latency move with it

@@ -1,12 +1,15 @@
 """An open-loop load generator: requests leave on a fixed schedule, whatever the answers.
 
-`python -m bench.e2e.openloop FILE HOST PORT RATE [--closed CONNECTIONS SECONDS]`
+`python -m bench.e2e.openloop FILE HOST PORT RATE [--records OUT] [--closed CONNECTIONS SECONDS]`
 
 Open loop (the default): request i is due at start + i / RATE and goes out then on an
 idle keep-alive connection (a new one is opened when none is idle, so a slow answer never
 delays the next request). Its latency is counted from when it was *due*, not from when it
 was sent, so a stalled generator or server shows up in the numbers instead of hiding
-(no coordinated omission). Closed loop (`--closed`, the fallback where wrk is not
+(no coordinated omission). `--records OUT` (open loop) also writes, per request, its
+call id and when it was due, when its bytes were written to the socket and when its
+answer's last byte was read (`time.monotonic_ns()`, comparable with the stand-in API's
+timestamps: bench.e2e.percall pairs them). Closed loop (`--closed`, the fallback where wrk is not
 installed): CONNECTIONS connections send back to back for SECONDS.
 
 Prints one JSON object: latencies in microseconds, status counts, errors.
@@ -31,6 +34,14 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._waiter: asyncio.Future[int] | None = None
         self.closed = False
+        self.sent_ns = 0
+        """When the last request's bytes were handed to the socket (just before)."""
+        self.read_ns = 0
+        """When the last answer's last byte was read (taken as data_received is called, not
+        when the waiting task resumes: the loop's wake-up of that task is not the server's)."""
+        self.buffered = False
+        """The last request did not all go to the socket in its write (its sent_ns is then
+        early): 0 such writes are expected on an idle connection."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -43,10 +54,16 @@ class Connection(asyncio.Protocol):
     def send(self, request: bytes) -> asyncio.Future[int]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
+        # Taken before the write, not after: the send() wakes the reader, which may run
+        # before this process takes a timestamp after it (wake-up preemption on a shared
+        # core), so "after" can be later than the bytes were read. Before is a bound.
+        self.sent_ns = time.monotonic_ns()
+        self.transport.write(request)  # both loops try the send() at once
+        self.buffered = self.transport.get_write_buffer_size() > 0
         return self._waiter
 
     def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
         buffer = self._buffer
         buffer += data
         end = buffer.find(b"\r\n\r\n")
@@ -62,6 +79,7 @@ class Connection(asyncio.Protocol):
             return
         del buffer[: end + 4 + length]
         status = int(head.split(b" ", 2)[1])
+        self.read_ns = now
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(status)
 
@@ -75,6 +93,12 @@ class Generator:
         self.statuses: Counter[int] = Counter()
         self.errors = 0
         self.opened = 0
+        self.buffered = 0
+        # Per request of an open loop, by index (preallocated; filled as answers come).
+        self.due_ns: list[int] = []
+        self.sent_ns: list[int] = []
+        self.read_ns: list[int] = []
+        self.status: list[int] = []
 
     async def connection(self) -> Connection:
         while self.idle:
@@ -86,50 +110,61 @@ class Generator:
         self.opened += 1
         return conn
 
-    async def one(self, request: bytes, due_ns: int) -> None:
+    async def one(self, request: bytes, due_ns: int, index: int = -1) -> None:
+        """`index` >= 0: record the request's times at that index."""
         try:
             conn = await self.connection()
             status = await asyncio.wait_for(conn.send(request), 30)
         except (OSError, ConnectionError, TimeoutError):
             self.errors += 1
             return
-        self.latencies_ns.append(time.perf_counter_ns() - due_ns)
+        self.latencies_ns.append(conn.read_ns - due_ns)
         self.statuses[status] += 1
+        self.buffered += conn.buffered
+        if index >= 0:
+            self.sent_ns[index] = conn.sent_ns
+            self.read_ns[index] = conn.read_ns
+            self.status[index] = status
         self.idle.append(conn)
 
     async def open_loop(self, requests: Sequence[bytes], rate: float) -> float:
         for _ in range(4):  # connections ready before the clock starts
             self.idle.append(await self.connection())
         interval_ns = int(1e9 / rate)
-        start = time.perf_counter_ns() + 50_000_000
+        start = time.monotonic_ns() + 50_000_000
+        count = len(requests)
+        self.due_ns = [start + i * interval_ns for i in range(count)]
+        self.sent_ns = [0] * count
+        self.read_ns = [0] * count
+        self.status = [0] * count
         tasks = []
         for i, request in enumerate(requests):
-            due = start + i * interval_ns
-            delay = (due - time.perf_counter_ns()) / 1e9
+            due = self.due_ns[i]
+            delay = (due - time.monotonic_ns()) / 1e9
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(self.one(request, due)))
+            tasks.append(asyncio.create_task(self.one(request, due, i)))
             if len(tasks) > 1000:
                 tasks = [t for t in tasks if not t.done()]
         await asyncio.gather(*tasks)
-        return (time.perf_counter_ns() - start) / 1e9
+        return (time.monotonic_ns() - start) / 1e9
 
     async def closed_loop(
         self, requests: Sequence[bytes], connections: int, seconds: float
     ) -> float:
-        started = time.perf_counter_ns()
+        started = time.monotonic_ns()
         stop = started + int(seconds * 1e9)
         position = 0
 
         async def worker() -> None:
             nonlocal position
-            while time.perf_counter_ns() < stop and position < len(requests):
+            while time.monotonic_ns() < stop and position < len(requests):
                 request = requests[position]
                 position += 1
-                await self.one(request, time.perf_counter_ns())
+                await self.one(request, time.monotonic_ns())
 
         await asyncio.gather(*(worker() for _ in range(connections)))
-        return (time.perf_counter_ns() - started) / 1e9
+        return (time.monotonic_ns() - started) / 1e9
 
 
 def percentile(ordered: Sequence[int], q: float) -> float:
@@ -152,6 +187,20 @@ def summarize(gen: Generator, seconds: float) -> dict[str, object]:
         "statuses": {str(k): v for k, v in gen.statuses.items()},
         "errors": gen.errors,
         "connections": gen.opened,
+        "buffered_writes": gen.buffered,
+    }
+
+
+def records(gen: Generator, requests: Sequence[bytes]) -> dict[str, list[object]]:
+    """Per request of the open loop, in sending order (bench.e2e.percall reads them)."""
+    from bench.e2e.percall import call_id_of
+
+    return {
+        "call_id": [call_id_of(r) for r in requests],
+        "due_ns": list(gen.due_ns),
+        "sent_ns": list(gen.sent_ns),
+        "read_ns": list(gen.read_ns),
+        "status": list(gen.status),
     }
 
 
@@ -159,12 +208,18 @@ async def _main(argv: list[str]) -> dict[str, object]:
     path, host, port, rate = argv[0], argv[1], int(argv[2]), float(argv[3])
     from pathlib import Path
 
+    rest = argv[4:]
+    out: Path | None = None
+    if rest[:1] == ["--records"]:
+        out, rest = Path(rest[1]), rest[2:]
     requests = read_requests(Path(path))
     gen = Generator(host, port)
-    if len(argv) > 4 and argv[4] == "--closed":
-        seconds = await gen.closed_loop(requests, int(argv[5]), float(argv[6]))
+    if rest[:1] == ["--closed"]:
+        seconds = await gen.closed_loop(requests, int(rest[1]), float(rest[2]))
     else:
         seconds = await gen.open_loop(requests, rate)
+        if out is not None:
+            out.write_text(json.dumps(records(gen, requests)))
     return summarize(gen, seconds)
 
 

@@ -8,7 +8,9 @@ For each target (Switchboard, OpenAI's sample style, a bare handler) in the same
    a warm-up, then for the measured window: throughput, wrk's latency percentiles,
    CPU per call (utime + stime from /proc) and RSS before and after the window;
 3. fixed load: the open-loop generator sends 200 calls/s on its schedule and times each
-   answer from when it was due.
+   answer from when it was due; it and the stand-in API also timestamp each call
+   (time.monotonic_ns), which bench.e2e.percall pairs by call id into the router-added
+   latency of each call.
 
 The stand-in counts every call-control request, so each run also checks that every
 delivery was acted on once and no call was acted on twice. Targets take turns, round
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.e2e import procs, webhooks
+from bench.e2e import percall, procs, webhooks
 from bench.workload import (
     _FRESH_AREAS,
     REGION,
@@ -218,6 +220,12 @@ class Latency:
     max_us: float
     failed: int
     cpu_ms_per_call: float
+    per_call: percall.PerCall | None = None
+    """Each call's timestamps at the generator and the stand-in API, paired by call id."""
+    per_call_error: str = ""
+    """Why the records did not pair (then per_call is None and the run lists it as failed)."""
+    buffered_writes: int = 0
+    """Requests not sent whole in their write (their sent time is then early)."""
 
 
 @dataclass
@@ -433,11 +441,37 @@ class Bench:
             "wrapped": 0.0,
         }
 
-    def open_loop(self, host: str, file: Path, rate: float) -> dict[str, object]:
+    def open_loop(
+        self, host: str, file: Path, rate: float
+    ) -> tuple[dict[str, object], percall.PerCall | str]:
+        """The generator's summary, and its calls paired with the stand-in's records (or
+        why they did not pair)."""
         address, port = host.split(":")
-        command = [sys.executable, "-m", "bench.e2e.openloop", str(file), address, port, str(rate)]
+        records = file.with_suffix(".times.json")
+        command = [
+            sys.executable,
+            "-m",
+            "bench.e2e.openloop",
+            str(file),
+            address,
+            port,
+            str(rate),
+            "--records",
+            str(records),
+        ]
+        httpx.post(f"{self.api}/_timings", timeout=5).raise_for_status()
         result: dict[str, object] = json.loads(_run_pinned(command, self.load_cpus))
-        return result
+        served = httpx.get(f"{self.api}/_timings", timeout=30).json()
+        # Kept beside the generator's, for a look at single calls in a kept workdir.
+        file.with_suffix(".api.json").write_text(json.dumps(served))
+        try:
+            calls = percall.pair(
+                percall.sent_records(json.loads(records.read_text())),
+                percall.served_records(served),
+            )
+        except percall.RecordError as exc:
+            return result, str(exc)
+        return result, percall.PerCall.of(calls)
 
     # --- phases ------------------------------------------------------------------------
 
@@ -613,9 +647,9 @@ class Bench:
         count = int(cfg.rate * cfg.latency_seconds)
         file = self.requests_file(count, host)
         before = proc.usage()
-        result = self.open_loop(host, file, cfg.rate)
+        result, per_call = self.open_loop(host, file, cfg.rate)
         used = proc.usage() - before
-        return _latency(target, cfg.rate, result, used.cpu_seconds)
+        return _latency(target, cfg.rate, result, used.cpu_seconds, per_call)
 
     def floor(self) -> Latency:
         """The generator straight at the stand-in: the round trip every target pays."""
@@ -632,8 +666,8 @@ class Bench:
                 ).encode() + body
                 out.write(b"%d\n" % len(request))
                 out.write(request)
-        result = self.open_loop(f"127.0.0.1:{self.standin_port}", path, cfg.rate)
-        return _latency("stand-in alone", cfg.rate, result, 0.0)
+        result, per_call = self.open_loop(f"127.0.0.1:{self.standin_port}", path, cfg.rate)
+        return _latency("stand-in alone", cfg.rate, result, 0.0, per_call)
 
     @property
     def memory_warm_calls(self) -> int:
@@ -730,7 +764,13 @@ class Bench:
         )
 
 
-def _latency(target: str, rate: float, result: dict[str, object], cpu: float) -> Latency:
+def _latency(
+    target: str,
+    rate: float,
+    result: dict[str, object],
+    cpu: float,
+    per_call: percall.PerCall | str | None = None,
+) -> Latency:
     statuses = {int(k): int(v) for k, v in result["statuses"].items()}  # type: ignore[attr-defined]
     count = int(result["count"])  # type: ignore[call-overload]
     return Latency(
@@ -743,6 +783,9 @@ def _latency(target: str, rate: float, result: dict[str, object], cpu: float) ->
         max_us=float(result["max_us"]),  # type: ignore[arg-type]
         failed=int(result["errors"]) + sum(v for k, v in statuses.items() if k >= 300),  # type: ignore[call-overload]
         cpu_ms_per_call=cpu * 1000 / count if count else 0.0,
+        per_call=per_call if isinstance(per_call, percall.PerCall) else None,
+        per_call_error=per_call if isinstance(per_call, str) else "",
+        buffered_writes=int(result.get("buffered_writes", 0)),  # type: ignore[call-overload]
     )
 
 
@@ -813,6 +856,7 @@ def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2E
         result.loads.append(f"start {_loadavg()}")
         floor = bench.floor()
         result.floor = floor
+        _pairing_failed(result, floor)
         for round_ in range(1, config.rounds + 1):
             for target in config.targets:
                 say(f"round {round_}: {target} at saturation")
@@ -823,6 +867,7 @@ def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2E
                     if round_ == 1:
                         say(f"{target} at {config.rate:.0f} calls/s")
                         result.latency.append(bench.fixed_load(target, proc, host))
+                        _pairing_failed(result, result.latency[-1])
                 finally:
                     proc.stop()
                 say(f"{target}: {row.rate:.0f} calls/s, {row.cpu_ms_per_call:.2f} ms CPU per call")
@@ -853,6 +898,13 @@ def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2E
             shutil.rmtree(root, ignore_errors=True)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _pairing_failed(result: E2EResult, row: Latency) -> None:
+    # Not fatal to the run (the other phases still count), but listed, and the target
+    # row then reads "not measured".
+    if row.per_call_error:
+        result.failures.append(f"per-call latency of {row.target}: {row.per_call_error}")
 
 
 def _scaling(bench: Bench, result: E2EResult, say: Callable[[str], None]) -> None:

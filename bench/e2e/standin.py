@@ -6,6 +6,13 @@ must never be what limits a benchmark (it answers tens of thousands of requests 
 on one core). `GET /_stats` returns the count per operation and the number of distinct
 calls acted on, and `repeated`: requests of an operation already made for the same call
 (a call accepted twice).
+
+`POST /_timings` starts recording, per call-control request, its call id, when its bytes
+arrived and when the answer was written (`time.monotonic_ns()`: CLOCK_MONOTONIC, the
+clock of every process on the host, so the generator's timestamps subtract from them);
+`GET /_timings` returns the records since (columns of equal length, JSON) and stops.
+Recording appends three items to lists per request and is off otherwise (saturation runs
+do not pay it).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections import Counter
 from typing import cast
 
@@ -27,6 +35,32 @@ class Stats:
         self.connections = 0
         """Connections opened (a client's pool that churns opens many)."""
         """Requests of an operation already made for the same call (an accept twice)."""
+        self.timing = False
+        self.paths: list[bytes] = []
+        self.arrived_ns: list[int] = []
+        self.written_ns: list[int] = []
+
+    def start_timing(self) -> None:
+        self.timing = True
+        self.paths, self.arrived_ns, self.written_ns = [], [], []
+
+    def timings(self) -> bytes:
+        """The records since start_timing, then stop. Parsed here, off the hot path."""
+        from bench.e2e.percall import api_call_id
+
+        calls = [api_call_id(path) or "" for path in self.paths]
+        operations = [path.rpartition(b"/")[2].decode() for path in self.paths]
+        body = json.dumps(
+            {
+                "call_id": calls,
+                "operation": operations,
+                "arrived_ns": self.arrived_ns,
+                "written_ns": self.written_ns,
+            }
+        ).encode()
+        self.start_timing()
+        self.timing = False
+        return body
 
     def record(self, path: bytes) -> None:
         # /v1/realtime/calls/<call_id>/<operation>
@@ -64,9 +98,13 @@ class StandIn(asyncio.Protocol):
         self._stats.connections += 1
 
     def data_received(self, data: bytes) -> None:
+        # When the bytes that complete a request arrived (as this callback is called).
+        arrived = time.monotonic_ns()
+        stats = self._stats
         buffer = self._buffer
         buffer += data
         out = []
+        timed = 0
         while True:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
@@ -82,20 +120,33 @@ class StandIn(asyncio.Protocol):
             del buffer[: end + 4 + length]
             method, _, rest = head.partition(b" ")
             path = rest.partition(b" ")[0]
-            if method == b"GET" and path == b"/_stats":
-                body = self._stats.as_json()
+            if method == b"GET" and path in (b"/_stats", b"/_timings"):
+                body = stats.as_json() if path == b"/_stats" else stats.timings()
                 out.append(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                     b"content-length: %d\r\n\r\n%s" % (len(body), body)
                 )
                 continue
             if method == b"POST" and path == b"/_reset":
-                self._stats.__init__()  # type: ignore[misc]
+                stats.__init__()  # type: ignore[misc]  # recording stops too
                 out.append(_OK)
                 continue
-            self._stats.record(path)
+            if method == b"POST" and path == b"/_timings":
+                stats.start_timing()
+                out.append(_OK)
+                continue
+            stats.record(path)
+            if stats.timing:
+                stats.paths.append(path)
+                stats.arrived_ns.append(arrived)
+                timed += 1
             out.append(_OK)
         if out and self._transport is not None:
+            if timed:
+                # Before the write, as the generator's: after it, the woken reader may
+                # already have run (bench.e2e.openloop, Connection.send).
+                written = time.monotonic_ns()
+                stats.written_ns.extend([written] * timed)
             self._transport.write(b"".join(out))
 
 
