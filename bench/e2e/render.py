@@ -94,7 +94,7 @@ def per_call_table(result: E2EResult) -> str:
             "generator late (sent - due)",
             "webhook sent -> API request arrived",
             "API answer written -> webhook answer read",
-            "router-added (sum of the two)",
+            "router-added: the two together (sent -> read, less the stand-in's own)",
             "stand-in's own (request arrived -> answer written)",
             "old measure: p99 from due - stand-in alone p50",
         ],
@@ -134,6 +134,7 @@ def targets(result: E2EResult) -> str:
             rows.append([target, f"not measured: {latency.per_call_error}", _status(False)])
         else:
             old = old_added_p99_us(result)
+            harness = result.floor.per_call if result.floor is not None else None
             rows.append(
                 [
                     target,
@@ -143,7 +144,14 @@ def targets(result: E2EResult) -> str:
                     f"accept leaves: p50 {pc.before.p50_us:.0f}, p99 {pc.before.p99_us:.0f} "
                     f"µs. End to end from due p50 {latency.p50_us:.0f}, p99 "
                     f"{latency.p99_us:.0f} µs"
-                    + ("" if old is None else f" (old measure, p99 - stand-in p50: {old:.0f} µs)"),
+                    + ("" if old is None else f" (old measure, p99 - stand-in p50: {old:.0f} µs)")
+                    + (
+                        ""
+                        if harness is None
+                        else ". The harness's own share, the same measure with no router "
+                        f"(generator straight at the stand-in): p50 {harness.added.p50_us:.0f}, "
+                        f"p99 {harness.added.p99_us:.0f} µs"
+                    ),
                     _status(
                         pc.added.p99_us <= ADDED_P99_US
                         and latency.failed == 0

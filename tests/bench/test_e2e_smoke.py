@@ -60,14 +60,14 @@ def test_e2e_bench_runs_every_target_and_acts_once_per_call(tmp_path: Path) -> N
     assert all(row.failed == 0 and row.count > 0 for row in result.latency)
     assert result.floor is not None and result.floor.count > 0
     # Every answered call paired with its request at the stand-in API (by call id).
-    for row in [result.floor, *result.latency]:
-        assert row.per_call is not None, row.per_call_error
-        assert row.per_call.calls == row.count, row
+    for timed in [result.floor, *result.latency]:
+        assert timed.per_call is not None, timed.per_call_error
+        assert timed.per_call.calls == timed.count, timed
     assert result.failures == []
     assert result.memory is not None and result.memory.rss_end_mb > 0
     text = render.render(result)
     assert "x OpenAI sample" in text
-    assert "the p99 over" in text and "router-added (sum of the two)" in text
+    assert "the p99 over" in text and "router-added: the two together" in text
     assert "zero memory growth per call" in text
     # The deliveries are signed with the workload's SIP headers.
     requests = read_requests(next(tmp_path.glob("requests-*.bin")))
