@@ -78,7 +78,14 @@ def per_call_table(result: E2EResult) -> str:
         rows.append(
             [
                 label,
-                f"{pc.calls}" + (f" ({pc.multi} with more than one request)" if pc.multi else ""),
+                f"{pc.calls}"
+                + (f" ({pc.multi} with more than one request)" if pc.multi else "")
+                # Their sent time is when the write began: the router's time is overstated.
+                + (
+                    f" ({row.buffered_writes} not written to the socket at once)"
+                    if row.buffered_writes
+                    else ""
+                ),
                 _spread(pc.late),
                 _spread(pc.before),
                 _spread(pc.after),
