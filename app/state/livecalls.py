@@ -534,21 +534,28 @@ class RedisLiveCalls:
 
     async def serve(self, handler: Handler) -> None:
         """Subscribe to this replica's channel and answer; resubscribes after a Redis loss."""
+        # Ends at a cancellation even when redis-py dropped it: Python 3.11's
+        # asyncio.wait_for (around each socket write: SUBSCRIBE, a health check's PING)
+        # returns a write's result when the cancellation came as it completed, and the poll
+        # below never raised it again: a `while True` answered forever, and the keeper's
+        # stop() waited for it. Nobody uncancels this task: cancelling() stays set.
+        task = asyncio.current_task()
+        assert task is not None
         tasks: set[asyncio.Task[None]] = set()
         pause = 0.1
         try:
-            while True:
+            while not task.cancelling():
                 try:
                     async with self.client.pubsub(ignore_subscribe_messages=True) as pubsub:
                         await pubsub.subscribe(self.channel(self.replica))
                         pause = 0.1
-                        while True:
+                        while not task.cancelling():
                             message = await pubsub.get_message(timeout=POLL_SECONDS)
                             if message is None or message.get("type") != "message":
                                 continue
-                            task = asyncio.create_task(self._answer(handler, message["data"]))
-                            tasks.add(task)
-                            task.add_done_callback(tasks.discard)
+                            answering = asyncio.create_task(self._answer(handler, message["data"]))
+                            tasks.add(answering)
+                            answering.add_done_callback(tasks.discard)
                 except (RedisError, OSError) as exc:
                     logger.warning(
                         "live calls: control channel lost, resubscribing",
@@ -556,9 +563,10 @@ class RedisLiveCalls:
                     )
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 5.0)
+            raise asyncio.CancelledError  # the one a library dropped: end as cancelled
         finally:
-            for task in tasks:
-                task.cancel()
+            for answering in tasks:
+                answering.cancel()
 
     async def _answer(self, handler: Handler, raw: bytes | str) -> None:
         try:

@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 from redis.asyncio import Redis
@@ -279,3 +279,46 @@ async def test_redis_lost_is_a_named_error(own_redis_server: RedisServer) -> Non
         with pytest.raises(LiveCallError, match="failed"):
             await attempt
     await client.aclose()
+
+
+@pytest.mark.parametrize("command", [b"SUBSCRIBE", b"PING"])
+async def test_serve_ends_when_a_write_swallowed_its_cancellation(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, command: bytes
+) -> None:
+    """Python 3.11's asyncio.wait_for (redis-py bounds each socket write with it) drops a
+    cancellation that arrives once the write has completed. serve() was `while True` around
+    a poll that never raises it again: it answered on forever, and whoever cancelled it and
+    waited (the keeper's stop() at shutdown, asyncio's cancellation of the tasks left when
+    its loop ends) hung. The seam cancels it exactly then: as its subscription's write (or
+    the first write of its connection, a PING) completes."""
+    from redis.asyncio.connection import Connection
+
+    client = connect(redis_url)
+    registry = RedisLiveCalls(client, "a", lease_seconds=LEASE, prefix=f"test:{{{new_id()}}}")
+    write = Connection._send_packed_command
+    serving: list[asyncio.Task[None]] = []
+    cancelled: list[bytes] = []
+
+    async def written_then_cancelled(self: Connection, packed: Any) -> None:
+        await write(self, packed)
+        sent = b"".join(bytes(part) for part in packed)
+        if not cancelled and serving and command in sent:
+            cancelled.append(sent)
+            serving[0].cancel()
+
+    async def answer(request: ControlRequest) -> str | None:
+        return None
+
+    monkeypatch.setattr(Connection, "_send_packed_command", written_then_cancelled)
+    serving.append(asyncio.create_task(registry.serve(answer)))
+    try:
+        # Before: still polling its channel 10 s after it was cancelled.
+        done, _ = await asyncio.wait(serving, timeout=10)
+        assert cancelled, f"serve() wrote no {command!r}"
+        assert serving[0] in done, "serve() went on after its cancellation"
+        assert serving[0].cancelled()  # the cancellation it got, not a normal return
+    finally:
+        monkeypatch.undo()
+        if not serving[0].done():
+            serving[0].cancel()
+        await client.aclose()
