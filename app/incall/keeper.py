@@ -115,12 +115,21 @@ class LiveCallKeeper:
             return "rejected_destination"
 
     async def _heartbeats(self) -> None:
-        while True:
+        # Ends at a cancellation even when redis-py dropped it: Python 3.11's
+        # asyncio.wait_for (around each socket write of a renewal or a takeover) returns the
+        # write's result when the cancellation came as it completed; a `while True` beat
+        # forever and stop() waited for it. Nobody uncancels this task: cancelling() stays.
+        task = asyncio.current_task()
+        assert task is not None
+        while not task.cancelling():
             try:
                 await self.beat()
             except Exception:  # a heartbeat that stopped would lose every call
                 logger.exception("live call heartbeat failed", extra={"event": "livecalls_bug"})
+            if task.cancelling():
+                break
             await asyncio.sleep(self.heartbeat)
+        raise asyncio.CancelledError  # the one a library dropped: end as cancelled
 
     def start(self) -> None:
         self._tasks = [
@@ -129,9 +138,18 @@ class LiveCallKeeper:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        if not tasks:
+            return
+        # wait(): the tasks' cancellations are not raised here, and a cancellation of this
+        # task is (suppressing CancelledError around `await task` took it too).
+        await asyncio.wait(tasks)
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error(
+                    "live calls task failed",
+                    exc_info=task.exception(),
+                    extra={"event": "livecalls_bug", "task": task.get_name()},
+                )
