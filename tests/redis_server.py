@@ -112,16 +112,25 @@ class RedisServer:
         self.client_certs = client_certs
         self.process: subprocess.Popen[bytes] | None = None
 
-    def url(self, db: int = 0, *, ca: Path | None = None) -> str:
-        """`ca`: another CA file than the server's (a wrong one)."""
+    def url(
+        self,
+        db: int = 0,
+        *,
+        ca: Path | None = None,
+        client: Tls | None = None,
+        client_cert: bool = True,
+    ) -> str:
+        """`ca`: another CA file than the server's (a wrong one); `client`: the client
+        certificate of another CA's `Tls` (one the server does not trust);
+        `client_cert=False`: none, although the server requires one."""
         auth = f":{self.password}@" if self.password else ""
         if self.tls is None:
             return f"redis://{auth}127.0.0.1:{self.port}/{db}"
         params = {"ssl_ca_certs": str(ca or self.tls.ca)}
-        if self.client_certs:
+        if self.client_certs and client_cert:
             params |= {
-                "ssl_certfile": str(self.tls.client_cert),
-                "ssl_keyfile": str(self.tls.client_key),
+                "ssl_certfile": str((client or self.tls).client_cert),
+                "ssl_keyfile": str((client or self.tls).client_key),
             }
         return f"rediss://{auth}127.0.0.1:{self.port}/{db}?{urlencode(params)}"
 

@@ -12,10 +12,11 @@ retry (a pooled connection that a Redis restart closed); nothing waits longer th
 call's own deadline.
 
 Start-up decides between two failures (docs/operations.md, "Shared state"): a Redis that
-answers but refuses us (wrong password, no such database), or whose TLS certificate our CA
-does not vouch for, is a configuration error and the service does not start
-(`RedisConfigError`); a Redis that does not answer yet only keeps the service not ready
-until it does (`RedisUnavailable`).
+answers but refuses us (wrong password, no such database), whose TLS certificate our CA
+does not vouch for, or that requires a client certificate we do not give (or does not
+trust ours) is a configuration error and the service does not start (`RedisConfigError`);
+a Redis that does not answer yet only keeps the service not ready until it does
+(`RedisUnavailable`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
@@ -42,6 +44,22 @@ _CHOICES: Final = {
     "ssl_cert_reqs": ("none", "optional", "required"),
     "ssl_check_hostname": ("true", "false"),
 }
+CLIENT_CERTIFICATE_ALERTS: Final = frozenset(
+    {
+        "CERTIFICATE_REQUIRED",  # TLS 1.3: we gave none
+        "HANDSHAKE_FAILURE",  # TLS 1.2: we gave none (or nothing in common)
+        "UNKNOWN_CA",
+        "BAD_CERTIFICATE",
+        "UNSUPPORTED_CERTIFICATE",
+        "CERTIFICATE_REVOKED",
+        "CERTIFICATE_EXPIRED",
+        "CERTIFICATE_UNKNOWN",
+        "ACCESS_DENIED",
+    }
+)
+"""TLS alerts (OpenSSL's reason, after `..._ALERT_`) by which a server refuses the client's
+certificate, or the lack of one: configuration errors, not a Redis that is not up yet."""
+_RESETS: Final = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)
 
 
 class RedisConfigError(Exception):
@@ -138,7 +156,8 @@ def connect(url: str, *, timeout: float = DEFAULT_TIMEOUT) -> aioredis.Redis:
 
 
 async def check(client: aioredis.Redis, *, timeout: float = DEFAULT_TIMEOUT) -> None:  # noqa: ASYNC109
-    """PING. RedisConfigError if Redis refuses us, RedisUnavailable if it does not answer."""
+    """PING. RedisConfigError if Redis refuses us, RedisUnavailable if it does not answer.
+    A TLS connection reset takes up to `timeout` more: one more connection, to read why."""
     try:
         async with asyncio.timeout(timeout):
             await client.ping()
@@ -157,6 +176,14 @@ async def check(client: aioredis.Redis, *, timeout: float = DEFAULT_TIMEOUT) -> 
                 f"{refused.verify_message}): give the CA that signed it in "
                 "SWITCHBOARD_REDIS_URL's ssl_ca_certs= (docs/deploy.md)"
             ) from None
+        alert = _client_certificate_alert(exc)
+        if alert is None and _reset(exc):
+            # With TLS 1.3 a server checks our certificate after our handshake is done and
+            # our first command sent: its alert is as often lost in the reset of a socket
+            # closed with that command unread. Ask again, saying nothing: the alert, if any.
+            alert = await _tls_alert(client, timeout)
+        if alert is not None:
+            raise RedisConfigError(_client_certificate_message(client, alert)) from None
         raise RedisUnavailable(f"Redis does not answer: {exc or type(exc).__name__}") from None
 
 
@@ -170,3 +197,75 @@ def _certificate_refused(exc: BaseException) -> ssl.SSLCertVerificationError | N
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors behind it (redis-py raises its own while handling the OS's)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < 5:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _alert(error: BaseException) -> str | None:
+    """The client-certificate alert an ssl.SSLError reports, if it is one."""
+    if not isinstance(error, ssl.SSLError) or isinstance(error, ssl.SSLCertVerificationError):
+        return None
+    _, _, alert = (error.reason or "").partition("_ALERT_")
+    return alert if alert in CLIENT_CERTIFICATE_ALERTS else None
+
+
+def _client_certificate_alert(exc: BaseException) -> str | None:
+    for error in _chain(exc):
+        alert = _alert(error)
+        if alert is not None:
+            return alert
+    return None
+
+
+def _reset(exc: BaseException) -> bool:
+    return any(isinstance(error, _RESETS) for error in _chain(exc))
+
+
+async def _tls_alert(client: aioredis.Redis, timeout: float) -> str | None:  # noqa: ASYNC109
+    """Open a TLS connection as the client does and only read: a server that refuses our
+    certificate (or the lack of one) says so with an alert, now that no command of ours
+    is left unread to turn its close into a reset. Redis itself says nothing until asked:
+    silence (until `timeout`), or a close without an alert (a proxy whose Redis is down),
+    is no refusal."""
+    pool = client.connection_pool
+    if not issubclass(pool.connection_class, SSLConnection):
+        return None
+    connection = pool.connection_class(**pool.connection_kwargs)
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                connection.host, connection.port, ssl=connection.ssl_context.get()
+            )
+            await reader.read(1)
+    except ssl.SSLError as exc:
+        return _alert(exc)
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+    return None
+
+
+def _client_certificate_message(client: aioredis.Redis, alert: str) -> str:
+    said = alert.lower().replace("_", " ")
+    if client.connection_pool.connection_kwargs.get("ssl_certfile"):
+        return (
+            f"Redis did not accept this replica's client certificate (TLS alert: {said}): "
+            "give one that Redis's CA (tls-ca-cert-file) signed in SWITCHBOARD_REDIS_URL's "
+            "ssl_certfile= and ssl_keyfile= (docs/deploy.md)"
+        )
+    return (
+        f"Redis requires a client certificate (TLS alert: {said}): give this replica's "
+        "certificate and key in SWITCHBOARD_REDIS_URL's ssl_certfile= and ssl_keyfile= "
+        "(docs/deploy.md)"
+    )

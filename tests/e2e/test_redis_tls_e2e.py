@@ -86,3 +86,30 @@ def test_a_certificate_of_another_ca_stops_the_start(
         assert "ssl_ca_certs=" in log
     finally:
         fake.stop()
+
+
+def test_no_client_certificate_for_a_redis_that_requires_one_stops_the_start(
+    tmp_path: Path, tls_redis_server: RedisServer
+) -> None:
+    """A Redis with tls-auth-clients yes and a URL without ssl_certfile=: a configuration
+    error, the service exits at start naming the parameters (before: alive, not ready
+    forever, 'Redis does not answer')."""
+    fake = FakeOpenAI().start()
+    settings = env(fake, SWITCHBOARD_REDIS_URL=tls_redis_server.url(client_cert=False))
+    try:
+        try:
+            # /healthz: a service that started (alive, not ready) is returned at once.
+            started = start_service(
+                tmp_path / "node", E2E_ROUTES, env=settings, wait_for="/healthz"
+            )
+        except RuntimeError as refused:
+            log = str(refused)
+        else:
+            stop_service(started)
+            pytest.fail(f"the service started without its client certificate:\n{started.logs()}")
+        assert "exited" in log
+        assert "cannot use SWITCHBOARD_REDIS_URL" in log
+        assert "Redis requires a client certificate" in log
+        assert "ssl_certfile=" in log and "ssl_keyfile=" in log
+    finally:
+        fake.stop()

@@ -140,3 +140,77 @@ async def test_rediss_with_another_ca_is_a_configuration_error(
         assert "TLS certificate was not accepted" in message
         assert "certificate verify failed" in message
         assert "ssl_ca_certs" in message
+
+
+@pytest.mark.anyio
+async def test_rediss_without_the_client_certificate_redis_requires_is_a_configuration_error(
+    tls_redis_server: RedisServer,
+) -> None:
+    """A Redis that requires a client certificate (tls-auth-clients yes) ends a handshake
+    without one with a TLS alert; with TLS 1.3 the client has sent its first command by
+    then, and meets either the alert ('certificate required') or, about as often, a reset
+    (the server closed with the command unread). Neither comes right by waiting: the
+    service must not start, and the error says which parameters to set. Before, both were
+    'Redis does not answer', not ready forever. Ten clients: both kinds turn up."""
+    url = tls_redis_server.url(client_cert=False)
+    assert "ssl_certfile" not in url
+    for _ in range(10):
+        client = connect(url)
+        try:
+            with pytest.raises(RedisConfigError) as refused:
+                await check(client)
+        finally:
+            await client.aclose()
+        message = str(refused.value)
+        assert "Redis requires a client certificate" in message
+        assert "certificate required" in message  # the alert, as TLS names it
+        assert "ssl_certfile=" in message and "ssl_keyfile=" in message
+
+
+@pytest.mark.anyio
+async def test_rediss_with_a_client_certificate_redis_does_not_trust_is_a_configuration_error(
+    tls_redis_server: RedisServer, tmp_path: Path
+) -> None:
+    other = make_tls(tmp_path / "other", name="another CA")
+    client = connect(tls_redis_server.url(client=other))
+    try:
+        with pytest.raises(RedisConfigError) as refused:
+            await check(client)
+    finally:
+        await client.aclose()
+    message = str(refused.value)
+    assert "Redis did not accept this replica's client certificate" in message
+    assert "unknown ca" in message
+    assert "ssl_certfile=" in message
+
+
+@pytest.mark.anyio
+async def test_a_tls_reset_without_an_alert_is_unavailable(tmp_path: Path) -> None:
+    """A reset is not a refusal by itself: a TLS-terminating proxy whose Redis is down (or
+    a Redis killed mid-handshake) resets too, and that one must be waited for. Here a TLS
+    server that completes every handshake and then resets the connection: the service
+    keeps trying (RedisUnavailable), it does not stop."""
+    import asyncio
+    import socket
+    import ssl
+    import struct
+
+    tls = make_tls(tmp_path / "tls")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, no alert
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    client = connect(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tls.ca}", timeout=0.5)
+    try:
+        with pytest.raises(RedisUnavailable):
+            await check(client, timeout=2.0)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
