@@ -76,6 +76,10 @@ WAL_RESTART_FRAMES: Final = 16_384
 the maintenance thread has the next write start the WAL over (a RESTART checkpoint): the
 WAL file and its -shm index (32 KB mapped per 4,096 frames) stay bounded under load that
 never pauses (~100-130 MB and 256 KB at saturation, in bench/e2e's memory phase)."""
+CACHE_KIB: Final = 2000
+"""Page cache of each connection (SQLite's usual default, set so no build's default decides):
+the loop's connection refills it after every commit of another connection (the heartbeat,
+every third of the lease), to the full 2 MB at ~90% hits in bench/e2e's memory phase."""
 RESTART_WAIT_MS: Final = 20
 """How long that checkpoint waits for the write lock and for readers to leave the WAL
 (tried again at the next tick)."""
@@ -212,6 +216,7 @@ class SqliteState:
         conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
         conn.isolation_level = None  # transactions are explicit
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # KiB; bounds this connection
         # Per connection, so the maintenance thread's too: at FULL its heartbeat's commit
         # fsynced while holding the write lock, and the loop's writes waited 10-40 ms.
         conn.execute("PRAGMA synchronous = NORMAL")

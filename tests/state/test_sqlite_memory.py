@@ -1,4 +1,5 @@
-"""The SQLite store's WAL stays bounded under writes that never pause.
+"""The SQLite store's memory stays bounded: its WAL under writes that never pause, and
+each connection's page cache.
 
 A write starts the WAL over from its beginning only when a checkpoint had copied every
 frame by the time the write began. Under steady load the event loop commits every few
@@ -90,3 +91,27 @@ def test_the_wal_starts_over_under_writes_that_never_pause(
     # A round writes ~19 frames: the WAL starts over past the limit, and grows at most a
     # round beyond it (82 frames measured). Before, it held every round: ~7.7 MB.
     assert largest < (LIMIT + 40) * (PAGE + 24), largest
+
+
+def test_every_connection_bounds_its_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set per connection, not left to the SQLite build's compiled-in default."""
+    opened: list[sqlite3.Connection] = []
+    connect = SqliteState._connect
+
+    def recording(self: SqliteState) -> sqlite3.Connection:
+        conn = connect(self)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(SqliteState, "_connect", recording)
+    monkeypatch.setattr(state_sqlite, "CACHE_KIB", 1234, raising=False)
+    # A long lease: the maintenance thread stays asleep while the test reads its connection.
+    state = SqliteState(tmp_path / "state.db", horizon_seconds=3600, lease_seconds=600)
+    state.start()
+    try:
+        assert len(opened) == 2  # the event loop's and the maintenance thread's
+        assert [c.execute("PRAGMA cache_size").fetchone()[0] for c in opened] == [-1234] * 2
+    finally:
+        state.stop()
