@@ -304,7 +304,10 @@ class PostgresCallLog:
         self._state = "closed"
         if self._pool is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), self._timeout)
+                # timeout(), not wait_for(): Python 3.11's wait_for drops a cancellation of
+                # this task that comes as the close completes.
+                async with asyncio.timeout(self._timeout):
+                    await self._pool.close()
             except TimeoutError:
                 self._pool.terminate()
         async with self._progress:

@@ -550,6 +550,31 @@ async def test_close_writes_what_is_queued(pg_url: str) -> None:
         await log.start()
 
 
+@pytest.mark.anyio
+async def test_close_cancelled_as_the_pool_closes_ends_cancelled(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's asyncio.wait_for returns the result of what it waits for when the
+    cancellation comes as that completes. aclose() bounded the pool's close with it, so a
+    cancellation of the task closing the log (the service's shutdown, cancelled) that came
+    then was dropped: that task went on as if never cancelled. The seam cancels it exactly
+    then."""
+    log = PostgresCallLog(pg_url, **FAST)
+    await log.start()
+    close = asyncpg.Pool.close
+    closing: list[asyncio.Task[None]] = []
+
+    async def closed_then_cancelled(self: asyncpg.Pool) -> None:
+        await close(self)
+        closing[0].cancel()
+
+    monkeypatch.setattr(asyncpg.Pool, "close", closed_then_cancelled)
+    closing.append(asyncio.create_task(log.aclose()))
+    with pytest.raises(asyncio.CancelledError):
+        await closing[0]
+    assert closing[0].cancelled()
+
+
 # --- restarts -------------------------------------------------------------------------------
 
 
