@@ -16,6 +16,7 @@ only when it does not come.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -32,8 +33,8 @@ from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet, caller_k
 from app.rules.ruleset import CallFeatures
 from app.sip.dialog import dialog_keys
 from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
-from app.state.claims import Answer, ClaimLost, ClaimStore, StateUnavailable, Ticket
-from app.state.handlers import DialogHandlers
+from app.state.claims import Answer, ClaimLost, ClaimStore, Plan, StateUnavailable, Ticket
+from app.state.handlers import PREFIX, DialogHandlers
 from app.state.ratelimit import RateLimiter, RateLimits
 
 logger = logging.getLogger("switchboard.call")
@@ -84,6 +85,44 @@ class Pairing:
         """The one API through which a call with nothing to tie its events (an INVITE
         without headers) takes an action either API could (a reject): never both."""
         return "realtime" if "realtime" in self.expected else "live"
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A call's decision, made before its claim (rate limits aside)."""
+
+    seconds: float
+    """Parsing and matching (switchboard_decision_latency_seconds, `decide_ms`)."""
+    identity: CallIdentity
+    dialog: str | None
+    call_dialog: str | None
+    decision: Decision
+
+
+class _Once:
+    """`fn(*args)` at the first call, nothing at the next ones."""
+
+    __slots__ = ("_args", "_fn")
+
+    def __init__(self, fn: Callable[..., None], *args: Any) -> None:
+        self._fn: Callable[..., None] | None = fn
+        self._args = args
+
+    def __call__(self) -> None:
+        fn, self._fn = self._fn, None
+        if fn is not None:
+            fn(*self._args)
+
+
+def _context(call: IncomingCall, decision: Decision) -> dict[str, Any]:
+    """The answer's body as decided: also what `acting` keeps of the delivery."""
+    return {
+        "call_id": call.call_id,
+        "api": call.api,
+        "route": decision.route,
+        "action": decision.action.kind,
+        "rules_version": decision.rules_version,
+    }
 
 
 def action_api(action: Action) -> Api | None:
@@ -139,8 +178,15 @@ class CallRouter:
         # test's): no store call may wait past it.
         until = time.monotonic() + self._deadline_seconds
         keys = (f"webhook:{call.webhook_id}", f"call:{call.call_id}")
+        # Decided before the claim (CPU only, no store): the claim can then carry what
+        # follows it (the dialog taken, `acting`) in one trip of the store.
+        decided = self._decide(call, rules)
+        plan = self._plan(call, decided)
         try:
-            claim = await self._store.claim(keys, until)
+            if plan is None:
+                claim = await self._store.claim(keys, until)
+            else:
+                claim = await self._store.claim_acting(keys, until, plan)
         except StateUnavailable as exc:
             return self._unavailable(call, exc)
         if isinstance(claim, Answer):
@@ -162,7 +208,9 @@ class CallRouter:
             if claim.orphan is not None:
                 answer, remember = self._orphaned(call, claim.orphan), True
             else:
-                answer, remember, uncertain = await self._route(call, rules, claim, deadline, until)
+                answer, remember, uncertain = await self._route(
+                    call, decided, claim, deadline, until
+                )
         except (StateUnavailable, ClaimLost) as exc:
             # Nothing was sent: the claim could not be moved to `acting`.
             answer = self._unavailable(call, exc)
@@ -244,11 +292,7 @@ class CallRouter:
             )
         return Answer(200, body)
 
-    async def _route(
-        self, call: IncomingCall, rules: RuleSet, ticket: Ticket, deadline: float, until: float
-    ) -> tuple[Answer, bool, bool]:
-        """(answer, remember it, a request may have taken effect). `until`: the deadline
-        on time.monotonic() for the state store's calls."""
+    def _decide(self, call: IncomingCall, rules: RuleSet) -> _Decided:
         started = time.perf_counter()
         headers = Headers(call.sip_headers)
         identity = identify(headers, self._policy, call.media_security)
@@ -256,42 +300,73 @@ class CallRouter:
         # A verdict is remembered for the horizon, so it keys on a real dialog (Call-ID)
         # only: identical INVITEs without one must not all replay the first verdict.
         dialog, call_dialog = dialog_keys(headers)
+        decision = rules.decide(identity, datetime.now(UTC), dialog or call.call_id)
+        seconds = time.perf_counter() - started
+        return _Decided(seconds, identity, dialog, call_dialog, decision)
+
+    def _plan(self, call: IncomingCall, decided: _Decided) -> Plan | None:
+        """What the claim can carry: the dialog taken and `acting`, when this event is
+        to act on a decision final before the claim. None (claim alone, then each step
+        in turn): a rate limit (counted after the claim), or a route of the other API."""
+        decision, dialog = decided.decision, decided.dialog
+        if decision.rate_limit is not None or self._wanted(call, decision, dialog) != call.api:
+            return None
+        take = dialog is not None and bool(self._pairing.expected - {call.api})
+        return Plan(
+            api=call.api,
+            dialog=PREFIX + dialog if take and dialog is not None else None,
+            context=None if self._dry_run else _context(call, decision),
+        )
+
+    async def _route(
+        self, call: IncomingCall, made: _Decided, ticket: Ticket, deadline: float, until: float
+    ) -> tuple[Answer, bool, bool]:
+        """(answer, remember it, a request may have taken effect). `until`: the deadline
+        on time.monotonic() for the state store's calls."""
+        identity, dialog, decide_seconds = made.identity, made.dialog, made.seconds
         decision = await self._limit(
-            rules.decide(identity, datetime.now(UTC), dialog or call.call_id),
+            made.decision,
             identity,
-            call_dialog or call.call_id,
+            made.call_dialog or call.call_id,
             self._until(deadline, until),
         )
-        handler = await self._handler(call, decision, dialog, deadline, until)
+        handler: Api | None
+        if ticket.acting or ticket.handler == call.api:
+            handler = call.api  # taken with the claim (claim_acting)
+            if dialog is not None:
+                self._handlers.taken(dialog)
+        elif ticket.handler is not None:
+            handler = ticket.handler if ticket.handler in APIS else None
+        else:
+            handler = await self._handler(call, decision, dialog, deadline, until)
         if handler != call.api:
             return self._acknowledge(call, decision, handler), handler is not None, False
         if action_api(decision.action) not in (None, call.api):
             decision = self._unanswerable(call, decision)
         decided = time.perf_counter()
-        self._metrics.decision_latency.observe(decided - started)
+        self._metrics.decision_latency.observe(decide_seconds)
         self._metrics.decision(decision.route, decision.action.kind).inc()
         if decision.arm is not None:
             self._metrics.split_arm(decision.route, decision.arm).inc()
 
-        body: dict[str, Any] = {
-            "call_id": call.call_id,
-            "api": call.api,
-            "route": decision.route,
-            "action": decision.action.kind,
-            "rules_version": decision.rules_version,
-        }
+        body = _context(call, decision)
         numbers = self._numbers(identity)  # masked once, for the log line and the record
-        if not self._dry_run:
+        if not self._dry_run and not ticket.acting:
             # Written before the first request: a crash from here on is "uncertain". Not
             # written by the call's deadline: nothing is sent (503, OpenAI redelivers).
             # Set first: an `acting` that timed out may still land, and the claim's release
             # then needs its grace, or a redelivery would find it `acting`.
             ticket.sent = True
             await self._store.acting(ticket, body, deadline=self._until(deadline, until))
-        # Recorded before acting: a crash in the middle leaves the call in the log (still
-        # `active`, ended as unknown at the next start), not nothing.
-        self._record(call, decision, None, numbers)
+        # Recorded as the action starts, once its request is on its way (the action's
+        # first wait: the loop runs what was scheduled): building and queueing the record,
+        # and the call-log writer thread it wakes, no longer delay the request. A crash in
+        # the middle still leaves the call in the log (`active`, ended as unknown at the
+        # next start): the record was only ever queued before the request, never written.
+        pending = _Once(self._record, call, decision, None, numbers)
+        asyncio.get_running_loop().call_soon(pending)
         outcome = await self._act(call, decision, deadline, ticket)
+        pending()  # not run yet (the action never waited): now, before the outcome's
         acted = time.perf_counter()
         self._metrics.outcome(call.api, decision.action.kind, outcome.name).inc()
         self._metrics.webhook_result("retry" if outcome.retryable else "routed").inc()
@@ -304,7 +379,7 @@ class CallRouter:
         ):
             if value:
                 body[key] = value
-        self._log(call, identity, decision, outcome, numbers, decided - started, acted - decided)
+        self._log(call, identity, decision, outcome, numbers, decide_seconds, acted - decided)
         self._record(call, decision, outcome, numbers)
         status = 503 if outcome.retryable else 200
         return Answer(status, body), not outcome.retryable, outcome.uncertain
@@ -387,9 +462,7 @@ class CallRouter:
         until: float,
     ) -> Api | None:
         """The API that handles this call (None: not known yet, answer 503 and retry)."""
-        wanted = action_api(decision.action) or (
-            call.api if dialog is not None else self._pairing.untied
-        )
+        wanted = self._wanted(call, decision, dialog)
         if wanted != call.api and wanted in self._pairing.expected:
             if dialog is None:
                 # Nothing ties this event to the other one: it must not act (the other API's
@@ -403,6 +476,12 @@ class CallRouter:
             # Only this API's events come: no other event to tie (and no store trip).
             return call.api
         return await self._handlers.take(dialog, call.api, self._until(deadline, until))
+
+    def _wanted(self, call: IncomingCall, decision: Decision, dialog: str | None) -> Api:
+        """The API the decision wants to act through."""
+        return action_api(decision.action) or (
+            call.api if dialog is not None else self._pairing.untied
+        )
 
     def _acknowledge(self, call: IncomingCall, decision: Decision, handler: Api | None) -> Answer:
         """This event's call is (or may be) another event's: answered without acting."""

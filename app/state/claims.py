@@ -71,6 +71,26 @@ class Ticket:
     """Set by the router when it writes `acting`: from then on the claim may be in that
     phase and a request may be sent, so its last write gets a short grace past the call's
     deadline."""
+    handler: str | None = None
+    """`claim_acting` only: the API the claim found or made the handler of `Plan.dialog`
+    (None: not asked, or not known yet: an unfinished claim held the dialog)."""
+    acting: bool = False
+    """`claim_acting` only: `acting` was written with the claim (what `acting()` would
+    have written), so a request may be sent now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a delivery does once it holds its keys, decided before it claims them, for
+    `claim_acting`: take the dialog for `api` (app.state.handlers), then, when `api` is
+    its handler, write `acting` with `context`."""
+
+    api: str
+    dialog: str | None
+    """The dialog's key in the store (app.state.handlers.PREFIX + dialog); None: no dialog
+    to take (this API is the call's handler)."""
+    context: Mapping[str, Any] | None
+    """`acting`'s context; None: nothing to act on (a dry run): no `acting`."""
 
 
 class StateUnavailable(Exception):
@@ -95,6 +115,16 @@ class ClaimStore(Protocol):
 
     async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
         """`deadline` on time.monotonic(): how long a duplicate may wait for its answer."""
+        ...
+
+    async def claim_acting(
+        self, keys: tuple[str, ...], deadline: float, plan: Plan
+    ) -> Ticket | Answer:
+        """claim(), then, on a ticket that is not an orphan's, what `plan` says, as far as
+        the store can in the same trip: the dialog taken (`Ticket.handler`), then `acting`
+        written when this API handles the call (`Ticket.acting`). What it did not do is
+        left to the caller's own steps (keep_first, acting). A store with one trip per
+        operation only claims (`claim_by_itself`)."""
         ...
 
     async def acting(
@@ -126,6 +156,14 @@ class ClaimStore(Protocol):
         when an unfinished claim holds the key past `deadline` (time.monotonic()).
         What a claim then a remembered finish do, in one trip where the store can."""
         ...
+
+
+async def claim_by_itself(
+    store: ClaimStore, keys: tuple[str, ...], deadline: float, plan: Plan
+) -> Ticket | Answer:
+    """claim_acting() of a store that does each step in a trip of its own: the claim only
+    (the caller then takes the dialog and writes `acting` itself, as before)."""
+    return await store.claim(keys, deadline)
 
 
 async def keep_first_by_claim(
@@ -265,6 +303,12 @@ class MemoryClaimStore:
             self._entries[key] = entry
         uncertain = any(key in self._marks for key in keys)
         return Ticket(keys, entry.claim_id, uncertain=uncertain, result=result)
+
+    async def claim_acting(
+        self, keys: tuple[str, ...], deadline: float, plan: Plan
+    ) -> Ticket | Answer:
+        # In memory every step is cheap: the router's own steps (and a test's overrides).
+        return await claim_by_itself(self, keys, deadline, plan)
 
     async def acting(
         self, ticket: Ticket, context: Mapping[str, Any], *, deadline: float | None = None

@@ -47,7 +47,12 @@ class DialogHandlers:
         handler = kept.body.get("api")
         if handler != api:
             return handler if handler in APIS else None
+        self.taken(dialog)
+        return api
+
+    def taken(self, dialog: str) -> None:
+        """An event of this process took the dialog (here, or with its claim): wake the
+        events waiting for that."""
         woken = self._waiters.get(dialog)
         if woken is not None:
             woken.set()
-        return api

@@ -37,8 +37,10 @@ from app.state.claims import (
     IN_PROGRESS,
     Answer,
     ClaimLost,
+    Plan,
     StateUnavailable,
     Ticket,
+    claim_by_itself,
     keep_first_by_claim,
     new_claim_id,
     new_owner_id,
@@ -423,6 +425,11 @@ class RedisClaimStore:
 
     async def keep_first(self, key: str, answer: Answer, deadline: float) -> Answer | None:
         return await keep_first_by_claim(self, key, answer, deadline)
+
+    async def claim_acting(
+        self, keys: tuple[str, ...], deadline: float, plan: Plan
+    ) -> Ticket | Answer:
+        return await claim_by_itself(self, keys, deadline, plan)
 
 
 class RedisRateLimiter:

@@ -23,8 +23,9 @@ claim, every few seconds). The same thread checkpoints the WAL and deletes what 
 (claims past the horizon, rate-limit counts, heartbeats of processes gone). Times are the
 host's wall clock (time.time()), shared by every process on it.
 
-A call costs four statements: the claim (one read, one write of its keys), `acting` and
-`finish` (one update each). A key freed after a retryable failure whose request may have
+A call costs two transactions: the claim with what the router decided it does next
+(`claim_acting`: the dialog taken, `acting` written; one read and writes of its keys) and
+`finish` (one update). A key freed after a retryable failure whose request may have
 taken effect stays as a `free` row carrying the `uncertain` flag, so the next claim reads
 it with everything else in one statement.
 """
@@ -49,6 +50,7 @@ from app.state.claims import (
     MIN_POLL,
     Answer,
     ClaimLost,
+    Plan,
     StateUnavailable,
     Ticket,
     new_claim_id,
@@ -579,10 +581,23 @@ class SqliteClaimStore:
             raise StateUnavailable("the state database is not open")
 
     async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
+        return await self._claim(keys, deadline, None)
+
+    async def claim_acting(
+        self, keys: tuple[str, ...], deadline: float, plan: Plan
+    ) -> Ticket | Answer:
+        """The claim, the dialog taken and `acting` in one transaction (one commit, one
+        round of the event loop): three separate ones cost a commit and a wait for the
+        next batch each, before the request could leave."""
+        return await self._claim(keys, deadline, plan)
+
+    async def _claim(
+        self, keys: tuple[str, ...], deadline: float, plan: Plan | None
+    ) -> Ticket | Answer:
         _check_keys(keys)
         # The first try raises StateUnavailable; a key held by a live claim is tried
         # again, backing off, until the deadline (IN_PROGRESS). No closure per call.
-        got = await self._attempt(keys, deadline)
+        got = await self._attempt(keys, deadline, plan)
         pause = MIN_POLL
         while got is None:
             remaining = deadline - time.monotonic()
@@ -591,26 +606,26 @@ class SqliteClaimStore:
             await asyncio.sleep(min(pause, remaining))
             pause = min(pause * 2, MAX_POLL)
             try:
-                got = await self._attempt(keys, deadline)
+                got = await self._attempt(keys, deadline, plan)
             except StateUnavailable:
                 return IN_PROGRESS
         return got
 
-    async def _attempt(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer | None:
+    async def _attempt(
+        self, keys: tuple[str, ...], deadline: float, plan: Plan | None
+    ) -> Ticket | Answer | None:
         state = self._state
         now = state.clock()
-        got = await state.run(
-            _claim,
-            keys,
-            new_claim_id(),
-            state.owner,
-            now,
-            now + state.lease,
-            now + state.horizon,
-            deadline=deadline,
-        )
+        args = (keys, new_claim_id(), state.owner, now, now + state.lease, now + state.horizon)
+        if plan is None:
+            got = await state.run(_claim, *args, deadline=deadline)
+        else:
+            context = None if plan.context is None else _dumps(plan.context)
+            got = await state.run(
+                _claim_acting, *args, plan.api, plan.dialog, context, deadline=deadline
+            )
         if got[0] == "ticket":
-            _, claim_id, _, phase, context, uncertain = got
+            _, claim_id, _, phase, context, uncertain = got[:6]
             result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
             self._local[claim_id] = result
             orphan = json.loads(context) if phase == "acting" else None
@@ -619,7 +634,11 @@ class SqliteClaimStore:
                     "claim taken over from a process that died while acting",
                     extra={"event": "claim_orphaned", "keys": list(keys)},
                 )
-            return Ticket(keys, claim_id, uncertain=uncertain, orphan=orphan, result=result)
+            ticket = Ticket(keys, claim_id, uncertain=uncertain, orphan=orphan, result=result)
+            if len(got) > 6:
+                ticket.handler, ticket.acting = got[6], got[7]
+                ticket.sent = ticket.acting
+            return ticket
         if got[0] == "answer":
             return Answer(int(got[1]), json.loads(got[2]))
         # Busy: held by a live claim. One of this process: wait for its answer.
@@ -763,6 +782,43 @@ def _claim(
         [(key, claim_id, owner, phase, lease, context, int(uncertain), expires) for key in keys],
     )
     return ("ticket", claim_id, keys, phase, context, uncertain)
+
+
+def _claim_acting(
+    conn: sqlite3.Connection,
+    keys: tuple[str, ...],
+    claim_id: str,
+    owner: str,
+    now: float,
+    lease: float,
+    expires: float,
+    api: str,
+    dialog: str | None,
+    context: str | None,
+) -> tuple[Any, ...]:
+    """_claim, then for a ticket that is not an orphan's: the dialog taken for `api`
+    (_keep_first) and, when `api` handles it, `acting` written, all in the caller's
+    transaction. A ticket comes with (handler, acting written); handler None: an
+    unfinished claim holds the dialog (the router then waits for it, as take() does)."""
+    got = _claim(conn, keys, claim_id, owner, now, lease, expires)
+    if got[0] != "ticket" or got[3] == "acting":
+        return got if got[0] != "ticket" else (*got, None, False)
+    handler: str | None = api
+    if dialog is not None:
+        body = _dumps({"api": api})
+        kept = _keep_first(conn, dialog, new_claim_id(), owner, now, 200, body, expires)
+        if kept is None:
+            handler = None
+        elif kept[1] is not None:
+            handler = json.loads(kept[1]).get("api")
+    acting = False
+    if handler == api and context is not None:
+        n = len(keys)
+        # Always n (the keys were written just above); checked as acting() does.
+        acting = conn.execute(_ACTING[n], (context, claim_id, *keys)).rowcount == n
+        if not acting:
+            conn.execute(_UNDO_ACTING[n], (claim_id, *keys))
+    return (*got, handler, acting)
 
 
 # --- rate limits -------------------------------------------------------------------------
