@@ -396,9 +396,16 @@ class Pool:
         if origin.scheme == b"https":
             sni = request.extensions.get("sni_hostname") or host
             stream = await stream.start_tls(self._ssl_context, server_hostname=sni, timeout=seconds)
-        return httpcore.AsyncHTTP11Connection(
+        connection = httpcore.AsyncHTTP11Connection(
             origin=origin, stream=stream, keepalive_expiry=self._keepalive_expiry
         )
+        # httpcore's lock is anyio's, and anyio's acquire always yields to the event loop
+        # (a checkpoint), even free: every request let the loop run everything else that
+        # was ready before its bytes left, and paid anyio's cancel scope for it. The pool
+        # hands a connection to one request at a time, so its lock is never contended:
+        # asyncio's takes a free lock without yielding.
+        connection._state_lock = asyncio.Lock()  # type: ignore[assignment]
+        return connection
 
     async def _release(
         self, origin: httpcore.Origin, connection: httpcore.AsyncHTTP11Connection

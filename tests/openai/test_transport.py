@@ -556,3 +556,24 @@ async def test_no_proxy_bypasses_it(no_proxy_env: pytest.MonkeyPatch) -> None:
             assert isinstance(http.api_transport, PoolTransport)
             await CallControl(http, policy=FAST).hangup(CALL_ID, time.monotonic() + 5)
     assert len(api.requests) == 1
+
+
+@pytest.mark.anyio
+async def test_a_request_leaves_before_the_event_loop_runs_anything_else() -> None:
+    """No yield to the event loop between asking for a request and its bytes leaving (on a
+    kept-alive connection): what else is ready (a record, a log line, other calls' work)
+    waits until the request is on its way, not the other way round."""
+    async with Api() as api, client(api.base_url) as http:
+        stream = stream_of(await http.post(PATH))  # a connection kept alive
+        order: list[str] = []
+
+        class Watching(CountingTransport):
+            def write(self, data: bytes) -> None:
+                order.append("request written")
+                super().write(data)
+
+        stream._transport = Watching(stream._transport)  # type: ignore[assignment]
+        asyncio.get_running_loop().call_soon(order.append, "the loop ran something else")
+        response = await http.post(PATH, content=b'{"type":"realtime"}')
+    assert response.status_code == 200
+    assert order == ["request written", "the loop ran something else"]
