@@ -100,9 +100,11 @@ class RedisServer:
         password: str | None = None,
         tls: Tls | None = None,
         client_certs: bool = False,
+        tls_protocols: str | None = None,
     ) -> None:
         """`tls`: TLS only, on the port; `client_certs`: clients must present a certificate
-        of the same CA (mutual TLS)."""
+        of the same CA (mutual TLS); `tls_protocols`: e.g. "TLSv1.2" only (redis-server's
+        default takes 1.2 and 1.3)."""
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed")
         self.directory = directory
@@ -110,6 +112,7 @@ class RedisServer:
         self.password = password
         self.tls = tls
         self.client_certs = client_certs
+        self.tls_protocols = tls_protocols
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(
@@ -168,6 +171,8 @@ class RedisServer:
             args += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
             args += ["--tls-ca-cert-file", str(self.tls.ca)]
             args += ["--tls-auth-clients", "yes" if self.client_certs else "no"]
+            if self.tls_protocols:
+                args += ["--tls-protocols", self.tls_protocols]
         log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()

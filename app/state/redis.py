@@ -264,8 +264,11 @@ def _client_certificate_message(client: aioredis.Redis, alert: str) -> str:
             "give one that Redis's CA (tls-ca-cert-file) signed in SWITCHBOARD_REDIS_URL's "
             "ssl_certfile= and ssl_keyfile= (docs/deploy.md)"
         )
+    if alert == "CERTIFICATE_REQUIRED":
+        refused = f"Redis requires a client certificate (TLS alert: {said})"
+    else:  # TLS 1.2 says "handshake failure"
+        refused = f"Redis refused a TLS handshake without a client certificate (TLS alert: {said})"
     return (
-        f"Redis requires a client certificate (TLS alert: {said}): give this replica's "
-        "certificate and key in SWITCHBOARD_REDIS_URL's ssl_certfile= and ssl_keyfile= "
-        "(docs/deploy.md)"
+        f"{refused}: give this replica's certificate and key in SWITCHBOARD_REDIS_URL's "
+        "ssl_certfile= and ssl_keyfile= (docs/deploy.md)"
     )

@@ -168,6 +168,29 @@ async def test_rediss_without_the_client_certificate_redis_requires_is_a_configu
 
 
 @pytest.mark.anyio
+async def test_rediss_without_a_client_certificate_over_tls_1_2_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    """With TLS 1.2 the handshake itself fails: the server's alert is 'handshake failure'."""
+    server = RedisServer(
+        tmp_path / "redis", tls=make_tls(tmp_path / "tls"), client_certs=True,
+        tls_protocols="TLSv1.2",
+    ).start()  # fmt: skip
+    try:
+        client = connect(server.url(client_cert=False))
+        try:
+            with pytest.raises(RedisConfigError) as refused:
+                await check(client)
+        finally:
+            await client.aclose()
+    finally:
+        server.stop()
+    message = str(refused.value)
+    assert "without a client certificate (TLS alert: handshake failure)" in message
+    assert "ssl_certfile=" in message and "ssl_keyfile=" in message
+
+
+@pytest.mark.anyio
 async def test_rediss_with_a_client_certificate_redis_does_not_trust_is_a_configuration_error(
     tls_redis_server: RedisServer, tmp_path: Path
 ) -> None:
