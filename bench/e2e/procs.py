@@ -115,15 +115,48 @@ class Usage:
     cpu_seconds: float
     """User + system time of the process and its descendants."""
     rss_bytes: int
+    waited_seconds: float = 0.0
+    """Time its threads were runnable but waiting for a core (the kernel's run delay,
+    /proc/<pid>/task/<tid>/schedstat): other work on the machine taking its core."""
 
     def __sub__(self, other: Usage) -> Usage:
-        return Usage(self.cpu_seconds - other.cpu_seconds, self.rss_bytes - other.rss_bytes)
+        return Usage(
+            self.cpu_seconds - other.cpu_seconds,
+            self.rss_bytes - other.rss_bytes,
+            self.waited_seconds - other.waited_seconds,
+        )
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.cpu_seconds + other.cpu_seconds,
+            self.rss_bytes + other.rss_bytes,
+            self.waited_seconds + other.waited_seconds,
+        )
+
+
+def run_delay_ns(pid: int) -> int:
+    """Run-queue wait of every live thread of `pid` so far (0 where schedstat is absent;
+    threads that have exited are not counted)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+        except OSError:
+            continue
+        total += int(fields[1])
+    return total
 
 
 def usage(pid: int) -> Usage:
     cpu = 0.0
     rss = 0
+    waited = 0
     for member in family(pid):
+        waited += run_delay_ns(member)
         try:
             stat = Path(f"/proc/{member}/stat").read_text()
             status = Path(f"/proc/{member}/status").read_text()
@@ -135,7 +168,7 @@ def usage(pid: int) -> Usage:
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
                 rss += int(line.split()[1]) * 1024
-    return Usage(cpu, rss)
+    return Usage(cpu, rss, waited / 1e9)
 
 
 @dataclass
@@ -151,8 +184,7 @@ class Group:
     def usage(self) -> Usage:
         total = Usage(0.0, 0)
         for member in self.members:
-            used = member.usage()
-            total = Usage(total.cpu_seconds + used.cpu_seconds, total.rss_bytes + used.rss_bytes)
+            total = total + member.usage()
         return total
 
     def logs(self) -> str:

@@ -292,10 +292,22 @@ def render(result: E2EResult) -> str:
         table(SAT_HEADER, [_sat_row(row, sample, bare) for row in best]),
         "",
         f"**At a fixed {cfg.rate:.0f} calls/s, open loop** (latency from when each request "
-        f"was due, µs; {cfg.latency_seconds:g} s, same processes after the saturation run):",
+        f"was due, µs; {cfg.latency_seconds:g} s, same processes after the saturation run; "
+        "waited: the kernel's run delay, time the processes' threads were runnable while "
+        "other work held their core):",
         "",
         table(
-            ["service", "calls", "p50", "p90", "p99", "max", "CPU ms per call", "failed"],
+            [
+                "service",
+                "calls",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+                "CPU ms per call",
+                "waited for a core, ms in all: service / generator + stand-in",
+                "failed",
+            ],
             [
                 [
                     LABELS.get(row.target, row.target),
@@ -305,6 +317,8 @@ def render(result: E2EResult) -> str:
                     f"{row.p99_us:.0f}",
                     f"{row.max_us:.0f}",
                     f"{row.cpu_ms_per_call:.2f}" if row.cpu_ms_per_call else "-",
+                    ("-" if row is result.floor else f"{row.waited_ms:.0f}")
+                    + f" / {row.harness_waited_ms:.0f}",
                     str(row.failed),
                 ]
                 for row in ([result.floor] if result.floor else []) + result.latency

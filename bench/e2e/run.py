@@ -226,6 +226,11 @@ class Latency:
     """Why the records did not pair (then per_call is None and the run lists it as failed)."""
     buffered_writes: int = 0
     """Requests not sent whole in their write (their sent time is then early)."""
+    waited_ms: float = 0.0
+    """The service's run-queue wait over the phase, all its threads: its core taken by
+    other work on the machine."""
+    harness_waited_ms: float = 0.0
+    """The same for the generator and the stand-in API (the load core)."""
 
 
 @dataclass
@@ -460,7 +465,10 @@ class Bench:
             str(records),
         ]
         httpx.post(f"{self.api}/_timings", timeout=5).raise_for_status()
+        waited = procs.usage(self.standin.pid).waited_seconds
         result: dict[str, object] = json.loads(_run_pinned(command, self.load_cpus))
+        waited = procs.usage(self.standin.pid).waited_seconds - waited
+        result["harness_waited_ms"] = float(result.get("waited_ms", 0.0)) + waited * 1000  # type: ignore[arg-type]
         served = httpx.get(f"{self.api}/_timings", timeout=30).json()
         # Kept beside the generator's, for a look at single calls in a kept workdir.
         file.with_suffix(".api.json").write_text(json.dumps(served))
@@ -649,7 +657,9 @@ class Bench:
         before = proc.usage()
         result, per_call = self.open_loop(host, file, cfg.rate)
         used = proc.usage() - before
-        return _latency(target, cfg.rate, result, used.cpu_seconds, per_call)
+        row = _latency(target, cfg.rate, result, used.cpu_seconds, per_call)
+        row.waited_ms = used.waited_seconds * 1000
+        return row
 
     def floor(self) -> Latency:
         """The generator straight at the stand-in: the round trip every target pays."""
@@ -786,6 +796,7 @@ def _latency(
         per_call=per_call if isinstance(per_call, percall.PerCall) else None,
         per_call_error=per_call if isinstance(per_call, str) else "",
         buffered_writes=int(result.get("buffered_writes", 0)),  # type: ignore[call-overload]
+        harness_waited_ms=float(result.get("harness_waited_ms", 0.0)),  # type: ignore[arg-type]
     )
 
 

@@ -278,3 +278,24 @@ def test_latency_rows_keep_a_pairing_error() -> None:
     row = _result("no records").latency[0]
     assert isinstance(row, Latency)
     assert (row.per_call, row.per_call_error) == (None, "no records")
+
+
+def test_run_queue_wait_is_summed_over_every_thread() -> None:
+    import os
+    import threading
+
+    from bench.e2e.procs import Usage, run_delay_ns, usage
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        main = int(Path(f"/proc/self/task/{os.getpid()}/schedstat").read_text().split()[1])
+        assert len(os.listdir("/proc/self/task")) >= 2
+        assert run_delay_ns(os.getpid()) >= main  # read later, and the worker's added
+    finally:
+        stop.set()
+        worker.join()
+    assert run_delay_ns(2**22 + 1) == 0  # no such process (above pid_max's default)
+    assert usage(os.getpid()).waited_seconds >= 0
+    assert Usage(1.0, 10, 0.5) - Usage(0.25, 4, 0.125) == Usage(0.75, 6, 0.375)
