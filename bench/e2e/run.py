@@ -96,9 +96,9 @@ class Config:
     call log's are past it after ~4,000 calls, RSS growing ~0.5 MB per 750 calls until
     then), the state WAL's high-water mark (its -shm index is mapped; with the WAL bounded
     by a RESTART past 16,384 frames: 224 KB after the warm-up, 224-256 KB 10,000 calls
-    later) and the caches of what comes back (admitted on a second sighting: after 2,000 calls half
-    of the 1,000 routed numbers had come back, after 6,000 calls 93%). At least two calls
-    from each caller."""
+    later) and the caches of what comes back (admitted on a second sighting: after 2,000
+    calls half of the 1,000 routed numbers had come back, after 6,000 calls 93%). At
+    least two calls from each caller."""
 
     @classmethod
     def tiny(cls) -> Config:
