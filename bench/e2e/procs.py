@@ -13,6 +13,12 @@ import httpx
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
+# The readiness polls and the stand-in's counters go through this one client: httpx.get()
+# builds a client, and with it an SSL context (~50 ms of CPU), on every call, which made the
+# polls the largest CPU cost of the benchmark's smoke test. No keep-alive: each request has
+# a connection of its own, as with httpx.get().
+HTTP = httpx.Client(limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
+
 
 def usable_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
@@ -75,7 +81,7 @@ def wait_ready(proc: Proc, url: str, timeout: float = 60) -> None:
         if proc.process.poll() is not None:
             raise RuntimeError(f"{proc.name} exited with {proc.process.returncode}:\n{proc.logs()}")
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if HTTP.get(url, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

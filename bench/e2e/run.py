@@ -40,8 +40,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from bench.e2e import percall, procs, webhooks
 from bench.workload import (
     _FRESH_AREAS,
@@ -383,10 +381,10 @@ class Bench:
         return proc, f"127.0.0.1:{port}"
 
     def stats(self) -> dict[str, object]:
-        return dict(httpx.get(f"{self.api}/_stats", timeout=5).json())
+        return dict(procs.HTTP.get(f"{self.api}/_stats", timeout=5).json())
 
     def reset(self) -> None:
-        httpx.post(f"{self.api}/_reset", timeout=5)
+        procs.HTTP.post(f"{self.api}/_reset", timeout=5)
 
     def requests_file(self, count: int, host: str) -> Path:
         self._files += 1
@@ -466,12 +464,12 @@ class Bench:
             "--records",
             str(records),
         ]
-        httpx.post(f"{self.api}/_timings", timeout=5).raise_for_status()
+        procs.HTTP.post(f"{self.api}/_timings", timeout=5).raise_for_status()
         waited = procs.usage(self.standin.pid).waited_seconds
         result: dict[str, object] = json.loads(_run_pinned(command, self.load_cpus))
         waited = procs.usage(self.standin.pid).waited_seconds - waited
         result["harness_waited_ms"] = float(result.get("waited_ms", 0.0)) + waited * 1000  # type: ignore[arg-type]
-        served = httpx.get(f"{self.api}/_timings", timeout=30).json()
+        served = procs.HTTP.get(f"{self.api}/_timings", timeout=30).json()
         # Kept beside the generator's, for a look at single calls in a kept workdir.
         file.with_suffix(".api.json").write_text(json.dumps(served))
         try:
