@@ -44,7 +44,6 @@ from app.state.livecalls import (
     new_replica_id,
 )
 from app.state.ratelimit import RateLimits
-from app.state.redis import RedisConfigError
 
 logger = logging.getLogger("switchboard")
 
@@ -178,6 +177,9 @@ def create_app(
             # database) or an unusable SQLite file: the service does not start.
             await claims.open()
         except Exception as exc:
+            # Here, not at the top: redis is imported by a deployment that has Redis only.
+            from app.state.redis import RedisConfigError
+
             if isinstance(exc, RedisConfigError):
                 logger.error(
                     "cannot use SWITCHBOARD_REDIS_URL: %s", exc, extra={"event": "state_refused"}

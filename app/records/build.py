@@ -10,7 +10,6 @@ import asyncio
 from typing import Protocol, runtime_checkable
 
 from app.records.calllog import CallLog
-from app.records.postgres import QUEUE_MAX, TIMEOUT, PostgresCallLog
 from app.records.sqlite import ManagedCallLog
 from app.records.sqlite import build_call_log as build_embedded_call_log
 
@@ -29,17 +28,23 @@ def build_call_log(
     retention_days: int,
     *,
     database_url: str | None = None,
-    queue_max: int = QUEUE_MAX,
-    timeout: float = TIMEOUT,
+    queue_max: int | None = None,
+    timeout: float | None = None,
     single_replica: bool = True,
 ) -> CallLog:
     """`single_replica`: no other process shares the records' database (no shared
-    live-call registry), so calls open at start-up are leftovers of a previous run."""
+    live-call registry), so calls open at start-up are leftovers of a previous run.
+    `queue_max`, `timeout`: PostgreSQL's (default: app.records.postgres's)."""
     if database_url:
+        # Imported by a deployment that records to PostgreSQL only: asyncpg costs 0.1 s of
+        # CPU at each start.
+        from app.records.postgres import QUEUE_MAX, TIMEOUT, PostgresCallLog
+
+        timeout = TIMEOUT if timeout is None else timeout
         return PostgresCallLog(
             database_url,
             retention_days=retention_days,
-            queue_max=queue_max,
+            queue_max=QUEUE_MAX if queue_max is None else queue_max,
             timeout=timeout,
             close_timeout=timeout,  # a stop must not wait long for a database that is away
             recover_open_calls=single_replica,

@@ -1,0 +1,39 @@
+"""The optional back-ends are imported by the deployments that use them only: redis (shared
+state, 0.3 s of CPU to import) and asyncpg (PostgreSQL call log, 0.1 s) cost every start of
+the service otherwise, and every test process that imports the app."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.e2e.conftest import REPO, base_env
+from tests.support import SECRET
+
+# What `switchboard serve` imports, and the app it builds, with an API key (the in-call
+# manager and the live-call registry too) and neither SWITCHBOARD_REDIS_URL nor
+# SWITCHBOARD_DATABASE_URL.
+PROBE = f"""
+import json, sys
+import app.cli.main, app.main
+from app.settings import Settings
+settings = Settings(_env_file=None, openai_api_key="sk-test", webhook_secrets={SECRET!r})
+app.main.create_app(settings)
+print(json.dumps(sorted({{name.split(".")[0] for name in sys.modules}})))
+"""
+
+
+def test_a_start_without_redis_or_postgresql_imports_neither() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=REPO,
+        env=base_env(SWITCHBOARD_CALLS_DB=":memory:"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    assert "fastapi" in loaded  # the probe did import the app
+    assert not {"redis", "asyncpg"} & loaded, sorted({"redis", "asyncpg"} & loaded)
