@@ -25,6 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.intake.events import IncomingCall, parse_event
 from app.intake.webhook import SignatureVerifier, WebhookError
+from app.ops.later import answering
 from app.ops.logs import LogThrottle
 from app.ops.metrics import Metrics
 from app.rules import RuleSet
@@ -84,6 +85,11 @@ class WebhookEndpoint:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with answering() as after:
+            await self._respond(scope, receive, send)
+            after()  # the call's log line and record (app.ops.later)
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             try:
                 status, content = await self._answer(scope, receive)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from app.intake.events import APIS, Api, IncomingCall
 from app.openai.callcontrol import CallControlError, CallController, CallGone
+from app.ops.later import after_answer
 from app.ops.logs import mask
 from app.ops.metrics import Metrics
 from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
@@ -379,8 +380,11 @@ class CallRouter:
         ):
             if value:
                 body[key] = value
-        self._log(call, identity, decision, outcome, numbers, decide_seconds, acted - decided)
-        self._record(call, decision, outcome, numbers)
+        # Once the webhook's answer is sent (app.ops.later): nothing here decides it.
+        after_answer(
+            self._log, call, identity, decision, outcome, numbers, decide_seconds, acted - decided
+        )
+        after_answer(self._record, call, decision, outcome, numbers)
         status = 503 if outcome.retryable else 200
         return Answer(status, body), not outcome.retryable, outcome.uncertain
 

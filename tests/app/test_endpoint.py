@@ -16,6 +16,8 @@ import respx
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.records.calllog import CallRecord
+from app.records.memory import InMemoryCallLog
 from app.rules import compile_rules
 from app.state.claims import Answer, MemoryClaimStore, Ticket
 from tests.app.test_app import ROUTES, client_for, make_settings, post_event
@@ -212,3 +214,52 @@ def test_a_root_path_is_taken_off_as_uvicorn_gives_it(client: TestClient) -> Non
 def test_other_paths_still_go_through_fastapi(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.post("/webhooks/other", content=b"{}").status_code == 404
+
+
+class RecordingCallLog(InMemoryCallLog):
+    def __init__(self, order: list[str]) -> None:
+        super().__init__()
+        self.order = order
+
+    def started(self, record: CallRecord) -> None:
+        self.order.append(f"record {record.outcome}")
+        super().started(record)
+
+
+def test_the_call_log_line_and_last_record_come_after_the_answer(api: respx.Router) -> None:
+    """Nothing that does not decide the answer runs between the API's answer and the
+    webhook's: the call's log line and its last record are written after it is sent."""
+    order: list[str] = []
+    app = create_app(
+        make_settings(),
+        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+        call_log=RecordingCallLog(order),
+    )
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            order.append(f"log {record.getMessage()}")
+
+    lines = Lines()
+    calls = logging.getLogger("switchboard.call")
+    calls.addHandler(lines)
+    level = calls.level
+    calls.setLevel(logging.INFO)
+    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            order.append("answer sent")
+
+    try:
+        with TestClient(app) as client:
+            assert client.portal is not None
+            client.portal.call(app, request_scope, receive, send)
+    finally:
+        calls.removeHandler(lines)
+        calls.setLevel(level)
+    assert order == ["record pending", "answer sent", "log call routed", "record accepted"]
