@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal, Protocol
 
+import httpcore
 import httpx
 
 from app.openai.transport import PoolTransport
@@ -135,6 +137,67 @@ class ApiClient(httpx.AsyncClient):
         self.headers_without_body = httpx.Headers(self.headers)
         self.headers_with_json = httpx.Headers(self.headers)
         self.headers_with_json["Content-Type"] = "application/json"
+        self.direct = (
+            Direct(self.url_prefix, api_transport)
+            if isinstance(api_transport, PoolTransport)
+            else None
+        )
+
+
+_Raw = list[tuple[bytes, bytes]]
+# Path characters httpx leaves as they are: a call id made of these goes in unchanged.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
+
+
+class Direct:
+    """Call control's requests straight to PoolTransport's pool, without httpx's Request
+    and Response (URL parsing and quoting, header objects, content streams: a fifth of the
+    work between the decision and the request leaving). The bytes on the wire are those
+    of the httpx request: its headers are taken from one, once per header set, with only
+    Content-Length filled in per request. A path httpx would quote, and every answer
+    other than a success (its body is read as httpx reads it), go through httpx."""
+
+    def __init__(self, url_prefix: str, transport: PoolTransport) -> None:
+        self._prefix = url_prefix
+        self._transport = transport
+        base = httpx.URL(url_prefix)
+        self._url = (base.raw_scheme, base.raw_host, base.port)
+        self._path = base.raw_path.rstrip(b"/")
+        self._headers: dict[tuple[int, bool], tuple[httpx.Headers, _Raw, int]] = {}
+
+    def _template(self, headers: httpx.Headers, body: bool) -> tuple[_Raw, int]:
+        """The raw headers httpx would send, and where Content-Length is in them (httpx
+        puts it after Host without a body, last with one)."""
+        key = (id(headers), body)
+        found = self._headers.get(key)
+        if found is None or found[0] is not headers:
+            sample = httpx.Request(
+                "POST", f"{self._prefix}/x", headers=headers, content=b"x" if body else None
+            )
+            raw = list(sample.headers.raw)
+            where = next(i for i, (k, _) in enumerate(raw) if k.lower() == b"content-length")
+            found = self._headers[key] = (headers, raw, where)
+        return found[1], found[2]
+
+    async def send(
+        self, url: str, path: str, headers: httpx.Headers, body: bytes | None, seconds: float
+    ) -> httpx.Response | int:
+        """The status of a success, else the whole httpx.Response (read)."""
+        if _PLAIN_PATH.fullmatch(path) is None:
+            return await _send(self._transport, url, headers, body, seconds)
+        raw, where = self._template(headers, bool(body))
+        if body:
+            raw = raw.copy()
+            raw[where] = (raw[where][0], b"%d" % len(body))
+        scheme, host, port = self._url
+        target = self._path + path.encode()
+        url_ = httpcore.URL(scheme=scheme, host=host, port=port, target=target)
+        status, got, content = await self._transport.send_bytes(url_, raw, body, seconds)
+        if status < 300:
+            return status
+        response = httpx.Response(status, headers=got, stream=httpx.ByteStream(content))
+        await response.aread()  # decoded as httpx decodes it (Content-Encoding)
+        return response
 
 
 def build_http_client(
@@ -201,7 +264,9 @@ class CallControl:
         self, operation: Operation, call_id: str, body: bytes | None, deadline: float
     ) -> None:
         client = self._client
-        url = f"{client.url_prefix}{self.resource}/{call_id}/{operation}"
+        path = f"{self.resource}/{call_id}/{operation}"
+        url = f"{client.url_prefix}{path}"
+        direct = client.direct
         headers = client.headers_with_json if body is not None else client.headers_without_body
         policy = self._policy
         sends = 0
@@ -222,7 +287,10 @@ class CallControl:
                 # httpx's timeouts are per read: a body trickling a byte at a time would
                 # restart them forever. One wall-clock limit covers the whole exchange.
                 async with asyncio.timeout(timeout):
-                    response = await _send(client.api_transport, url, headers, body, timeout)
+                    if direct is not None:
+                        response = await direct.send(url, path, headers, body, timeout)
+                    else:
+                        response = await _send(client.api_transport, url, headers, body, timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request did not reach the API: safe to send again.
                 self._observe(operation, "connection_error", self._clock() - started)
@@ -250,8 +318,10 @@ class CallControl:
                 self._observe(operation, "connection_error", self._clock() - started)
                 raise UpstreamUnavailable(operation, _describe(exc), uncertain=True) from None
             else:
-                status = response.status_code
+                status = response if isinstance(response, int) else response.status_code
                 self._observe(operation, _status_label(status), self._clock() - started)
+                if isinstance(response, int):
+                    return  # a success (Direct reads only the status of one)
                 if status < 300:
                     return
                 detail = f"HTTP {status}: {_error_text(response)}"

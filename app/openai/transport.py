@@ -544,5 +544,36 @@ class PoolTransport(httpx.AsyncBaseTransport):
             extensions=response.extensions,
         )
 
+    async def send_bytes(
+        self,
+        url: httpcore.URL,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        seconds: float,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A request straight to the pool, without httpx's Request and Response around it:
+        (status, headers, body as received: not decoded). Raises what
+        handle_async_request does (httpx's exceptions)."""
+        core = httpcore.Request(
+            b"POST",
+            url,
+            headers=headers,
+            content=body or b"",
+            extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), seconds)},
+        )
+        try:
+            response = await self._pool.handle_async_request(core)
+            stream = response.stream
+            try:
+                parts = [part async for part in stream]  # type: ignore[union-attr]
+            finally:
+                await stream.aclose()  # type: ignore[union-attr]
+        except Exception as exc:
+            mapped = _httpx_error(exc)
+            if mapped is None:
+                raise
+            raise mapped(str(exc)) from exc
+        return response.status, response.headers, b"".join(parts)
+
     async def aclose(self) -> None:
         await self._pool.aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import socket
 import ssl
 import struct
@@ -25,8 +26,10 @@ import trustme
 from app.openai.callcontrol import (
     LIMITS,
     CallControl,
+    CallGone,
     LiveCallControl,
     RetryPolicy,
+    UpstreamRejected,
     UpstreamUnavailable,
     build_http_client,
 )
@@ -56,7 +59,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
 class Api:
     """A local HTTP/1.1 server; `actions` says what each request gets (then "ok")."""
 
-    def __init__(self, *actions: str, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *actions: str | bytes, tls: ssl.SSLContext | None = None) -> None:
         self.actions = deque(actions)
         self.tls = tls
         self.connections = 0
@@ -103,7 +106,10 @@ class Api:
                         length = int(line.split(b":", 1)[1])
                 self.requests.append(head + await reader.readexactly(length))
                 action = self.actions.popleft() if self.actions else "ok"
-                if action == "ok":
+                if isinstance(action, bytes):  # this answer, as it is
+                    writer.write(action)
+                    await writer.drain()
+                elif action == "ok":
                     writer.write(ANSWER)
                     await writer.drain()
                 elif action == "ok-then-close":
@@ -577,3 +583,68 @@ async def test_a_request_leaves_before_the_event_loop_runs_anything_else() -> No
         response = await http.post(PATH, content=b'{"type":"realtime"}')
     assert response.status_code == 200
     assert order == ["request written", "the loop ran something else"]
+
+
+def answer(status: str, body: bytes, *headers: str) -> bytes:
+    head = "".join(f"{h}\r\n" for h in headers)
+    return f"HTTP/1.1 {status}\r\n{head}content-length: {len(body)}\r\n\r\n".encode() + body
+
+
+@pytest.mark.anyio
+async def test_call_control_builds_no_httpx_request_per_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the pool transport a request goes straight to the pool: httpx's Request (URL
+    parsing, header objects, content streams) only once per header set, for its bytes."""
+    built: list[str] = []
+    real = httpx.Request.__init__
+
+    def counting(self: httpx.Request, *args: Any, **kwargs: Any) -> None:
+        built.append("request")
+        real(self, *args, **kwargs)
+
+    async with Api() as api, build_http_client(api.base_url, "sk-test") as http:
+        control = CallControl(http, policy=FAST)
+        await control.accept(CALL_ID, b"{}", time.monotonic() + 5)  # the header set seen
+        monkeypatch.setattr(httpx.Request, "__init__", counting)
+        for _ in range(3):
+            await control.accept(CALL_ID, b'{"type":"realtime"}', time.monotonic() + 5)
+            await control.reject(CALL_ID, 486, time.monotonic() + 5)
+    assert built == []
+    assert len(api.requests) == 7
+
+
+@pytest.mark.anyio
+async def test_call_control_errors_on_the_pool_transport_read_as_httpx_reads_them() -> None:
+    error = b'{"error":{"message":"overloaded, try later"}}'
+    async with (
+        Api(
+            answer("404 Not Found", b'{"error":{"message":"no such call"}}'),
+            answer("503 Service Unavailable", gzip.compress(error), "content-encoding: gzip"),
+            answer("503 Service Unavailable", error, "retry-after: 0"),
+            answer("400 Bad Request", b"not json"),
+        ) as api,
+        build_http_client(api.base_url, "sk-test") as http,
+    ):
+        control = CallControl(http, policy=RetryPolicy(max_sends=2, base_backoff=0.001))
+        with pytest.raises(CallGone) as gone:
+            await control.accept(CALL_ID, b"{}", time.monotonic() + 5)
+        assert gone.value.detail == "HTTP 404: no such call"
+        with pytest.raises(UpstreamUnavailable) as busy:
+            await control.accept(CALL_ID, b"{}", time.monotonic() + 5)
+        assert busy.value.detail == "HTTP 503: overloaded, try later"  # sent twice
+        with pytest.raises(UpstreamRejected) as refused:
+            await control.accept(CALL_ID, b"{}", time.monotonic() + 5)
+        assert refused.value.detail == "HTTP 400: not json"
+    assert len(api.requests) == 4
+
+
+@pytest.mark.anyio
+async def test_a_call_id_httpx_would_quote_sends_the_bytes_of_the_httpx_client() -> None:
+    call_id = "rtc 1é"
+    async with Api() as api, build_http_client(api.base_url, "sk-test") as http:
+        control = CallControl(http, policy=FAST)
+        await control.hangup(call_id, time.monotonic() + 5)
+        await http.post(f"/realtime/calls/{call_id}/hangup")
+    assert api.requests[0] == api.requests[1]
+    assert api.requests[0].startswith(b"POST /v1/realtime/calls/rtc%201%C3%A9/hangup HTTP/1.1")
