@@ -152,6 +152,9 @@ def targets(result: E2EResult) -> str:
                     f"µs. End to end from due p50 {latency.p50_us:.0f}, p99 "
                     f"{latency.p99_us:.0f} µs"
                     + ("" if old is None else f" (old measure, p99 - stand-in p50: {old:.0f} µs)")
+                    # A loaded machine shows here: the service runnable, its core taken.
+                    + f". Its threads waited {latency.waited_ms:.0f} ms for a core in the "
+                    f"{result.config.latency_seconds:g} s"
                     + (
                         ""
                         if harness is None

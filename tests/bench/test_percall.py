@@ -260,6 +260,7 @@ def test_the_target_row_is_the_per_call_p99_and_the_old_measure_stays_visible() 
     assert text.endswith("| met |")
     # The old measure (end to end p99 - the stand-in's p50) is shown, not used.
     assert "old measure, p99 - stand-in p50: 8200 µs" in text
+    assert "waited 0 ms for a core in the 0.5 s" in text
     detail = render.render(_result(_calls(200, 400, 900)))
     assert "| 8200 |" in detail  # the old measure's column
     assert "**400 / 900 / 900 / 900**" in detail
