@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.e2e import render
-from bench.e2e.run import TARGETS, Config, parse_wrk, run
+from bench.e2e.run import TARGETS, Config, E2EResult, parse_wrk, run
 from bench.e2e.webhooks import read_requests
 
 WRK_OUTPUT = """\
@@ -42,10 +42,40 @@ def test_wrk_output_is_read_with_its_units() -> None:
     assert parsed["failed"] == 4
 
 
+HAVE_REPLICAS = (
+    shutil.which("redis-server") is not None
+    and (shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")) is not None
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRun:
+    config: Config
+    result: E2EResult
+    workdir: Path
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
+    """One tiny run of the whole benchmark for the tests below: every target, the memory
+    phase and, when redis-server and HAProxy are here, the Redis row and the three replicas
+    behind HAProxy. (One run, not one per test: the stand-in, the floor and Switchboard's
+    saturation and fixed-load phases are the same in both.)"""
+    workdir = tmp_path_factory.mktemp("e2e-bench")
+    config = dataclasses.replace(
+        Config.tiny(),
+        workers=0,
+        memory_calls=100,
+        memory_callers=20,
+        states=("redis",) if HAVE_REPLICAS else (),
+        replicas=3 if HAVE_REPLICAS else 0,
+    )
+    return BenchRun(config, run(config, workdir, log=False), workdir)
+
+
 @pytest.mark.e2e
-def test_e2e_bench_runs_every_target_and_acts_once_per_call(tmp_path: Path) -> None:
-    config = dataclasses.replace(Config.tiny(), workers=0, memory_calls=100, memory_callers=20)
-    result = run(config, tmp_path, log=False)
+def test_e2e_bench_runs_every_target_and_acts_once_per_call(bench_run: BenchRun) -> None:
+    config, result, tmp_path = bench_run.config, bench_run.result, bench_run.workdir
     assert [row.target for row in result.saturation] == list(TARGETS)
     for row in result.saturation:
         assert row.requests > 0, row
@@ -75,19 +105,16 @@ def test_e2e_bench_runs_every_target_and_acts_once_per_call(tmp_path: Path) -> N
     assert b"P-Asserted-Identity" in requests[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(
-    shutil.which("redis-server") is None
-    or (shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")) is None,
+    not HAVE_REPLICAS,
     reason="the replicas row needs redis-server and haproxy (apt-get install redis-server haproxy)",
 )
-def test_the_replicas_row_is_three_serve_processes_behind_haproxy(tmp_path: Path) -> None:
+def test_the_replicas_row_is_three_serve_processes_behind_haproxy(bench_run: BenchRun) -> None:
     """Issue 12's 'three replicas' row: three separate `switchboard serve` processes, each
     on its own port, sharing one redis-server, reached only through HAProxy; each one
     served calls, and every call was acted on once."""
-    config = dataclasses.replace(
-        Config.tiny(), targets=("switchboard",), workers=0, states=("redis",), replicas=3
-    )
-    result = run(config, tmp_path, log=False)
+    config, result, tmp_path = bench_run.config, bench_run.result, bench_run.workdir
     assert result.failures == []
     single, replicas = result.states
     assert (single.state, single.workers, single.setup) == ("redis", 1, "")
