@@ -22,13 +22,16 @@ pairing on the generator sent straight at the stand-in ("stand-in alone") shows 
 share, one hop each way.
 
 A webhook answered 2xx without a request of its call at the stand-in, or a request for a
-call the generator never sent, is an error: nothing is dropped silently.
+call the generator never sent, is an error: nothing is dropped silently. The one
+exception is named by the caller: calls of an earlier phase (`earlier`), whose requests
+can still arrive after it ended (wrk stops with deliveries in flight, and the service
+still acts on them); they are left out and counted (`leftovers`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 _BODY_CALL_ID = re.compile(rb'"call_id"\s*:\s*"([^"]+)"')
@@ -129,13 +132,16 @@ def _same_lengths(data: Mapping[str, Sequence[object]], columns: Sequence[str]) 
         raise RecordError(f"record columns of different lengths: {lengths}")
 
 
-def pair(sent: Iterable[Sent], served: Iterable[Served]) -> list[CallTimes]:
+def pair(
+    sent: Iterable[Sent], served: Iterable[Served], earlier: Collection[str] = ()
+) -> list[CallTimes]:
     """Each answered webhook with the stand-in's requests of its call, in sending order.
 
     Webhooks not answered 2xx are left out (the run counts them as failed), with whatever
-    requests they made. Raises RecordError when a webhook answered 2xx has no request at
-    the stand-in, a request names a call the generator never sent, or a call id was sent
-    twice."""
+    requests they made, and so are requests for the `earlier` phases' calls (see
+    `leftovers`). Raises RecordError when a webhook answered 2xx has no request at the
+    stand-in, a request names a call neither sent by the generator nor earlier, or a call
+    id was sent twice."""
     by_call: dict[str, list[Served]] = {}
     for record in served:
         by_call.setdefault(record.call_id, []).append(record)
@@ -172,13 +178,19 @@ def pair(sent: Iterable[Sent], served: Iterable[Served]) -> list[CallTimes]:
             f"{len(missing)} webhook(s) answered 2xx without a request at the stand-in API, "
             f"e.g. {missing[:3]}"
         )
-    strangers = sorted(set(by_call) - seen)
+    strangers = sorted(set(by_call) - seen - set(earlier))
     if strangers:
         raise RecordError(
-            f"{len(strangers)} call(s) at the stand-in API the generator never sent, "
+            f"{len(strangers)} call(s) at the stand-in API the generator never sent (nor earlier), "
             f"e.g. {strangers[:3]}"
         )
     return out
+
+
+def leftovers(sent: Iterable[Sent], served: Iterable[Served], earlier: Collection[str]) -> int:
+    """Requests for calls of an earlier phase among `served` (not this phase's calls)."""
+    now = {s.call_id for s in sent}
+    return sum(1 for r in served if r.call_id not in now and r.call_id in earlier)
 
 
 @dataclass(frozen=True)
@@ -223,9 +235,12 @@ class PerCall:
     added: Spread
     multi: int = 0
     """Calls that made more than one call-control request (added > before + after)."""
+    leftovers: int = 0
+    """Requests for calls of an earlier phase that reached the stand-in during this one
+    (left out of the pairing, but their work shared the service's core)."""
 
     @classmethod
-    def of(cls, calls: Sequence[CallTimes]) -> PerCall:
+    def of(cls, calls: Sequence[CallTimes], leftovers: int = 0) -> PerCall:
         return cls(
             calls=len(calls),
             late=Spread.of(c.late_ns for c in calls),
@@ -234,4 +249,5 @@ class PerCall:
             api=Spread.of(c.api_ns for c in calls),
             added=Spread.of(c.added_ns for c in calls),
             multi=sum(1 for c in calls if c.requests > 1),
+            leftovers=leftovers,
         )

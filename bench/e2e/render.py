@@ -80,6 +80,11 @@ def per_call_table(result: E2EResult) -> str:
                 label,
                 f"{pc.calls}"
                 + (f" ({pc.multi} with more than one request)" if pc.multi else "")
+                + (
+                    f" ({pc.leftovers} requests of an earlier phase's calls left out)"
+                    if pc.leftovers
+                    else ""
+                )
                 # Their sent time is when the write began: the router's time is overstated.
                 + (
                     f" ({row.buffered_writes} not written to the socket at once)"

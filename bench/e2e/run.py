@@ -317,6 +317,8 @@ class Bench:
         self.api = f"http://127.0.0.1:{self.standin_port}"
         procs.wait_ready(self.standin, f"{self.api}/_stats")
         self._files = 0
+        self.call_ids: set[str] = set()
+        """Every call id of the deliveries written so far (percall.pair's `earlier`)."""
         self.redis_url: str | None = None
         self.redis: procs.Proc | None = None
 
@@ -389,7 +391,21 @@ class Bench:
     def requests_file(self, count: int, host: str) -> Path:
         self._files += 1
         path = self.workdir / f"requests-{self._files}.bin"
-        return webhooks.write_requests(path, self.maker, count, secret=self.secret, host=host)
+        webhooks.write_requests(path, self.maker, count, secret=self.secret, host=host)
+        self.call_ids.update(percall.call_id_of(r) for r in webhooks.read_requests(path))
+        return path
+
+    def settle(self, quiet: float = 0.2, limit: float = 5.0) -> None:
+        """Until the stand-in has seen no request for `quiet` seconds (at most `limit`): a
+        saturation run ends with deliveries in flight that the service still acts on."""
+        deadline = time.monotonic() + limit
+        last = None
+        while time.monotonic() < deadline:
+            seen = sum(dict(self.stats()["operations"]).values())  # type: ignore[call-overload]
+            if seen == last:
+                return
+            last = seen
+            time.sleep(quiet)
 
     # --- load --------------------------------------------------------------------------
 
@@ -464,6 +480,7 @@ class Bench:
             "--records",
             str(records),
         ]
+        self.settle()
         procs.HTTP.post(f"{self.api}/_timings", timeout=5).raise_for_status()
         waited = procs.usage(self.standin.pid).waited_seconds
         result: dict[str, object] = json.loads(_run_pinned(command, self.load_cpus))
@@ -473,13 +490,12 @@ class Bench:
         # Kept beside the generator's, for a look at single calls in a kept workdir.
         file.with_suffix(".api.json").write_text(json.dumps(served))
         try:
-            calls = percall.pair(
-                percall.sent_records(json.loads(records.read_text())),
-                percall.served_records(served),
-            )
+            sent = percall.sent_records(json.loads(records.read_text()))
+            api = percall.served_records(served)
+            calls = percall.pair(sent, api, self.call_ids)
         except percall.RecordError as exc:
             return result, str(exc)
-        return result, percall.PerCall.of(calls)
+        return result, percall.PerCall.of(calls, percall.leftovers(sent, api, self.call_ids))
 
     # --- phases ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from bench.e2e.percall import (
     Spread,
     api_call_id,
     call_id_of,
+    leftovers,
     pair,
     sent_records,
     served_records,
@@ -300,3 +301,16 @@ def test_run_queue_wait_is_summed_over_every_thread() -> None:
     assert run_delay_ns(2**22 + 1) == 0  # no such process (above pid_max's default)
     assert usage(os.getpid()).waited_seconds >= 0
     assert Usage(1.0, 10, 0.5) - Usage(0.25, 4, 0.125) == Usage(0.75, 6, 0.375)
+
+
+def test_requests_of_an_earlier_phases_calls_are_left_out_and_counted() -> None:
+    # wrk stops with deliveries in flight; the service still acts on them after.
+    webhooks = [sent("rtc_now", 0, 0, 100)]
+    api = [served("rtc_now", 10, 20), served("rtc_wrk", 30, 40)]
+    earlier = {"rtc_wrk", "rtc_now"}  # the bench's set holds this phase's calls too
+    assert [c.call_id for c in pair(webhooks, api, earlier)] == ["rtc_now"]
+    assert leftovers(webhooks, api, earlier) == 1
+    assert PerCall.of(pair(webhooks, api, earlier), 1).leftovers == 1
+    # Only calls the caller names: any other stranger is still an error.
+    with pytest.raises(RecordError, match="never sent"):
+        pair(webhooks, [*api, served("rtc_who", 30, 40)], earlier)
