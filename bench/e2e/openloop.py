@@ -9,8 +9,8 @@ was sent, so a stalled generator or server shows up in the numbers instead of hi
 (no coordinated omission). `--records OUT` (open loop) also writes, per request, its
 call id and when it was due, when its bytes were written to the socket and when its
 answer's last byte was read (`time.monotonic_ns()`, comparable with the stand-in API's
-timestamps: bench.e2e.percall pairs them). Closed loop (`--closed`, the fallback where wrk is not
-installed): CONNECTIONS connections send back to back for SECONDS.
+timestamps: bench.e2e.percall pairs them). Closed loop (`--closed`, the fallback where
+wrk is not installed): CONNECTIONS connections send back to back for SECONDS.
 
 Prints one JSON object: latencies in microseconds, status counts, errors.
 """
