@@ -19,13 +19,23 @@ from typing import Any
 logger = logging.getLogger("switchboard")
 
 _Work = tuple[Callable[..., None], tuple[Any, ...]]
-_pending: ContextVar[list[_Work] | None] = ContextVar("switchboard_after_answer", default=None)
+
+
+class _Pending(list[_Work]):
+    """A request's after-answer work; `done` once it has run (a task the request started
+    inherits the list with its context, and may outlive the request)."""
+
+    done = False
+
+
+_pending: ContextVar[_Pending | None] = ContextVar("switchboard_after_answer", default=None)
 
 
 def after_answer(fn: Callable[..., None], *args: Any) -> None:
-    """`fn(*args)` once this request's answer is sent; at once outside a request."""
+    """`fn(*args)` once this request's answer is sent; at once outside a request, or
+    after it (from a task it started)."""
     pending = _pending.get()
-    if pending is None:
+    if pending is None or pending.done:
         fn(*args)
     else:
         pending.append((fn, args))
@@ -36,7 +46,7 @@ def answering() -> Iterator[Callable[[], None]]:
     """Collect the request's after-answer work; the function yielded runs it (in order).
     Whatever was not run by the end (an exception, a cancellation) runs then: a call's
     log line and record are never lost for being late."""
-    pending: list[_Work] = []
+    pending = _Pending()
     token = _pending.set(pending)
 
     def run() -> None:
@@ -52,3 +62,4 @@ def answering() -> Iterator[Callable[[], None]]:
     finally:
         _pending.reset(token)
         run()
+        pending.done = True
