@@ -345,11 +345,6 @@ class CallRouter:
         if action_api(decision.action) not in (None, call.api):
             decision = self._unanswerable(call, decision)
         decided = time.perf_counter()
-        self._metrics.decision_latency.observe(decide_seconds)
-        self._metrics.decision(decision.route, decision.action.kind).inc()
-        if decision.arm is not None:
-            self._metrics.split_arm(decision.route, decision.arm).inc()
-
         body = _context(call, decision)
         numbers = self._numbers(identity)  # masked once, for the log line and the record
         if not self._dry_run and not ticket.acting:
@@ -369,8 +364,6 @@ class CallRouter:
         outcome = await self._act(call, decision, deadline, ticket)
         pending()  # not run yet (the action never waited): now, before the outcome's
         acted = time.perf_counter()
-        self._metrics.outcome(call.api, decision.action.kind, outcome.name).inc()
-        self._metrics.webhook_result("retry" if outcome.retryable else "routed").inc()
 
         body["outcome"] = outcome.name
         for key, value in (
@@ -381,12 +374,26 @@ class CallRouter:
             if value:
                 body[key] = value
         # Once the webhook's answer is sent (app.ops.later): nothing here decides it.
+        after_answer(self._count, call, decision, outcome, decide_seconds)
         after_answer(
             self._log, call, identity, decision, outcome, numbers, decide_seconds, acted - decided
         )
         after_answer(self._record, call, decision, outcome, numbers)
         status = 503 if outcome.retryable else 200
         return Answer(status, body), not outcome.retryable, outcome.uncertain
+
+    def _count(
+        self, call: IncomingCall, decision: Decision, outcome: Outcome, decide_seconds: float
+    ) -> None:
+        """The metrics of a call acted on (or dry-run)."""
+        metrics = self._metrics
+        metrics.decision_latency.observe(decide_seconds)
+        metrics.decision(decision.route, decision.action.kind).inc()
+        if decision.arm is not None:
+            metrics.split_arm(decision.route, decision.arm).inc()
+        metrics.incoming_call(call.api, "handled").inc()
+        metrics.outcome(call.api, decision.action.kind, outcome.name).inc()
+        metrics.webhook_result("retry" if outcome.retryable else "routed").inc()
 
     def _record(
         self,
@@ -530,7 +537,6 @@ class CallRouter:
     async def _act(
         self, call: IncomingCall, decision: Decision, deadline: float, ticket: Ticket
     ) -> Outcome:
-        self._metrics.incoming_call(call.api, "handled").inc()
         if self._dry_run:
             return Outcome("dry_run")
         call_id, api = call.call_id, call.api

@@ -229,3 +229,23 @@ async def test_router_sends_the_request_before_the_call_record() -> None:
     h.controller.accept = accept  # type: ignore[method-assign]
     await h.router.handle(incoming(2), h.rules)
     assert order == ["record pending", "record accepted"]
+
+
+@pytest.mark.anyio
+async def test_router_counts_the_call_after_its_request() -> None:
+    """Metrics (a histogram, counters: a lock and a label lookup each) are not work the
+    request waits for."""
+    h = Harness(ACCEPT)
+    seen: list[float] = []
+    accept = h.controller.accept
+
+    async def counting(call_id: str, body: bytes, deadline: float) -> None:
+        seen.append(h.metric("switchboard_decision_latency_seconds_count"))
+        seen.append(h.metric("switchboard_decisions_total", route="agent", action="accept"))
+        await accept(call_id, body, deadline)
+
+    h.controller.accept = counting  # type: ignore[method-assign]
+    await h.router.handle(incoming(), h.rules)
+    assert seen == [0.0, 0.0]
+    assert h.metric("switchboard_decision_latency_seconds_count") == 1.0
+    assert h.metric("switchboard_decisions_total", route="agent", action="accept") == 1.0
