@@ -258,7 +258,11 @@ def test_the_call_log_line_and_last_record_come_after_the_answer(api: respx.Rout
     try:
         with TestClient(app) as client:
             assert client.portal is not None
-            client.portal.call(app, request_scope, receive, send)
+
+            async def run() -> None:  # as call() above runs a request
+                await app(request_scope, receive, send)  # type: ignore[arg-type]
+
+            client.portal.call(run)
     finally:
         calls.removeHandler(lines)
         calls.setLevel(level)
