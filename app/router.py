@@ -60,6 +60,10 @@ UNCERTAIN_ERROR = (
     "an earlier delivery of this call stopped (the process died) after a request may have "
     "been sent: not sent again"
 )
+STOPPED_ERROR = (
+    "an earlier delivery of this call stopped (an error, or the process stopping) after a "
+    "request may have been sent: not sent again"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,14 @@ def _context(call: IncomingCall, decision: Decision) -> dict[str, Any]:
         "action": decision.action.kind,
         "rules_version": decision.rules_version,
     }
+
+
+def _uncertain(call: IncomingCall, context: Mapping[str, Any], error: str) -> Answer:
+    """The answer kept for a call whose request may have taken effect: never sent again."""
+    body: dict[str, Any] = {"call_id": call.call_id, "api": call.api}
+    body.update((k, v) for k, v in context.items() if k in _CONTEXT_FIELDS)
+    body.update(outcome="uncertain", error=error)
+    return Answer(200, body)
 
 
 def action_api(action: Action) -> Api | None:
@@ -215,6 +227,13 @@ class CallRouter:
         except (StateUnavailable, ClaimLost) as exc:
             # Nothing was sent: the claim could not be moved to `acting`.
             answer = self._unavailable(call, exc)
+        except BaseException:
+            if claim.sent:
+                # Stopped once a request may have been sent (a defect of ours, a cancellation
+                # as the process stops): kept as a crash leaves it, 'uncertain', so that no
+                # redelivery sends it again. Freeing the claim let one send it twice.
+                answer, remember, uncertain = self._stopped(call, decided.decision), True, True
+            raise
         finally:
             stop = self._until(deadline, until)
             if claim.sent:
@@ -249,13 +268,24 @@ class CallRouter:
         )
         return Answer(503, {"call_id": call.call_id, "error": f"state store unavailable: {exc}"})
 
-    def _orphaned(self, call: IncomingCall, context: Mapping[str, Any]) -> Answer:
+    def _stopped(self, call: IncomingCall, decision: Decision) -> Answer:
+        """This delivery stopped after writing `acting`: answered for its redeliveries as
+        an orphan of it would be (its answer first: the record and log lines may fail)."""
+        answer = _uncertain(call, _context(call, decision), STOPPED_ERROR)
+        try:
+            self._orphaned(call, answer.body, STOPPED_ERROR)
+        except Exception:
+            logger.exception("uncertain call not recorded", extra={"call_id": call.call_id})
+        return answer
+
+    def _orphaned(
+        self, call: IncomingCall, context: Mapping[str, Any], error: str = UNCERTAIN_ERROR
+    ) -> Answer:
         """A delivery of this call was acting when its process died: its request may have
         taken effect (the call may be answered), so nothing is sent again; 200, since a
         redelivery could not know more."""
-        body: dict[str, Any] = {"call_id": call.call_id, "api": call.api}
-        body.update((k, v) for k, v in context.items() if k in _CONTEXT_FIELDS)
-        body.update(outcome="uncertain", error=UNCERTAIN_ERROR)
+        answer = _uncertain(call, context, error)
+        body = answer.body
         route, action = str(body.get("route", "")), str(body.get("action", ""))
         self._metrics.outcome(call.api, action, "uncertain").inc()
         self._metrics.webhook_result("routed").inc()
@@ -268,12 +298,12 @@ class CallRouter:
                 "route": route,
                 "action": action,
                 "outcome": "uncertain",
-                "error": UNCERTAIN_ERROR,
+                "error": error,
             },
         )
         if self._call_log is not None:
             now = time.time()
-            result = {"outcome": "uncertain", "error": UNCERTAIN_ERROR}
+            result = {"outcome": "uncertain", "error": error}
             self._call_log.started(
                 CallRecord(
                     call_id=call.call_id,
@@ -291,7 +321,7 @@ class CallRouter:
                     events=(CallEvent(now, "uncertain", result),),
                 )
             )
-        return Answer(200, body)
+        return answer
 
     def _decide(self, call: IncomingCall, rules: RuleSet) -> _Decided:
         started = time.perf_counter()
@@ -361,8 +391,12 @@ class CallRouter:
         # next start): the record was only ever queued before the request, never written.
         pending = _Once(self._record, call, decision, None, numbers)
         asyncio.get_running_loop().call_soon(pending)
-        outcome = await self._act(call, decision, deadline, ticket)
-        pending()  # not run yet (the action never waited): now, before the outcome's
+        try:
+            outcome = await self._act(call, decision, deadline, ticket)
+        finally:
+            # Not run yet (the action never waited, or raised before it did): now, before
+            # the outcome's record or the one an interrupted delivery leaves (handle()).
+            pending()
         acted = time.perf_counter()
 
         body["outcome"] = outcome.name
