@@ -319,7 +319,7 @@ class SqliteState:
             if future.done():
                 # The caller gave up (timeout): a claim granted after that is released.
                 if ok and isinstance(value, tuple) and value and value[0] == "ticket":
-                    self.abandon(value[1], value[2])
+                    self.abandon(value[1], value[2], orphan=value[3] == "acting")
             elif ok:
                 future.set_result(value)
             else:
@@ -393,9 +393,14 @@ class SqliteState:
             return None
         return results
 
-    def abandon(self, claim_id: str, keys: tuple[str, ...]) -> None:
-        """Release a claim nobody waits for any more (in the next batch)."""
-        self._pending.append(_Job(_free, (keys, claim_id, False), None, 0.0))
+    def abandon(self, claim_id: str, keys: tuple[str, ...], *, orphan: bool = False) -> None:
+        """Release a claim nobody waits for any more (in the next batch). `orphan`: it took
+        over a dead process's `acting`, the only trace of a request that may have taken
+        effect: left for the next claim to take over as that (freed, it was sent again)."""
+        if orphan:
+            self._pending.append(_Job(_orphan, (keys, claim_id), None, 0.0))
+        else:
+            self._pending.append(_Job(_free, (keys, claim_id, False), None, 0.0))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
@@ -526,6 +531,10 @@ _FREE: Final = _per_arity(
     "expires = ? WHERE claim_id = ? AND key IN (?KEYS)"
 )
 _DELETE: Final = _per_arity("DELETE FROM claims WHERE claim_id = ? AND key IN (?KEYS)")
+_ORPHAN: Final = _per_arity(
+    # No lease, no live owner: the next claim takes it over, in phase `acting`.
+    "UPDATE claims SET owner = '', lease = 0 WHERE claim_id = ? AND key IN (?KEYS)"
+)
 _INSERT: Final = (
     "INSERT OR REPLACE INTO claims "
     "(key, claim_id, owner, phase, lease, context, uncertain, expires) "
@@ -557,6 +566,11 @@ def _free(
         conn.execute(_FREE[len(keys)], (expires, claim_id, *keys))
     else:
         conn.execute(_DELETE[len(keys)], (claim_id, *keys))
+
+
+def _orphan(conn: sqlite3.Connection, keys: tuple[str, ...], claim_id: str) -> None:
+    """Leave the keys as a dead process's claim: taken over by the next claim."""
+    conn.execute(_ORPHAN[len(keys)], (claim_id, *keys))
 
 
 class SqliteClaimStore:

@@ -249,3 +249,52 @@ async def test_router_counts_the_call_after_its_request() -> None:
     assert seen == [0.0, 0.0]
     assert h.metric("switchboard_decision_latency_seconds_count") == 1.0
     assert h.metric("switchboard_decisions_total", route="agent", action="accept") == 1.0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("plan", [None, PLAN], ids=["claim", "claim_acting"])
+async def test_sqlite_an_orphan_taken_by_a_claim_nobody_waits_for_stays_an_orphan(
+    tmp_path: Path, plan: Plan | None
+) -> None:
+    """A claim whose caller is gone (cancelled) before its batch ran is released; one that
+    took over a dead process's `acting` must not be released as free: that erased the only
+    trace of a request that may have taken effect, and the next delivery sent it again
+    (Redis leaves such a claim to its lease: an orphan again)."""
+    first = await sqlite_store(tmp_path / "state.db")
+    held = await first.claim(KEYS, soon())
+    assert isinstance(held, Ticket)
+    await first.acting(held, CONTEXT)
+    await crash(first)
+    second = await sqlite_store(tmp_path / "state.db")
+    try:
+        await asyncio.sleep(LEASE * 2.5)  # the dead process's heartbeat runs out
+        if plan is None:
+            gone = asyncio.create_task(second.claim(KEYS, soon()))
+        else:
+            gone = asyncio.create_task(second.claim_acting(KEYS, soon(), plan))
+        await asyncio.sleep(0)  # queued for the next batch
+        gone.cancel()  # its caller stops before the batch runs
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        await asyncio.sleep(0.05)  # the batch, then the release of the claim it granted
+        again = await second.claim(KEYS, soon())
+        assert isinstance(again, Ticket)
+        assert again.orphan == CONTEXT, "the request's trace was erased: it would be sent again"
+    finally:
+        await second.close()
+
+
+@pytest.mark.anyio
+async def test_sqlite_a_claim_nobody_waits_for_is_released(tmp_path: Path) -> None:
+    store = await sqlite_store(tmp_path / "state.db")
+    try:
+        gone = asyncio.create_task(store.claim_acting(KEYS, soon(), PLAN))
+        await asyncio.sleep(0)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        await asyncio.sleep(0.05)
+        again = await store.claim(KEYS, soon(0.2))
+        assert isinstance(again, Ticket) and again.orphan is None
+    finally:
+        await store.close()
