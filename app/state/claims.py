@@ -2,8 +2,9 @@
 
 OpenAI may deliver the same event twice, concurrently, after a failure, or to another
 replica, for up to 72 hours. Each delivery claims its keys (the webhook id and the call id)
-before it decides anything, and the claim goes through three phases, each written to the
-store before the step it guards:
+before it counts or sends anything (the router decides first, in memory only, so that the
+claim can carry what follows it: `claim_acting`), and the claim goes through three phases,
+each written to the store before the step it guards:
 
     claimed  - nothing has been sent for this call yet;
     acting   - a call-control request may have been sent (written before the first one);
@@ -68,9 +69,10 @@ class Ticket:
     result: asyncio.Future[Answer] | None = field(default=None, repr=False)
     """Completed by finish(): how waiters in the same process learn the answer."""
     sent: bool = False
-    """Set by the router when it writes `acting`: from then on the claim may be in that
-    phase and a request may be sent, so its last write gets a short grace past the call's
-    deadline."""
+    """Set when `acting` is written (by the router, or by `claim_acting` with the claim):
+    from then on the claim may be in that phase and a request may be sent, so its last
+    write gets a short grace past the call's deadline, and a delivery stopped then keeps
+    an 'uncertain' answer (app.router)."""
     handler: str | None = None
     """`claim_acting` only: the API the claim found or made the handler of `Plan.dialog`
     (None: not asked, or not known yet: an unfinished claim held the dialog)."""
