@@ -1,8 +1,9 @@
 """One handler per call across the Realtime and GPT-Live events of one SIP INVITE.
 
-A real CallRouter with a real MemoryClaimStore and one recording controller per API; each
-scenario delivers the two events of one call (same INVITE headers, an `rtc_` and a `live_`
-id) in some order or concurrently and checks that exactly one API acted.
+A real CallRouter with a real claim store (memory, then SQLite, whose `claim_acting` takes
+the dialog with the claim) and one recording controller per API; each scenario delivers the
+two events of one call (same INVITE headers, an `rtc_` and a `live_` id) in some order or
+concurrently and checks that exactly one API acted.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +22,8 @@ from app.ops.metrics import Metrics
 from app.router import CallRouter, Pairing
 from app.rules import compile_rules
 from app.sip.identity import IdentityPolicy
-from app.state.claims import Answer, MemoryClaimStore
+from app.state.claims import Answer, ClaimStore, MemoryClaimStore
+from app.state.sqlite import SqliteClaimStore, SqliteState
 
 ROUTES = """
 sessions:
@@ -52,6 +56,34 @@ _ids = itertools.count(1)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+_sqlite: list[Path] = []
+"""The SQLite store's directory while a test runs on it (the `store` fixture)."""
+_opened: list[SqliteState] = []
+
+
+@pytest.fixture(autouse=True, params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every scenario on each store the router can have: SQLite's claim carries the dialog
+    and `acting` (one transaction), the memory store's takes each step in turn."""
+    if request.param == "sqlite":
+        _sqlite.append(tmp_path)
+    try:
+        yield request.param
+    finally:
+        _sqlite.clear()
+        while _opened:
+            _opened.pop().stop()
+
+
+def new_store() -> ClaimStore:
+    if not _sqlite:
+        return MemoryClaimStore(horizon_seconds=300)
+    state = SqliteState(_sqlite[0] / f"state-{next(_ids)}.db", horizon_seconds=300)
+    state.start()  # blocking, as a test may: the router's store is ready
+    _opened.append(state)
+    return SqliteClaimStore(state)
 
 
 class Recorder:
@@ -94,7 +126,7 @@ class Harness:
             controller=self.realtime,
             live_controller=self.live,
             pairing=Pairing(expected=expected, wait_seconds=wait),
-            store=MemoryClaimStore(horizon_seconds=300),
+            store=new_store(),
             metrics=self.metrics,
             policy=IdentityPolicy(default_region="US"),
             deadline_seconds=5.0,
@@ -342,6 +374,8 @@ async def test_metrics_count_handled_and_acknowledged_events_by_api() -> None:
 @pytest.mark.anyio
 async def test_a_one_api_project_takes_no_dialog_claim() -> None:
     """Only Realtime events subscribed: exactly as before, nothing more in the store."""
+    if _sqlite:
+        pytest.skip("counts the memory store's keys")
     h = Harness(expected=frozenset(("realtime",)))
     store = MemoryClaimStore(horizon_seconds=300)
     h.router = CallRouter(
