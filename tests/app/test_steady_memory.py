@@ -32,6 +32,14 @@ def _objects() -> Counter[str]:
     )
 
 
+def _settled(client: TestClient) -> None:
+    """The call log's queued writes committed: a read waits for them (read-your-writes).
+    Under load its writer thread lags the requests, and the records still queued would
+    read as growth."""
+    assert client.portal is not None
+    client.portal.call(client.app.state.call_log.get, "settled")  # type: ignore[attr-defined]
+
+
 def _calls(client: TestClient, first: int, count: int) -> None:
     returning = [f"+1646555{n:04d}" for n in range(10)]
     for n in range(first, first + count):
@@ -52,9 +60,11 @@ def test_calls_leave_no_growing_python_structure_and_start_no_thread() -> None:
     )
     with TestClient(app) as client:
         _calls(client, 0, CALLS)  # warm: imports, label sets, the returning callers
+        _settled(client)
         before = _objects()
         threads = {thread.ident for thread in threading.enumerate()}
         _calls(client, CALLS, CALLS)
+        _settled(client)
         started = [t.name for t in threading.enumerate() if t.ident not in threads]
         after = _objects()
     # Per-call work on the loop or the long-lived threads (the call log's writer, the
