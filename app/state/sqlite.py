@@ -253,10 +253,22 @@ class SqliteState:
                 conn.execute("PRAGMA busy_timeout = 2000")
                 results = self._transaction(conn, jobs)
             closed = StateUnavailable("the state database is closed")
+            gone: list[_Job] = []
             for future, ok, value in results or [(job.future, False, closed) for job in jobs]:
-                if future is not None:  # their callers wait on the event loop
-                    with contextlib.suppress(RuntimeError):  # that loop is closed
-                        future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+                if future is None:
+                    continue
+                try:  # their callers wait on the event loop
+                    if future.done():
+                        raise RuntimeError("the caller is gone")
+                    future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+                except RuntimeError:  # the caller gave up, or its loop is closed
+                    if ok and _granted(value):
+                        # Released as _flush does: left, a claim_acting's `acting` (nothing
+                        # sent) made the next delivery answer 'uncertain', the call lost.
+                        gone.append(_release(value[1], value[2], orphan=value[3] == "acting"))
+            if gone:
+                with contextlib.suppress(sqlite3.Error):
+                    self._transaction(conn, gone)
         conn.close()
 
     @property
@@ -318,7 +330,7 @@ class SqliteState:
                 continue
             if future.done():
                 # The caller gave up (timeout): a claim granted after that is released.
-                if ok and isinstance(value, tuple) and value and value[0] == "ticket":
+                if ok and _granted(value):
                     self.abandon(value[1], value[2], orphan=value[3] == "acting")
             elif ok:
                 future.set_result(value)
@@ -397,10 +409,7 @@ class SqliteState:
         """Release a claim nobody waits for any more (in the next batch). `orphan`: it took
         over a dead process's `acting`, the only trace of a request that may have taken
         effect: left for the next claim to take over as that (freed, it was sent again)."""
-        if orphan:
-            self._pending.append(_Job(_orphan, (keys, claim_id), None, 0.0))
-        else:
-            self._pending.append(_Job(_free, (keys, claim_id, False), None, 0.0))
+        self._pending.append(_release(claim_id, keys, orphan=orphan))
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
@@ -455,6 +464,18 @@ class SqliteState:
                 conn.execute("COMMIT")
                 if deleted < SWEEP_CHUNK:
                     break
+
+
+def _granted(value: Any) -> bool:
+    """`value` is a claim's ticket (what _claim and _claim_acting return for one)."""
+    return isinstance(value, tuple) and bool(value) and value[0] == "ticket"
+
+
+def _release(claim_id: str, keys: tuple[str, ...], *, orphan: bool) -> _Job:
+    """The job that releases a claim nobody waits for (see SqliteState.abandon)."""
+    if orphan:
+        return _Job(_orphan, (keys, claim_id), None, 0.0)
+    return _Job(_free, (keys, claim_id, False), None, 0.0)
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

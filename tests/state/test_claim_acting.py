@@ -298,3 +298,27 @@ async def test_sqlite_a_claim_nobody_waits_for_is_released(tmp_path: Path) -> No
         assert isinstance(again, Ticket) and again.orphan is None
     finally:
         await store.close()
+
+
+@pytest.mark.anyio
+async def test_sqlite_a_claim_whose_caller_left_before_the_stop_is_released(
+    tmp_path: Path,
+) -> None:
+    """stop() writes what is still queued; a claim_acting granted there to a caller already
+    gone was left in `acting` with nothing sent: the next delivery answered 'uncertain' and
+    the ringing call was never acted on."""
+    first = await sqlite_store(tmp_path / "state.db")
+    gone = asyncio.create_task(first.claim_acting(KEYS, soon(), PLAN))
+    await asyncio.sleep(0)  # queued for the next batch
+    gone.cancel()  # its caller stops...
+    first.state.stop()  # ...and so does the process, before the batch ran
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    second = await sqlite_store(tmp_path / "state.db")
+    try:
+        await asyncio.sleep(LEASE * 2.5)  # the stopped process's heartbeat runs out
+        again = await second.claim_acting(KEYS, soon(), PLAN)
+        assert isinstance(again, Ticket)
+        assert again.orphan is None and again.acting, "answered 'uncertain': the call is lost"
+    finally:
+        await second.close()
