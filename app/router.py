@@ -228,7 +228,7 @@ class CallRouter:
             # Nothing was sent: the claim could not be moved to `acting`.
             answer = self._unavailable(call, exc)
         except BaseException:
-            if claim.sent:
+            if claim.requested:
                 # Stopped once a request may have been sent (a defect of ours, a cancellation
                 # as the process stops): kept as a crash leaves it, 'uncertain', so that no
                 # redelivery sends it again. Freeing the claim let one send it twice.
@@ -391,6 +391,7 @@ class CallRouter:
         # next start): the record was only ever queued before the request, never written.
         pending = _Once(self._record, call, decision, None, numbers)
         asyncio.get_running_loop().call_soon(pending)
+        ticket.requested = not self._dry_run
         try:
             outcome = await self._act(call, decision, deadline, ticket)
         finally:

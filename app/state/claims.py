@@ -71,8 +71,10 @@ class Ticket:
     sent: bool = False
     """Set when `acting` is written (by the router, or by `claim_acting` with the claim):
     from then on the claim may be in that phase and a request may be sent, so its last
-    write gets a short grace past the call's deadline, and a delivery stopped then keeps
-    an 'uncertain' answer (app.router)."""
+    write gets a short grace past the call's deadline."""
+    requested: bool = False
+    """Set by the router as its first request leaves: a delivery stopped from then on (an
+    error, a cancellation) keeps an 'uncertain' answer, never sent again (app.router)."""
     handler: str | None = None
     """`claim_acting` only: the API the claim found or made the handler of `Plan.dialog`
     (None: not asked, or not known yet: an unfinished claim held the dialog)."""

@@ -112,3 +112,24 @@ async def test_a_cancellation_during_the_request_is_not_sent_again(harness: Harn
     # The call's record says so, not 'active' for ever.
     record = await h.call_log.get("rtc_1")
     assert record is not None and (record.status, record.outcome) == ("ended", "uncertain")
+
+
+@pytest.mark.anyio
+async def test_an_exception_before_the_request_is_acted_on_again(harness: Harness) -> None:
+    """With SQLite `acting` is written with the claim, before the last steps of the
+    decision: a failure there sent nothing, and the redelivery acts."""
+    h = harness
+    numbers = h.router._numbers
+
+    def failing(identity: Any) -> Any:
+        raise Defect("a defect of ours before the request")
+
+    h.router._numbers = failing  # type: ignore[method-assign]
+    with pytest.raises(Defect):
+        await h.router.handle(incoming("wh_1"), h.rules)
+    assert h.controller.requests == []
+
+    h.router._numbers = numbers  # type: ignore[method-assign]
+    again = await h.router.handle(incoming("wh_1"), h.rules)
+    assert again.body["outcome"] == "accepted"
+    assert len(h.controller.requests) == 1
