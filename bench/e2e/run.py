@@ -63,6 +63,21 @@ LABELS = {
 }
 
 
+def _openloop(file: Path, host: str, rate: float, *options: str) -> list[str]:
+    """The command line of bench.e2e.openloop: FILE HOST PORT RATE, then `options`."""
+    address, port = host.split(":")
+    return [
+        sys.executable,
+        "-m",
+        "bench.e2e.openloop",
+        str(file),
+        address,
+        port,
+        str(rate),
+        *options,
+    ]
+
+
 @dataclass(frozen=True)
 class Config:
     quick: bool = False
@@ -437,19 +452,7 @@ class Bench:
     def _python_closed_loop(
         self, host: str, file: Path, seconds: float, connections: int, cpus: Sequence[int]
     ) -> dict[str, float]:
-        address, port = host.split(":")
-        command = [
-            sys.executable,
-            "-m",
-            "bench.e2e.openloop",
-            str(file),
-            address,
-            port,
-            "0",
-            "--closed",
-            str(connections),
-            str(seconds),
-        ]
+        command = _openloop(file, host, 0, "--closed", str(connections), str(seconds))
         result = json.loads(_run_pinned(command, cpus))
         statuses = {int(k): v for k, v in result["statuses"].items()}
         return {
@@ -467,19 +470,8 @@ class Bench:
     ) -> tuple[dict[str, object], percall.PerCall | str]:
         """The generator's summary, and its calls paired with the stand-in's records (or
         why they did not pair)."""
-        address, port = host.split(":")
         records = file.with_suffix(".times.json")
-        command = [
-            sys.executable,
-            "-m",
-            "bench.e2e.openloop",
-            str(file),
-            address,
-            port,
-            str(rate),
-            "--records",
-            str(records),
-        ]
+        command = _openloop(file, host, rate, "--records", str(records))
         self.settle()
         procs.HTTP.post(f"{self.api}/_timings", timeout=5).raise_for_status()
         waited = procs.usage(self.standin.pid).waited_seconds

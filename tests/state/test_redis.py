@@ -60,6 +60,17 @@ def test_the_setting_is_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> Non
         Settings(_env_file=None)
 
 
+async def _refusal(url: str) -> str:
+    """The RedisConfigError a client of `url` meets at the start-up check: its message."""
+    client = connect(url)
+    try:
+        with pytest.raises(RedisConfigError) as refused:
+            await check(client)
+    finally:
+        await client.aclose()
+    return str(refused.value)
+
+
 @pytest.mark.anyio
 async def test_a_server_that_answers(redis_url: str) -> None:
     client = connect(redis_url)
@@ -90,12 +101,7 @@ async def test_a_wrong_password_or_database_is_a_configuration_error(tmp_path: P
             server.url().replace(":right@", ""),
             server.url(db=99),
         ):
-            client = connect(url)
-            try:
-                with pytest.raises(RedisConfigError):
-                    await check(client)
-            finally:
-                await client.aclose()
+            await _refusal(url)
         client = connect(server.url(db=1))
         try:
             await check(client)
@@ -130,13 +136,7 @@ async def test_rediss_with_another_ca_is_a_configuration_error(
         # No CA given: the system's CAs, which do not know the private one either.
         tls_redis_server.url().split("?")[0],
     ):
-        client = connect(url)
-        try:
-            with pytest.raises(RedisConfigError) as refused:
-                await check(client)
-        finally:
-            await client.aclose()
-        message = str(refused.value)
+        message = await _refusal(url)
         assert "TLS certificate was not accepted" in message
         assert "certificate verify failed" in message
         assert "ssl_ca_certs" in message
@@ -155,13 +155,7 @@ async def test_rediss_without_the_client_certificate_redis_requires_is_a_configu
     url = tls_redis_server.url(client_cert=False)
     assert "ssl_certfile" not in url
     for _ in range(10):
-        client = connect(url)
-        try:
-            with pytest.raises(RedisConfigError) as refused:
-                await check(client)
-        finally:
-            await client.aclose()
-        message = str(refused.value)
+        message = await _refusal(url)
         assert "Redis requires a client certificate" in message
         assert "certificate required" in message  # the alert, as TLS names it
         assert "ssl_certfile=" in message and "ssl_keyfile=" in message
@@ -177,15 +171,9 @@ async def test_rediss_without_a_client_certificate_over_tls_1_2_is_a_configurati
         tls_protocols="TLSv1.2",
     ).start()  # fmt: skip
     try:
-        client = connect(server.url(client_cert=False))
-        try:
-            with pytest.raises(RedisConfigError) as refused:
-                await check(client)
-        finally:
-            await client.aclose()
+        message = await _refusal(server.url(client_cert=False))
     finally:
         server.stop()
-    message = str(refused.value)
     assert "without a client certificate (TLS alert: handshake failure)" in message
     assert "ssl_certfile=" in message and "ssl_keyfile=" in message
 
@@ -195,13 +183,7 @@ async def test_rediss_with_a_client_certificate_redis_does_not_trust_is_a_config
     tls_redis_server: RedisServer, tmp_path: Path
 ) -> None:
     other = make_tls(tmp_path / "other", name="another CA")
-    client = connect(tls_redis_server.url(client=other))
-    try:
-        with pytest.raises(RedisConfigError) as refused:
-            await check(client)
-    finally:
-        await client.aclose()
-    message = str(refused.value)
+    message = await _refusal(tls_redis_server.url(client=other))
     assert "Redis did not accept this replica's client certificate" in message
     assert "unknown ca" in message
     assert "ssl_certfile=" in message

@@ -16,6 +16,7 @@ import pytest
 
 from app.state.claims import Answer, Ticket
 from app.state.sqlite import SqliteClaimStore, SqliteState
+from tests.state.sqlite_support import started_connections
 
 DONE = Answer(200, {"outcome": "accepted"})
 
@@ -95,21 +96,7 @@ def test_every_connection_commits_without_fsync_under_the_write_lock(
     FULL (an fsync while holding the write lock), and the loop's writes found the database
     locked for 10-40 ms at every heartbeat. NORMAL on every connection: a commit survives
     the process being killed, which is what the claims need (WAL)."""
-    opened: list[sqlite3.Connection] = []
-    connect = SqliteState._connect
-
-    def recording(self: SqliteState) -> sqlite3.Connection:
-        conn = connect(self)
-        opened.append(conn)
-        return conn
-
-    monkeypatch.setattr(SqliteState, "_connect", recording)
-    # A long lease: the maintenance thread stays asleep while the test reads its connection.
-    state = SqliteState(tmp_path / "state.db", horizon_seconds=3600, lease_seconds=600)
-    state.start()
-    try:
+    with started_connections(tmp_path, monkeypatch) as opened:
         assert len(opened) == 2  # the event loop's and the maintenance thread's
         normal = 1
         assert [c.execute("PRAGMA synchronous").fetchone()[0] for c in opened] == [normal] * 2
-    finally:
-        state.stop()

@@ -20,6 +20,7 @@ import pytest
 
 from app.state import sqlite as state_sqlite
 from app.state.sqlite import SqliteState
+from tests.state.sqlite_support import started_connections
 
 LIMIT = 64
 PAGE = 4096
@@ -97,21 +98,7 @@ def test_every_connection_bounds_its_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Set per connection, not left to the SQLite build's compiled-in default."""
-    opened: list[sqlite3.Connection] = []
-    connect = SqliteState._connect
-
-    def recording(self: SqliteState) -> sqlite3.Connection:
-        conn = connect(self)
-        opened.append(conn)
-        return conn
-
-    monkeypatch.setattr(SqliteState, "_connect", recording)
     monkeypatch.setattr(state_sqlite, "CACHE_KIB", 1234, raising=False)
-    # A long lease: the maintenance thread stays asleep while the test reads its connection.
-    state = SqliteState(tmp_path / "state.db", horizon_seconds=3600, lease_seconds=600)
-    state.start()
-    try:
+    with started_connections(tmp_path, monkeypatch) as opened:
         assert len(opened) == 2  # the event loop's and the maintenance thread's
         assert [c.execute("PRAGMA cache_size").fetchone()[0] for c in opened] == [-1234] * 2
-    finally:
-        state.stop()
