@@ -1,0 +1,165 @@
+"""SqliteState.stop() against the batches the event loop writes.
+
+stop() runs in a worker thread (SqliteClaimStore.close) while the event loop may be in the
+middle of a batch's transaction on the same connection. Before, stop() closed the
+connection under it: the batch's COMMIT then met a closed database (its writes rolled
+back, its callers told StateUnavailable), and a close that came while the loop was inside
+a statement (SQLite's step, the GIL released) crashed the process (a segmentation fault:
+Python's sqlite3 reads the connection it has just cleared). The interleavings are forced
+with hooks, not timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import app.state.sqlite as state_sqlite
+from app.state.claims import StateUnavailable, Ticket
+from app.state.sqlite import SqliteClaimStore, SqliteState
+from tests.state.test_claim_acting import PLAN, rows
+from tests.state.test_claims import KEYS, soon
+
+HANG = 30.0
+"""Only a hang waits this long (a guard, not a measure)."""
+
+
+async def quiet_store(path: Path) -> SqliteClaimStore:
+    """A store whose maintenance thread stays asleep (a long lease): its heartbeat would
+    wait for the write lock these tests hold, and stop() for it."""
+    store = SqliteClaimStore(SqliteState(path, horizon_seconds=60, lease_seconds=600))
+    await store.open()
+    return store
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Stopper:
+    """stop() in a thread of its own, as SqliteClaimStore.close() runs it; `reached` is set
+    once it has gone as far as it can without the event loop: it returned, or it asked
+    the loop for something (call_soon_threadsafe from its thread)."""
+
+    def __init__(self, stop: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+        self.reached = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(stop,), name="stopper")
+        self._ask = loop.call_soon_threadsafe
+
+    def _run(self, stop: Callable[[], None]) -> None:
+        try:
+            stop()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.reached.set()
+
+    def call_soon_threadsafe(
+        self, callback: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> asyncio.Handle:
+        if threading.current_thread() is self.thread:
+            self.reached.set()
+        return self._ask(callback, *args, **kwargs)
+
+    def join(self) -> None:
+        self.thread.join(HANG)
+        assert not self.thread.is_alive(), "stop() hung"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.anyio
+async def test_stop_from_a_thread_waits_for_the_batch_the_loop_is_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() is called while the loop is inside a batch's transaction (the claim written,
+    not yet committed). Before, it closed the connection there: the COMMIT failed, the
+    claim was rolled back and its caller told the store was unavailable (and had the loop
+    been inside a statement, the process crashed). Now the batch commits first, the
+    caller gets its ticket, and only then is the connection closed."""
+    path = tmp_path / "state.db"
+    store = await quiet_store(path)
+    loop = asyncio.get_running_loop()
+    stopper = Stopper(store.state.stop, loop)
+    monkeypatch.setattr(loop, "call_soon_threadsafe", stopper.call_soon_threadsafe)
+    claim_acting = state_sqlite._claim_acting
+
+    def written_then_stopped(conn: sqlite3.Connection, *args: Any) -> Any:
+        got = claim_acting(conn, *args)  # in the batch's transaction, on the loop
+        stopper.thread.start()
+        assert stopper.reached.wait(HANG), "stop() neither returned nor asked the loop"
+        return got
+
+    monkeypatch.setattr(state_sqlite, "_claim_acting", written_then_stopped)
+    try:
+        got = await store.claim_acting(KEYS, soon(), PLAN)
+    except StateUnavailable as exc:
+        pytest.fail(f"the batch met a closed connection: {exc}")
+    finally:
+        monkeypatch.undo()
+        stopper.join()
+    assert isinstance(got, Ticket) and got.acting
+    assert not store.state.running
+    assert {key: phase for key, (phase, *_) in rows(path).items() if key in KEYS} == {
+        key: "acting" for key in KEYS
+    }, "the claim was not committed"
+
+
+@pytest.mark.anyio
+async def test_stop_from_a_thread_writes_what_waits_for_a_locked_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch waiting for another process's write lock (tried again later, see _busy) is
+    taken by stop() from the loop and written once the lock is free: its caller gets its
+    ticket, and an operation after the stop is refused, not queued for nobody."""
+    path = tmp_path / "state.db"
+    store = await quiet_store(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writes
+    waiting = asyncio.Event()
+    busy = store.state._busy
+
+    def locked(jobs: list[Any]) -> None:
+        busy(jobs)  # the batch waits for the next try
+        waiting.set()
+
+    monkeypatch.setattr(store.state, "_busy", locked)
+    claiming = asyncio.create_task(store.claim_acting(KEYS, soon(), PLAN))
+    await waiting.wait()
+    loop = asyncio.get_running_loop()
+    stopper = Stopper(store.state.stop, loop)
+    handed = asyncio.Event()
+    ask = loop.call_soon_threadsafe
+
+    def asked(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Handle:
+        handle = ask(callback, *args, **kwargs)
+        if threading.current_thread() is stopper.thread:
+            ask(handed.set)  # after the loop ran what stop() asked for
+        return handle
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", asked)
+    try:
+        stopper.thread.start()
+        # The loop hands the connection over (or, before, the caller was answered)...
+        await asyncio.wait(
+            [asyncio.ensure_future(handed.wait()), claiming],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        other.execute("COMMIT")  # ...then the other process's write ends
+        got = await claiming
+    finally:
+        monkeypatch.undo()
+        other.close()
+        await asyncio.to_thread(stopper.join)
+    assert isinstance(got, Ticket) and got.acting
+    assert {key for key, (phase, *_) in rows(path).items() if phase == "acting"} >= set(KEYS)
+    with pytest.raises(StateUnavailable):
+        await store.claim_acting(KEYS, soon(), PLAN)
