@@ -33,7 +33,9 @@ it with everything else in one statement.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -69,6 +71,11 @@ MAX_BATCH: Final = 500
 SWEEP_INTERVAL: Final = 60.0
 SWEEP_CHUNK: Final = 5000
 CLOSE_TIMEOUT: Final = 10.0
+LAST_WRITE_WAIT_MS: Final = 2000
+"""How long stop()'s last write waits for another process's lock."""
+HANDOVER_POLL: Final = 0.1
+"""How often stop(), waiting for the loop to hand the connection over, checks that it
+still runs (one that stopped never will)."""
 BUSY_MIN_PAUSE: Final = 0.001
 BUSY_MAX_PAUSE: Final = 0.05
 MEMORY: Final = ":memory:"
@@ -124,6 +131,11 @@ class StateDatabaseError(Exception):
     """The state database cannot be opened or used (a configuration problem)."""
 
 
+class LoopNotHandingOver(StateDatabaseError):
+    """stop() waited CLOSE_TIMEOUT for the event loop that writes the batches (busy, or
+    blocked) to hand the connection over: left open and in its hands, nothing dropped."""
+
+
 def _dumps(value: Mapping[str, Any]) -> str:
     return json.dumps(dict(value), default=str, ensure_ascii=False, separators=(",", ":"))
 
@@ -173,6 +185,8 @@ class SqliteState:
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Job] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop that writes the batches (of the last one scheduled)."""
         self._busy_since: float | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -237,39 +251,94 @@ class SqliteState:
         conn.executescript(_SCHEMA)
 
     def stop(self) -> None:
-        """Blocking. What is still queued is written first."""
+        """Blocking; from any thread. The event loop that writes the batches hands the
+        connection over first (between two of its callbacks: no batch is in its
+        transaction then, and none starts after), then what was still queued is written
+        here, and its callers get their results or StateUnavailable. Closing it under the
+        loop's batch failed its COMMIT, and under one of its statements crashed the
+        process (Python's sqlite3 reads the connection that close() has just cleared)."""
         with self._lock:
-            conn, self._conn = self._conn, None
+            if self._conn is None or self._stopping.is_set():
+                return  # not started, or another stop() is closing it
+            self._stopping.set()
             maintenance, self._maintenance = self._maintenance, None
-        if conn is None:
-            return
-        self._stopping.set()
         if maintenance is not None:
             maintenance.join(CLOSE_TIMEOUT)
+        try:
+            conn, jobs = self._on_loop(self._detach)
+        except LoopNotHandingOver:
+            self._stopping.clear()  # a later stop() tries again
+            raise
+        if conn is None:
+            return
+        try:
+            self._write_last(conn, jobs)
+        finally:
+            conn.close()
+
+    def _detach(self) -> tuple[sqlite3.Connection | None, list[_Job]]:
+        """On the batches' loop: the connection and what is queued, taken from them. An
+        operation after this is refused (StateUnavailable), and no batch starts."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()  # a locked database's next try (_busy)
+            self._flush_handle = None
+        with self._lock:
+            conn, self._conn = self._conn, None
         jobs, self._pending = self._pending, []
-        if jobs:
-            results: list[_Result] | None = None
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("PRAGMA busy_timeout = 2000")
-                results = self._transaction(conn, jobs)
-            closed = StateUnavailable("the state database is closed")
-            gone: list[_Job] = []
-            for future, ok, value in results or [(job.future, False, closed) for job in jobs]:
-                if future is None:
-                    continue
-                try:  # their callers wait on the event loop
-                    if future.done():
-                        raise RuntimeError("the caller is gone")
-                    future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
-                except RuntimeError:  # the caller gave up, or its loop is closed
-                    if ok and _granted(value):
-                        # Released as _flush does: left, a claim_acting's `acting` (nothing
-                        # sent) made the next delivery answer 'uncertain', the call lost.
-                        gone.append(_release(value[1], value[2], orphan=value[3] == "acting"))
-            if gone:
-                with contextlib.suppress(sqlite3.Error):
-                    self._transaction(conn, gone)
-        conn.close()
+        return conn, jobs
+
+    def _write_last(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        """What was queued at the stop, written (waiting a little for another process's
+        lock), its results given to the callers still waiting; a claim granted to one
+        that left is released, as _flush does."""
+        if not jobs:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"PRAGMA busy_timeout = {LAST_WRITE_WAIT_MS}")
+        results = self._transaction(conn, jobs)
+        if results is None:  # rolled back: each one alone
+            results = self._each_alone(conn, jobs)
+        gone = self._on_loop(functools.partial(_deliver, results))
+        if gone:
+            released = self._transaction(conn, gone)
+            if released is None or not all(ok for _, ok, _ in released):
+                logger.error(
+                    "claims of callers gone not released at the stop",
+                    extra={"event": "state_release_failed", "claims": len(gone)},
+                )
+        unwritten = sum(1 for future, ok, _ in results if future is None and not ok)
+        if unwritten:
+            logger.error(
+                "releases of claims not written at the stop: left to their leases",
+                extra={"event": "state_release_failed", "claims": unwritten},
+            )
+
+    def _on_loop(self, task: Callable[[], T]) -> T:
+        """`task()` where no batch can be in the middle of its transaction: on the event
+        loop that writes them (as one of its callbacks), or here when that loop runs
+        nothing now (none yet, stopped, closed) or this is its thread. LoopNotHandingOver
+        when a loop that runs does not get to it in CLOSE_TIMEOUT (then it never does)."""
+        loop = self._loop
+        if loop is None or not loop.is_running() or _running_loop() is loop:
+            return task()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            loop.call_soon_threadsafe(_fulfil, done, task)
+        except RuntimeError:  # closed meanwhile: it runs nothing any more
+            return task()
+        give_up = time.monotonic() + CLOSE_TIMEOUT
+        while True:
+            try:
+                return done.result(HANDOVER_POLL)
+            except concurrent.futures.TimeoutError:
+                # A loop that stopped before our turn never runs it: here, then (once).
+                if not loop.is_running() and done.cancel():
+                    return task()
+                if time.monotonic() > give_up and done.cancel():
+                    raise LoopNotHandingOver(
+                        f"the event loop did not hand the state database over in "
+                        f"{CLOSE_TIMEOUT} s: left open"
+                    ) from None
 
     @property
     def running(self) -> bool:
@@ -301,6 +370,7 @@ class SqliteState:
         self._pending.append(_Job(op, args, future, deadline))
         if self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
+            self._loop = loop  # the loop stop() asks for the connection
         return await future
 
     def _flush(self) -> None:
@@ -308,9 +378,7 @@ class SqliteState:
         conn = self._conn
         jobs, self._pending = self._pending, []
         if conn is None:
-            for job in jobs:
-                if job.future is not None and not job.future.done():
-                    job.future.set_exception(StateUnavailable("the state database is closed"))
+            _refuse(jobs)
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -321,10 +389,7 @@ class SqliteState:
         self._busy_since = None
         results = self._in_transaction(conn, jobs)
         if results is None:  # rolled back: each one alone
-            results = []
-            for job in jobs:
-                alone = self._transaction(conn, [job])
-                results += alone or [(job.future, False, StateUnavailable("state database error"))]
+            results = self._each_alone(conn, jobs)
         for future, ok, value in results:
             if future is None:
                 continue
@@ -371,6 +436,14 @@ class SqliteState:
             pause = max(0.0, min(pause, first - now))
         self._flush_handle = asyncio.get_running_loop().call_later(pause, self._flush)
 
+    def _each_alone(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Result]:
+        """The jobs of a batch rolled back, each in a transaction of its own."""
+        results: list[_Result] = []
+        for job in jobs:
+            alone = self._transaction(conn, [job])
+            results += alone or [(job.future, False, StateUnavailable("state database error"))]
+        return results
+
     def _transaction(self, conn: sqlite3.Connection, jobs: list[_Job]) -> list[_Result] | None:
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -411,7 +484,8 @@ class SqliteState:
         effect: left for the next claim to take over as that (freed, it was sent again)."""
         self._pending.append(_release(claim_id, keys, orphan=orphan))
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._loop = asyncio.get_running_loop()
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     # --- the maintenance thread ---------------------------------------------------------
 
@@ -478,12 +552,57 @@ def _release(claim_id: str, keys: tuple[str, ...], *, orphan: bool) -> _Job:
     return _Job(_free, (keys, claim_id, False), None, 0.0)
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if not future.done():
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+def _deliver(results: list[_Result]) -> list[_Job]:
+    """On the callers' loop: each result to its caller; the releases of the claims granted
+    to callers that left (nobody will finish them)."""
+    gone: list[_Job] = []
+    for future, ok, value in results:
+        if future is None:
+            continue
+        try:
+            if future.done():
+                raise RuntimeError("the caller is gone")
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        except RuntimeError:  # the caller gave up, or its loop is closed
+            if ok and _granted(value):
+                # Left, a claim_acting's `acting` (nothing sent) made the next delivery
+                # answer 'uncertain', the call lost.
+                gone.append(_release(value[1], value[2], orphan=value[3] == "acting"))
+    return gone
+
+
+def _refuse(jobs: list[_Job]) -> None:
+    """Operations queued for a connection that is closed: their callers are told; a release
+    (nobody waits for it) is logged, its claim left to its lease."""
+    closed = StateUnavailable("the state database is closed")
+    for job in jobs:
+        if job.future is not None and not job.future.done():
+            job.future.set_exception(closed)
+    releases = sum(1 for job in jobs if job.future is None)
+    if releases:
+        logger.error(
+            "releases of claims not written: the state database is closed",
+            extra={"event": "state_release_failed", "claims": releases},
+        )
+
+
+def _fulfil(done: concurrent.futures.Future[T], task: Callable[[], T]) -> None:
+    if not done.set_running_or_notify_cancel():
+        return  # given up on: its caller ran the task itself
+    try:
+        done.set_result(task())
+    except BaseException as exc:  # for the thread that waits
+        done.set_exception(exc)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:

@@ -163,3 +163,32 @@ async def test_stop_from_a_thread_writes_what_waits_for_a_locked_database(
     assert {key for key, (phase, *_) in rows(path).items() if phase == "acting"} >= set(KEYS)
     with pytest.raises(StateUnavailable):
         await store.claim_acting(KEYS, soon(), PLAN)
+
+
+@pytest.mark.anyio
+async def test_stop_gives_up_on_a_loop_that_does_not_hand_over_and_leaves_it_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loop blocked (here, inside a batch) past CLOSE_TIMEOUT: stop() says so and leaves
+    the connection to it, open: the batch commits, and a later stop() closes it."""
+    path = tmp_path / "state.db"
+    store = await quiet_store(path)
+    monkeypatch.setattr(state_sqlite, "CLOSE_TIMEOUT", 0.2)
+    stopper = Stopper(store.state.stop, asyncio.get_running_loop())  # returns: `reached`
+    claim_acting = state_sqlite._claim_acting
+
+    def blocked_until_stopped(conn: sqlite3.Connection, *args: Any) -> Any:
+        got = claim_acting(conn, *args)
+        stopper.thread.start()
+        assert stopper.reached.wait(HANG), "stop() waited for the loop without end"
+        return got
+
+    monkeypatch.setattr(state_sqlite, "_claim_acting", blocked_until_stopped)
+    got = await store.claim_acting(KEYS, soon(), PLAN)
+    with pytest.raises(state_sqlite.LoopNotHandingOver):
+        stopper.join()
+    assert isinstance(got, Ticket) and got.acting
+    assert store.state.running
+    await store.close()
+    assert not store.state.running
+    assert {key for key, (phase, *_) in rows(path).items() if phase == "acting"} >= set(KEYS)
