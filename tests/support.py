@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -10,7 +11,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -164,3 +165,39 @@ def overlapping(
     for thread in threads:
         thread.join(10)
     return seen
+
+
+STARTING_STEPS = 4
+"""Rounds of the event loop a waiter gets to reach its wait (a task, then wait_for's own)."""
+
+
+async def swallowed_cancellations(
+    wait: Callable[[], Awaitable[Any]], complete: Callable[[], None], *, steps: int = 6
+) -> list[int]:
+    """A task runs `wait()`; `complete()` ends what it waits for, and the task is cancelled
+    0, 1, ... `steps - 1` rounds of the event loop later, a fresh one each time. The rounds
+    at which it was still running when cancelled and yet did not raise CancelledError:
+    Python 3.11's asyncio.wait_for returns the result instead when the inner wait has
+    completed by then (fixed in 3.12), and a task that was to stop goes on. Deterministic:
+    the same rounds each run, no timing. Asserts that some cancellation landed at all."""
+    swallowed: list[int] = []
+    landed = 0
+    for step in range(steps):
+        task = asyncio.ensure_future(wait())
+        for _ in range(STARTING_STEPS):
+            await asyncio.sleep(0)
+        assert not task.done(), "the waiter did not wait"
+        complete()
+        for _ in range(step):
+            await asyncio.sleep(0)
+        if not task.cancel():
+            await task  # over before the cancellation: nothing to deliver
+            continue
+        landed += 1
+        try:
+            await task
+        except asyncio.CancelledError:
+            continue
+        swallowed.append(step)
+    assert landed, "every wait was over before its cancellation"
+    return swallowed
