@@ -147,9 +147,10 @@ class AnyReplicaControl:
         """The call is over: no replica is to take it over from its dead owner. A registry
         that fails here costs a takeover that finds the call gone (its sideband refused)."""
         try:
-            await asyncio.wait_for(
-                self.registry.forget(live.call_id, live.owner), REGISTRY_DEADLINE
-            )
+            # timeout(), not wait_for(): Python 3.11's wait_for drops a cancellation that
+            # comes as the registry answers.
+            async with asyncio.timeout(REGISTRY_DEADLINE):
+                await self.registry.forget(live.call_id, live.owner)
         except (LiveCallError, TimeoutError) as exc:
             logger.warning(
                 "live call registry: forget failed",

@@ -248,7 +248,10 @@ class InCallManager:
     async def _registry(self, what: str, request: Coroutine[Any, Any, None], call_id: str) -> None:
         """A registry failure costs the call its takeover, never the call itself."""
         try:
-            await asyncio.wait_for(request, REGISTRY_DEADLINE)
+            # timeout(), not wait_for(): Python 3.11's wait_for drops a cancellation (the
+            # shutdown's) that comes as the registry answers.
+            async with asyncio.timeout(REGISTRY_DEADLINE):
+                await request
         except (LiveCallError, TimeoutError) as exc:
             self.metrics.live_calls.labels("registry_error").inc()
             logger.warning(
@@ -545,7 +548,10 @@ class CallSession:
         """Have the agent say a short line, and wait (bounded) until it has."""
         # While a response is running (the one that called a tool) a new one is refused.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), SAY_TIMEOUT)
+            # timeout(), not wait_for(): Python 3.11's wait_for drops a cancellation (the
+            # call ending) that comes as the agent falls idle.
+            async with asyncio.timeout(SAY_TIMEOUT):
+                await self._idle.wait()
         self._response_done.clear()
         event, self._line = self.dialect.line(instructions)
         if await self._send(event):

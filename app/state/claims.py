@@ -248,7 +248,11 @@ async def wait_for_answer(
 ) -> Answer:
     """Wait for a delivery of this process to finish; IN_PROGRESS at the deadline."""
     try:
-        return await asyncio.wait_for(asyncio.shield(result), max(0.0, deadline - clock()))
+        # timeout(), not wait_for(): Python 3.11's wait_for drops the caller's cancellation
+        # when it comes as the answer does. The shield: the answer is every waiter's, not
+        # to be cancelled with one of them.
+        async with asyncio.timeout(max(0.0, deadline - clock())):
+            return await asyncio.shield(result)
     except TimeoutError:
         return IN_PROGRESS
 

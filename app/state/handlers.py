@@ -28,7 +28,10 @@ class DialogHandlers:
         replica's take is not seen here: the caller then waits the whole time."""
         woken = self._waiters.setdefault(dialog, asyncio.Event())
         try:
-            await asyncio.wait_for(woken.wait(), seconds)
+            # timeout(), not wait_for(): Python 3.11's wait_for drops a cancellation that
+            # comes as the dialog is taken.
+            async with asyncio.timeout(seconds):
+                await woken.wait()
         except TimeoutError:
             pass
         finally:
