@@ -30,10 +30,11 @@ HANG = 30.0
 """Only a hang waits this long (a guard, not a measure)."""
 
 
-async def quiet_store(path: Path) -> SqliteClaimStore:
+async def quiet_store(path: Path, store_timeout: float = 0.5) -> SqliteClaimStore:
     """A store whose maintenance thread stays asleep (a long lease): its heartbeat would
     wait for the write lock these tests hold, and stop() for it."""
-    store = SqliteClaimStore(SqliteState(path, horizon_seconds=60, lease_seconds=600))
+    state = SqliteState(path, horizon_seconds=60, lease_seconds=600, timeout=store_timeout)
+    store = SqliteClaimStore(state)
     await store.open()
     return store
 
@@ -121,7 +122,8 @@ async def test_stop_from_a_thread_writes_what_waits_for_a_locked_database(
     taken by stop() from the loop and written once the lock is free: its caller gets its
     ticket, and an operation after the stop is refused, not queued for nobody."""
     path = tmp_path / "state.db"
-    store = await quiet_store(path)
+    # Locked for as long as the hand-over takes: its retries must not give up before.
+    store = await quiet_store(path, store_timeout=HANG)
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process writes
     waiting = asyncio.Event()
@@ -132,7 +134,7 @@ async def test_stop_from_a_thread_writes_what_waits_for_a_locked_database(
         waiting.set()
 
     monkeypatch.setattr(store.state, "_busy", locked)
-    claiming = asyncio.create_task(store.claim_acting(KEYS, soon(), PLAN))
+    claiming = asyncio.create_task(store.claim_acting(KEYS, soon(HANG), PLAN))
     await waiting.wait()
     loop = asyncio.get_running_loop()
     stopper = Stopper(store.state.stop, loop)
