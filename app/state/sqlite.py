@@ -298,7 +298,20 @@ class SqliteState:
         results = self._transaction(conn, jobs)
         if results is None:  # rolled back: each one alone
             results = self._each_alone(conn, jobs)
-        gone = self._on_loop(functools.partial(_deliver, results))
+        try:
+            gone = self._on_loop(functools.partial(_deliver, results))
+        except LoopNotHandingOver:
+            # Left for the loop to deliver when it runs again (the callers must not wait
+            # forever); a claim granted to one gone by then runs out with its lease.
+            logger.error(
+                "results of the last write not delivered in time: the event loop is blocked",
+                extra={"event": "state_results_late", "operations": len(jobs)},
+            )
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop = self._loop
+                if loop is not None:
+                    loop.call_soon_threadsafe(_deliver, results)
+            return
         if gone:
             released = self._transaction(conn, gone)
             if released is None or not all(ok for _, ok, _ in released):

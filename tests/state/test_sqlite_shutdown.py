@@ -114,57 +114,105 @@ async def test_stop_from_a_thread_waits_for_the_batch_the_loop_is_writing(
     }, "the claim was not committed"
 
 
+class LockedClaim:
+    """A claim_acting waiting for another process's write lock (tried again later, see
+    _busy), and a stop() in a thread; `handed` is set once the loop has run what stop()
+    asked of it (the hand-over first)."""
+
+    def __init__(self, store: SqliteClaimStore, path: Path) -> None:
+        self.store = store
+        self.other = sqlite3.connect(path, isolation_level=None)
+        self.handed = asyncio.Event()
+        self.stopper = Stopper(store.state.stop, asyncio.get_running_loop())
+        self.claiming: asyncio.Task[Any] | None = None
+
+    async def start(self, monkeypatch: pytest.MonkeyPatch) -> asyncio.Task[Any]:
+        self.other.execute("BEGIN IMMEDIATE")  # another process writes
+        waiting = asyncio.Event()
+        busy = self.store.state._busy
+
+        def locked(jobs: list[Any]) -> None:
+            busy(jobs)  # the batch waits for the next try
+            waiting.set()
+
+        monkeypatch.setattr(self.store.state, "_busy", locked)
+        claiming = asyncio.create_task(self.store.claim_acting(KEYS, soon(HANG), PLAN))
+        await waiting.wait()
+        loop = asyncio.get_running_loop()
+        ask = loop.call_soon_threadsafe
+
+        def asked(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Handle:
+            handle = ask(callback, *args, **kwargs)
+            if threading.current_thread() is self.stopper.thread:
+                ask(self.handed.set)  # after the loop ran what stop() asked for
+            return handle
+
+        monkeypatch.setattr(loop, "call_soon_threadsafe", asked)
+        self.stopper.thread.start()
+        # The loop hands the connection over (or, before, the caller was answered)...
+        await asyncio.wait(
+            [asyncio.ensure_future(self.handed.wait()), claiming],
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        return claiming
+
+    def unlock(self) -> None:
+        self.other.execute("COMMIT")  # ...then the other process's write ends
+
+    def close(self) -> None:
+        self.other.close()
+
+
 @pytest.mark.anyio
 async def test_stop_from_a_thread_writes_what_waits_for_a_locked_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch waiting for another process's write lock (tried again later, see _busy) is
-    taken by stop() from the loop and written once the lock is free: its caller gets its
-    ticket, and an operation after the stop is refused, not queued for nobody."""
+    """A batch waiting for another process's write lock is taken by stop() from the loop
+    and written once the lock is free: its caller gets its ticket, and an operation after
+    the stop is refused, not queued for nobody. Before, the loop's next try found the
+    connection gone and failed it, although stop() was about to write it."""
     path = tmp_path / "state.db"
     # Locked for as long as the hand-over takes: its retries must not give up before.
     store = await quiet_store(path, store_timeout=HANG)
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")  # another process writes
-    waiting = asyncio.Event()
-    busy = store.state._busy
-
-    def locked(jobs: list[Any]) -> None:
-        busy(jobs)  # the batch waits for the next try
-        waiting.set()
-
-    monkeypatch.setattr(store.state, "_busy", locked)
-    claiming = asyncio.create_task(store.claim_acting(KEYS, soon(HANG), PLAN))
-    await waiting.wait()
-    loop = asyncio.get_running_loop()
-    stopper = Stopper(store.state.stop, loop)
-    handed = asyncio.Event()
-    ask = loop.call_soon_threadsafe
-
-    def asked(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Handle:
-        handle = ask(callback, *args, **kwargs)
-        if threading.current_thread() is stopper.thread:
-            ask(handed.set)  # after the loop ran what stop() asked for
-        return handle
-
-    monkeypatch.setattr(loop, "call_soon_threadsafe", asked)
+    locked = LockedClaim(store, path)
     try:
-        stopper.thread.start()
-        # The loop hands the connection over (or, before, the caller was answered)...
-        await asyncio.wait(
-            [asyncio.ensure_future(handed.wait()), claiming],
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        other.execute("COMMIT")  # ...then the other process's write ends
+        claiming = await locked.start(monkeypatch)
+        locked.unlock()
         got = await claiming
     finally:
         monkeypatch.undo()
-        other.close()
-        await asyncio.to_thread(stopper.join)
+        locked.close()
+        await asyncio.to_thread(locked.stopper.join)
     assert isinstance(got, Ticket) and got.acting
     assert {key for key, (phase, *_) in rows(path).items() if phase == "acting"} >= set(KEYS)
     with pytest.raises(StateUnavailable):
         await store.claim_acting(KEYS, soon(), PLAN)
+
+
+@pytest.mark.anyio
+async def test_results_of_the_last_write_reach_a_loop_blocked_past_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop hands the connection over, then is blocked past CLOSE_TIMEOUT while stop()
+    writes what was queued: stop() does not wait for it without end, and the caller still
+    gets its result once the loop runs again (not left waiting forever)."""
+    path = tmp_path / "state.db"
+    store = await quiet_store(path, store_timeout=HANG)
+    locked = LockedClaim(store, path)
+    try:
+        claiming = await locked.start(monkeypatch)
+        # Handed over; stop() waits for the lock, then for the loop to take the results.
+        monkeypatch.setattr(state_sqlite, "CLOSE_TIMEOUT", 0.2)
+        locked.unlock()
+        locked.stopper.join()  # on the loop's thread: the loop is blocked until stop() returns
+        async with asyncio.timeout(HANG):  # a guard: before, the caller waited forever
+            got = await claiming
+    finally:
+        monkeypatch.undo()
+        locked.close()
+        await asyncio.to_thread(locked.stopper.join)
+    assert isinstance(got, Ticket) and got.acting
+    assert not store.state.running
 
 
 @pytest.mark.anyio
