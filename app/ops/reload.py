@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from watchfiles import Change, awatch
+from watchfiles import awatch
 
 from app.ops.metrics import Metrics
 from app.rules import RulesError, RuleSet, load_rules
@@ -308,6 +308,11 @@ class RulesManager:
         Parent directories are watched, not only the files: editors replace a file by
         renaming a new one over it, and Kubernetes/compose mounts swap symlinks, which a
         watch on the old file would never see. The watch is re-made when that happens.
+
+        Every batch comes back, the other files' too (filtered here): the read that
+        catches up once a watch is in place waits for the first one, and beside a busy
+        file (the call log and state database are in the same directory by default) the
+        watcher never idles, so a batch of only the routes files could be the first.
         """
         failures = 0
         while True:
@@ -319,7 +324,7 @@ class RulesManager:
                     raise FileNotFoundError(f"no directory of {sorted(plan.targets)} exists")
                 watcher = awatch(
                     *paths,
-                    watch_filter=_only(plan.targets),
+                    watch_filter=None,
                     step=debounce_ms,
                     debounce=max(debounce_ms * MAX_DEBOUNCE_FACTOR, 1600),
                     rust_timeout=IDLE_MS,
@@ -339,7 +344,7 @@ class RulesManager:
                                 extra={"event": "rules_watch", "paths": paths},
                             )
                             await self.reload("watch", quiet=True)
-                        elif batch:
+                        elif any(path in plan.targets for _, path in batch):
                             await self.reload("watch")
                         else:
                             continue
@@ -471,10 +476,6 @@ def freeze_long_lived(*, full: bool = True) -> None:
     # now, over what is not frozen (the server's own objects: a few thousand), counts what
     # is left to walk.
     gc.collect()
-
-
-def _only(targets: frozenset[str]) -> Callable[[Change, str], bool]:
-    return lambda _change, path: path in targets
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+import watchfiles
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -514,6 +515,61 @@ async def test_watch_follows_a_swapped_symlink_like_a_kubernetes_configmap(
         version_dir("..v3", RULES_A)  # again: the watch must follow the new target
         point_data_at("..v3")
         await wait_for(serving(manager, RULES_A), "A after the second swap")
+
+
+@pytest.fixture
+def busy_directory(routes: Path) -> Iterator[None]:
+    """Writes beside routes.yaml, every few ms, as a server under load does (its call log,
+    its state database and its log file sit in the same directory by default)."""
+    stop = threading.Event()
+
+    def append() -> None:
+        with routes.with_name("service.log").open("a") as log:
+            while not stop.is_set():
+                log.write("a log line\n")
+                log.flush()
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=append, daemon=True)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()
+
+
+@pytest.mark.anyio
+async def test_an_edit_made_while_the_watch_is_re_armed_is_read_in_a_busy_directory(
+    routes: Path, busy_directory: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A save by rename replaces the file: the watch is re-made for the new one. An edit
+    # saved between the old watch and the new has no event of its own: the new watch
+    # reads the file once it is in place. That read waited for the first batch of the
+    # routes files or an idle tick, and beside a busy file neither came: the edit was
+    # lost until the next one.
+    from app.ops import reload
+
+    edits: list[str] = []
+
+    def awatch_after_an_edit(*paths: str, **options: Any) -> Any:
+        if edits:
+            temporary = routes.with_name(".routes.yaml.tmp")
+            write(temporary, edits.pop())
+            os.replace(temporary, routes)
+        return real_awatch(*paths, **options)
+
+    real_awatch = watchfiles.awatch
+    monkeypatch.setattr(reload, "awatch", awatch_after_an_edit)
+    manager = RulesManager(routes, region="US", metrics=Metrics())
+    async with manager.running(watch=True, debounce_ms=50, sighup=False):
+        await wait_for(lambda: manager.watching, "the watch")
+        edits.append(RULES_A)  # saved just before the watch of the next file is made
+        temporary = routes.with_name(".routes.yaml.tmp")
+        write(temporary, RULES_B)
+        os.replace(temporary, routes)
+        await wait_for(lambda: not edits, "the re-armed watch")
+        await wait_for(serving(manager, RULES_A), "A, saved as the watch was re-made")
 
 
 @pytest.mark.anyio

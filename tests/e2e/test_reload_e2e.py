@@ -131,7 +131,8 @@ def wait_ready(
         if condition(detail):
             return detail
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {detail}\n{service.logs()[-3000:]}")
+            rules = [line for line in service.logs().splitlines() if "switchboard.rules" in line]
+            raise AssertionError(f"{what}: still {detail}\n" + "\n".join(rules[-40:]))
         time.sleep(0.02)
 
 
