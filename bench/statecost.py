@@ -9,6 +9,10 @@ once per store and divide the difference by the number of calls:
         python -m bench.statecost --store sqlite --calls 2000
     python -m bench.statecost --store memory --calls 0   # the start-up alone, to subtract
 
+`--store redis --redis-url URL` runs against a Redis server of your own (not under
+callgrind: the instructions counted are the router's); it also prints the scripts Redis
+ran per call (EVALSHA: each one a round trip) and the server's CPU per call.
+
 Timings printed are wall-clock and only for a sanity check; instruction counts are the
 measure (repeatable on a busy machine).
 """
@@ -31,6 +35,8 @@ from app.rules.compile import load_rules
 from app.sip.identity import IdentityPolicy
 from app.state.claims import ClaimStore, MemoryClaimStore
 from app.state.ratelimit import RateLimiter, RateLimits
+from app.state.redis import connect
+from app.state.redisstore import RedisClaimStore, RedisRateLimiter, RedisState
 from app.state.sqlite import SqliteClaimStore, SqliteRateLimiter, SqliteState
 from bench.workload import REGION, CallMaker, write_list, write_routes
 
@@ -58,8 +64,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     maker = CallMaker(routes, listed)
     store: ClaimStore
     limits: RateLimits
+    redis_state: RedisState | None = None
     if args.store == "memory":
         store, limits = MemoryClaimStore(horizon_seconds=86400), RateLimiter()
+    elif args.store == "redis":
+        redis_state = RedisState(
+            connect(args.redis_url, timeout=60.0), horizon_seconds=86400, timeout=60.0
+        )
+        store, limits = RedisClaimStore(redis_state), RedisRateLimiter(redis_state)
     else:
         # Generous timeouts: under callgrind everything runs ~50 times slower.
         state = SqliteState(workdir / "state.db", horizon_seconds=86400, timeout=60.0)
@@ -103,22 +115,48 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             answer = await router.handle(event, rules)
             statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
 
-    started = time.perf_counter()
+    server = await _redis_usage(redis_state)
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    done = await _redis_usage(redis_state)
+    server = [after - before for before, after in zip(server, done, strict=True)]
     await store.close()
     if isinstance(log, SqliteCallLog):
         log.close()
     print(f"{args.store}/{args.calllog}: {args.calls} calls {elapsed:.2f} s {statuses}")
+    if args.calls:
+        print(f"  CPU per call {cpu / args.calls * 1e6:.0f} us (this process)")
+    if redis_state is not None and args.calls:
+        scripts, server_cpu = server
+        print(
+            f"  Redis: {scripts / args.calls:.2f} EVALSHA per call, "
+            f"{server_cpu / args.calls * 1e6:.1f} us of the server's CPU per call"
+        )
+
+
+async def _redis_usage(state: RedisState | None) -> list[float]:
+    """(EVALSHA calls, CPU seconds) of the Redis server so far; nothing without Redis."""
+    if state is None:
+        return [0.0, 0.0]
+    stats = await state.client.info("commandstats")
+    cpu = await state.client.info("cpu")
+    evalsha = stats.get("cmdstat_evalsha", {}).get("calls", 0)
+    return [float(evalsha), float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", choices=("memory", "sqlite"), default="sqlite")
+    parser.add_argument("--store", choices=("memory", "sqlite", "redis"), default="sqlite")
+    parser.add_argument(
+        "--redis-url", help="--store redis: the server (e.g. redis://127.0.0.1:6390/0)"
+    )
     parser.add_argument("--calllog", choices=("memory", "sqlite"), default="sqlite")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
+    if args.store == "redis" and not args.redis_url:
+        parser.error("--store redis needs --redis-url")
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(args, Path(tmp)))
 

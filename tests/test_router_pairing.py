@@ -1,9 +1,9 @@
 """One handler per call across the Realtime and GPT-Live events of one SIP INVITE.
 
-A real CallRouter with a real claim store (memory, then SQLite, whose `claim_acting` takes
-the dialog with the claim) and one recording controller per API; each scenario delivers the
-two events of one call (same INVITE headers, an `rtc_` and a `live_` id) in some order or
-concurrently and checks that exactly one API acted.
+A real CallRouter with a real claim store (memory, then SQLite and Redis, whose
+`claim_acting` takes the dialog with the claim) and one recording controller per API; each
+scenario delivers the two events of one call (same INVITE headers, an `rtc_` and a `live_`
+id) in some order or concurrently and checks that exactly one API acted.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from app.router import CallRouter, Pairing
 from app.rules import compile_rules
 from app.sip.identity import IdentityPolicy
 from app.state.claims import Answer, ClaimStore, MemoryClaimStore
+from app.state.redis import connect
+from app.state.redisstore import RedisClaimStore, RedisState
 from app.state.sqlite import SqliteClaimStore, SqliteState
 
 ROUTES = """
@@ -60,24 +62,39 @@ def anyio_backend() -> str:
 
 _sqlite: list[Path] = []
 """The SQLite store's directory while a test runs on it (the `store` fixture)."""
-_opened: list[SqliteState] = []
+_redis: list[str] = []
+"""The Redis server's URL while a test runs on it."""
+_opened: list[SqliteState | RedisState] = []
 
 
-@pytest.fixture(autouse=True, params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Every scenario on each store the router can have: SQLite's claim carries the dialog
-    and `acting` (one transaction), the memory store's takes each step in turn."""
+@pytest.fixture(autouse=True, params=["memory", "sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Every scenario on each store the router can have: SQLite's and Redis's claim carry
+    the dialog and `acting` (one transaction, one script), the memory store's takes each
+    step in turn."""
     if request.param == "sqlite":
         _sqlite.append(tmp_path)
+    elif request.param == "redis":
+        _redis.append(request.getfixturevalue("redis_url"))
     try:
         yield request.param
     finally:
         _sqlite.clear()
+        _redis.clear()
         while _opened:
-            _opened.pop().stop()
+            opened = _opened.pop()
+            if isinstance(opened, RedisState):
+                await opened.stop()
+            else:
+                opened.stop()
 
 
 def new_store() -> ClaimStore:
+    if _redis:
+        # Not started (no lease renewal): a scenario is over long before a lease (5 s).
+        redis_state = RedisState(connect(_redis[0]), horizon_seconds=300, prefix=f"t{next(_ids)}:")
+        _opened.append(redis_state)
+        return RedisClaimStore(redis_state)
     if not _sqlite:
         return MemoryClaimStore(horizon_seconds=300)
     state = SqliteState(_sqlite[0] / f"state-{next(_ids)}.db", horizon_seconds=300)
@@ -374,7 +391,7 @@ async def test_metrics_count_handled_and_acknowledged_events_by_api() -> None:
 @pytest.mark.anyio
 async def test_a_one_api_project_takes_no_dialog_claim() -> None:
     """Only Realtime events subscribed: exactly as before, nothing more in the store."""
-    if _sqlite:
+    if _sqlite or _redis:
         pytest.skip("counts the memory store's keys")
     h = Harness(expected=frozenset(("realtime",)))
     store = MemoryClaimStore(horizon_seconds=300)

@@ -1,15 +1,20 @@
 """Exactly-once claims and rate limits on Redis (SWITCHBOARD_REDIS_URL): every replica shares them.
 
 Each operation is one Lua script, so it is atomic on the server (one Redis, or a primary
-with replicas; not Redis Cluster, whose multi-key scripts would need hash tags). Times are
-the Redis server's clock (`TIME`), the one clock every replica sees.
+with replicas; not Redis Cluster: a claim's keys name unrelated ids (webhook, call, SIP
+dialog), which no hash tag short of one for every key, one slot for all, could put in one
+slot. Every key a script touches is passed in KEYS, so a cluster refuses it (CROSSSLOT:
+StateUnavailable, nothing acted on) rather than running it on part of them). Times are the
+Redis server's clock (`TIME`), the one clock every replica sees. `claim_acting` is one
+script too: the claim, the dialog kept for this API and `acting`, in one round trip.
 
 Keys, under a prefix (`switchboard:` by default):
 
-- `claim:<key>`  a hash {claim_id, owner, phase, lease, context, status, body}; it
-  expires with the horizon. `lease` (ms) is renewed every third of the lease by the
-  process holding the claim; a replica that dies releases nothing: its lease runs out and
-  the next delivery takes over (app.state.claims).
+- `claim:<key>`  a hash {claim_id, owner, phase, lease, context, status, body,
+  with_claim (an `acting` claim_acting wrote: see _RELEASE)}; it expires with the
+  horizon. `lease` (ms) is renewed every third of the lease by the process holding the
+  claim; a replica that dies releases nothing: its lease runs out and the next delivery
+  takes over (app.state.claims).
 - `mark:<key>`  a request for this key may have taken effect (no fallback after it).
 - `rate:<route>:<caller>`  a list of the caller's last `calls` call times (ms), newest
   first, expiring a window after the newest; `verdict:<call_id>` the verdict a call got.
@@ -40,7 +45,6 @@ from app.state.claims import (
     Plan,
     StateUnavailable,
     Ticket,
-    claim_by_itself,
     keep_first_by_claim,
     new_claim_id,
     new_owner_id,
@@ -59,59 +63,133 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# The claim of KEYS[1..n] (their marks: KEYS[n+1..2n]): {'answer', status, body},
+# {'busy', claim_id} or {'ticket', phase, context or '', uncertain}.
+_CLAIM_STEP: Final = """
+local function claim(n, claim_id, owner, lease_ms, horizon_ms)
+  local rows = {}
+  for i = 1, n do
+    rows[i] = redis.call('HMGET', KEYS[i], 'phase', 'lease', 'status', 'body', 'context',
+                         'claim_id')
+  end
+  for i = 1, n do
+    if rows[i][1] == 'done' then return {'answer', rows[i][3], rows[i][4]} end
+  end
+  for i = 1, n do
+    if rows[i][1] and tonumber(rows[i][2]) > now then return {'busy', rows[i][6]} end
+  end
+  local context = false
+  for i = 1, n do
+    if rows[i][1] == 'acting' then context = rows[i][5] break end
+  end
+  local phase = 'claimed'
+  if context then phase = 'acting' end
+  local lease = string.format('%d', now + tonumber(lease_ms))
+  for i = 1, n do
+    redis.call('DEL', KEYS[i])
+    redis.call('HSET', KEYS[i], 'claim_id', claim_id, 'owner', owner, 'phase', phase,
+               'lease', lease)
+    if context then redis.call('HSET', KEYS[i], 'context', context) end
+    redis.call('PEXPIRE', KEYS[i], horizon_ms)
+  end
+  local uncertain = 0
+  for i = n + 1, 2 * n do
+    if redis.call('EXISTS', KEYS[i]) == 1 then uncertain = 1 end
+  end
+  return {'ticket', phase, context or '', uncertain}
+end
+"""
+
 # KEYS: n claim keys, then their n mark keys. ARGV: n, claim_id, owner, lease_ms, horizon_ms
 _CLAIM: Final = (
+    _NOW + _CLAIM_STEP + "return claim(tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
+)
+
+# keep_first of one key: what a claim of it, then a remembered finish with `body`, did in
+# two trips. The body kept (this one's when it was first), or false while an unfinished
+# claim holds the key.
+_KEEP_STEP: Final = """
+local function keep_first(key, claim_id, owner, lease_ms, status, body, horizon_ms)
+  local row = redis.call('HMGET', key, 'phase', 'lease', 'body')
+  if row[1] == 'done' then return row[3] end
+  if row[1] and tonumber(row[2]) > now then return false end
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'claim_id', claim_id, 'owner', owner, 'phase', 'done',
+             'lease', string.format('%d', now + tonumber(lease_ms)), 'status', status,
+             'body', body)
+  redis.call('PEXPIRE', key, horizon_ms)
+  return body
+end
+"""
+
+# `acting` of the claim on KEYS[1..n]: 0 when it no longer holds them (what acting() checks).
+_ACTING_STEP: Final = """
+local function acting(n, claim_id, context, lease_ms)
+  for i = 1, n do
+    local h = redis.call('HMGET', KEYS[i], 'claim_id', 'phase')
+    if h[1] ~= claim_id or h[2] ~= 'claimed' then return 0 end
+  end
+  local lease = string.format('%d', now + tonumber(lease_ms))
+  for i = 1, n do
+    redis.call('HSET', KEYS[i], 'phase', 'acting', 'context', context, 'lease', lease)
+  end
+  return 1
+end
+"""
+
+# claim(), then for a ticket that is not an orphan's: keep_first of the dialog (KEYS[2n+1],
+# when given) with this API's answer, then acting() when this API handles the call. The
+# ticket comes with (the dialog's kept body or '' while a claim holds it, acting written).
+# `with_claim` marks an `acting` nothing was sent for unless the ticket reached its caller:
+# _RELEASE frees it when the reply was lost (an orphan's `acting` it leaves to its lease).
+# KEYS: n claim keys, their n mark keys, [the dialog's claim key].
+# ARGV: n, claim_id, owner, lease_ms, horizon_ms, api, status, body (this API's answer
+# for the dialog), the dialog's claim_id, context ('': none, a dry run).
+_CLAIM_ACTING: Final = (
     _NOW
+    + _CLAIM_STEP
+    + _KEEP_STEP
+    + _ACTING_STEP
     + """
 local n = tonumber(ARGV[1])
-local rows = {}
-for i = 1, n do
-  rows[i] = redis.call('HMGET', KEYS[i], 'phase', 'lease', 'status', 'body', 'context',
-                       'claim_id')
+local got = claim(n, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+if got[1] ~= 'ticket' or got[2] == 'acting' then return got end
+local kept = ARGV[8]
+if KEYS[2 * n + 1] then
+  kept = keep_first(KEYS[2 * n + 1], ARGV[9], ARGV[3], ARGV[4], ARGV[7], ARGV[8], ARGV[5])
 end
-for i = 1, n do
-  if rows[i][1] == 'done' then return {'answer', rows[i][3], rows[i][4]} end
+local acted = 0
+if kept and ARGV[10] ~= '' then
+  local ok, answer = pcall(cjson.decode, kept)
+  if ok and type(answer) == 'table' and answer['api'] == ARGV[6] then
+    acted = acting(n, ARGV[2], ARGV[10], ARGV[4])
+    if acted == 1 then
+      for i = 1, n do redis.call('HSET', KEYS[i], 'with_claim', '1') end
+    end
+  end
 end
-for i = 1, n do
-  if rows[i][1] and tonumber(rows[i][2]) > now then return {'busy', rows[i][6]} end
-end
-local context = false
-for i = 1, n do
-  if rows[i][1] == 'acting' then context = rows[i][5] break end
-end
-local phase = 'claimed'
-if context then phase = 'acting' end
-local lease = string.format('%d', now + tonumber(ARGV[4]))
-for i = 1, n do
-  redis.call('DEL', KEYS[i])
-  redis.call('HSET', KEYS[i], 'claim_id', ARGV[2], 'owner', ARGV[3], 'phase', phase,
-             'lease', lease)
-  if context then redis.call('HSET', KEYS[i], 'context', context) end
-  redis.call('PEXPIRE', KEYS[i], ARGV[5])
-end
-local uncertain = 0
-for i = n + 1, 2 * n do
-  if redis.call('EXISTS', KEYS[i]) == 1 then uncertain = 1 end
-end
-return {'ticket', phase, context or '', uncertain}
+got[5] = kept or ''
+got[6] = acted
+return got
 """
 )
 
-# KEYS: the claim keys. ARGV: claim_id, context, lease_ms
-_ACTING: Final = (
-    _NOW
-    + """
+# A claim_acting whose caller did not get the reply (a timeout, a cancellation): frees
+# its keys when they are still `claimed`, or in the `acting` it wrote itself (nothing was
+# sent); an orphan's `acting` it took over stays (its lease runs out: an orphan again).
+# KEYS: the claim keys. ARGV: claim_id.
+_RELEASE: Final = """
 for i = 1, #KEYS do
-  local h = redis.call('HMGET', KEYS[i], 'claim_id', 'phase')
-  if h[1] ~= ARGV[1] or h[2] ~= 'claimed' then return 0 end
-end
-local lease = string.format('%d', now + tonumber(ARGV[3]))
-for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], 'phase', 'acting', 'context', ARGV[2], 'lease', lease)
+  local h = redis.call('HMGET', KEYS[i], 'claim_id', 'phase', 'with_claim')
+  if h[1] == ARGV[1] and (h[2] == 'claimed' or (h[2] == 'acting' and h[3] == '1')) then
+    redis.call('DEL', KEYS[i])
+  end
 end
 return 1
 """
-)
+
+# KEYS: the claim keys. ARGV: claim_id, context, lease_ms
+_ACTING: Final = _NOW + _ACTING_STEP + "return acting(#KEYS, ARGV[1], ARGV[2], ARGV[3])"
 
 # KEYS: n claim keys, then their n mark keys.
 # ARGV: n, claim_id, remember, uncertain, status, body, horizon_ms
@@ -177,6 +255,10 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def _dumps(value: Mapping[str, Any]) -> str:
+    return json.dumps(dict(value), default=str, separators=(",", ":"))
+
+
 class RedisState:
     """The Redis client of this process, its scripts, and the leases it renews."""
 
@@ -199,12 +281,16 @@ class RedisState:
         self.owner = new_owner_id()
         self.target = target
         self.claim_script: AsyncScript = client.register_script(_CLAIM)
+        self.claim_acting_script: AsyncScript = client.register_script(_CLAIM_ACTING)
+        self.release_script: AsyncScript = client.register_script(_RELEASE)
         self.acting_script: AsyncScript = client.register_script(_ACTING)
         self.finish_script: AsyncScript = client.register_script(_FINISH)
         self.renew_script: AsyncScript = client.register_script(_RENEW)
         self.rate_script: AsyncScript = client.register_script(_RATE)
         self.unfinished: dict[str, tuple[list[str], list[Any]]] = {}
         """Claim id -> the finish to write when Redis answers again."""
+        self.unreleased: dict[str, list[str]] = {}
+        """Claim id -> the claim keys of a claim_acting whose reply was lost (_RELEASE)."""
         self.held: dict[str, tuple[str, ...]] = {}
         """Claim id -> its Redis keys, for this process's claims in flight."""
         self._renewer: asyncio.Task[None] | None = None
@@ -240,6 +326,10 @@ class RedisState:
             # wait(): the renewer's cancellation is not raised here, and a cancellation of
             # this task is (suppressing CancelledError around `await renewer` took it too).
             await asyncio.wait([renewer])
+        # Once more, not left to leases: a claim_acting cancelled as the process stops
+        # left an `acting` that a redelivery would answer 'uncertain' (SQLite's stop()
+        # releases such a claim too). At most one timeout when Redis is away.
+        await self._finish_late()
         await self.client.aclose()
 
     def finish_later(self, claim_id: str, keys: list[str], args: list[Any]) -> None:
@@ -252,6 +342,17 @@ class RedisState:
             oldest = next(iter(self.unfinished))
             del self.unfinished[oldest]
             self.held.pop(oldest, None)
+
+    def release_later(self, claim_id: str, keys: list[str]) -> None:
+        """A claim_acting whose reply was lost (a timeout, a cancellation) may have written
+        a claim in `acting` that nobody acts on: left to its lease, the redelivery would
+        take it over as an orphan's and answer 'uncertain', the call never acted on. Freed
+        (_RELEASE) after the finishes written late, within a third of the lease. Apart
+        from them: an outage's failed claims (each queues one) never push a finish out.
+        At most MAX_UNFINISHED; the oldest are given up (left to their leases)."""
+        self.unreleased[claim_id] = keys
+        while len(self.unreleased) > MAX_UNFINISHED:
+            del self.unreleased[next(iter(self.unreleased))]
 
     async def _finish_late(self) -> None:
         task = asyncio.current_task()
@@ -267,6 +368,18 @@ class RedisState:
             logger.info(
                 "answer stored after Redis came back",
                 extra={"event": "state_finished_late", "store": "redis"},
+            )
+        for claim_id, keys in list(self.unreleased.items()):
+            if task is not None and task.cancelling():
+                return
+            try:
+                await self.call(self.release_script, keys, [claim_id], None)
+            except StateUnavailable:
+                return
+            self.unreleased.pop(claim_id, None)
+            logger.info(
+                "claim released after its reply was lost",
+                extra={"event": "claim_released", "store": "redis"},
             )
 
     async def call(
@@ -343,20 +456,51 @@ class RedisClaimStore:
         return [state.claim_key(k) for k in keys] + [state.mark_key(k) for k in keys]
 
     async def claim(self, keys: tuple[str, ...], deadline: float) -> Ticket | Answer:
+        return await self._claim(keys, deadline, None)
+
+    async def claim_acting(
+        self, keys: tuple[str, ...], deadline: float, plan: Plan
+    ) -> Ticket | Answer:
+        """The claim, the dialog taken and `acting` in one script (_CLAIM_ACTING): one
+        round trip before the request can leave, where the separate steps took four
+        (the claim, keep_first's claim and finish of the dialog, acting)."""
+        return await self._claim(keys, deadline, plan)
+
+    async def _claim(
+        self, keys: tuple[str, ...], deadline: float, plan: Plan | None
+    ) -> Ticket | Answer:
         state = self._state
         redis_keys = self._keys(keys)
+        claim_keys = redis_keys[: len(keys)]
+        script = state.claim_script
+        plan_keys: list[str] = []
+        plan_args: list[Any] = []
+        if plan is not None:
+            script = state.claim_acting_script
+            if plan.dialog is not None:
+                plan_keys = [state.claim_key(plan.dialog)]
+            body = _dumps({"api": plan.api})
+            context = "" if plan.context is None else _dumps(plan.context)
+            # The dialog's claim id: what a claim of it in keep_first would have written.
+            plan_args = [plan.api, 200, body, new_claim_id(), context]
         waited: list[Answer] = []
 
         async def attempt() -> Ticket | Answer | None:
             claim_id = new_claim_id()
             args = [len(keys), claim_id, state.owner, state.lease_ms, state.horizon_ms]
-            got = await state.call(state.claim_script, redis_keys, args, deadline)
+            try:
+                got = await state.call(script, redis_keys + plan_keys, args + plan_args, deadline)
+            except BaseException:
+                if plan is not None:
+                    # The script may have run: its `acting` is nobody's.
+                    state.release_later(claim_id, claim_keys)
+                raise
             kind = got[0]
             if kind == "answer":
                 return Answer(int(got[1]), json.loads(got[2]))
             if kind == "ticket":
                 phase, context, uncertain = got[1], got[2], bool(int(got[3]))
-                state.held[claim_id] = tuple(redis_keys[: len(keys)])
+                state.held[claim_id] = tuple(claim_keys)
                 result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
                 self._local[claim_id] = result
                 orphan = json.loads(context) if phase == "acting" else None
@@ -365,7 +509,18 @@ class RedisClaimStore:
                         "claim taken over from a replica that died while acting",
                         extra={"event": "claim_orphaned", "keys": list(keys)},
                     )
-                return Ticket(keys, claim_id, uncertain=uncertain, orphan=orphan, result=result)
+                ticket = Ticket(keys, claim_id, uncertain=uncertain, orphan=orphan, result=result)
+                if len(got) > 4:
+                    # As DialogHandlers.take reads a kept answer; '': a claim holds the dialog.
+                    ticket.handler = json.loads(got[4]).get("api") if got[4] else None
+                    ticket.acting = ticket.sent = bool(int(got[5]))
+                return ticket
+            if got[1] == claim_id:
+                # Our own claim: the script ran twice (redis-py sent it again after a
+                # connection error). Nobody holds it: freed like a lost reply's.
+                if plan is not None:
+                    state.release_later(claim_id, claim_keys)
+                return None
             local = self._local.get(got[1])
             if local is not None:
                 waited.append(await wait_for_answer(local, deadline, time.monotonic))
@@ -379,7 +534,7 @@ class RedisClaimStore:
         self, ticket: Ticket, context: Mapping[str, Any], *, deadline: float | None = None
     ) -> None:
         state = self._state
-        text = json.dumps(dict(context), default=str, separators=(",", ":"))
+        text = _dumps(context)
         keys = [state.claim_key(k) for k in ticket.keys]
         # A lost answer (timeout) may leave the claim in `acting` with nothing sent: the
         # router then sends nothing and frees the claim; only a crash before that makes a
@@ -400,7 +555,7 @@ class RedisClaimStore:
         deadline: float | None = None,
     ) -> None:
         state = self._state
-        body = json.dumps(dict(answer.body), default=str, separators=(",", ":"))
+        body = _dumps(answer.body)
         args = [
             len(ticket.keys),
             ticket.claim_id,
@@ -425,11 +580,6 @@ class RedisClaimStore:
 
     async def keep_first(self, key: str, answer: Answer, deadline: float) -> Answer | None:
         return await keep_first_by_claim(self, key, answer, deadline)
-
-    async def claim_acting(
-        self, keys: tuple[str, ...], deadline: float, plan: Plan
-    ) -> Ticket | Answer:
-        return await claim_by_itself(self, keys, deadline, plan)
 
 
 class RedisRateLimiter:

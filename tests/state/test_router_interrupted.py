@@ -18,6 +18,8 @@ import pytest
 
 from app.intake.events import IncomingCall, SipHeader
 from app.state.claims import ClaimStore, MemoryClaimStore
+from app.state.redis import connect
+from app.state.redisstore import RedisClaimStore, RedisState
 from app.state.sqlite import SqliteClaimStore, SqliteState
 from tests.test_router import ACCEPT_WITH_FALLBACK, Harness, headers
 
@@ -27,13 +29,17 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
-    """The router on each store (SQLite takes claim, dialog and `acting` in one trip)."""
+    """The router on each store (SQLite and Redis take claim, dialog and `acting` in one
+    trip)."""
     h = Harness(ACCEPT_WITH_FALLBACK)
     store: ClaimStore
     if request.param == "sqlite":
         store = SqliteClaimStore(SqliteState(tmp_path / "state.db", horizon_seconds=60))
+    elif request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        store = RedisClaimStore(RedisState(connect(url), horizon_seconds=60))
     else:
         store = MemoryClaimStore(horizon_seconds=60)
     await store.open()
@@ -116,8 +122,8 @@ async def test_a_cancellation_during_the_request_is_not_sent_again(harness: Harn
 
 @pytest.mark.anyio
 async def test_an_exception_before_the_request_is_acted_on_again(harness: Harness) -> None:
-    """With SQLite `acting` is written with the claim, before the last steps of the
-    decision: a failure there sent nothing, and the redelivery acts."""
+    """With SQLite and Redis `acting` is written with the claim, before the last steps of
+    the decision: a failure there sent nothing, and the redelivery acts."""
     h = harness
     numbers = h.router._numbers
 
