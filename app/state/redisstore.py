@@ -45,7 +45,6 @@ from app.state.claims import (
     Plan,
     StateUnavailable,
     Ticket,
-    keep_first_by_claim,
     new_claim_id,
     new_owner_id,
     poll_until,
@@ -105,22 +104,29 @@ _CLAIM: Final = (
     _NOW + _CLAIM_STEP + "return claim(tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
 )
 
-# keep_first of one key: what a claim of it, then a remembered finish with `body`, did in
-# two trips. The body kept (this one's when it was first), or false while an unfinished
-# claim holds the key.
+# keep_first of one key: what a claim of it, then a remembered finish, did in two trips.
+# {status, body, 1 when this answer was kept now}, or false while an unfinished claim
+# (of a replica of an earlier version, or a test's) holds the key.
 _KEEP_STEP: Final = """
 local function keep_first(key, claim_id, owner, lease_ms, status, body, horizon_ms)
-  local row = redis.call('HMGET', key, 'phase', 'lease', 'body')
-  if row[1] == 'done' then return row[3] end
+  local row = redis.call('HMGET', key, 'phase', 'lease', 'status', 'body')
+  if row[1] == 'done' then return {row[3], row[4], 0} end
   if row[1] and tonumber(row[2]) > now then return false end
   redis.call('DEL', key)
   redis.call('HSET', key, 'claim_id', claim_id, 'owner', owner, 'phase', 'done',
              'lease', string.format('%d', now + tonumber(lease_ms)), 'status', status,
              'body', body)
   redis.call('PEXPIRE', key, horizon_ms)
-  return body
+  return {status, body, 1}
 end
 """
+
+# KEYS: the key. ARGV: claim_id, owner, lease_ms, status, body, horizon_ms
+_KEEP_FIRST: Final = (
+    _NOW
+    + _KEEP_STEP
+    + "return keep_first(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])"
+)
 
 # `acting` of the claim on KEYS[1..n]: 0 when it no longer holds them (what acting() checks).
 _ACTING_STEP: Final = """
@@ -154,13 +160,13 @@ _CLAIM_ACTING: Final = (
 local n = tonumber(ARGV[1])
 local got = claim(n, ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 if got[1] ~= 'ticket' or got[2] == 'acting' then return got end
-local kept = ARGV[8]
+local kept = {ARGV[7], ARGV[8], 1}
 if KEYS[2 * n + 1] then
   kept = keep_first(KEYS[2 * n + 1], ARGV[9], ARGV[3], ARGV[4], ARGV[7], ARGV[8], ARGV[5])
 end
 local acted = 0
 if kept and ARGV[10] ~= '' then
-  local ok, answer = pcall(cjson.decode, kept)
+  local ok, answer = pcall(cjson.decode, kept[2])
   if ok and type(answer) == 'table' and answer['api'] == ARGV[6] then
     acted = acting(n, ARGV[2], ARGV[10], ARGV[4])
     if acted == 1 then
@@ -168,7 +174,7 @@ if kept and ARGV[10] ~= '' then
     end
   end
 end
-got[5] = kept or ''
+got[5] = kept and kept[2] or ''
 got[6] = acted
 return got
 """
@@ -284,6 +290,7 @@ class RedisState:
         self.claim_acting_script: AsyncScript = client.register_script(_CLAIM_ACTING)
         self.release_script: AsyncScript = client.register_script(_RELEASE)
         self.acting_script: AsyncScript = client.register_script(_ACTING)
+        self.keep_first_script: AsyncScript = client.register_script(_KEEP_FIRST)
         self.finish_script: AsyncScript = client.register_script(_FINISH)
         self.renew_script: AsyncScript = client.register_script(_RENEW)
         self.rate_script: AsyncScript = client.register_script(_RATE)
@@ -462,8 +469,8 @@ class RedisClaimStore:
         self, keys: tuple[str, ...], deadline: float, plan: Plan
     ) -> Ticket | Answer:
         """The claim, the dialog taken and `acting` in one script (_CLAIM_ACTING): one
-        round trip before the request can leave, where the separate steps took four
-        (the claim, keep_first's claim and finish of the dialog, acting)."""
+        round trip before the request can leave, where the separate steps take three
+        (the claim, keep_first, acting)."""
         return await self._claim(keys, deadline, plan)
 
     async def _claim(
@@ -579,7 +586,28 @@ class RedisClaimStore:
                 local.set_result(answer)
 
     async def keep_first(self, key: str, answer: Answer, deadline: float) -> Answer | None:
-        return await keep_first_by_claim(self, key, answer, deadline)
+        """One script (_KEEP_FIRST), where a claim then a finish took two trips."""
+        state = self._state
+        keys = [state.claim_key(key)]
+        args = [
+            new_claim_id(),
+            state.owner,
+            state.lease_ms,
+            answer.status_code,
+            _dumps(answer.body),
+            state.horizon_ms,
+        ]
+
+        async def attempt() -> Answer | None:
+            got = await state.call(state.keep_first_script, keys, args, deadline)
+            if got is None:
+                return None  # held by an unfinished claim: its answer, or its lease running out
+            if int(got[2]):
+                return answer
+            return Answer(int(got[0]), json.loads(got[1]))
+
+        kept: Answer | None = await poll_until(attempt, deadline)
+        return kept
 
 
 class RedisRateLimiter:

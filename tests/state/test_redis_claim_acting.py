@@ -1,7 +1,8 @@
 """claim_acting() on Redis: the claim, the dialog taken and `acting` in one Lua script.
 
 The separate steps cost four round trips before the request could leave (the claim, the
-dialog's keep_first as a claim then a finish, acting); the script is one. Counted on a real
+dialog's keep_first as a claim then a finish, acting); the script is one (and keep_first
+alone, which a rate-limited route's delivery still takes, one too). Counted on a real
 redis-server with MONITOR: what the server receives from its clients, the commands its
 scripts run inside left out. The rules are those of the separate steps, checked on every
 shared store (SQLite does the same in one transaction): a duplicate waits for the first's
@@ -322,8 +323,7 @@ async def test_router_a_rate_limited_route_claims_alone(redis_url: str) -> None:
         state = store.state
         assert before == [
             ("EVALSHA", state.claim_script.sha),
-            ("EVALSHA", state.claim_script.sha),  # keep_first of the dialog: a claim...
-            ("EVALSHA", state.finish_script.sha),  # ...then its answer kept
+            ("EVALSHA", state.keep_first_script.sha),  # was a claim, then a finish
             ("EVALSHA", state.acting_script.sha),
         ]
         assert after == [("EVALSHA", state.finish_script.sha)]
