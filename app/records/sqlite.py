@@ -10,12 +10,15 @@ written is what is read.
 `open()` creates the schema, ends every call that a previous run left `active` or
 `answered` (reason `unknown`: the process stopped before it saw the end), and deletes the
 calls older than the retention; the writer thread then repeats the deletion hourly.
-`close()` writes what is queued and closes the connections.
+`close()` refuses new writes and reads, lets the writer write what is queued and the reads
+in flight end, and only then are their connections closed (each by its owner when close()
+gives up waiting): a connection closed under one of its statements crashes the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import queue
@@ -23,7 +26,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -67,7 +71,8 @@ call cost and most of its tail latency. A read or close() waits at most this muc
 BARRIER_TIMEOUT: Final = 10.0
 """How long a read waits for the writes queued before it."""
 CLOSE_TIMEOUT: Final = 30.0
-"""How long close() waits for the writer to write what is queued."""
+"""How long close() waits for the writer to write what is queued and the reads in flight
+to end, in all."""
 HELD_MAX: Final = 10_000
 """Writes held in memory while the disk refuses them (full, I/O errors); past this many the
 oldest are dropped, and counted (`switchboard_call_records_dropped_total`)."""
@@ -136,6 +141,19 @@ _UPSERT_CALL = (
 _Op = Callable[[sqlite3.Connection], None]
 
 
+class CallLogClosed(CallLogError):
+    """The call log is closed, or closing: a read (or open()) after close() began."""
+
+
+@dataclass(eq=False, slots=True)
+class _Reader:
+    """A worker thread's reader connection (opened at its first read), and whether a read
+    is using it now; both guarded by the call log's _state_lock."""
+
+    conn: sqlite3.Connection | None = None
+    busy: bool = False
+
+
 @runtime_checkable
 class ManagedCallLog(CallLog, Protocol):
     """A call log with a lifetime: create_app opens it at start-up and closes it last."""
@@ -176,15 +194,17 @@ class SqliteCallLog:
         self._retention_interval = retention_interval
         self._batch_wait = batch_wait
         self._queue: queue.SimpleQueue[_Op | threading.Event | None] = queue.SimpleQueue()
-        self._state_lock = threading.Lock()  # orders writes against close()
+        self._state_lock = threading.Lock()  # orders writes and reads against close()
+        self._reads_done = threading.Condition(self._state_lock)
         self._opened = False
         self._closed = False
         self._dropped = 0
         self._writer: threading.Thread | None = None
         self._write_conn: sqlite3.Connection | None = None
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+        self._local = threading.local()  # .reader: this worker thread's _Reader
+        self._readers: list[_Reader] = []
+        self._reads = 0  # in flight: close() closes their connections once they end
+        self._readers_released = False  # by close(): a read still running closes its own
         # The writer thread's: writes the disk refused, in order, tried again until it
         # takes them (disk full, I/O error); read by backlog() from other threads.
         self._held: deque[_Op] = deque()
@@ -197,7 +217,7 @@ class SqliteCallLog:
     def open(self) -> None:
         with self._state_lock:
             if self._closed:
-                raise CallLogError("the call log is closed")
+                raise CallLogClosed("the call log is closed")
             if self._opened:
                 return
             try:
@@ -237,31 +257,68 @@ class SqliteCallLog:
         )
 
     def close(self) -> None:
+        """The writer writes what was queued and closes its connection; the reads in flight
+        end before their connections are closed (one closed under a statement crashed
+        the process: Python's sqlite3 reads the connection that close() has just cleared).
+        Past CLOSE_TIMEOUT, what still runs is logged, and closes its connection itself
+        when it ends."""
         with self._state_lock:
             if self._closed:
                 return
-            self._closed = True
+            self._closed = True  # no write is queued and no read starts after this
             writer = self._writer
             if writer is not None:
                 self._queue.put(None)  # after every write accepted so far
+        give_up = time.monotonic() + CLOSE_TIMEOUT
         if writer is not None:
-            writer.join(CLOSE_TIMEOUT)
-            if writer.is_alive():
-                logger.error(
-                    "the call log writer did not finish in time; queued writes may be lost",
-                    extra={"event": "calllog_close_timeout"},
-                )
-            elif self._write_conn is not None:
-                self._write_conn.close()
+            self._join_writer(writer, give_up)
         elif self._pending():
             logger.warning(
                 "call log closed before it was opened: queued writes dropped",
                 extra={"event": "calllog_dropped"},
             )
-        with self._readers_lock:
-            readers, self._readers = self._readers, []
-        for conn in readers:
+        self._release_readers(give_up)
+
+    @staticmethod
+    def _join_writer(writer: threading.Thread, give_up: float) -> None:
+        writer.join(max(0.0, give_up - time.monotonic()))
+        if writer.is_alive():
+            # Its connection stays its own: it closes it once done (_write_loop).
+            logger.error(
+                "the call log writer did not finish in time; queued writes may be lost",
+                extra={"event": "calllog_close_timeout"},
+            )
+
+    def _release_readers(self, give_up: float) -> None:
+        """The reader connections closed once no read uses them (none starts now), waiting
+        for the reads in flight until `give_up`; a read still running then closes its own
+        connection when it ends (_reading)."""
+        with self._state_lock:
+            reads = self._reads
+        if reads:
+            logger.info(
+                "call log close waits for the reads in flight",
+                extra={"event": "calllog_close_waits", "reads": reads},
+            )
+        with self._reads_done:
+            self._reads_done.wait_for(
+                lambda: self._reads == 0, max(0.0, give_up - time.monotonic())
+            )
+            self._readers_released = True
+            conns: list[sqlite3.Connection] = []
+            for reader in self._readers:
+                if not reader.busy and reader.conn is not None:
+                    conns.append(reader.conn)
+                    reader.conn = None
+            still = self._reads
+        for conn in conns:
             conn.close()
+        if still:
+            logger.error(
+                "call log reads still running at the close timeout: each closes its "
+                "connection when it ends",
+                extra={"event": "calllog_close_timeout", "reads": still},
+            )
 
     def _pending(self) -> bool:
         return not self._queue.empty()
@@ -434,6 +491,14 @@ class SqliteCallLog:
     def _write_loop(self) -> None:
         conn = self._write_conn
         assert conn is not None
+        try:
+            self._write_until_stopped(conn)
+        finally:
+            # Here, not in close(): closed under a batch, it could crash the process; and
+            # a close() that gave up waiting leaves it to the writer.
+            conn.close()
+
+    def _write_until_stopped(self, conn: sqlite3.Connection) -> None:
         next_expiry = time.monotonic() + self._retention_interval
         stop = False
         while not stop:
@@ -599,48 +664,79 @@ class SqliteCallLog:
     # --- reads: in worker threads -------------------------------------------------------
 
     def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        """This thread's reader connection, opened at its first read."""
+        reader = self._thread_reader()
+        if reader.conn is None:
             conn = self._connect()
             self._bound_cache(conn, READER_CACHE_KIB)
             conn.isolation_level = None  # explicit BEGIN: one snapshot per read
-            with self._readers_lock:
-                self._readers.append(conn)
-            self._local.conn = conn
-        return conn
+            reader.conn = conn  # a read's (busy): close() leaves it alone
+        return reader.conn
 
-    def _catch_up(self) -> None:
-        """Wait until the writes queued so far are committed (read-your-writes)."""
+    def _thread_reader(self) -> _Reader:
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = _Reader()
+            with self._state_lock:
+                self._readers.append(reader)
+        return reader
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """One read on this thread's connection, once the writes queued before it are
+        committed (read-your-writes). close() closes no connection a read is using: it
+        waits for the read, or leaves the connection to it (closed here, at its end)."""
+        reader = self._thread_reader()
         barrier = threading.Event()
         with self._state_lock:
             if self._closed:
-                raise CallLogError("the call log is closed")
+                raise CallLogClosed("the call log is closed")
             if not self._opened:
                 raise CallLogError("the call log is not open")
+            reader.busy = True
+            self._reads += 1
             self._queue.put(barrier)
+        try:
+            self._catch_up(barrier)
+            yield self._reader()
+        finally:
+            self._done_reading(reader)
+
+    def _catch_up(self, barrier: threading.Event) -> None:
         if not barrier.wait(BARRIER_TIMEOUT):
             logger.warning(
                 "call log read did not wait for pending writes (writer busy)",
                 extra={"event": "calllog_slow"},
             )
 
+    def _done_reading(self, reader: _Reader) -> None:
+        with self._reads_done:
+            reader.busy = False
+            self._reads -= 1
+            self._reads_done.notify_all()
+            orphan = None
+            if self._readers_released:
+                # close() gave up waiting for this read and closed the idle connections.
+                orphan, reader.conn = reader.conn, None
+        if orphan is not None:
+            orphan.close()
+
     async def get(self, call_id: str) -> CallRecord | None:
         return await asyncio.to_thread(self._get, call_id)
 
     def _get(self, call_id: str) -> CallRecord | None:
-        self._catch_up()
-        conn = self._reader()
-        conn.execute("BEGIN")
-        try:
-            row = conn.execute(_SELECT_CALLS + "WHERE call_id = ?", (call_id,)).fetchone()
-            if row is None:
-                return None
-            events = conn.execute(
-                "SELECT at, kind, data FROM events WHERE call_id = ? ORDER BY at, id",
-                (call_id,),
-            ).fetchall()
-        finally:
-            conn.execute("COMMIT")
+        with self._reading() as conn:
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute(_SELECT_CALLS + "WHERE call_id = ?", (call_id,)).fetchone()
+                if row is None:
+                    return None
+                events = conn.execute(
+                    "SELECT at, kind, data FROM events WHERE call_id = ? ORDER BY at, id",
+                    (call_id,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
         return record_from_row(row, events_from_rows(events))
 
     async def recent(
@@ -677,15 +773,11 @@ class SqliteCallLog:
             where.append("api = ?")
             args.append(api)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
-        self._catch_up()
-        rows = (
-            self._reader()
-            .execute(
+        with self._reading() as conn:
+            rows = conn.execute(
                 _SELECT_CALLS + clause + "ORDER BY started_at DESC, call_id LIMIT ?",
                 (*args, max(0, limit)),
-            )
-            .fetchall()
-        )
+            ).fetchall()
         return [record_from_row(row) for row in rows]
 
 
