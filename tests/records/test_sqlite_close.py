@@ -276,3 +276,32 @@ def test_close_during_a_statement_of_a_read_does_not_crash_the_process(tmp_path:
         check=False,
     )
     assert (done.returncode, done.stdout) == (0, "read rtc_1\n"), done.stderr
+
+
+def test_writes_queued_behind_a_writer_that_died_are_reported_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer thread stops on a defect (an exception no write path expects): close()
+    counts what is still queued as dropped at the shutdown and says so, and the writer's
+    end is logged with its traceback. Before, both were lost without a word (the
+    traceback on stderr only)."""
+    log = SqliteCallLog(tmp_path / "calls.db", batch_wait=0)
+    log.open()
+    writer = log._writer
+    assert writer is not None
+
+    def defect(conn: sqlite3.Connection, ops: list[Any]) -> None:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(log, "_apply", defect)
+    with caplog.at_level(logging.INFO, logger="switchboard.calllog"):
+        log.started(record("rtc_1"))
+        writer.join(HANG)  # it stops on its first batch
+        assert not writer.is_alive()
+        log.started(record("rtc_2"))
+        log.ended("rtc_2", "end_call")
+        log.close()
+    assert log.backlog().dropped["shutdown"] == 2
+    events = [str(getattr(r, "event", "")) for r in caplog.records]
+    assert "calllog_writer_failed" in events
+    assert "calllog_dropped" in events
