@@ -270,23 +270,42 @@ class SqliteCallLog:
             if writer is not None:
                 self._queue.put(None)  # after every write accepted so far
         give_up = time.monotonic() + CLOSE_TIMEOUT
-        if writer is not None:
-            self._join_writer(writer, give_up)
-        elif self._pending():
-            logger.warning(
-                "call log closed before it was opened: queued writes dropped",
-                extra={"event": "calllog_dropped"},
-            )
+        if writer is None or self._join_writer(writer, give_up):
+            self._drop_unwritten()  # none, unless it never ran or stopped on a defect
         self._release_readers(give_up)
 
     @staticmethod
-    def _join_writer(writer: threading.Thread, give_up: float) -> None:
+    def _join_writer(writer: threading.Thread, give_up: float) -> bool:
+        """True once the writer has stopped; False if it still runs at `give_up`."""
         writer.join(max(0.0, give_up - time.monotonic()))
         if writer.is_alive():
             # Its connection stays its own: it closes it once done (_write_loop).
             logger.error(
                 "the call log writer did not finish in time; queued writes may be lost",
                 extra={"event": "calllog_close_timeout"},
+            )
+            return False
+        return True
+
+    def _drop_unwritten(self) -> None:
+        """What is still queued with no writer to write it (closed before it was opened,
+        or the writer stopped on a defect): counted as dropped at the shutdown, logged;
+        the reads waiting for it let go."""
+        dropped = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is not None:
+                dropped += 1
+        if dropped:
+            self._lost["shutdown"] += dropped
+            logger.error(
+                "call log closed with writes no writer took: dropped",
+                extra={"event": "calllog_dropped", "dropped": dropped},
             )
 
     def _release_readers(self, give_up: float) -> None:
@@ -319,9 +338,6 @@ class SqliteCallLog:
                 "connection when it ends",
                 extra={"event": "calllog_close_timeout", "reads": still},
             )
-
-    def _pending(self) -> bool:
-        return not self._queue.empty()
 
     def _connect(self) -> sqlite3.Connection:
         # check_same_thread=False: one thread uses a connection at a time, but close() may
@@ -493,6 +509,11 @@ class SqliteCallLog:
         assert conn is not None
         try:
             self._write_until_stopped(conn)
+        except Exception:  # a defect: said here, and close() reports what it left queued
+            logger.exception(
+                "the call log writer stopped on an error: writes are no longer written",
+                extra={"event": "calllog_writer_failed"},
+            )
         finally:
             # Here, not in close(): closed under a batch, it could crash the process; and
             # a close() that gave up waiting leaves it to the writer.
