@@ -1,6 +1,7 @@
 """The optional back-ends are imported by the deployments that use them only: redis (shared
 state, 0.3 s of CPU to import) and asyncpg (PostgreSQL call log, 0.1 s) cost every start of
-the service otherwise, and every test process that imports the app."""
+the service otherwise, and every test process that imports the app. And a start that is
+refused never imports the server or the app."""
 
 from __future__ import annotations
 
