@@ -495,21 +495,28 @@ class RedisClaimStore:
         async def attempt() -> Ticket | Answer | None:
             claim_id = new_claim_id()
             args = [len(keys), claim_id, state.owner, state.lease_ms, state.horizon_ms]
+            # Known here before the round trip: a duplicate of this process whose 'busy'
+            # reply is read before ours (another connection) waits for our answer. Found
+            # only after, it polled Redis, and claimed afresh once an answer not kept (a
+            # retry) freed the keys: one delivery's failure acted on twice at once.
+            result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            self._local[claim_id] = result
             try:
                 got = await state.call(script, redis_keys + plan_keys, args + plan_args, deadline)
             except BaseException:
+                self._abandon(claim_id)
                 if plan is not None:
                     # The script may have run: its `acting` is nobody's.
                     state.release_later(claim_id, claim_keys)
                 raise
             kind = got[0]
+            if kind != "ticket":
+                self._abandon(claim_id)
             if kind == "answer":
                 return Answer(int(got[1]), json.loads(got[2]))
             if kind == "ticket":
                 phase, context, uncertain = got[1], got[2], bool(int(got[3]))
                 state.held[claim_id] = tuple(claim_keys)
-                result: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-                self._local[claim_id] = result
                 orphan = json.loads(context) if phase == "acting" else None
                 if orphan is not None:
                     logger.warning(
@@ -536,6 +543,13 @@ class RedisClaimStore:
 
         got = await poll_until(attempt, deadline)
         return got if got is not None else IN_PROGRESS
+
+    def _abandon(self, claim_id: str) -> None:
+        """A claim id this process asked for and does not hold: a duplicate waiting for it
+        gets IN_PROGRESS (the delivery is retried), not a wait until its deadline."""
+        result = self._local.pop(claim_id, None)
+        if result is not None and not result.done():
+            result.set_result(IN_PROGRESS)
 
     async def acting(
         self, ticket: Ticket, context: Mapping[str, Any], *, deadline: float | None = None

@@ -37,6 +37,7 @@ from tests.state.test_claims import (
     CONTEXT,
     KEYS,
     LEASE,
+    RETRY,
     ROUTED,
     TIMEOUT,
     Factory,
@@ -453,5 +454,53 @@ async def test_a_script_run_twice_is_released_not_left_acting(redis_url: str) ->
         state.call = twice  # type: ignore[method-assign]
         got = await planned(store)
         assert (got.orphan, got.acting) == (None, True)
+    finally:
+        await store.close()
+
+
+# --- Redis: concurrent deliveries in one process ---------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_duplicate_whose_reply_is_read_before_the_owners_waits_for_its_answer(
+    redis_url: str,
+) -> None:
+    """Two deliveries of one process claim at once; the duplicate's 'busy' reply is read
+    before the owner's ticket (replies on different connections come in any order, as
+    under load). It waits for the owner's answer in this process. Before, the owner's claim
+    was known here only once its reply was read: the duplicate polled Redis instead, and
+    when the owner's answer was not kept (a retry: the claim freed) it claimed afresh and
+    acted too."""
+    store = await redis_store(redis_url)
+    try:
+        state = store.state
+        call = state.call
+        duplicate_read = asyncio.Event()
+        calls = 0
+
+        async def owner_read_last(
+            script: Any, keys: list[str], args: list[Any], deadline: float | None
+        ) -> Any:
+            nonlocal calls
+            calls += 1
+            mine = calls
+            got = await call(script, keys, args, deadline)
+            if mine == 1:
+                await duplicate_read.wait()  # the owner's reply, read after the duplicate's
+            elif mine == 2:
+                assert got[0] == "busy", got
+                duplicate_read.set()
+            return got
+
+        state.call = owner_read_last  # type: ignore[method-assign]
+        owner = asyncio.create_task(store.claim(KEYS, soon(5)))
+        await asyncio.sleep(0.05)  # the owner's script has run; its reply is held
+        duplicate = asyncio.create_task(store.claim(KEYS, soon(5)))
+        ticket = await owner
+        assert isinstance(ticket, Ticket)
+        state.call = call  # type: ignore[method-assign]
+        # Not kept (a retry): the claim is freed, before the duplicate would ask again.
+        await store.finish(ticket, RETRY, remember=False)
+        assert await duplicate == RETRY, "the duplicate claimed afresh and would act again"
     finally:
         await store.close()
