@@ -291,22 +291,26 @@ class SqliteCallLog:
         """What is still queued with no writer to write it (closed before it was opened,
         or the writer stopped on a defect): counted as dropped at the shutdown, logged;
         the reads waiting for it let go."""
-        dropped = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, threading.Event):
-                item.set()
-            elif item is not None:
-                dropped += 1
+        dropped = len(self._take_queued())
         if dropped:
             self._lost["shutdown"] += dropped
             logger.error(
                 "call log closed with writes no writer took: dropped",
                 extra={"event": "calllog_dropped", "dropped": dropped},
             )
+
+    def _take_queued(self) -> list[_Op]:
+        """Empty the queue: its writes, in order; the reads waiting on a barrier let go."""
+        ops: list[_Op] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return ops
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is not None:
+                ops.append(item)
 
     def _release_readers(self, give_up: float) -> None:
         """The reader connections closed once no read uses them (none starts now), waiting
@@ -570,16 +574,7 @@ class SqliteCallLog:
                             extra={"event": "calllog_expired", "calls": deleted},
                         )
         # Anything that slipped in after the stop marker (nothing should: close() orders it).
-        leftovers: list[_Op] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, threading.Event):
-                item.set()
-            elif item is not None:
-                leftovers.append(item)
+        leftovers = self._take_queued()
         if leftovers:
             self._hold(leftovers) if self._held else self._apply(conn, leftovers)
         if self._held:
