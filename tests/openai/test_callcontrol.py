@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -820,3 +822,80 @@ async def test_a_trickling_answer_is_cut_at_the_call_deadline() -> None:
         assert caught.value.uncertain is True
         await asyncio.wait_for(server.disconnected.wait(), 10)
         assert server.sent < server.length
+
+
+class HeldAnswer:
+    """A real HTTP server on a thread of its own: it reads one request, sets `received`,
+    and answers 200 only once `release` is set (then sets `answered`), so that the answer
+    can reach the client's socket while the client's event loop is blocked."""
+
+    def __init__(self) -> None:
+        self.received = threading.Event()
+        self.release = threading.Event()
+        self.answered = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
+
+    def _serve(self) -> None:
+        connection, _ = self._listener.accept()
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            while len(body) < length:
+                body += connection.recv(65536)
+            self.received.set()
+            self.release.wait(30)
+            connection.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: 2\r\n\r\n{}"
+            )
+            self.answered.set()
+            # Held open (keep-alive) until the client closes it.
+            while connection.recv(65536):
+                pass
+
+    def close(self) -> None:
+        self.release.set()
+        self._listener.close()
+        self._thread.join(10)
+
+
+@pytest.mark.anyio
+async def test_an_answer_that_came_while_the_loop_was_stalled_is_taken() -> None:
+    """The process stalls (a loaded machine, a GC pause, SIGSTOP) while its accept is in
+    flight, and the API's answer reaches the socket before the process runs again, past
+    the request's limit. When the loop runs again the answer and the limit are due
+    together: the answer wins. Taken as a timeout, the webhook was answered 503 with the
+    call freed for its redelivery, which accepted the call a second time (seen end to
+    end: two replicas on Redis, one stopped past the call's deadline)."""
+    server = HeldAnswer()
+    try:
+        async with build_http_client(server.base_url, API_KEY) as http:
+            limit = 0.2
+            control = CallControl(http, policy=RetryPolicy(attempt_timeout=limit))
+            accept = asyncio.create_task(
+                control.accept(CALL_ID, ACCEPT_BODY, time.monotonic() + 60)
+            )
+            while not server.received.is_set():  # the request has left (its limit is set)
+                await asyncio.sleep(0.001)
+            loop = asyncio.get_running_loop()
+            past = loop.time() + limit
+            # The loop stalls: the answer arrives, and the limit passes, before it runs again.
+            server.release.set()
+            assert server.answered.wait(10)
+            while loop.time() <= past:
+                time.sleep(0.01)  # noqa: ASYNC251 - the stall itself
+            await accept  # accepted: no UpstreamUnavailable('no complete answer')
+    finally:
+        server.close()
