@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 import httpcore
 import httpx
 
-from app.openai.transport import PoolTransport
+from app.openai.transport import LastLook, PoolTransport
 
 Operation = Literal["accept", "reject", "refer", "hangup"]
 OPERATIONS: tuple[Operation, ...] = ("accept", "reject", "refer", "hangup")
@@ -285,12 +285,20 @@ class CallControl:
             maybe_sent = uncertain_after is not None
             try:
                 # httpx's timeouts are per read: a body trickling a byte at a time would
-                # restart them forever. One wall-clock limit covers the whole exchange.
-                async with asyncio.timeout(timeout):
-                    if direct is not None:
-                        response = await direct.send(url, path, headers, body, timeout)
-                    else:
-                        response = await _send(client.api_transport, url, headers, body, timeout)
+                # restart them forever. One wall-clock limit covers the whole exchange
+                # (its expiry: _expire).
+                async with asyncio.timeout(None) as limit:
+                    # An answer that came as the limit passed wins over it (LastLook).
+                    expiry = LastLook(asyncio.get_running_loop(), timeout, _expire, limit)
+                    try:
+                        if direct is not None:
+                            response = await direct.send(url, path, headers, body, timeout)
+                        else:
+                            response = await _send(
+                                client.api_transport, url, headers, body, timeout
+                            )
+                    finally:
+                        expiry.cancel()
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request did not reach the API: safe to send again.
                 self._observe(operation, "connection_error", self._clock() - started)
@@ -353,6 +361,12 @@ class CallControl:
             self._policy.max_backoff, self._policy.base_backoff * 2 ** min(attempt - 1, 32)
         )
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+
+
+def _expire(limit: asyncio.Timeout) -> None:
+    """A request's limit has passed (after a last look at the sockets: LastLook): cancel it
+    now, behind the request's wake-up when its answer was found there."""
+    limit.reschedule(asyncio.get_running_loop().time())
 
 
 class LiveCallControl(CallControl):

@@ -20,7 +20,7 @@ import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httpcore
 import httpx
@@ -29,6 +29,9 @@ READ_BUFFER_LIMIT = 256 * 1024
 """Bytes buffered unread before the connection stops reading from the socket."""
 CORK_LIMIT = 64 * 1024
 """Bytes of a request held back to be sent together (beyond: sent at once, and waited on)."""
+LAST_LOOK: Final = 0.001
+"""Seconds between a wait's time passing and the wait giving up: the event loop polls the
+sockets once in between (`LastLook`)."""
 
 
 class _Protocol(asyncio.Protocol):
@@ -86,7 +89,7 @@ class _Protocol(asyncio.Protocol):
         """Until data or the end arrives (True), or `seconds` pass (False)."""
         waiter: asyncio.Future[bool] = self.loop.create_future()
         self._reader = waiter
-        timer = None if seconds is None else self.loop.call_later(seconds, _wake, waiter, False)
+        timer = None if seconds is None else LastLook(self.loop, seconds, _wake, waiter, False)
         try:
             return await waiter
         finally:
@@ -98,13 +101,49 @@ class _Protocol(asyncio.Protocol):
         """Until the transport's buffer drains (True), or `seconds` pass (False)."""
         waiter: asyncio.Future[bool] = self.loop.create_future()
         self._drainer = waiter
-        timer = None if seconds is None else self.loop.call_later(seconds, _wake, waiter, False)
+        timer = None if seconds is None else LastLook(self.loop, seconds, _wake, waiter, False)
         try:
             return await waiter
         finally:
             self._drainer = None
             if timer is not None:
                 timer.cancel()
+
+
+class LastLook:
+    """`loop.call_later(seconds, fn, *args)` for a time limit on I/O: when `seconds` have
+    passed, `fn` runs after the loop has polled the sockets once more.
+
+    The process can stall past a limit while what it waits for arrives (a loaded machine,
+    a long callback, a GC pause, SIGSTOP): both are due when the loop runs again. uvloop
+    runs the timers due before it polls the sockets (asyncio's own loop after), and a
+    limit acted on at once lost what had come: an answer in the socket was reported as
+    no answer, a request that may have taken effect (call control's `uncertain`), whose
+    redelivery sent it again (a call accepted twice). `fn` waits for a second timer of
+    LAST_LOOK, which no loop runs before its next poll of the sockets: what that poll
+    finds is handed out first."""
+
+    __slots__ = ("_args", "_fn", "_handle", "_loop")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, seconds: float, fn: Any, *args: Any
+    ) -> None:
+        self._loop = loop
+        self._fn = fn
+        self._args = args
+        self._handle: asyncio.TimerHandle | None = loop.call_later(seconds, self._due)
+
+    def _due(self) -> None:
+        self._handle = self._loop.call_later(LAST_LOOK, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._fn(*self._args)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _wake(waiter: asyncio.Future[bool] | None, value: bool) -> None:

@@ -833,6 +833,7 @@ class HeldAnswer:
         self.received = threading.Event()
         self.release = threading.Event()
         self.answered = threading.Event()
+        self._closing = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -857,28 +858,34 @@ class HeldAnswer:
             self.received.set()
             self.release.wait(30)
             connection.sendall(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                b"content-length: 2\r\n\r\n{}"
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
             )
             self.answered.set()
-            # Held open (keep-alive) until the client closes it.
-            while connection.recv(65536):
-                pass
+            self._closing.wait(30)  # held open (keep-alive) until close()
 
     def close(self) -> None:
         self.release.set()
+        self._closing.set()
         self._listener.close()
         self._thread.join(10)
 
 
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),  # what serve runs
+    ],
+)
 @pytest.mark.anyio
 async def test_an_answer_that_came_while_the_loop_was_stalled_is_taken() -> None:
-    """The process stalls (a loaded machine, a GC pause, SIGSTOP) while its accept is in
-    flight, and the API's answer reaches the socket before the process runs again, past
-    the request's limit. When the loop runs again the answer and the limit are due
-    together: the answer wins. Taken as a timeout, the webhook was answered 503 with the
-    call freed for its redelivery, which accepted the call a second time (seen end to
-    end: two replicas on Redis, one stopped past the call's deadline)."""
+    """The process stalls (a loaded machine, a long callback, SIGSTOP) while its accept is
+    in flight, and the API's answer reaches the socket before the loop runs again, past
+    the request's limit. The answer wins. Taken as a timeout, the webhook was answered 503
+    and the call freed for its redelivery, which accepted the call a second time (seen end
+    to end: two replicas on Redis, one stopped past the call's deadline). The stall is in
+    an I/O callback: uvloop then runs the limit's timer before it next polls the sockets,
+    asyncio's own loop after."""
     server = HeldAnswer()
     try:
         async with build_http_client(server.base_url, API_KEY) as http:
@@ -887,15 +894,26 @@ async def test_an_answer_that_came_while_the_loop_was_stalled_is_taken() -> None
             accept = asyncio.create_task(
                 control.accept(CALL_ID, ACCEPT_BODY, time.monotonic() + 60)
             )
-            while not server.received.is_set():  # the request has left (its limit is set)
-                await asyncio.sleep(0.001)
+            # The request has left (its limit is set).
+            assert await asyncio.to_thread(server.received.wait, 10)
+            past = time.monotonic() + limit + 0.05  # the limit is due by then
             loop = asyncio.get_running_loop()
-            past = loop.time() + limit
-            # The loop stalls: the answer arrives, and the limit passes, before it runs again.
-            server.release.set()
-            assert server.answered.wait(10)
-            while loop.time() <= past:
-                time.sleep(0.01)  # noqa: ASYNC251 - the stall itself
+            stalled: asyncio.Future[None] = loop.create_future()
+            ours, theirs = socket.socketpair()
+
+            def stall() -> None:
+                """The loop stalls: the answer arrives, and the limit passes."""
+                loop.remove_reader(ours)
+                server.release.set()
+                assert server.answered.wait(10)
+                while time.monotonic() <= past:
+                    time.sleep(0.01)
+                stalled.set_result(None)
+
+            with ours, theirs:
+                loop.add_reader(ours, stall)
+                theirs.send(b"x")
+                await stalled
             await accept  # accepted: no UpstreamUnavailable('no complete answer')
     finally:
         server.close()
