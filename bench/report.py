@@ -374,6 +374,64 @@ This section is written by hand from profiles and A/B runs taken on this machine
 tables above are regenerated on every run, this text is not. Re-check it when the numbers
 move.
 
+### End to end, fourth round (2026-12-03, 17:50-20:40): what changed, what is left
+
+REPORT_RUN_PLACEHOLDER
+
+**Router-added latency: the loop's disk waits, settled and removed.** perf on a real
+`switchboard serve` at 200 calls/s (the loop thread's kernel stacks when it blocks
+uninterruptibly, page-cache insertions and removals with their stacks, block requests,
+pwrite/pread/fdatasync; 9 traced runs of 10-20 s): the long waits were **reads**. Each was
+a page of `state.db-wal` read back before a write into part of it (`pwrite64 ->
+ext4_da_write_begin -> ext4_block_write_begin`): a WAL frame is 24 bytes and a 4 KB page,
+not page-aligned, and after a RESTART checkpoint the loop writes over the last round's
+frames, which the checkpoint's fsync left clean and this VM's DAMON pageout dropped (every
+removal of a WAL page in the traces was kdamond's). Before: 27-985 read-backs per 20 s,
+9-323 ms of the loop blocked, up to 18 ms each. Not dirty-page throttling (no
+`balance_dirty_pages` event in any run), not faults on the -shm mapping. Fix (1afc285):
+the loop asks for the next 4 MB of the WAL past its next write (`POSIX_FADV_WILLNEED`,
+which starts the reads and returns; the next write's offset from the -shm header's
+mxFrame; ~1 us a commit), and the maintenance thread asks for the first 4 MB after a
+checkpoint that copied every frame. Traced after: 0-2 read-backs per 20 s (0.2 ms), with
+kdamond dropping 130-781 WAL pages in the same runs; a test drops the pages
+(`POSIX_FADV_DONTNEED`) and checks with `mincore` that the next ones are cached again.
+Rejected: a TRUNCATE checkpoint (the write lock held 105-187 ms per restart), a read-ahead
+once per maintenance tick (42 read-backs per 20 s left). Interleaved A/B on the shared
+machine (8 runs each; the service waited 0.5-4.9 s of each 10 s for a core): p99 24.5 ->
+20.0 ms, p50 2.97 -> 3.02 ms, CPU per call at saturation 1.968 -> 1.959 ms: the tail there
+is bound by waiting for a core. Left on the loop: SQLite's WAL-header fsync on the first
+commit after each restart (3 per 20 s, 1-10 ms), rare reads of evicted `state.db` pages
+(<= 6 ms; another connection's commit, the heartbeat, empties the loop's page cache), and
+the GIL hand-offs and core waits of the third round's probe. The peers write nothing on
+their loop; Switchboard's commit before the request is what exactly-once needs.
+
+**Redis: the claim, the dialog and `acting` in one round trip** (a4288a7, b8c2712): one
+Lua script, built from the same three steps as the separate scripts, so the rules are
+theirs (a test counts the commands with MONITOR: 4 EVALSHA before the accept -> 1; a
+rate-limited route, which claims alone, 4 -> 3). Callgrind on bench/statecost.py with
+`--store redis` (the router process, 1,000 calls): 3.499 M -> 2.235 M instructions a call
+(-36%). A reply lost after the script ran (a timeout, a cancellation, a command resent
+after a connection error) would have left an `acting` that nobody acts on: such a claim is
+released, an orphan's `acting` taken over is not. Also fixed: two deliveries of one process
+claiming at once, the duplicate's reply read before the owner's, could both act when the
+owner's answer was not kept (7e005e5: the claim is known in the process before its round
+trip).
+
+**Also this round, correctness** (each with a test that failed before):
+- CI's failure (tests/e2e/test_reload_e2e.py): an edit saved while the rules watch was being
+  re-made after a save by rename was lost when the routes file's directory was busy (the
+  call log, state database and log file sit beside it by default): the catch-up read waited
+  for a batch of the routes files or an idle tick, and the watcher, filtering the rest out,
+  never idled (c69fb56).
+- Shutdown: `SqliteState.stop()` closed the connection under the loop's batch (a failed
+  COMMIT; inside a statement, a segfault: 18 of 30 runs with 1,000 claims in flight); the
+  call log's `close()` closed reader connections under running reads (a 500 from the admin
+  API; inside a statement, a segfault: 4 of 20 runs). Both now hand over first.
+- Python 3.11's `asyncio.wait_for` swallowed a caller's cancellation as the inner wait
+  completed: the six request-path waits that used it use `asyncio.timeout()`.
+
+**Suite time: missed.** See Set-up: the floor is CPU (~258 s of it on 2 cores).
+
 ### End to end, third round (2026-12-03, 15:00-17:00): what changed, what is left
 
 Two runs of the report at b7f767d, 16:20 (a reviewer's tests running beside it) and 16:27
@@ -397,8 +455,8 @@ load: 3.865 M -> 3.307 M instructions a call, -14.5%; system calls on the loop's
   before the claim; on SQLite `ClaimStore.claim_acting` then takes the claim, the SIP
   dialog's handler and `acting` in one `BEGIN IMMEDIATE` (3 transactions -> 1 before the
   request leaves; a test counts them). `acting` is still durable before any request, so a
-  crash after it is answered "uncertain" and never sent again. The memory and Redis
-  stores keep their separate steps (a Redis script for the three is the next step there).
+  crash after it is answered "uncertain" and never sent again. The memory store keeps
+  the separate steps (Redis does the three in one script since the fourth round).
 - **Nothing waits before the request leaves** (c9e2a91): the connection's state lock is
   asyncio's, not anyio's, which always yielded to the loop even when free.
 - **Work after the answer** (app/ops/later.py; 1dfe0a2, d6e6692, fdafe0c): the call's log
