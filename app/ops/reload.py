@@ -44,6 +44,8 @@ MAX_REARM_DELAY = 30.0
 MAX_DEBOUNCE_FACTOR = 10
 # With no change for this long the watcher wakes once (how we learn it is in place).
 IDLE_MS = 1000
+# How often the files are looked at when the kernel gives no watch (see watch()).
+POLL_MS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +317,7 @@ class RulesManager:
         watcher never idles, so a batch of only the routes files could be the first.
         """
         failures = 0
+        polling = False
         while True:
             paths: list[str] = []
             try:
@@ -331,6 +334,8 @@ class RulesManager:
                     yield_on_timeout=True,
                     recursive=False,
                     ignore_permission_denied=True,
+                    force_polling=polling,
+                    poll_delay_ms=POLL_MS,
                 )
                 async with aclosing(watcher) as batches:
                     async for batch in batches:
@@ -352,16 +357,29 @@ class RulesManager:
                         if now != plan:
                             break  # a file replaced, a symlink swapped, new files: re-arm
             except Exception as exc:
-                failures += 1
-                delay = min(REARM_DELAY * 2 ** (failures - 1), MAX_REARM_DELAY)
-                logger.warning(
-                    "cannot watch the rules files, retrying in %.0f s: %s",
-                    delay,
-                    exc,
-                    extra={"event": "rules_watch_error", "paths": paths},
-                )
-                self.watching = False
-                await asyncio.sleep(delay)
+                if isinstance(exc, RuntimeError) and not polling:
+                    # The watcher could not be made (watchfiles' internal error): inotify
+                    # instances are counted per user, 128 by default, and the containers
+                    # of one user on a host share them. Asked again, it would fail the
+                    # same way while they are taken: the files are looked at instead.
+                    polling = True
+                    logger.warning(
+                        "no file watch from the kernel (%s): polling the rules files every %d ms",
+                        exc,
+                        POLL_MS,
+                        extra={"event": "rules_watch_polling", "paths": paths},
+                    )
+                else:
+                    failures += 1
+                    delay = min(REARM_DELAY * 2 ** (failures - 1), MAX_REARM_DELAY)
+                    logger.warning(
+                        "cannot watch the rules files, retrying in %.0f s: %s",
+                        delay,
+                        exc,
+                        extra={"event": "rules_watch_error", "paths": paths},
+                    )
+                    self.watching = False
+                    await asyncio.sleep(delay)
             self.watching = False
 
     def _install_sighup(self) -> Callable[[], None] | None:

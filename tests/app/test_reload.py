@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -570,6 +570,36 @@ async def test_an_edit_made_while_the_watch_is_re_armed_is_read_in_a_busy_direct
         os.replace(temporary, routes)
         await wait_for(lambda: not edits, "the re-armed watch")
         await wait_for(serving(manager, RULES_A), "A, saved as the watch was re-made")
+
+
+@pytest.mark.anyio
+async def test_the_watch_polls_when_the_kernel_gives_no_watch(
+    routes: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # inotify instances are counted per user (128 by default), and containers of one
+    # user on a host share them: watchfiles then cannot create its watcher (EMFILE).
+    # The watch retried the same for ever, with the edits unseen; it polls instead.
+    from app.ops import reload
+
+    def no_inotify(*paths: str, force_polling: bool | None = None, **options: Any) -> Any:
+        if force_polling:
+            return real_awatch(*paths, force_polling=True, **options)
+
+        async def refused() -> AsyncIterator[set[tuple[watchfiles.Change, str]]]:
+            raise RuntimeError("Error creating recommended watcher: Too many open files")
+            yield set()  # an async generator, as awatch is
+
+        return refused()
+
+    real_awatch = watchfiles.awatch
+    monkeypatch.setattr(reload, "awatch", no_inotify)
+    manager = RulesManager(routes, region="US", metrics=Metrics())
+    with caplog.at_level(logging.WARNING, logger="switchboard.rules"):
+        async with manager.running(watch=True, debounce_ms=50, sighup=False):
+            await wait_for(lambda: manager.watching, "the watch, polling")
+            write(routes, RULES_B)
+            await wait_for(serving(manager, RULES_B), "B, seen by polling")
+    assert any(getattr(r, "event", None) == "rules_watch_polling" for r in caplog.records)
 
 
 @pytest.mark.anyio
