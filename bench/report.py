@@ -457,7 +457,7 @@ trip).
   API; inside a statement, a segfault: 4 of 20 runs). Both now hand over first.
 - Python 3.11's `asyncio.wait_for` swallowed a caller's cancellation as the inner wait
   completed: the six request-path waits that used it use `asyncio.timeout()`.
-- A call accepted twice after a stall (abc6497): a process stalled past a request's time
+- A call accepted twice after a stall (cb5f099): a process stalled past a request's time
   limit (a loaded machine, SIGSTOP) found the answer and the limit due together; uvloop runs
   due timers before it reads the sockets, so the accept counted as unanswered (503,
   'uncertain') and the redelivery accepted again (reproduced every time with SIGSTOP on two
