@@ -201,3 +201,32 @@ async def swallowed_cancellations(
         swallowed.append(step)
     assert landed, "every wait was over before its cancellation"
     return swallowed
+
+
+class InThread:
+    """`shut()` (a stop() or close() that blocks) in a thread of its own, as the app's
+    to_thread runs it. `reached` is set once it returned, or once a subclass saw it get as
+    far as it can without the test; join() raises what it raised."""
+
+    def __init__(
+        self, shut: Callable[[], None], what: str, *, name: str, hang: float = 30.0
+    ) -> None:
+        self.reached = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(shut,), name=name)
+        self._what = what
+        self._hang = hang
+
+    def _run(self, shut: Callable[[], None]) -> None:
+        try:
+            shut()
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+        finally:
+            self.reached.set()
+
+    def join(self) -> None:
+        self.thread.join(self._hang)
+        assert not self.thread.is_alive(), f"{self._what} hung"
+        if self.error is not None:
+            raise self.error

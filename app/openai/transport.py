@@ -19,7 +19,7 @@ import collections
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Final, cast
 
 import httpcore
@@ -126,7 +126,7 @@ class LastLook:
     __slots__ = ("_args", "_fn", "_handle", "_loop")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, seconds: float, fn: Any, *args: Any
+        self, loop: asyncio.AbstractEventLoop, seconds: float, fn: Callable[..., object], *args: Any
     ) -> None:
         self._loop = loop
         self._fn = fn

@@ -722,19 +722,7 @@ class Bench:
 
     def _send_all(self, host: str, file: Path, *, strict: bool = True) -> int:
         """Every request in the file once, back to back on a few connections."""
-        address, port = host.split(":")
-        command = [
-            sys.executable,
-            "-m",
-            "bench.e2e.openloop",
-            str(file),
-            address,
-            port,
-            "0",
-            "--closed",
-            str(self.config.connections),
-            "600",
-        ]
+        command = _openloop(file, host, 0, "--closed", str(self.config.connections), "600")
         result = json.loads(_run_pinned(command, self.load_cpus))
         failed = int(result["errors"]) + sum(
             int(n) for status, n in result["statuses"].items() if status != "200"
@@ -757,19 +745,7 @@ class Bench:
                     out.write(b"%d\n" % len(request))
                     out.write(request)
         self.reset()
-        address, port = host.split(":")
-        command = [
-            sys.executable,
-            "-m",
-            "bench.e2e.openloop",
-            str(doubled),
-            address,
-            port,
-            "0",
-            "--closed",
-            "16",
-            "120",
-        ]
+        command = _openloop(doubled, host, 0, "--closed", "16", "120")
         result = json.loads(_run_pinned(command, procs.usable_cpus()))
         stats = self.stats()
         return Duplicates(

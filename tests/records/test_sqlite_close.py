@@ -30,6 +30,7 @@ from app.records import sqlite as sqlite_log
 from app.records.calllog import CallLogError, CallRecord
 from app.records.sqlite import SqliteCallLog
 from tests.records.test_calllog import record
+from tests.support import InThread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,36 +96,20 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Opened:
     return opened
 
 
-class Closer:
+class Closer(InThread):
     """close() in a thread of its own, as the lifespan's to_thread runs it; `reached` is
     set once it has gone as far as it can without the read in flight: it returned, or it
     said it waits for the reads (calllog_close_waits)."""
 
     def __init__(self, log: SqliteCallLog) -> None:
-        self.reached = threading.Event()
-        self.error: BaseException | None = None
+        super().__init__(log.close, "close()", name="closer", hang=HANG)
         self.events: list[str] = []
-        self.thread = threading.Thread(target=self._run, args=(log.close,), name="closer")
-
-    def _run(self, close: Callable[[], None]) -> None:
-        try:
-            close()
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-        finally:
-            self.reached.set()
 
     def heard(self, event: str) -> None:
         if threading.current_thread() is self.thread:
             self.events.append(event)
             if event == "calllog_close_waits":
                 self.reached.set()
-
-    def join(self) -> None:
-        self.thread.join(HANG)
-        assert not self.thread.is_alive(), "close() hung"
-        if self.error is not None:
-            raise self.error
 
 
 class Listening(logging.Handler):

@@ -26,10 +26,17 @@ def started_connections(
         return conn
 
     monkeypatch.setattr(SqliteState, "_connect", recording)
-    # A long lease: the maintenance thread stays asleep while the test reads its connection.
-    state = SqliteState(tmp_path / "state.db", horizon_seconds=3600, lease_seconds=600)
+    with sleeping_state(tmp_path / "state.db"):
+        yield opened
+
+
+@contextlib.contextmanager
+def sleeping_state(path: Path) -> Iterator[SqliteState]:
+    """A started SqliteState whose maintenance thread stays asleep (a long lease) while the
+    test works on its connections."""
+    state = SqliteState(path, horizon_seconds=3600, lease_seconds=600)
     state.start()
     try:
-        yield opened
+        yield state
     finally:
         state.stop()

@@ -25,6 +25,7 @@ from app.state.claims import StateUnavailable, Ticket
 from app.state.sqlite import SqliteClaimStore, SqliteState
 from tests.state.test_claim_acting import PLAN, rows
 from tests.state.test_claims import KEYS, soon
+from tests.support import InThread
 
 HANG = 30.0
 """Only a hang waits this long (a guard, not a measure)."""
@@ -44,24 +45,14 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class Stopper:
+class Stopper(InThread):
     """stop() in a thread of its own, as SqliteClaimStore.close() runs it; `reached` is set
     once it has gone as far as it can without the event loop: it returned, or it asked
     the loop for something (call_soon_threadsafe from its thread)."""
 
     def __init__(self, stop: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
-        self.reached = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(stop,), name="stopper")
+        super().__init__(stop, "stop()", name="stopper", hang=HANG)
         self._ask = loop.call_soon_threadsafe
-
-    def _run(self, stop: Callable[[], None]) -> None:
-        try:
-            stop()
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-        finally:
-            self.reached.set()
 
     def call_soon_threadsafe(
         self, callback: Callable[..., Any], *args: Any, **kwargs: Any
@@ -69,12 +60,6 @@ class Stopper:
         if threading.current_thread() is self.thread:
             self.reached.set()
         return self._ask(callback, *args, **kwargs)
-
-    def join(self) -> None:
-        self.thread.join(HANG)
-        assert not self.thread.is_alive(), "stop() hung"
-        if self.error is not None:
-            raise self.error
 
 
 @pytest.mark.anyio

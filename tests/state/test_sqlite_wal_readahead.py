@@ -29,6 +29,7 @@ import pytest
 
 from app.state import sqlite as state_sqlite
 from app.state.sqlite import READ_AHEAD_BYTES, SqliteState
+from tests.state.sqlite_support import sleeping_state
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this OS"
@@ -121,13 +122,8 @@ def _fill(conn: sqlite3.Connection, n: int) -> None:
 @pytest.fixture
 async def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SqliteState]:
     monkeypatch.setattr(state_sqlite, "WAL_RESTART_FRAMES", 64, raising=False)
-    # A long lease: the maintenance thread stays asleep; the test runs its checkpoints.
-    state = SqliteState(tmp_path / "state.db", horizon_seconds=3600, lease_seconds=600)
-    state.start()
-    try:
+    with sleeping_state(tmp_path / "state.db") as state:  # the test runs its checkpoints
         yield state
-    finally:
-        state.stop()
 
 
 async def _wal_started_over(state: SqliteState) -> Path:
