@@ -32,7 +32,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 SCHEMES: Final = ("redis", "rediss", "unix")
 DEFAULT_TIMEOUT: Final = 0.5
@@ -177,10 +183,11 @@ async def check(client: aioredis.Redis, *, timeout: float = DEFAULT_TIMEOUT) -> 
                 "SWITCHBOARD_REDIS_URL's ssl_ca_certs= (docs/deploy.md)"
             ) from None
         alert = _client_certificate_alert(exc)
-        if alert is None and _reset(exc):
-            # With TLS 1.3 a server checks our certificate after our handshake is done and
-            # our first command sent: its alert is as often lost in the reset of a socket
-            # closed with that command unread. Ask again, saying nothing: the alert, if any.
+        if alert is None and _dropped(exc):
+            # With TLS 1.3 a server checks our certificate after our handshake is done: its
+            # alert is as often lost in the reset of a socket closed with our first command
+            # unread, or, when it comes before that command is written, in redis-py's
+            # "closed by the server". Ask again, saying nothing: the alert, if any.
             alert = await _tls_alert(client, timeout)
         if alert is not None:
             raise RedisConfigError(_client_certificate_message(client, alert)) from None
@@ -225,8 +232,13 @@ def _client_certificate_alert(exc: BaseException) -> str | None:
     return None
 
 
-def _reset(exc: BaseException) -> bool:
-    return any(isinstance(error, _RESETS) for error in _chain(exc))
+def _dropped(exc: BaseException) -> bool:
+    """A reset, or redis-py finding the connection closed by the server (its own
+    ConnectionError, with no error of the OS's behind it: not a refused connect)."""
+    chain = _chain(exc)
+    if any(isinstance(error, _RESETS) for error in chain):
+        return True
+    return isinstance(exc, RedisConnectionError) and len(chain) == 1
 
 
 async def _tls_alert(client: aioredis.Redis, timeout: float) -> str | None:  # noqa: ASYNC109

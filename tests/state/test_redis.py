@@ -162,6 +162,35 @@ async def test_rediss_without_the_client_certificate_redis_requires_is_a_configu
 
 
 @pytest.mark.anyio
+async def test_a_refusal_seen_as_a_close_before_the_first_command_is_a_configuration_error(
+    tls_redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The third way the refusal meets us, on a loaded machine: the server's alert and
+    close arrive before the first command is written, and redis-py says "Connection closed
+    by the server before write" (no reset, no alert in its error). Made certain here by
+    waiting after the handshake for the server's close. Before, 'Redis does not answer'."""
+    import asyncio
+    from collections.abc import Awaitable, Callable
+
+    from redis.asyncio.connection import SSLConnection
+
+    handshake: Callable[[SSLConnection], Awaitable[None]] = SSLConnection._connect
+
+    async def slow_to_write(self: SSLConnection) -> None:
+        await handshake(self)
+        # Until the server's alert and close have arrived (as a loaded machine would be
+        # slow to write the first command).
+        async with asyncio.timeout(0.4):
+            while self._writer is not None and not self._writer.transport.is_closing():  # noqa: ASYNC110 - no event for it
+                await asyncio.sleep(0.005)
+
+    monkeypatch.setattr(SSLConnection, "_connect", slow_to_write)
+    message = await _refusal(tls_redis_server.url(client_cert=False))
+    assert "Redis requires a client certificate" in message
+    assert "ssl_certfile=" in message and "ssl_keyfile=" in message
+
+
+@pytest.mark.anyio
 async def test_rediss_without_a_client_certificate_over_tls_1_2_is_a_configuration_error(
     tmp_path: Path,
 ) -> None:
