@@ -208,7 +208,7 @@ def build_http_client(
 ) -> ApiClient:
     """One long-lived pooled client per process.
 
-    Its transport is httpcore's HTTP/1.1 on asyncio streams (`PoolTransport`), not httpx's
+    Its transport is our HTTP/1.1 pool on asyncio streams (`PoolTransport`), not httpx's
     default on anyio: the same requests, a fraction of the CPU each. Through a proxy named
     in the environment (HTTPS_PROXY, ALL_PROXY, NO_PROXY...), it is httpx's own."""
     if transport is None:

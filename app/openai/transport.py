@@ -1,4 +1,4 @@
-"""The HTTP transport of call control: httpcore's pool over plain asyncio streams.
+"""The HTTP transport of call control: our pool and HTTP/1.1 over plain asyncio streams.
 
 httpx's default transport runs httpcore over anyio. At a few hundred calls a second that
 layer was a third of the process's CPU: the pool asks every idle connection, at the start
@@ -8,8 +8,9 @@ takes a lock. `AsyncioBackend` is httpcore's public extension point
 (`httpcore.AsyncNetworkBackend`) written on asyncio's own transports and protocols: a
 connection's protocol records what arrived (bytes, end of stream, a reset) as the event
 loop delivers it, so "is this idle connection readable?" is answered from that record, and
-a read or write waits on one future with one timer. `PoolTransport` puts httpcore's pool
-with that backend behind httpx's transport interface, so the client is still httpx.
+a read or write waits on one future with one timer. `PoolTransport` puts our pool (`Pool`)
+of HTTP/1.1 connections (app/openai/http11.py: httptools' parser in place of h11) on that
+backend behind httpx's transport interface, so the client is still httpx.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any, Final, cast
 
 import httpcore
 import httpx
+
+from app.openai.http11 import HTTP11Connection
 
 READ_BUFFER_LIMIT = 256 * 1024
 """Bytes buffered unread before the connection stops reading from the socket."""
@@ -186,7 +189,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         error = self._protocol.error
         if error is not None:
             raise httpcore.ReadError(str(error) or type(error).__name__)
-        return b""  # a clean close: h11 tells a complete answer from a cut one
+        return b""  # a clean close: the connection tells a complete answer from a cut one
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
         if not buffer:
@@ -370,7 +373,7 @@ class Pool:
         self._max_idle = max_keepalive_connections
         self._keepalive_expiry = keepalive_expiry
         self._backend = backend
-        self._idle: dict[_Key, list[httpcore.AsyncHTTP11Connection]] = {}
+        self._idle: dict[_Key, list[HTTP11Connection]] = {}
         self._idle_count = 0
         self._busy = 0
         """Connections handed out to requests, or being opened for one."""
@@ -389,7 +392,7 @@ class Pool:
         try:
             response = await connection.handle_async_request(request)
         except BaseException:
-            await self._release(origin, connection)  # httpcore closed it on the failure
+            await self._release(origin, connection)  # closed by the connection on the failure
             raise
         return httpcore.Response(
             status=response.status,
@@ -400,7 +403,7 @@ class Pool:
 
     async def _acquire(
         self, request: httpcore.Request, origin: httpcore.Origin
-    ) -> httpcore.AsyncHTTP11Connection:
+    ) -> HTTP11Connection:
         timeouts = request.extensions.get("timeout", {})
         while True:
             if self._closed:
@@ -429,26 +432,15 @@ class Pool:
 
     async def _connect(
         self, request: httpcore.Request, origin: httpcore.Origin, seconds: float | None
-    ) -> httpcore.AsyncHTTP11Connection:
+    ) -> HTTP11Connection:
         host = origin.host.decode("ascii")
         stream = await self._backend.connect_tcp(host, origin.port, timeout=seconds)
         if origin.scheme == b"https":
             sni = request.extensions.get("sni_hostname") or host
             stream = await stream.start_tls(self._ssl_context, server_hostname=sni, timeout=seconds)
-        connection = httpcore.AsyncHTTP11Connection(
-            origin=origin, stream=stream, keepalive_expiry=self._keepalive_expiry
-        )
-        # httpcore's lock is anyio's, and anyio's acquire always yields to the event loop
-        # (a checkpoint), even free: every request let the loop run everything else that
-        # was ready before its bytes left, and paid anyio's cancel scope for it. The pool
-        # hands a connection to one request at a time, so its lock is never contended:
-        # asyncio's takes a free lock without yielding.
-        connection._state_lock = asyncio.Lock()  # type: ignore[assignment]
-        return connection
+        return HTTP11Connection(origin, stream, self._keepalive_expiry)
 
-    async def _release(
-        self, origin: httpcore.Origin, connection: httpcore.AsyncHTTP11Connection
-    ) -> None:
+    async def _release(self, origin: httpcore.Origin, connection: HTTP11Connection) -> None:
         self._busy -= 1
         if connection.is_idle() and not self._closed:
             stack = self._idle.setdefault(_key(origin), [])
@@ -462,9 +454,7 @@ class Pool:
             await connection.aclose()
         self._wake_one()
 
-    async def _close_oldest_idle(
-        self, stack: list[httpcore.AsyncHTTP11Connection] | None = None
-    ) -> None:
+    async def _close_oldest_idle(self, stack: list[HTTP11Connection] | None = None) -> None:
         if stack is None:
             stack = next(s for s in self._idle.values() if s)
         connection = stack.pop(0)
@@ -515,7 +505,7 @@ class _Lease:
         stream: Any,
         pool: Pool,
         origin: httpcore.Origin,
-        connection: httpcore.AsyncHTTP11Connection,
+        connection: HTTP11Connection,
     ) -> None:
         self._stream = stream
         self._pool = pool
@@ -536,13 +526,13 @@ class _Lease:
             return
         self._closed = True
         try:
-            await self._stream.aclose()  # httpcore: idle again, or closed
+            await self._stream.aclose()  # the connection: idle again, or closed
         finally:
             await self._pool._release(self._origin, self._connection)
 
 
 class PoolTransport(httpx.AsyncBaseTransport):
-    """httpcore's connection pool on `AsyncioBackend`, as an httpx transport (HTTP/1.1)."""
+    """Our connection pool on `AsyncioBackend`, as an httpx transport (HTTP/1.1)."""
 
     def __init__(
         self,
