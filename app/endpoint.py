@@ -85,9 +85,9 @@ class WebhookEndpoint:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with answering() as after:
+        async with answering() as after:
             await self._respond(scope, receive, send)
-            after()  # the call's log line and record (app.ops.later)
+            await after()  # the kept answer, the call's log line and record (app.ops.later)
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

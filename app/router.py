@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from app.intake.events import APIS, Api, IncomingCall
 from app.openai.callcontrol import CallControlError, CallController, CallGone
-from app.ops.later import after_answer
+from app.ops.later import after_answer, when_answered
 from app.ops.logs import mask
 from app.ops.metrics import Metrics
 from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
@@ -217,6 +217,7 @@ class CallRouter:
             return Answer(claim.status_code, {**claim.body, "duplicate": True})
         answer = Answer(503, {"call_id": call.call_id, "error": "internal error"})
         remember = uncertain = False
+        stopped = True  # by an exception or a cancellation
         try:
             if claim.orphan is not None:
                 answer, remember = self._orphaned(call, claim.orphan), True
@@ -224,9 +225,11 @@ class CallRouter:
                 answer, remember, uncertain = await self._route(
                     call, decided, claim, deadline, until
                 )
+            stopped = False
         except (StateUnavailable, ClaimLost) as exc:
             # Nothing was sent: the claim could not be moved to `acting`.
             answer = self._unavailable(call, exc)
+            stopped = False
         except BaseException:
             if claim.requested:
                 # Stopped once a request may have been sent (a defect of ours, a cancellation
@@ -238,21 +241,45 @@ class CallRouter:
             stop = self._until(deadline, until)
             if claim.sent:
                 stop = max(stop, time.monotonic() + FINISH_GRACE_SECONDS)
-            try:
-                await self._store.finish(
-                    claim, answer, remember=remember, uncertain=uncertain, deadline=stop
-                )
-            except StateUnavailable as exc:
-                # The lease runs out; a redelivery finds the claim as this delivery left it.
-                logger.error(
-                    "answer not stored in the state store",
-                    extra={
-                        "event": "state_unavailable",
-                        "call_id": call.call_id,
-                        "error": str(exc),
-                    },
-                )
+            if remember and not stopped:
+                # Kept once the answer is sent (app.ops.later): the webhook's answer does
+                # not wait for a commit or a round trip. A duplicate in this process has
+                # the answer now (the ticket's result), one in another process finds the
+                # claim held and waits for it; a crash before it is kept leaves the claim
+                # as a crash before the answer would ('uncertain' once `acting` is
+                # written): never acted on twice. A freed claim (a redelivery may act
+                # again) is written before the answer that invites the redelivery.
+                if claim.result is not None and not claim.result.done():
+                    claim.result.set_result(answer)
+                await when_answered(self._finish, call, claim, answer, uncertain, stop)
+            else:
+                await self._finish(call, claim, answer, uncertain, stop, remember=remember)
         return answer
+
+    async def _finish(
+        self,
+        call: IncomingCall,
+        claim: Ticket,
+        answer: Answer,
+        uncertain: bool,
+        deadline: float,
+        *,
+        remember: bool = True,
+    ) -> None:
+        try:
+            await self._store.finish(
+                claim, answer, remember=remember, uncertain=uncertain, deadline=deadline
+            )
+        except StateUnavailable as exc:
+            # The lease runs out; a redelivery finds the claim as this delivery left it.
+            logger.error(
+                "answer not stored in the state store",
+                extra={
+                    "event": "state_unavailable",
+                    "call_id": call.call_id,
+                    "error": str(exc),
+                },
+            )
 
     def _until(self, deadline: float, until: float) -> float:
         """The call's deadline for a store call: `until`, or sooner when self._clock (a

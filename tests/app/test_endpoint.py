@@ -6,6 +6,8 @@ what a client library would never send), on the running app's event loop.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -267,3 +269,121 @@ def test_the_call_log_line_and_last_record_come_after_the_answer(api: respx.Rout
         calls.removeHandler(lines)
         calls.setLevel(level)
     assert order == ["record pending", "answer sent", "log call routed", "record accepted"]
+
+
+class RecordingStore(MemoryClaimStore):
+    """The in-memory store, noting when an answer is kept or a claim freed; a kept answer
+    may be held back (`gate`) to see what happens before it lands."""
+
+    def __init__(self, order: list[str], gate: asyncio.Event | None = None) -> None:
+        super().__init__(horizon_seconds=3600)
+        self.order = order
+        self.gate = gate
+
+    async def finish(
+        self,
+        ticket: Ticket,
+        answer: Answer,
+        *,
+        remember: bool,
+        uncertain: bool = False,
+        deadline: float | None = None,
+    ) -> None:
+        delivery = ticket.keys[0].startswith("webhook:")  # not the dialog's (keep_first)
+        if remember and delivery and self.gate is not None:
+            await self.gate.wait()
+        await super().finish(
+            ticket, answer, remember=remember, uncertain=uncertain, deadline=deadline
+        )
+        if delivery:
+            self.order.append(f"store {'kept' if remember else 'freed'} {answer.status_code}")
+
+
+def run_one(api: respx.Router, order: list[str]) -> None:
+    """One signed delivery through the app (the in-memory store noting into `order`)."""
+    app = create_app(
+        make_settings(),
+        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+        store=RecordingStore(order),
+    )
+    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            order.append(f"answer sent {message['status']}")
+
+    with TestClient(app) as client:
+        assert client.portal is not None
+
+        async def run() -> None:
+            await app(request_scope, receive, send)  # type: ignore[arg-type]
+
+        client.portal.call(run)
+
+
+def test_the_answer_is_kept_after_it_is_sent(api: respx.Router) -> None:
+    """The webhook's answer does not wait for the store to keep it (a commit, a round
+    trip to Redis): it is kept once sent, in the request's task."""
+    order: list[str] = []
+    run_one(api, order)
+    assert order == ["answer sent 200", "store kept 200"]
+
+
+def test_a_claim_freed_for_a_redelivery_is_freed_before_the_answer() -> None:
+    """A 503 invites OpenAI's redelivery, which must find the claim free: freed first."""
+    api = respx.Router(base_url="https://api.test/v1", assert_all_called=False)
+    api.post(path__regex=r"/realtime/calls/[^/]+/\w+").respond(500)
+    order: list[str] = []
+    run_one(api, order)
+    assert order == ["store freed 503", "answer sent 503"]
+
+
+def test_a_duplicate_while_the_answer_is_being_kept_gets_it(api: respx.Router) -> None:
+    """A duplicate delivery arriving after the answer was sent, before the store has kept
+    it, is answered as the first was, and nothing is sent twice."""
+    order: list[str] = []
+    gate = asyncio.Event()
+    app = create_app(
+        make_settings(),
+        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+        store=RecordingStore(order, gate),
+    )
+    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+    answers: list[bytes] = []
+    answered = asyncio.Event()
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            answers.append(message["body"])
+            answered.set()
+
+    with TestClient(app) as client:
+        assert client.portal is not None
+
+        async def run() -> None:
+            first = asyncio.create_task(app(request_scope, receive, send))  # type: ignore[arg-type]
+            try:
+                async with asyncio.timeout(5):
+                    await answered.wait()
+                    assert not first.done()  # still keeping its answer
+                    await app(request_scope, receive, send)  # type: ignore[arg-type]
+                kept_before_the_duplicate = list(order)
+            finally:
+                gate.set()
+                await first
+            assert kept_before_the_duplicate == []
+
+        client.portal.call(run)
+    assert api.calls.call_count == 1
+    first, duplicate = (json.loads(a) for a in answers)
+    assert first["outcome"] == "accepted"
+    assert duplicate == {**first, "duplicate": True}
+    assert order == ["store kept 200"]
