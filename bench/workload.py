@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import wakecost
+
 ROUTE_SIZES = (10, 1_000, 10_000)
 LIST_SIZES = (10_000, 1_000_000)
 
@@ -388,11 +390,17 @@ def machine() -> dict[str, str]:
     return {
         "cpu": model,
         "speed (a fixed pure-Python loop, best of 3)": f"{reference_loop_seconds():.2f} s",
+        "system calls after the core was idle": wakecost.pinned(_first_cpu()).describe(),
         "cores": f"{cores} logical ({usable} usable by this process)",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "os": f"{platform.system()} {platform.release()}",
         "libraries": f"phonenumbers {phonenumbers.__version__}, pydantic {pydantic.VERSION}",
     }
+
+
+def _first_cpu() -> int:
+    """The core the end-to-end benchmark pins the service to."""
+    return min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
 
 
 REFERENCE_LOOP = 10_000_000
