@@ -66,13 +66,18 @@ class WebhookEndpoint:
         verifier: SignatureVerifier | None,
         subscribed: frozenset[str],
         max_body_bytes: int,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
+        """`on_idle`: called when the last webhook in flight is done, its after-answer
+        work too (the call log writes then: app.records.sqlite)."""
         self._route = route
         self._rules = rules
         self._metrics = metrics
         self._verifier = verifier
         self._subscribed = subscribed
         self._limit = max_body_bytes
+        self._on_idle = on_idle
+        self._in_flight = 0
         # Anyone can send refused requests: a flood of them must not flood the logs.
         self._refusals = LogThrottle()
         self._unsubscribed_log = LogThrottle()
@@ -85,9 +90,15 @@ class WebhookEndpoint:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with answering() as after:
-            await self._respond(scope, receive, send)
-            await after()  # the kept answer, the call's log line and record (app.ops.later)
+        self._in_flight += 1
+        try:
+            async with answering() as after:
+                await self._respond(scope, receive, send)
+                await after()  # the kept answer, the call's log line and record (app.ops.later)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self._on_idle is not None:
+                self._on_idle()
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -30,7 +30,7 @@ from app.ops.admin import CallsControl, install_admin
 from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
 from app.records.build import build_call_log, close_call_log, open_call_log
-from app.records.calllog import CallLog
+from app.records.calllog import CallLog, WritesWhenIdle
 from app.router import CallRouter, Pairing
 from app.rules import RuleSet
 from app.settings import Settings
@@ -239,6 +239,8 @@ def create_app(
         verifier=verifier,
         subscribed=subscribed,
         max_body_bytes=settings.max_body_bytes,
+        # The SQLite call log writes while no webhook is in flight, not during calls.
+        on_idle=call_log.idle if isinstance(call_log, WritesWhenIdle) else None,
     )
     app.webhook = webhook
     app.router.routes.append(Route(WEBHOOK_PATH, webhook, methods=["POST"]))

@@ -412,10 +412,10 @@ class CallRouter:
             ticket.sent = True
             await self._store.acting(ticket, body, deadline=self._until(deadline, until))
         # Recorded as the action starts, once its request is on its way (the action's
-        # first wait: the loop runs what was scheduled): building and queueing the record,
-        # and the call-log writer thread it wakes, no longer delay the request. A crash in
-        # the middle still leaves the call in the log (`active`, ended as unknown at the
-        # next start): the record was only ever queued before the request, never written.
+        # first wait: the loop runs what was scheduled): building and queueing the record
+        # no longer delay the request. A crash in the middle still leaves the call in the
+        # log (`active`, ended as unknown at the next start): the record was only ever
+        # queued before the request, never written.
         pending = _Once(self._record, call, decision, None, numbers)
         asyncio.get_running_loop().call_soon(pending)
         ticket.requested = not self._dry_run

@@ -101,3 +101,11 @@ class Backlog:
 @runtime_checkable
 class ReportsBacklog(Protocol):
     def backlog(self) -> Backlog: ...
+
+
+@runtime_checkable
+class WritesWhenIdle(Protocol):
+    def idle(self) -> None:
+        """The event loop has nothing in flight (no webhook): a moment to write what is
+        queued. Called on the loop; must be cheap and never block."""
+        ...

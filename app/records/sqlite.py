@@ -1,11 +1,26 @@
 """The call log on SQLite (stdlib sqlite3), and the choice between it and the in-memory one.
 
-Writes (`started`, `event`, `status`, `ended`) only put an operation on a queue: they never
-block the event loop. One writer thread owns the write connection and commits what has
-queued up in one transaction (a batch). Reads (`get`, `recent`) run in worker threads
-(`asyncio.to_thread`), each with its own connection; WAL mode lets them read while the
-writer writes. A read first waits for the writes queued before it, so what was just
-written is what is read.
+Writes (`started`, `event`, `status`, `ended`) only append an operation to a queue: they
+never block the event loop, and never wake anything. One writer thread owns the write
+connection and commits what has queued up in one transaction (a batch). It runs when:
+
+- the event loop is idle (`idle()`: the webhook endpoint calls it when no webhook is in
+  flight any more), at most once per IDLE_GAP: the batch takes the core and the GIL while
+  no call waits for them;
+- a read or close() needs what is queued (they wake it at once);
+- MAX_DELAY has passed since it last ran (a loop that is never idle, writes from outside
+  the webhooks such as a call's end over its sideband, or no endpoint at all).
+
+Before, the first write after a quiet moment woke the writer (a futex wake and a thread
+switch on the service's one core, while that call's API request was in flight), and its
+batch committed 20 ms later, in the middle of later calls. The timed wake-up also runs
+when nothing is queued (MAX_DELAY apart): a wake-up the loop would have to pay for, on
+its path, is what this avoids; one the writer pays for itself, a few times a second, is
+not.
+
+Reads (`get`, `recent`) run in worker threads (`asyncio.to_thread`), each with its own
+connection; WAL mode lets them read while the writer writes. A read first waits for the
+writes queued before it, so what was just written is what is read.
 
 `open()` creates the schema, ends every call that a previous run left `active` or
 `answered` (reason `unknown`: the process stopped before it saw the end), and deletes the
@@ -21,7 +36,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -63,11 +77,16 @@ SCHEMA_VERSION: Final = 2
 """1: the first schema; 2: calls.api (a version-1 file gets the column at open)."""
 MAX_BATCH: Final = 1000
 """Operations committed in one transaction at most."""
-BATCH_WAIT: Final = 0.02
-"""After the first write of a batch, how long the writer lets more queue up. Waking per
-write took the GIL from the event loop once per call (a thread switch, and up to the 5 ms
-switch interval before the loop got it back): under load that was a fifth of the CPU a
-call cost and most of its tail latency. A read or close() waits at most this much longer."""
+IDLE_GAP: Final = 0.05
+"""An idle loop wakes the writer only this long after its last batch. A loop at 200
+calls/s is idle between most calls: waking the writer each time would be a wake-up and a
+commit per call again (as when each write woke it: a fifth of a call's CPU and most of its
+tail latency). 50 ms: ~20 batches a second at most, of ~10 calls each at 200 calls/s."""
+MAX_DELAY: Final = 0.2
+"""The longest the writer sleeps: what is queued then is written even if the loop was
+never idle. Also what a crash can lose (the records of the last 0.2 s at most; 20 ms
+before), and how often a quiet writer wakes for nothing (5 times a second: it costs the
+writer, not a call)."""
 BARRIER_TIMEOUT: Final = 10.0
 """How long a read waits for the writes queued before it."""
 CLOSE_TIMEOUT: Final = 30.0
@@ -186,14 +205,21 @@ class SqliteCallLog:
         retention_days: int = 30,
         clock: Clock = time.time,
         retention_interval: float = RETENTION_INTERVAL,
-        batch_wait: float = BATCH_WAIT,
+        idle_gap: float = IDLE_GAP,
+        max_delay: float = MAX_DELAY,
     ) -> None:
         self.path = Path(path)
         self.retention_days = checked_retention(retention_days)
         self._clock = clock
         self._retention_interval = retention_interval
-        self._batch_wait = batch_wait
-        self._queue: queue.SimpleQueue[_Op | threading.Event | None] = queue.SimpleQueue()
+        self._idle_gap = idle_gap
+        self._max_delay = max_delay
+        # Writes, a read's barrier (set once what is before it is written), close()'s stop
+        # (None). Appended under _state_lock, taken by the writer (deque is thread-safe).
+        self._queue: deque[_Op | threading.Event | None] = deque()
+        self._wake = threading.Event()  # the writer's: set by idle(), a read, close()
+        self._idle_from = 0.0  # monotonic: when idle() may wake the writer again
+        self._wakes = 0  # the writer's wake-ups, timed or not (tests count them)
         self._state_lock = threading.Lock()  # orders writes and reads against close()
         self._reads_done = threading.Condition(self._state_lock)
         self._opened = False
@@ -268,7 +294,8 @@ class SqliteCallLog:
             self._closed = True  # no write is queued and no read starts after this
             writer = self._writer
             if writer is not None:
-                self._queue.put(None)  # after every write accepted so far
+                self._queue.append(None)  # after every write accepted so far
+                self._wake.set()
         give_up = time.monotonic() + CLOSE_TIMEOUT
         if writer is None or self._join_writer(writer, give_up):
             self._drop_unwritten()  # none, unless it never ran or stopped on a defect
@@ -304,8 +331,8 @@ class SqliteCallLog:
         ops: list[_Op] = []
         while True:
             try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+                item = self._queue.popleft()
+            except IndexError:
                 return ops
             if isinstance(item, threading.Event):
                 item.set()
@@ -424,7 +451,7 @@ class SqliteCallLog:
     def _submit(self, op: _Op) -> None:
         with self._state_lock:
             if not self._closed:
-                self._queue.put(op)
+                self._queue.append(op)  # no wake-up: the writer comes when the loop is idle
                 return
             self._dropped += 1
             first = self._dropped == 1
@@ -506,6 +533,14 @@ class SqliteCallLog:
 
         self._submit(op)
 
+    def idle(self) -> None:
+        """The event loop has nothing in flight: the writer writes what is queued now,
+        unless it wrote less than IDLE_GAP ago (it then comes by MAX_DELAY, or at the next
+        idle moment after the gap). Called on the loop after every webhook: cheap when
+        there is nothing to do, and no wake-up then."""
+        if self._queue and time.monotonic() >= self._idle_from and not self._wake.is_set():
+            self._wake.set()
+
     # --- the writer thread ---------------------------------------------------------------
 
     def _write_loop(self) -> None:
@@ -527,37 +562,18 @@ class SqliteCallLog:
         next_expiry = time.monotonic() + self._retention_interval
         stop = False
         while not stop:
-            wake = min(next_expiry, self._retry_at) if self._held else next_expiry
-            try:
-                first = self._queue.get(timeout=max(0.0, wake - time.monotonic()))
-            except queue.Empty:
-                first = _NOTHING
-            if callable(first) and self._batch_wait > 0:  # an operation, not a barrier or stop
-                time.sleep(self._batch_wait)  # releases the GIL; the loop queues more meanwhile
-            ops: list[_Op] = []
-            barriers: list[threading.Event] = []
-            item: _Op | threading.Event | None = first
-            while True:
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    barriers.append(item)
-                elif item is not _NOTHING:
-                    ops.append(item)
-                if stop or len(ops) >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            now = time.monotonic()
+            wake = min(next_expiry, now + self._max_delay)
             if self._held:
-                self._hold(ops)  # after the held ones: a call's writes keep their order
-                if stop or time.monotonic() >= self._retry_at:
-                    self._replay(conn)
-            elif ops:
-                self._apply(conn, ops)
-            for barrier in barriers:
-                barrier.set()
+                wake = min(wake, self._retry_at)
+            self._wake.wait(max(0.0, wake - now))
+            # Cleared before taking the queue: a set() from now on is for what it has not
+            # taken, and makes the next wait return at once.
+            self._wake.clear()
+            self._wakes += 1
+            stop, took = self._write_queued(conn)
+            if took:
+                self._idle_from = time.monotonic() + self._idle_gap
             if time.monotonic() >= next_expiry:
                 next_expiry = time.monotonic() + self._retention_interval
                 try:
@@ -586,6 +602,45 @@ class SqliteCallLog:
                 extra={"event": "calllog_dropped", "dropped": len(self._held)},
             )
             self._held.clear()
+
+    def _write_queued(self, conn: sqlite3.Connection) -> tuple[bool, bool]:
+        """What is queued now, written in order (MAX_BATCH operations a transaction), the
+        reads that waited for it let go; what comes meanwhile waits for the next wake-up.
+        Returns (the stop marker was reached, anything was taken)."""
+        ops: list[_Op] = []
+        barriers: list[threading.Event] = []
+        stop = False
+        taken = len(self._queue)
+        for _ in range(taken):
+            item = self._queue.popleft()
+            if item is None:
+                stop = True  # the last: close() queues nothing after it
+                break
+            if isinstance(item, threading.Event):
+                barriers.append(item)
+                continue
+            ops.append(item)
+            if len(ops) >= MAX_BATCH:
+                self._batch(conn, ops, stop=False)
+                ops = []
+                self._release(barriers)
+        self._batch(conn, ops, stop)
+        self._release(barriers)
+        return stop, taken > 0
+
+    def _batch(self, conn: sqlite3.Connection, ops: list[_Op], stop: bool) -> None:
+        if self._held:
+            self._hold(ops)  # after the held ones: a call's writes keep their order
+            if stop or time.monotonic() >= self._retry_at:
+                self._replay(conn)
+        elif ops:
+            self._apply(conn, ops)
+
+    @staticmethod
+    def _release(barriers: list[threading.Event]) -> None:
+        for barrier in barriers:
+            barrier.set()
+        barriers.clear()
 
     def _apply(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         """Write them; a refusal of the disk (full, I/O error) holds the operations from
@@ -711,7 +766,8 @@ class SqliteCallLog:
                 raise CallLogError("the call log is not open")
             reader.busy = True
             self._reads += 1
-            self._queue.put(barrier)
+            self._queue.append(barrier)
+        self._wake.set()
         try:
             self._catch_up(barrier)
             yield self._reader()
@@ -795,7 +851,3 @@ class SqliteCallLog:
                 (*args, max(0, limit)),
             ).fetchall()
         return [record_from_row(row) for row in rows]
-
-
-_NOTHING: Final[Any] = object()
-"""The writer's wake-up with nothing queued (time for the hourly retention)."""

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +23,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.records.calllog import CallRecord
 from app.records.memory import InMemoryCallLog
+from app.records.sqlite import SqliteCallLog
 from app.rules import compile_rules
 from app.state.claims import Answer, MemoryClaimStore, Ticket
 from tests.app.test_app import ROUTES, client_for, make_settings, post_event
@@ -387,3 +391,111 @@ def test_a_duplicate_while_the_answer_is_being_kept_gets_it(api: respx.Router) -
     assert first["outcome"] == "accepted"
     assert duplicate == {**first, "duplicate": True}
     assert order == ["store kept 200"]
+
+
+class IdleCallLog(RecordingCallLog):
+    """Notes when the endpoint says no webhook is in flight any more."""
+
+    def idle(self) -> None:
+        self.order.append("idle")
+
+
+def test_the_call_log_hears_of_idle_after_the_after_answer_work(api: respx.Router) -> None:
+    """The SQLite call log writes when the loop is idle: told once the webhook's answer
+    and its after-answer work (the last record) are done."""
+    order: list[str] = []
+    app = create_app(
+        make_settings(),
+        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+        call_log=IdleCallLog(order),
+    )
+    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            order.append("answer sent")
+
+    with TestClient(app) as client:
+        assert client.portal is not None
+
+        async def run() -> None:
+            await app(request_scope, receive, send)  # type: ignore[arg-type]
+
+        client.portal.call(run)
+    assert order == ["record pending", "answer sent", "record accepted", "idle"]
+
+
+def test_idle_comes_once_the_last_webhook_in_flight_is_done(api: respx.Router) -> None:
+    """Not while another webhook is in flight (here: still keeping its answer); once,
+    when the last one is done."""
+    order: list[str] = []
+    gate = asyncio.Event()
+    app = create_app(
+        make_settings(),
+        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+        store=RecordingStore(order, gate),
+        call_log=IdleCallLog(order),
+    )
+    first_scope, first_body = signed_scope(incoming_event(called="+18005550100"))
+    answered = asyncio.Event()
+    statuses: list[int] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": first_body}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+        if message["type"] == "http.response.body":
+            answered.set()
+
+    with TestClient(app) as client:
+        assert client.portal is not None
+
+        async def run() -> None:
+            first = asyncio.create_task(app(first_scope, receive, send))  # type: ignore[arg-type]
+            try:
+                async with asyncio.timeout(5):
+                    await answered.wait()
+                    order.clear()
+                    # Another webhook, done while the first is in flight (unsigned: 401).
+                    await app(scope([]), receive, send)  # type: ignore[arg-type]
+                    assert "idle" not in order
+            finally:
+                gate.set()
+                await first
+
+        client.portal.call(run)
+    assert statuses == [200, 401]
+    assert order == ["store kept 200", "record accepted", "idle"]
+
+
+def test_an_injected_sqlite_call_log_is_written_when_the_loop_is_idle(
+    api: respx.Router, tmp_path: Path
+) -> None:
+    """create_app wires the SQLite call log's idle() to the endpoint: with a MAX_DELAY
+    no test waits for, the call is on disk soon after its webhook all the same."""
+    path = tmp_path / "calls.db"
+    app = create_app(
+        make_settings(),
+        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+        call_log=SqliteCallLog(path, max_delay=60.0),
+    )
+    with TestClient(app) as client:
+        event = incoming_event(called="+18005550100")
+        assert post_event(client, event).status_code == 200
+        deadline = time.monotonic() + 10
+        while True:
+            with sqlite3.connect(path) as db:
+                rows = db.execute("SELECT call_id, outcome FROM calls").fetchall()
+            if rows:
+                break
+            assert time.monotonic() < deadline, "the call was never written"
+            time.sleep(0.01)
+    assert rows == [(event["data"]["call_id"], "accepted")]

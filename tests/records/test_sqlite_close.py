@@ -217,7 +217,7 @@ def test_a_writer_past_the_close_timeout_closes_its_connection_when_done(
     writer writes the batch and what was queued, then closes the connection. Before, the
     connection was never closed."""
     monkeypatch.setattr(sqlite_log, "CLOSE_TIMEOUT", 0.2)
-    log = SqliteCallLog(tmp_path / "calls.db", batch_wait=0)
+    log = SqliteCallLog(tmp_path / "calls.db", max_delay=0.01)
     log.open()
     writer = log._writer
     assert writer is not None
@@ -270,7 +270,7 @@ def test_writes_queued_behind_a_writer_that_died_are_reported_at_close(
     counts what is still queued as dropped at the shutdown and says so, and the writer's
     end is logged with its traceback. Before, both were lost without a word (the
     traceback on stderr only)."""
-    log = SqliteCallLog(tmp_path / "calls.db", batch_wait=0)
+    log = SqliteCallLog(tmp_path / "calls.db", max_delay=0.01)
     log.open()
     writer = log._writer
     assert writer is not None
