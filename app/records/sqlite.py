@@ -158,6 +158,7 @@ _UPSERT_CALL = (
 )
 
 _Op = Callable[[sqlite3.Connection], None]
+_NEVER: Final = float("inf")
 
 
 class CallLogClosed(CallLogError):
@@ -571,9 +572,10 @@ class SqliteCallLog:
             # taken, and makes the next wait return at once.
             self._wake.clear()
             self._wakes += 1
+            gap_from = self._idle_from
+            self._idle_from = _NEVER  # an idle loop does not call it back while it writes
             stop, took = self._write_queued(conn)
-            if took:
-                self._idle_from = time.monotonic() + self._idle_gap
+            self._idle_from = time.monotonic() + self._idle_gap if took else gap_from
             if time.monotonic() >= next_expiry:
                 next_expiry = time.monotonic() + self._retention_interval
                 try:
