@@ -11,13 +11,14 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import respx
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -101,6 +102,38 @@ def signed_scope(event: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     body, headers = signed(event)
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     return scope(raw), body
+
+
+def app_with(api: respx.Router, **injected: Any) -> FastAPI:
+    """The app on the test routes, its API `api`, with `injected` parts (store, call log)."""
+    return create_app(
+        make_settings(),
+        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
+        transport=httpx.MockTransport(api.async_handler),
+        **injected,
+    )
+
+
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Run = Callable[[FastAPI, dict[str, Any], Receive, Send], Awaitable[None]]
+
+
+async def _once(app: FastAPI, request_scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    await app(request_scope, receive, send)  # type: ignore[arg-type]
+
+
+def deliver(app: FastAPI, send: Send, run: Run = _once) -> None:
+    """One signed delivery of a routed call, handed to the app as uvicorn would, on the
+    app's running loop (`run` may start more alongside)."""
+    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body}
+
+    with TestClient(app) as client:
+        assert client.portal is not None
+        client.portal.call(run, app, request_scope, receive, send)
 
 
 def test_a_routed_call_is_answered_in_json(client: TestClient) -> None:
@@ -236,39 +269,23 @@ def test_the_call_log_line_and_last_record_come_after_the_answer(api: respx.Rout
     """Nothing that does not decide the answer runs between the API's answer and the
     webhook's: the call's log line and its last record are written after it is sent."""
     order: list[str] = []
-    app = create_app(
-        make_settings(),
-        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
-        transport=httpx.MockTransport(api.async_handler),
-        call_log=RecordingCallLog(order),
-    )
+    app = app_with(api, call_log=RecordingCallLog(order))
 
     class Lines(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             order.append(f"log {record.getMessage()}")
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            order.append("answer sent")
 
     lines = Lines()
     calls = logging.getLogger("switchboard.call")
     calls.addHandler(lines)
     level = calls.level
     calls.setLevel(logging.INFO)
-    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.body":
-            order.append("answer sent")
-
     try:
-        with TestClient(app) as client:
-            assert client.portal is not None
-
-            async def run() -> None:  # as call() above runs a request
-                await app(request_scope, receive, send)  # type: ignore[arg-type]
-
-            client.portal.call(run)
+        deliver(app, send)
     finally:
         calls.removeHandler(lines)
         calls.setLevel(level)
@@ -303,47 +320,49 @@ class RecordingStore(MemoryClaimStore):
             self.order.append(f"store {'kept' if remember else 'freed'} {answer.status_code}")
 
 
-def run_one(api: respx.Router, order: list[str]) -> None:
-    """One signed delivery through the app (the in-memory store noting into `order`)."""
-    app = create_app(
-        make_settings(),
-        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
-        transport=httpx.MockTransport(api.async_handler),
-        store=RecordingStore(order),
-    )
-    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
+def while_keeping(answered: asyncio.Event, gate: asyncio.Event, meanwhile: Run) -> Run:
+    """A delivery that runs `meanwhile` once it has answered, while its store is held from
+    keeping the answer (`gate`: a RecordingStore's), then lets it finish."""
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body}
+    async def run(
+        app: FastAPI, request_scope: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
+        first = asyncio.create_task(app(request_scope, receive, send))  # type: ignore[arg-type]
+        try:
+            async with asyncio.timeout(5):
+                await answered.wait()
+                assert not first.done()  # still keeping its answer
+                await meanwhile(app, request_scope, receive, send)
+        finally:
+            gate.set()
+            await first
+
+    return run
+
+
+def answer_order(api: respx.Router) -> list[str]:
+    """When one delivery's answer was sent, and its claim kept or freed."""
+    order: list[str] = []
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
             order.append(f"answer sent {message['status']}")
 
-    with TestClient(app) as client:
-        assert client.portal is not None
-
-        async def run() -> None:
-            await app(request_scope, receive, send)  # type: ignore[arg-type]
-
-        client.portal.call(run)
+    deliver(app_with(api, store=RecordingStore(order)), send)
+    return order
 
 
 def test_the_answer_is_kept_after_it_is_sent(api: respx.Router) -> None:
     """The webhook's answer does not wait for the store to keep it (a commit, a round
     trip to Redis): it is kept once sent, in the request's task."""
-    order: list[str] = []
-    run_one(api, order)
-    assert order == ["answer sent 200", "store kept 200"]
+    assert answer_order(api) == ["answer sent 200", "store kept 200"]
 
 
 def test_a_claim_freed_for_a_redelivery_is_freed_before_the_answer() -> None:
     """A 503 invites OpenAI's redelivery, which must find the claim free: freed first."""
     api = respx.Router(base_url="https://api.test/v1", assert_all_called=False)
     api.post(path__regex=r"/realtime/calls/[^/]+/\w+").respond(500)
-    order: list[str] = []
-    run_one(api, order)
-    assert order == ["store freed 503", "answer sent 503"]
+    assert answer_order(api) == ["store freed 503", "answer sent 503"]
 
 
 def test_a_duplicate_while_the_answer_is_being_kept_gets_it(api: respx.Router) -> None:
@@ -351,41 +370,27 @@ def test_a_duplicate_while_the_answer_is_being_kept_gets_it(api: respx.Router) -
     it, is answered as the first was, and nothing is sent twice."""
     order: list[str] = []
     gate = asyncio.Event()
-    app = create_app(
-        make_settings(),
-        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
-        transport=httpx.MockTransport(api.async_handler),
-        store=RecordingStore(order, gate),
-    )
-    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
     answers: list[bytes] = []
     answered = asyncio.Event()
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body}
+    kept_before_the_duplicate: list[str] = []
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.body":
             answers.append(message["body"])
             answered.set()
 
-    with TestClient(app) as client:
-        assert client.portal is not None
+    async def again(
+        app: FastAPI, request_scope: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
+        await app(request_scope, receive, send)  # type: ignore[arg-type]
+        kept_before_the_duplicate.extend(order)
 
-        async def run() -> None:
-            first = asyncio.create_task(app(request_scope, receive, send))  # type: ignore[arg-type]
-            try:
-                async with asyncio.timeout(5):
-                    await answered.wait()
-                    assert not first.done()  # still keeping its answer
-                    await app(request_scope, receive, send)  # type: ignore[arg-type]
-                kept_before_the_duplicate = list(order)
-            finally:
-                gate.set()
-                await first
-            assert kept_before_the_duplicate == []
-
-        client.portal.call(run)
+    deliver(
+        app_with(api, store=RecordingStore(order, gate)),
+        send,
+        while_keeping(answered, gate, again),
+    )
+    assert kept_before_the_duplicate == []  # the duplicate did not wait for it either
     assert api.calls.call_count == 1
     first, duplicate = (json.loads(a) for a in answers)
     assert first["outcome"] == "accepted"
@@ -404,28 +409,12 @@ def test_the_call_log_hears_of_idle_after_the_after_answer_work(api: respx.Route
     """The SQLite call log writes when the loop is idle: told once the webhook's answer
     and its after-answer work (the last record) are done."""
     order: list[str] = []
-    app = create_app(
-        make_settings(),
-        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
-        transport=httpx.MockTransport(api.async_handler),
-        call_log=IdleCallLog(order),
-    )
-    request_scope, body = signed_scope(incoming_event(called="+18005550100"))
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body}
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.body":
             order.append("answer sent")
 
-    with TestClient(app) as client:
-        assert client.portal is not None
-
-        async def run() -> None:
-            await app(request_scope, receive, send)  # type: ignore[arg-type]
-
-        client.portal.call(run)
+    deliver(app_with(api, call_log=IdleCallLog(order)), send)
     assert order == ["record pending", "answer sent", "record accepted", "idle"]
 
 
@@ -434,19 +423,8 @@ def test_idle_comes_once_the_last_webhook_in_flight_is_done(api: respx.Router) -
     when the last one is done."""
     order: list[str] = []
     gate = asyncio.Event()
-    app = create_app(
-        make_settings(),
-        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
-        transport=httpx.MockTransport(api.async_handler),
-        store=RecordingStore(order, gate),
-        call_log=IdleCallLog(order),
-    )
-    first_scope, first_body = signed_scope(incoming_event(called="+18005550100"))
     answered = asyncio.Event()
     statuses: list[int] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": first_body}
 
     async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -454,23 +432,16 @@ def test_idle_comes_once_the_last_webhook_in_flight_is_done(api: respx.Router) -
         if message["type"] == "http.response.body":
             answered.set()
 
-    with TestClient(app) as client:
-        assert client.portal is not None
+    async def another(
+        app: FastAPI, request_scope: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
+        order.clear()
+        # Another webhook, done while the first is in flight (unsigned: 401).
+        await app(scope([]), receive, send)  # type: ignore[arg-type]
+        assert "idle" not in order
 
-        async def run() -> None:
-            first = asyncio.create_task(app(first_scope, receive, send))  # type: ignore[arg-type]
-            try:
-                async with asyncio.timeout(5):
-                    await answered.wait()
-                    order.clear()
-                    # Another webhook, done while the first is in flight (unsigned: 401).
-                    await app(scope([]), receive, send)  # type: ignore[arg-type]
-                    assert "idle" not in order
-            finally:
-                gate.set()
-                await first
-
-        client.portal.call(run)
+    app = app_with(api, store=RecordingStore(order, gate), call_log=IdleCallLog(order))
+    deliver(app, send, while_keeping(answered, gate, another))
     assert statuses == [200, 401]
     assert order == ["store kept 200", "record accepted", "idle"]
 
@@ -481,12 +452,7 @@ def test_an_injected_sqlite_call_log_is_written_when_the_loop_is_idle(
     """create_app wires the SQLite call log's idle() to the endpoint: with a MAX_DELAY
     no test waits for, the call is on disk soon after its webhook all the same."""
     path = tmp_path / "calls.db"
-    app = create_app(
-        make_settings(),
-        rules=compile_rules(ROUTES, "routes.yaml", region="US"),
-        transport=httpx.MockTransport(api.async_handler),
-        call_log=SqliteCallLog(path, max_delay=60.0),
-    )
+    app = app_with(api, call_log=SqliteCallLog(path, max_delay=60.0))
     with TestClient(app) as client:
         event = incoming_event(called="+18005550100")
         assert post_event(client, event).status_code == 200

@@ -25,17 +25,6 @@ from app.openai.callcontrol import LIMITS
 from app.openai.http11 import MAX_HEAD, HTTP11Connection
 from app.openai.transport import Pool, PoolTransport
 
-
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    return request.param
-
-
 # --- the same bytes to h11 and to ours -------------------------------------------------------
 
 

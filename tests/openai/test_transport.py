@@ -46,16 +46,6 @@ ANSWER = (
 )
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ]
-)
-def anyio_backend(request: pytest.FixtureRequest) -> Any:
-    return request.param
-
-
 class Api:
     """A local HTTP/1.1 server; `actions` says what each request gets (then "ok")."""
 

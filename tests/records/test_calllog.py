@@ -27,6 +27,7 @@ from app.records.memory import InMemoryCallLog
 from app.records.postgres import PostgresCallLog
 from app.records.sqlite import MEMORY, ManagedCallLog, SqliteCallLog, build_call_log
 from app.records.storage import DAY, RECOVERED_NOTE
+from tests.records.writer_support import counted_batches
 
 NOW = 1_750_000_000.0
 
@@ -483,14 +484,7 @@ def test_writes_arriving_one_by_one_are_committed_in_batches(
     # thread woke (and took the GIL from the event loop) and committed once per record.
     log = sqlite_logs.new()
     assert isinstance(log, SqliteCallLog)
-    batches: list[int] = []
-    apply = log._apply
-
-    def counting(conn: sqlite3.Connection, ops: list[Any]) -> None:
-        batches.append(len(ops))
-        apply(conn, ops)
-
-    monkeypatch.setattr(log, "_apply", counting)
+    batches = counted_batches(log, monkeypatch)
     for n in range(60):
         log.started(record(f"rtc_{n}"))
         time.sleep(0.001)

@@ -30,6 +30,7 @@ from app.records import sqlite as sqlite_log
 from app.records.calllog import CallLogError, CallRecord
 from app.records.sqlite import SqliteCallLog
 from tests.records.test_calllog import record
+from tests.records.writer_support import held_batches
 from tests.support import InThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,15 +222,7 @@ def test_a_writer_past_the_close_timeout_closes_its_connection_when_done(
     log.open()
     writer = log._writer
     assert writer is not None
-    entered, release = threading.Event(), threading.Event()
-    apply = log._apply
-
-    def slow(conn: sqlite3.Connection, ops: list[Any]) -> None:
-        entered.set()
-        assert release.wait(HANG)
-        apply(conn, ops)
-
-    monkeypatch.setattr(log, "_apply", slow)
+    entered, release = held_batches(log, monkeypatch, HANG)
     log.started(record("rtc_1"))
     assert entered.wait(HANG)
     log.ended("rtc_1", "end_call")  # queued behind the batch in flight

@@ -22,6 +22,7 @@ import pytest
 from app.records.calllog import WritesWhenIdle
 from app.records.sqlite import SqliteCallLog
 from tests.records.test_calllog import record
+from tests.records.writer_support import counted_batches, held_batches
 
 NEVER = 60.0
 """A MAX_DELAY no test waits for: only idle(), a read or close() can wake the writer."""
@@ -136,14 +137,7 @@ def test_a_loop_never_idle_has_its_writes_written_in_batches_within_the_delay(
     """A write every 2 ms for a second, idle() never called: written on the writer's own
     wake-ups, MAX_DELAY apart, many calls a transaction, and none waits much longer."""
     log = opened(max_delay=0.1)
-    batches: list[int] = []
-    apply = log._apply
-
-    def counting(conn: sqlite3.Connection, ops: list[Any]) -> None:
-        batches.append(len(ops))
-        apply(conn, ops)
-
-    monkeypatch.setattr(log, "_apply", counting)
+    batches = counted_batches(log, monkeypatch)
     started = time.monotonic()
     n = 0
     while time.monotonic() - started < 1.0:
@@ -192,20 +186,12 @@ def test_close_writes_what_is_queued_without_waiting_for_the_delay(
 
 
 def test_a_read_that_waits_does_not_let_later_writes_overtake_it(
-    opened: Callable[..., SqliteCallLog],
+    opened: Callable[..., SqliteCallLog], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writes queued while the writer writes a read's batch wait for their own wake-up,
     and keep their order with the ones before (a call's end after its start)."""
     log = opened(max_delay=NEVER, idle_gap=NEVER)
-    entered, release = threading.Event(), threading.Event()
-    apply = log._apply
-
-    def slow(conn: sqlite3.Connection, ops: list[Any]) -> None:
-        entered.set()
-        assert release.wait(HANG)
-        apply(conn, ops)
-
-    log._apply = slow  # type: ignore[method-assign]
+    entered, release = held_batches(log, monkeypatch)
     log.started(record("rtc_1"))
     reads: list[Any] = []
     reader = threading.Thread(target=lambda: reads.append(log._get("rtc_1")))
