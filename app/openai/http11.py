@@ -22,6 +22,8 @@ What callers rely on, as h11 and httpcore do it:
 - the stream's own errors as they are (`ReadTimeout`, `ReadError`, `WriteTimeout`); a
   `WriteError` while sending is let pass to read the answer the server may have sent
   before closing (the connection is not reused);
+- a header value folded over lines (obs-fold) is taken, as a client must (RFC 9112 5.2):
+  its line break dropped, the spaces or tabs after it kept (h11 makes them one space);
 - 1xx answers are skipped; a connection is reused only after a whole answer to a whole
   request, HTTP/1.1 without `Connection: close` (neither the request's nor the answer's);
 - an idle connection the server sent anything on, or closed, has expired.
@@ -53,6 +55,9 @@ _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _FIELD_VALUE = re.compile(rb"([^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _CONTENT_LENGTH = re.compile(rb"[0-9]+")
+# An answer's header value: what llhttp takes when it checks them (RFC 9110's field-value:
+# no control but tab), a fold already joined.
+_ANSWER_VALUE = re.compile(rb"([\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
 _CONTENT_LENGTH_MAX_DIGITS = 20
 
 
@@ -155,8 +160,12 @@ class HTTP11Connection:
         # h11 lets Transfer-Encoding override Content-Length, and takes a bare LF as a
         # line end; llhttp refuses both unless told. Keep-alive is decided here (h11's
         # rule): llhttp would otherwise refuse an answer after a 1xx with
-        # `Connection: close`.
+        # `Connection: close`. A value folded over lines (obs-fold), which a client must
+        # take (RFC 9112 5.2) and h11 does, llhttp refuses unless its check of header
+        # values is off: on_header checks them as it did instead. Refused, a success
+        # of the API became a RemoteProtocolError, which call control sends again.
         self._parser.set_dangerous_leniencies(
+            lenient_headers=True,
             lenient_chunked_length=True,
             lenient_optional_cr_before_lf=True,
             lenient_keep_alive=True,
@@ -331,9 +340,13 @@ class HTTP11Connection:
         self._reason += reason  # in pieces when it spans reads
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")  # llhttp strips only the leading whitespace
+        # llhttp's own check of values is off (lenient_headers, for obs-fold): done here.
+        if _ANSWER_VALUE.fullmatch(value) is None:
+            self._failure = httpcore.RemoteProtocolError(f"illegal header value {value!r}")
+            raise self._failure
         if self._head_done:
             return  # trailers: h11 reports them at the end of the body; httpcore drops them
-        value = value.rstrip(b" \t")  # llhttp strips only the leading whitespace
         lowered = name.lower()
         if lowered == b"content-length":
             self._length = int(value)

@@ -136,6 +136,7 @@ def bytewise(data: bytes) -> list[bytes | Exception]:
     return [data[i : i + 1] for i in range(len(data))]
 
 
+FOLDED = b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED = (
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
     b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: yes\r\n\r\n"
@@ -174,6 +175,16 @@ SAME_ANSWERS: dict[str, list[bytes | Exception]] = {
     "a status line without a reason": [b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n"],
     "a 503 with Retry-After": [lengthed(b"busy", b"Retry-After: 1", status=b"503 Slow Down")],
     "lines ended by LF alone": [b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"],
+    "a value folded over lines (obs-fold)": [FOLDED],
+    "a folded value, a byte a read": bytewise(FOLDED),
+    "folded values: empty first line, trailing whitespace, LF alone": [
+        b"HTTP/1.1 200 OK\nX-A:\n b  \n c\r\nX-B: d  \r\n e\r\nContent-Length: 2\n\nok"
+    ],
+    "a folded value in a 103 and in trailers": [
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a>,\r\n </b>\r\n\r\n"
+        + CHUNKED[: -len(b"\r\n")]
+        + b" folded\r\n\r\n"
+    ],
     "a head just under the limit, in small reads": [
         lengthed(b"ok", *[b"X-Pad-%d: %s" % (i, b"p" * 1000) for i in range(60)])[i : i + 4096]
         for i in range(0, 70 * 1024, 4096)
@@ -217,6 +228,12 @@ SAME_FAILURES: dict[str, tuple[list[bytes | Exception], str | None]] = {
     "a four-digit status": ([b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n"], None),
     "a header name with a space": ([b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n"], None),
     "a NUL in a value": ([b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n\r\n"], None),
+    "a vertical tab in a value": ([b"HTTP/1.1 200 OK\r\nX-A: a\x0bb\r\n\r\n"], None),
+    "a NUL in a folded value": ([b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\x00\r\n\r\n"], None),
+    "a NUL in a trailer": (
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-T: \x00\r\n\r\n"],
+        None,
+    ),
     "a bad Content-Length": ([b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n"], None),
     "Transfer-Encoding: gzip": (
         [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx"],
@@ -613,6 +630,21 @@ async def test_100_continue_is_skipped() -> None:
         assert await send(server, t) == (200, [(b"content-length", b"5")], b"after")
         assert (await send(server, t))[2] == b"ok"
     assert server.connections == 1
+
+
+@pytest.mark.anyio
+async def test_a_success_with_a_folded_header_is_a_success_not_a_protocol_error() -> None:
+    """A client must take a value folded over lines (RFC 9112 5.2), and h11 did. Refused,
+    the API's 200 was a RemoteProtocolError: call control's stale-connection case, so the
+    request the API had carried out (an accept, a refer) was sent again."""
+    async with serving(FOLDED) as (server, t):
+        assert await send(server, t) == (
+            200,
+            [(b"X-Folded", b"a b"), (b"Content-Length", b"2")],
+            b"ok",
+        )
+        assert (await send(server, t))[2] == b"ok"  # and the connection kept
+    assert (server.connections, len(server.requests)) == (1, 2)
 
 
 @pytest.mark.anyio
