@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 import httpcore
 import httpx
 
-from app.openai.transport import LastLook, PoolTransport
+from app.openai.transport import AnswerCut, LastLook, PoolTransport
 
 Operation = Literal["accept", "reject", "refer", "hangup"]
 OPERATIONS: tuple[Operation, ...] = ("accept", "reject", "refer", "hangup")
@@ -304,6 +304,19 @@ class CallControl:
                 self._observe(operation, "connection_error", self._clock() - started)
                 failure = UpstreamUnavailable(operation, _describe(exc), uncertain=maybe_sent)
                 retry_after = None
+            except AnswerCut as exc:
+                # The answer's head came, then the connection broke (or the body was
+                # malformed): not a stale connection. A 429 or 5xx head is that answer
+                # (retried as one); any other, the API read the request and may have
+                # acted on it (a 2xx head says it did): not sent again.
+                detail = f"RemoteProtocolError: the answer was cut after its head: {exc}"
+                status = exc.status
+                if status != 429 and status < 500:
+                    self._observe(operation, "connection_error", self._clock() - started)
+                    raise UpstreamUnavailable(operation, detail, uncertain=True) from None
+                self._observe(operation, _status_label(status), self._clock() - started)
+                failure = UpstreamUnavailable(operation, detail, status, uncertain=maybe_sent)
+                retry_after = None
             except httpx.RemoteProtocolError as exc:
                 # Mostly a stale keep-alive connection the server had closed, so it is sent
                 # again once; but it may have been read, so whatever follows is reported as
@@ -421,6 +434,8 @@ async def _send(
     response = await transport.handle_async_request(request)
     try:
         await response.aread()
+    except httpx.RemoteProtocolError as exc:
+        raise AnswerCut(str(exc), response.status_code) from exc  # see AnswerCut
     finally:
         await response.aclose()
     return response

@@ -315,6 +315,18 @@ _ERRORS: dict[type[Exception], type[httpx.HTTPError]] = {
 }
 
 
+class AnswerCut(httpx.RemoteProtocolError):
+    """The answer's head came, then its body failed (cut short by the server's close,
+    or malformed): the server read the request, and may have acted on it. Unlike a
+    connection closed before any answer (a stale keep-alive connection), not a failure
+    to send again. Still an httpx.RemoteProtocolError for any other caller."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+        """The status its head gave."""
+
+
 def _httpx_error(exc: Exception) -> type[httpx.HTTPError] | None:
     for kind in type(exc).__mro__:
         mapped = _ERRORS.get(kind)
@@ -582,7 +594,8 @@ class PoolTransport(httpx.AsyncBaseTransport):
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A request straight to the pool, without httpx's Request and Response around it:
         (status, headers, body as received: not decoded). Raises what
-        handle_async_request does (httpx's exceptions)."""
+        handle_async_request does (httpx's exceptions); a protocol error after the
+        answer's head as AnswerCut."""
         core = httpcore.Request(
             b"POST",
             url,
@@ -595,8 +608,12 @@ class PoolTransport(httpx.AsyncBaseTransport):
             stream = response.stream
             try:
                 parts = [part async for part in stream]  # type: ignore[union-attr]
+            except httpcore.RemoteProtocolError as exc:
+                raise AnswerCut(str(exc), response.status) from exc  # see AnswerCut
             finally:
                 await stream.aclose()  # type: ignore[union-attr]
+        except AnswerCut:
+            raise
         except Exception as exc:
             mapped = _httpx_error(exc)
             if mapped is None:

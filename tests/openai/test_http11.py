@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -21,7 +22,13 @@ import httpcore
 import httpx
 import pytest
 
-from app.openai.callcontrol import LIMITS
+from app.openai.callcontrol import (
+    LIMITS,
+    CallControl,
+    RetryPolicy,
+    UpstreamUnavailable,
+    build_http_client,
+)
 from app.openai.http11 import MAX_HEAD, HTTP11Connection
 from app.openai.transport import Pool, PoolTransport
 
@@ -645,6 +652,37 @@ async def test_a_success_with_a_folded_header_is_a_success_not_a_protocol_error(
         )
         assert (await send(server, t))[2] == b"ok"  # and the connection kept
     assert (server.connections, len(server.requests)) == (1, 2)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("head", "resent"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK", False, id="200: done, not sent again"),
+        pytest.param(b"HTTP/1.1 400 Bad Request", False, id="400: read, not sent again"),
+        pytest.param(b"HTTP/1.1 503 Busy", True, id="503: retried as a 503 is"),
+    ],
+)
+async def test_call_control_takes_an_answer_cut_after_its_head_as_its_head_says(
+    head: bytes, resent: bool
+) -> None:
+    """Cut in its body, an answer is no stale connection (sent again once): the API
+    read the request. A 429 or 5xx head is retried as such an answer is; any other is
+    not sent again, and the delivery is uncertain."""
+    cut = close_after(head + b"\r\nContent-Length: 10\r\n\r\n{}")
+    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.001, max_backoff=0.002)
+    async with (
+        Server(cut) as server,  # then 200 "ok"
+        build_http_client(f"http://127.0.0.1:{server.port}/v1", "sk") as http,
+    ):
+        control = CallControl(http, policy=policy)
+        if resent:
+            await control.accept("rtc_1", b"{}", time.monotonic() + 3)
+        else:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await control.accept("rtc_1", b"{}", time.monotonic() + 3)
+            assert caught.value.uncertain is True
+    assert len(server.requests) == (2 if resent else 1)
 
 
 @pytest.mark.anyio
