@@ -305,11 +305,12 @@ class CallControl:
                 failure = UpstreamUnavailable(operation, _describe(exc), uncertain=maybe_sent)
                 retry_after = None
             except AnswerCut as exc:
-                # The answer's head came, then the connection broke (or the body was
-                # malformed): not a stale connection. A 429 or 5xx head is that answer
-                # (retried as one); any other, the API read the request and may have
-                # acted on it (a 2xx head says it did): not sent again.
-                detail = f"RemoteProtocolError: the answer was cut after its head: {exc}"
+                # An answer came, then the connection broke (or it was malformed): not a
+                # stale connection. A 429 or 5xx head is that answer (retried as one); any
+                # other, or a head that did not come whole (status 0), the API read the
+                # request and may have acted on it (a 2xx head says it did): not sent again.
+                where = "after its head" if exc.status else "in its head"
+                detail = f"RemoteProtocolError: the answer was cut {where}: {exc}"
                 status = exc.status
                 if status != 429 and status < 500:
                     self._observe(operation, "connection_error", self._clock() - started)

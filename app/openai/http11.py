@@ -61,6 +61,14 @@ _ANSWER_VALUE = re.compile(rb"([\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff
 _CONTENT_LENGTH_MAX_DIGITS = 20
 
 
+class AnswerUnreadable(httpcore.RemoteProtocolError):
+    """The server sent part of an answer's head, or one that cannot be read, then failed:
+    it had read the request. Only a connection that ends before any byte of an answer
+    (a keep-alive connection the server had closed) is the plain RemoteProtocolError
+    "Server disconnected without sending a response." that a request may be sent again
+    after (app.openai.callcontrol)."""
+
+
 class _State(enum.IntEnum):
     NEW = 0
     ACTIVE = 1
@@ -218,13 +226,22 @@ class HTTP11Connection:
                 self._reusable = False
             read_timeout = timeouts.get("read")
             stream = self._stream
+            answered = False  # any byte of an answer
             while not self._head_done:
                 data = await stream.read(READ_SIZE, read_timeout)
                 if not data:
+                    if answered:
+                        raise AnswerUnreadable("Server disconnected in the answer's head.")
                     raise httpcore.RemoteProtocolError(
                         "Server disconnected without sending a response."
                     )
-                self._feed(data)
+                answered = True
+                try:
+                    self._feed(data)
+                except AnswerUnreadable:
+                    raise
+                except httpcore.RemoteProtocolError as exc:
+                    raise AnswerUnreadable(str(exc)) from exc
             return httpcore.Response(
                 status=self._parser.get_status_code(),
                 headers=self._headers,

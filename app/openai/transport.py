@@ -26,7 +26,7 @@ from typing import Any, Final, cast
 import httpcore
 import httpx
 
-from app.openai.http11 import HTTP11Connection
+from app.openai.http11 import AnswerUnreadable, HTTP11Connection
 
 READ_BUFFER_LIMIT = 256 * 1024
 """Bytes buffered unread before the connection stops reading from the socket."""
@@ -317,14 +317,24 @@ _ERRORS: dict[type[Exception], type[httpx.HTTPError]] = {
 
 class AnswerCut(httpx.RemoteProtocolError):
     """The answer's head came, then its body failed (cut short by the server's close,
-    or malformed): the server read the request, and may have acted on it. Unlike a
-    connection closed before any answer (a stale keep-alive connection), not a failure
-    to send again. Still an httpx.RemoteProtocolError for any other caller."""
+    or malformed), or the head itself came cut or unreadable: the server read the
+    request, and may have acted on it. Unlike a connection closed before any answer (a
+    stale keep-alive connection), not a failure to send again. Still an
+    httpx.RemoteProtocolError for any other caller."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
-        """The status its head gave."""
+        """The status its head gave; 0 when the head itself did not come whole."""
+
+
+def _as_httpx(exc: Exception) -> Exception | None:
+    """httpx's exception for httpcore's `exc` (None: not one of httpcore's); an answer
+    whose head came unreadable is AnswerCut (with no status)."""
+    if isinstance(exc, AnswerUnreadable):
+        return AnswerCut(str(exc), 0)
+    mapped = _httpx_error(exc)
+    return None if mapped is None else mapped(str(exc))
 
 
 def _httpx_error(exc: Exception) -> type[httpx.HTTPError] | None:
@@ -344,10 +354,10 @@ class _Body(httpx.AsyncByteStream):
             async for part in self._stream:
                 yield part
         except Exception as exc:
-            mapped = _httpx_error(exc)
+            mapped = _as_httpx(exc)
             if mapped is None:
                 raise
-            raise mapped(str(exc)) from exc
+            raise mapped from exc
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -574,10 +584,10 @@ class PoolTransport(httpx.AsyncBaseTransport):
         try:
             response = await self._pool.handle_async_request(core)
         except Exception as exc:
-            mapped = _httpx_error(exc)
+            mapped = _as_httpx(exc)
             if mapped is None:
                 raise
-            raise mapped(str(exc)) from exc
+            raise mapped from exc
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,
@@ -615,10 +625,10 @@ class PoolTransport(httpx.AsyncBaseTransport):
         except AnswerCut:
             raise
         except Exception as exc:
-            mapped = _httpx_error(exc)
+            mapped = _as_httpx(exc)
             if mapped is None:
                 raise
-            raise mapped(str(exc)) from exc
+            raise mapped from exc
         return response.status, response.headers, b"".join(parts)
 
     async def aclose(self) -> None:

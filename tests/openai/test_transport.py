@@ -126,6 +126,16 @@ class Api:
                     await writer.drain()
                     self.closed.set()
                     return
+                elif action == "half-head":
+                    writer.write(ANSWER[: ANSWER.index(b"\r\n") + 6])  # status line, 4 bytes
+                    await writer.drain()
+                    self.closed.set()
+                    return
+                elif action == "garbled":
+                    writer.write(b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
+                    await writer.drain()
+                    self.closed.set()
+                    return
                 elif action == "reset":
                     sock = writer.get_extra_info("socket")
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -429,6 +439,33 @@ async def test_an_answer_cut_short_is_uncertain_and_not_sent_again(call_id: str)
             await control.accept(call_id, b"{}", time.monotonic() + 5)
     assert caught.value.uncertain is True
     assert caught.value.detail.startswith("RemoteProtocolError")
+    assert len(api.requests) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("action", ["half-head", "garbled"])
+@pytest.mark.parametrize(
+    "call_id",
+    [
+        pytest.param(CALL_ID, id="direct"),
+        pytest.param("rtc_%41", id="through-httpx"),
+    ],
+)
+async def test_an_answer_cut_or_garbled_in_its_head_is_uncertain_and_not_sent_again(
+    action: str, call_id: str
+) -> None:
+    """Some of an answer came (part of its head, or a head that cannot be read), then the
+    connection ended: the server had read the request, so this is no stale keep-alive
+    connection either. It was sent again once: an accept the API may have done, twice."""
+    async with (
+        Api(action, "ok") as api,
+        build_http_client(api.base_url, "sk-test") as http,
+    ):
+        control = CallControl(http, policy=FAST)
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await control.accept(call_id, b"{}", time.monotonic() + 5)
+    assert caught.value.uncertain is True
+    assert "the answer was cut in its head" in caught.value.detail
     assert len(api.requests) == 1
 
 
