@@ -219,6 +219,27 @@ async def test_rediss_with_a_client_certificate_redis_does_not_trust_is_a_config
 
 
 @pytest.mark.anyio
+async def test_a_redis_at_its_client_limit_is_unavailable_not_misconfigured(
+    tmp_path: Path,
+) -> None:
+    """Redis saying "max number of clients reached" comes right when clients leave: the
+    service waits (not ready); it does not refuse to start as for a wrong password."""
+    server = RedisServer(tmp_path / "redis").start()
+    holder = connect(server.url())
+    try:
+        await holder.config_set("maxclients", 1)  # the holder is the one client
+        client = connect(server.url())
+        try:
+            with pytest.raises(RedisUnavailable, match="max number of clients"):
+                await check(client)
+        finally:
+            await client.aclose()
+    finally:
+        await holder.aclose()
+        server.stop()
+
+
+@pytest.mark.anyio
 async def test_a_tls_reset_without_an_alert_is_unavailable(tmp_path: Path) -> None:
     """A reset is not a refusal by itself: a TLS-terminating proxy whose Redis is down (or
     a Redis killed mid-handshake) resets too, and that one must be waited for. Here a TLS
