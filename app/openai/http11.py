@@ -15,10 +15,13 @@ part of what h11 cost.
 
 What callers rely on, as h11 and httpcore do it:
 
-- an end of the connection before a whole answer head: `RemoteProtocolError("Server
-  disconnected without sending a response.")`; before the end of a body with a length
-  (Content-Length, chunked): `RemoteProtocolError`; a body with neither ends there;
-- a malformed answer, or a head beyond `MAX_HEAD` bytes: `RemoteProtocolError`;
+- an end of the connection before any byte of an answer: `RemoteProtocolError("Server
+  disconnected without sending a response.")` (a stale keep-alive connection: the only
+  failure call control sends a request again after); before the end of a body with a
+  length (Content-Length, chunked): `RemoteProtocolError`; a body with neither ends there;
+- part of a head then the end, a malformed head, or one beyond `MAX_HEAD` bytes:
+  `AnswerUnreadable` (a `RemoteProtocolError`: the server had read the request); a
+  malformed body: `RemoteProtocolError`;
 - the stream's own errors as they are (`ReadTimeout`, `ReadError`, `WriteTimeout`); a
   `WriteError` while sending is let pass to read the answer the server may have sent
   before closing (the connection is not reused);
