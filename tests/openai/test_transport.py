@@ -510,6 +510,36 @@ def server_context(ca: trustme.CA, sni: list[str | None]) -> ssl.SSLContext:
 
 
 @pytest.mark.anyio
+async def test_a_request_cancelled_in_the_tls_handshake_closes_its_connection() -> None:
+    """A server that takes the TCP connection and never answers the handshake; the request
+    is cancelled (its call's deadline): the connection is closed then, not left open
+    until the garbage collector finds it."""
+    ended = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        entered.set()
+        await reader.read()  # the client's hello, then nothing until the client closes
+        ended.set()
+        writer.close()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with client(f"https://127.0.0.1:{port}/v1", ssl.create_default_context()) as http:
+            request = asyncio.create_task(http.post(f"/realtime/calls/{CALL_ID}/accept"))
+            await asyncio.wait_for(entered.wait(), 5)
+            await asyncio.sleep(0.05)  # in the handshake now
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            await asyncio.wait_for(ended.wait(), 5)  # closed by the cancellation
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.anyio
 async def test_https_with_sni_and_alpn(ca: trustme.CA) -> None:
     sni: list[str | None] = []
     trusting = ssl.create_default_context()
