@@ -216,44 +216,39 @@ class CallRouter:
             )
             return Answer(claim.status_code, {**claim.body, "duplicate": True})
         answer = Answer(503, {"call_id": call.call_id, "error": "internal error"})
-        remember = uncertain = False
-        stopped = True  # by an exception or a cancellation
         try:
             if claim.orphan is not None:
-                answer, remember = self._orphaned(call, claim.orphan), True
+                answer, remember, uncertain = self._orphaned(call, claim.orphan), True, False
             else:
                 answer, remember, uncertain = await self._route(
                     call, decided, claim, deadline, until
                 )
-            stopped = False
         except (StateUnavailable, ClaimLost) as exc:
             # Nothing was sent: the claim could not be moved to `acting`.
-            answer = self._unavailable(call, exc)
-            stopped = False
+            answer, remember, uncertain = self._unavailable(call, exc), False, False
         except BaseException:
+            remember = uncertain = False
             if claim.requested:
                 # Stopped once a request may have been sent (a defect of ours, a cancellation
                 # as the process stops): kept as a crash leaves it, 'uncertain', so that no
                 # redelivery sends it again. Freeing the claim let one send it twice.
                 answer, remember, uncertain = self._stopped(call, decided.decision), True, True
+            await self._finish(call, claim, answer, deadline, until, remember, uncertain)
             raise
-        finally:
-            stop = self._until(deadline, until)
-            if claim.sent:
-                stop = max(stop, time.monotonic() + FINISH_GRACE_SECONDS)
-            if remember and not stopped:
-                # Kept once the answer is sent (app.ops.later): the webhook's answer does
-                # not wait for a commit or a round trip. A duplicate in this process has
-                # the answer now (the ticket's result), one in another process finds the
-                # claim held and waits for it; a crash before it is kept leaves the claim
-                # as a crash before the answer would ('uncertain' once `acting` is
-                # written): never acted on twice. A freed claim (a redelivery may act
-                # again) is written before the answer that invites the redelivery.
-                if claim.result is not None and not claim.result.done():
-                    claim.result.set_result(answer)
-                await when_answered(self._finish, call, claim, answer, uncertain, stop)
-            else:
-                await self._finish(call, claim, answer, uncertain, stop, remember=remember)
+        if remember:
+            # Kept once the answer is sent (app.ops.later): the webhook's answer does not
+            # wait for a commit or a round trip. A duplicate in this process has the answer
+            # now (the ticket's result), one in another process finds the claim held and
+            # waits for it; a crash before it is kept leaves the claim as a crash before the
+            # answer would ('uncertain' once `acting` is written): never acted on twice.
+            if claim.result is not None and not claim.result.done():
+                claim.result.set_result(answer)
+            await when_answered(
+                self._finish, call, claim, answer, deadline, until, remember, uncertain
+            )
+        else:
+            # Freed (a redelivery may act again) before the answer that invites it.
+            await self._finish(call, claim, answer, deadline, until, remember, uncertain)
         return answer
 
     async def _finish(
@@ -261,14 +256,19 @@ class CallRouter:
         call: IncomingCall,
         claim: Ticket,
         answer: Answer,
-        uncertain: bool,
         deadline: float,
-        *,
-        remember: bool = True,
+        until: float,
+        remember: bool,
+        uncertain: bool,
     ) -> None:
+        """The claim's last write: the answer kept, or the keys freed. Once `acting` was
+        written it gets FINISH_GRACE_SECONDS even past the call's deadline."""
+        stop = self._until(deadline, until)
+        if claim.sent:
+            stop = max(stop, time.monotonic() + FINISH_GRACE_SECONDS)
         try:
             await self._store.finish(
-                claim, answer, remember=remember, uncertain=uncertain, deadline=deadline
+                claim, answer, remember=remember, uncertain=uncertain, deadline=stop
             )
         except StateUnavailable as exc:
             # The lease runs out; a redelivery finds the claim as this delivery left it.

@@ -38,7 +38,7 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError  # not the builtin
 
 SCHEMES: Final = ("redis", "rediss", "unix")
 DEFAULT_TIMEOUT: Final = 0.5
