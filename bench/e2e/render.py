@@ -147,6 +147,8 @@ def targets(result: E2EResult) -> str:
         else:
             old = old_added_p99_us(result)
             harness = result.floor.per_call if result.floor is not None else None
+            through = _latency_of(result, "passthrough")
+            least = through.per_call if through is not None else None
             rows.append(
                 [
                     target,
@@ -166,6 +168,13 @@ def targets(result: E2EResult) -> str:
                         else ". The harness's own share, the same measure with no router "
                         f"(generator straight at the stand-in): p50 {harness.added.p50_us:.0f}, "
                         f"p99 {harness.added.p99_us:.0f} µs"
+                    )
+                    + (
+                        ""
+                        if least is None
+                        else "; with a pass-through that checks nothing between them (the "
+                        f"least a Python router does): p50 {least.added.p50_us:.0f}, p99 "
+                        f"{least.added.p99_us:.0f} µs"
                     ),
                     _status(
                         pc.added.p99_us <= ADDED_P99_US

@@ -60,6 +60,7 @@ LABELS = {
     "switchboard": "Switchboard (`switchboard serve`)",
     "openai-sample": "OpenAI's sample style (openai SDK unwrap + calls.accept, FastAPI)",
     "bare": "bare FastAPI + standardwebhooks + httpx",
+    "passthrough": "pass-through that checks nothing (uvloop streams; no signature, rules, state)",
 }
 
 
@@ -94,6 +95,9 @@ class Config:
     """0: skip the multi-worker phase."""
     duplicate_calls: int = 2000
     targets: tuple[str, ...] = TARGETS
+    passthrough: bool = True
+    """At the fixed rate only: the least a Python router does (bench/e2e/peer_passthrough.py),
+    the floor under the router-added latency target on this machine."""
     states: tuple[str, ...] = ("memory", "sqlite", "redis")
     """Exactly-once state stores compared at saturation on one core (empty: skip)."""
     replicas: int = 3
@@ -362,7 +366,11 @@ class Bench:
         }
         run_dir = self.workdir / f"{name or target}-{port}"
         run_dir.mkdir()
-        if target == "switchboard":
+        if target == "passthrough":
+            command = [sys.executable, "-m", "bench.e2e.peer_passthrough", str(port)]
+            env = _env(**common)
+            ready = "/healthz"
+        elif target == "switchboard":
             command = [*_switchboard(), "serve", "--port", str(port)]
             if workers != 1:
                 command += ["--workers", str(workers)]
@@ -687,6 +695,16 @@ class Bench:
         result, per_call = self.open_loop(f"127.0.0.1:{self.standin_port}", path, cfg.rate)
         return _latency("stand-in alone", cfg.rate, result, 0.0, per_call)
 
+    def passthrough(self) -> Latency:
+        """The pass-through peer at the fixed rate (no saturation run: it does nothing a
+        router is measured for there)."""
+        proc, host = self.start_target("passthrough", cpus=self.service_cpus)
+        try:
+            self._send_all(host, self.requests_file(8, host))
+            return self.fixed_load("passthrough", proc, host)
+        finally:
+            proc.stop()
+
     @property
     def memory_warm_calls(self) -> int:
         cfg = self.config
@@ -867,6 +885,10 @@ def run(config: Config, workdir: Path | None = None, *, log: bool = True) -> E2E
                     proc.stop()
                 say(f"{target}: {row.rate:.0f} calls/s, {row.cpu_ms_per_call:.2f} ms CPU per call")
             result.loads.append(f"after round {round_} {_loadavg()}")
+        if config.passthrough:
+            say(f"pass-through at {config.rate:.0f} calls/s")
+            result.latency.append(bench.passthrough())
+            _pairing_failed(result, result.latency[-1])
         if "switchboard" in config.targets:
             # A phase that fails is reported, and the others still run.
             phases: list[tuple[str, Callable[[], None]]] = []

@@ -86,7 +86,8 @@ def test_e2e_bench_runs_every_target_and_acts_once_per_call(bench_run: BenchRun)
         # few of the warm-up's may still land in it).
         assert row.requests <= row.acted <= row.requests + config.connections, row
         assert row.cpu_ms_per_call > 0
-    assert [row.target for row in result.latency] == list(TARGETS)
+    # The pass-through peer is measured at the fixed rate only.
+    assert [row.target for row in result.latency] == [*TARGETS, "passthrough"]
     assert all(row.failed == 0 and row.count > 0 for row in result.latency)
     assert result.floor is not None and result.floor.count > 0
     # Every answered call paired with its request at the stand-in API (by call id).
@@ -98,6 +99,7 @@ def test_e2e_bench_runs_every_target_and_acts_once_per_call(bench_run: BenchRun)
     text = render.render(result)
     assert "x OpenAI sample" in text
     assert "the p99 over" in text and "router-added: the two together" in text
+    assert "with a pass-through that checks nothing between them" in text
     assert "zero memory growth per call" in text
     # The deliveries are signed with the workload's SIP headers.
     requests = read_requests(next(tmp_path.glob("requests-*.bin")))
