@@ -419,8 +419,9 @@ of the horizon as Python objects.
 calls): 73.6. pwrite64 32.9 (each WAL frame is a header and a page: ~8.4 frames for the
 claim's transaction, 2 for the kept answer, the call log's batches, the checkpoints'
 copies), fcntl 12.6 (SQLite's locks, two transactions), getpid 8.3 (CPython 3.11's
-`asyncio.get_running_loop` checks the process id with a system call each time; 3.12 does
-not), epoll_pwait 8.1 (the loop's rounds), pread64 5.4, write 4.0, read 2.0. Hot, a
+`asyncio.get_running_loop` checks the process id with a system call each time, until 3.14
+keeps the running loop in the thread state), epoll_pwait 8.1 (the loop's rounds), pread64
+5.4, write 4.0, read 2.0. Hot, a
 getpid costs 0.26 µs here, a pwrite 1.3-1.5 µs, an fcntl 0.5 µs; on a core that was idle,
 2-5 times that (`bench/wakecost.py`).
 
