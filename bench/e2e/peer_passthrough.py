@@ -1,11 +1,11 @@
-"""Peer: the least a Python router can do per call, for a floor under the latency target.
+"""Peer: the least a Python router does per call, for a floor under the latency target.
 
-`python -m bench.e2e.peer_floor PORT` with OPENAI_BASE_URL set: on uvloop with asyncio
-streams, read a webhook (HTTP/1.1 keep-alive, Content-Length), take its call id from the
-JSON body, POST the accept to the stand-in over a kept-alive connection, read its answer,
-answer the webhook 200. No signature check, no routing, no state, no log: every router
-pays at least this (two loopback hops each way, one process woken for each), so its
-router-added time on this machine is what no Python router can go below.
+`python -m bench.e2e.peer_passthrough PORT` with OPENAI_BASE_URL set: on uvloop with
+asyncio streams, read a webhook (HTTP/1.1 keep-alive, Content-Length), take its call id
+from the JSON body, POST the accept to the stand-in over a kept-alive connection, read its
+answer, answer the webhook 200. No signature check, no routing, no state, no log: every
+router pays at least this (two loopback hops each way, a process woken for each), so its
+router-added time is about the least any Python router shows on the machine measured.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import json
 import os
 import sys
 from urllib.parse import urlsplit
-
-import uvloop
 
 _OK = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 _FAILED = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
@@ -93,4 +91,9 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(int(sys.argv[1])))
+    try:
+        import uvloop
+    except ImportError:  # where uvloop is not built (uvicorn[standard] leaves it out)
+        asyncio.run(main(int(sys.argv[1])))
+    else:
+        uvloop.run(main(int(sys.argv[1])))
