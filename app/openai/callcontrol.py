@@ -464,7 +464,8 @@ def _error_text(response: httpx.Response) -> str:
         message = payload["error"]["message"]
         if isinstance(message, str):
             return message[:200]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
+        # RecursionError: json's answer to a body nested a few thousand deep
         pass
     return response.text[:200] or response.reason_phrase
 

@@ -715,3 +715,32 @@ async def test_a_call_id_httpx_would_quote_sends_the_bytes_of_the_httpx_client()
         await http.post(f"/realtime/calls/{call_id}/hangup")
     assert api.requests[0] == api.requests[1]
     assert api.requests[0].startswith(b"POST /v1/realtime/calls/rtc%201%C3%A9/hangup HTTP/1.1")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "call_id",
+    [
+        pytest.param(CALL_ID, id="direct"),
+        pytest.param("rtc_%41", id="through-httpx"),
+    ],
+)
+async def test_an_error_answer_nested_too_deep_for_json_is_still_its_status(call_id: str) -> None:
+    """json.loads raises RecursionError (no ValueError) on a body nested a few thousand
+    deep: it left call control as no CallControlError, the webhook was answered 500 and
+    the call kept as 'uncertain' (never sent again) where the API's 503 is retried."""
+    deep = b"[" * 100_000
+    async with (
+        Api(
+            answer("503 Service Unavailable", deep),
+            "ok",
+            answer("404 Not Found", b'{"error":' * 50_000),
+        ) as api,
+        build_http_client(api.base_url, "sk-test") as http,
+    ):
+        control = CallControl(http, policy=FAST)
+        await control.accept(call_id, b"{}", time.monotonic() + 5)
+        with pytest.raises(CallGone) as gone:
+            await control.hangup(call_id, time.monotonic() + 5)
+    assert gone.value.detail.startswith('HTTP 404: {"error":{"error":')
+    assert len(api.requests) == 3
