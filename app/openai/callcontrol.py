@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import httpcore
 import httpx
@@ -195,9 +195,7 @@ class Direct:
         status, got, content = await self._transport.send_bytes(url_, raw, body, seconds)
         if status < 300:
             return status
-        response = httpx.Response(status, headers=got, stream=httpx.ByteStream(content))
-        await response.aread()  # decoded as httpx decodes it (Content-Encoding)
-        return response
+        return await _failure_answer(status, got, content)
 
 
 def build_http_client(
@@ -343,7 +341,7 @@ class CallControl:
                 status = response if isinstance(response, int) else response.status_code
                 self._observe(operation, _status_label(status), self._clock() - started)
                 if isinstance(response, int):
-                    return  # a success (Direct reads only the status of one)
+                    return  # a success (only its status is read)
                 if status < 300:
                     return
                 detail = f"HTTP {status}: {_error_text(response)}"
@@ -423,8 +421,9 @@ async def _send(
     headers: httpx.Headers,
     body: bytes | None,
     seconds: float,
-) -> httpx.Response:
-    """What `AsyncClient.post(url, content=body, headers=..., timeout=seconds)` does for us."""
+) -> httpx.Response | int:
+    """What `AsyncClient.post(url, content=body, headers=..., timeout=seconds)` does for us:
+    the status of a success, else the whole httpx.Response (read, as Direct.send)."""
     request = httpx.Request(
         "POST",
         url,
@@ -433,12 +432,38 @@ async def _send(
         extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), seconds)},
     )
     response = await transport.handle_async_request(request)
+    stream = response.stream  # as it came: a mock's may be read already, and is read again
+    assert isinstance(stream, httpx.AsyncByteStream)
     try:
-        await response.aread()
+        content = b"".join([part async for part in stream])
     except httpx.RemoteProtocolError as exc:
         raise AnswerCut(str(exc), response.status_code) from exc  # see AnswerCut
     finally:
         await response.aclose()
+    if response.status_code < 300:
+        return response.status_code  # a success, whatever its body
+    return await _failure_answer(
+        response.status_code, response.headers.raw, content, response.extensions
+    )
+
+
+async def _failure_answer(
+    status: int, headers: _Raw, content: bytes, extensions: dict[str, Any] | None = None
+) -> httpx.Response:
+    """An answer other than a success, its body decoded as httpx decodes it
+    (Content-Encoding). A body that cannot be decoded is kept as it came: the answer is
+    still its status (a 503 retried, a 404 the call gone), not a broken connection."""
+    response = httpx.Response(
+        status, headers=headers, stream=httpx.ByteStream(content), extensions=extensions
+    )
+    try:
+        await response.aread()
+    except httpx.DecodingError:
+        plain = [(name, value) for name, value in headers if name.lower() != b"content-encoding"]
+        response = httpx.Response(
+            status, headers=plain, stream=httpx.ByteStream(content), extensions=extensions
+        )
+        await response.aread()
     return response
 
 

@@ -744,3 +744,35 @@ async def test_an_error_answer_nested_too_deep_for_json_is_still_its_status(call
             await control.hangup(call_id, time.monotonic() + 5)
     assert gone.value.detail.startswith('HTTP 404: {"error":{"error":')
     assert len(api.requests) == 3
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "call_id",
+    [
+        pytest.param(CALL_ID, id="direct"),
+        pytest.param("rtc_%41", id="through-httpx"),
+    ],
+)
+async def test_an_answer_whose_body_cannot_be_decoded_is_still_its_status(call_id: str) -> None:
+    """`content-encoding: gzip` on a body that is not gzip: httpx's DecodingError was
+    taken as a broken connection ('uncertain', not sent again). A 503 was not retried, a
+    404 was no CallGone, and through httpx a 200 (the call accepted) was a failure, the
+    webhook answered 503: its redelivery accepted the call again."""
+    bad = "content-encoding: gzip"
+    async with (
+        Api(
+            answer("200 OK", b"{}", bad),
+            answer("503 Service Unavailable", b'{"error":{"message":"busy"}}', bad),
+            "ok",
+            answer("404 Not Found", b"no such call", bad),
+        ) as api,
+        build_http_client(api.base_url, "sk-test") as http,
+    ):
+        control = CallControl(http, policy=FAST)
+        await control.accept(call_id, b"{}", time.monotonic() + 5)
+        await control.accept(call_id, b"{}", time.monotonic() + 5)  # the 503, then "ok"
+        with pytest.raises(CallGone) as gone:
+            await control.hangup(call_id, time.monotonic() + 5)
+    assert gone.value.detail == "HTTP 404: no such call"
+    assert len(api.requests) == 4
