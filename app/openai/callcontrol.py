@@ -4,7 +4,7 @@ Realtime: `POST {base}/realtime/calls/{call_id}/accept|reject|refer|hangup`; GPT
 `POST {base}/live/sessions/{session_id}/accept|reject|refer|hangup`. One poster serves both
 (`CallControl`, the Realtime API; `LiveCallControl` differs only in its path and the accept
 body's shape). A phone is ringing, so every request has one short wall-clock limit, and
-retries (connection failures, 429, 5xx, with jittered backoff) stay inside one deadline for
+retries (connection failures, 408, 429, 5xx, with jittered backoff) stay inside one deadline for
 the whole call. The limits on sending one operation again are in `RetryPolicy` and
 docs/operations.md ("Limits").
 """
@@ -69,7 +69,7 @@ class UpstreamRejected(CallControlError):
 
 
 class UpstreamUnavailable(CallControlError):
-    """Failed in a way that a later attempt may fix (5xx, 429, timeout, network)."""
+    """Failed in a way that a later attempt may fix (5xx, 429, 408, timeout, network)."""
 
     retryable = True
 
@@ -304,13 +304,13 @@ class CallControl:
                 retry_after = None
             except AnswerCut as exc:
                 # An answer came, then the connection broke (or it was malformed): not a
-                # stale connection. A 429 or 5xx head is that answer (retried as one); any
+                # stale connection. A 408, 429 or 5xx head is that answer (retried as one); any
                 # other, or a head that did not come whole (status 0), the API read the
                 # request and may have acted on it (a 2xx head says it did): not sent again.
                 where = "after its head" if exc.status else "in its head"
                 detail = f"RemoteProtocolError: the answer was cut {where}: {exc}"
                 status = exc.status
-                if status != 429 and status < 500:
+                if not _sent_again(status):
                     self._observe(operation, "connection_error", self._clock() - started)
                     raise UpstreamUnavailable(operation, detail, uncertain=True) from None
                 self._observe(operation, _status_label(status), self._clock() - started)
@@ -347,7 +347,7 @@ class CallControl:
                 detail = f"HTTP {status}: {_error_text(response)}"
                 if status == 404:
                     raise CallGone(operation, detail, status)
-                if status != 429 and status < 500:
+                if not _sent_again(status):
                     raise UpstreamRejected(operation, detail, status, uncertain=maybe_sent)
                 failure = UpstreamUnavailable(operation, detail, status, uncertain=maybe_sent)
                 retry_after = _retry_after(response)
@@ -469,6 +469,13 @@ async def _failure_answer(
 
 def _json(payload: dict[str, object]) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _sent_again(status: int) -> bool:
+    """An answer after which the request is sent again (within the limits): 5xx, 429, and
+    408 (the server did not take the request, which may be sent again on a new
+    connection: RFC 9110 15.5.9; the connection is not kept, app.openai.http11)."""
+    return status >= 500 or status in (408, 429)
 
 
 def _status_label(status: int) -> str:

@@ -28,7 +28,8 @@ What callers rely on, as h11 and httpcore do it:
 - a header value folded over lines (obs-fold) is taken, as a client must (RFC 9112 5.2):
   its line break dropped, the spaces or tabs after it kept (h11 makes them one space);
 - 1xx answers are skipped; a connection is reused only after a whole answer to a whole
-  request, HTTP/1.1 without `Connection: close` (neither the request's nor the answer's);
+  request, HTTP/1.1 without `Connection: close` (neither the request's nor the answer's),
+  other than a 408 (the server gave up on the request: it may still answer it);
 - an idle connection the server sent anything on, or closed, has expired.
 
 Not supported (the pool never asks for them): 101 Switching Protocols and CONNECT (a
@@ -400,6 +401,10 @@ class HTTP11Connection:
         self._head_done = True
         if parser.get_http_version() < "1.1":
             self._close = True  # h11 keeps no HTTP/1.0 connection alive
+        elif status == 408:
+            # The server gave up on the request, but may still read it and answer: the
+            # connection is out of step (RFC 9110 15.5.9). h11 would keep it.
+            self._close = True
         if self._head_request:
             # No body, whatever the head says; llhttp would wait for one, so the
             # connection cannot be reused.

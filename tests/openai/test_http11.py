@@ -388,6 +388,16 @@ async def test_bytes_after_an_answer_make_the_connection_unfit_for_reuse() -> No
 
 
 @pytest.mark.anyio
+async def test_a_408_makes_the_connection_unfit_for_reuse() -> None:
+    """After a 408 the server may still read (and answer) the request it timed out on:
+    request delimitation is lost (RFC 9110 15.5.9). h11 keeps the connection."""
+    reads: list[bytes | Exception] = [lengthed(b"", status=b"408 Request Timeout")]
+    assert (await outcome("h11", reads))["kept"] is True
+    ours = await outcome("ours", reads)
+    assert (ours["status"], ours["kept"], ours["closed"]) == (408, False, True)
+
+
+@pytest.mark.anyio
 async def test_garbage_after_an_answer_with_connection_close_is_ignored() -> None:
     got = await same([lengthed(b"ok", b"Connection: close") + b"garbage"])
     assert (got["status"], got["body"], got["kept"]) == (200, b"ok", False)

@@ -776,3 +776,18 @@ async def test_an_answer_whose_body_cannot_be_decoded_is_still_its_status(call_i
             await control.hangup(call_id, time.monotonic() + 5)
     assert gone.value.detail == "HTTP 404: no such call"
     assert len(api.requests) == 4
+
+
+@pytest.mark.anyio
+async def test_a_408_is_sent_again_on_a_new_connection() -> None:
+    """408 Request Timeout: the server did not take the request, and the client may send
+    it again (RFC 9110 15.5.9), on a new connection. A server's idle timeout racing a
+    kept-alive connection's next request answers it; it was a rejection for good (the
+    call lost: 'failed', its fallback or nothing)."""
+    async with (
+        Api(answer("408 Request Timeout", b""), "ok") as api,
+        build_http_client(api.base_url, "sk-test") as http,
+    ):
+        control = CallControl(http, policy=FAST)
+        await control.accept(CALL_ID, b"{}", time.monotonic() + 5)
+    assert (len(api.requests), api.connections) == (2, 2)
