@@ -438,6 +438,8 @@ async def _send(
         content = b"".join([part async for part in stream])
     except httpx.RemoteProtocolError as exc:
         raise AnswerCut(str(exc), response.status_code) from exc  # see AnswerCut
+    except httpx.ReadError as exc:  # a reset in the body: a cut as a close there is
+        raise AnswerCut(_describe(exc), response.status_code) from exc
     finally:
         await response.aclose()
     if response.status_code < 300:

@@ -316,8 +316,8 @@ _ERRORS: dict[type[Exception], type[httpx.HTTPError]] = {
 
 
 class AnswerCut(httpx.RemoteProtocolError):
-    """The answer's head came, then its body failed (cut short by the server's close,
-    or malformed), or the head itself came cut or unreadable: the server read the
+    """The answer's head came, then its body failed (cut short by the server's close or
+    a reset, or malformed), or the head itself came cut or unreadable: the server read the
     request, and may have acted on it. Unlike a connection closed before any answer (a
     stale keep-alive connection), not a failure to send again. Still an
     httpx.RemoteProtocolError for any other caller."""
@@ -335,6 +335,13 @@ def _as_httpx(exc: Exception) -> Exception | None:
         return AnswerCut(str(exc), 0)
     mapped = _httpx_error(exc)
     return None if mapped is None else mapped(str(exc))
+
+
+def _describe(exc: Exception) -> str:
+    """A body's failure, for AnswerCut: a reset says what it was."""
+    if isinstance(exc, httpcore.ReadError):
+        return f"ReadError: {exc}" if str(exc) else "ReadError"
+    return str(exc)
 
 
 def _httpx_error(exc: Exception) -> type[httpx.HTTPError] | None:
@@ -605,7 +612,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
         """A request straight to the pool, without httpx's Request and Response around it:
         (status, headers, body as received: not decoded). Raises what
         handle_async_request does (httpx's exceptions); a protocol error after the
-        answer's head as AnswerCut."""
+        answer's head (or a reset there) as AnswerCut."""
         core = httpcore.Request(
             b"POST",
             url,
@@ -618,8 +625,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
             stream = response.stream
             try:
                 parts = [part async for part in stream]  # type: ignore[union-attr]
-            except httpcore.RemoteProtocolError as exc:
-                raise AnswerCut(str(exc), response.status) from exc  # see AnswerCut
+            except (httpcore.RemoteProtocolError, httpcore.ReadError) as exc:
+                # ReadError: a reset in the body, a cut as a close there is
+                raise AnswerCut(_describe(exc), response.status) from exc  # see AnswerCut
             finally:
                 await stream.aclose()  # type: ignore[union-attr]
         except AnswerCut:

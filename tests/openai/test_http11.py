@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -696,6 +698,53 @@ async def test_call_control_takes_an_answer_cut_after_its_head_as_its_head_says(
             with pytest.raises(UpstreamUnavailable) as caught:
                 await control.accept("rtc_1", b"{}", time.monotonic() + 3)
             assert caught.value.uncertain is True
+    assert len(server.requests) == (2 if resent else 1)
+
+
+def reset_after(data: bytes) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
+    """Writes `data`, then resets the connection (RST, not a close)."""
+
+    async def write(writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # delivered before the reset
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    return write
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("head", "resent"),
+    [
+        pytest.param(b"HTTP/1.1 200 OK", False, id="200: done, not sent again"),
+        pytest.param(b"HTTP/1.1 503 Busy", True, id="503: retried as a 503 is"),
+        pytest.param(b"HTTP/1.1 429 Too Many", True, id="429: retried as a 429 is"),
+    ],
+)
+@pytest.mark.parametrize("call_id", ["rtc_1", "rtc_%41"], ids=["direct", "through-httpx"])
+async def test_call_control_takes_an_answer_reset_after_its_head_as_its_head_says(
+    head: bytes, resent: bool, call_id: str
+) -> None:
+    """A reset in the body is an answer cut after its head as a close there is: a 503 or
+    429 head is retried. It was a ReadError, taken as a broken connection: 'uncertain',
+    not sent again, where the API had said it did nothing."""
+    cut = reset_after(head + b"\r\nContent-Length: 10\r\n\r\n{}")
+    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.001, max_backoff=0.002)
+    async with (
+        Server(cut) as server,  # then 200 "ok"
+        build_http_client(f"http://127.0.0.1:{server.port}/v1", "sk") as http,
+    ):
+        control = CallControl(http, policy=policy)
+        if resent:
+            await control.accept(call_id, b"{}", time.monotonic() + 3)
+        else:
+            with pytest.raises(UpstreamUnavailable) as caught:
+                await control.accept(call_id, b"{}", time.monotonic() + 3)
+            assert caught.value.uncertain is True
+            assert "the answer was cut after its head" in caught.value.detail
     assert len(server.requests) == (2 if resent else 1)
 
 
