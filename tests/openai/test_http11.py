@@ -880,6 +880,25 @@ async def test_an_answer_before_the_whole_request_is_read() -> None:
 
 
 @pytest.mark.anyio
+async def test_an_answer_before_the_whole_request_then_a_close_is_the_answer() -> None:
+    """The server answers 413 on the head alone and closes without reading the body: the
+    413 is the answer (a rejection, certain), not a write error or a broken connection."""
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(lengthed(b"too big", b"Connection: close", status=b"413 Too Large"))
+        await writer.drain()
+
+    body = b"x" * (4 * 1024 * 1024)
+    async with Server(handler=early) as server:
+        transport = PoolTransport(limits=LIMITS)
+        headers = [*server.headers[:-1], (b"Content-Length", b"%d" % len(body))]
+        got = await transport.send_bytes(server.url(), headers, body, 5.0)
+        assert (got[0], got[2], pool_of(transport).connections) == (413, b"too big", 0)
+        await transport.aclose()
+
+
+@pytest.mark.anyio
 async def test_httpx_requests_through_the_pool_transport() -> None:
     async with (
         serving(CHUNKED, lengthed(b"gz", b"X-A: 1")) as (server, transport),
