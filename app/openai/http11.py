@@ -390,6 +390,11 @@ class HTTP11Connection:
         self._unparsed = 0
         parser = self._parser
         status = parser.get_status_code()
+        if status < 100:
+            # llhttp takes 0-99 as a final answer with a body; below 200 here, it was
+            # skipped as a 1xx and its body taken into the next answer's (h11 refuses it).
+            self._failure = httpcore.RemoteProtocolError(f"illegal status code {status}")
+            raise self._failure
         if status < 200:
             if status == 101:
                 return  # llhttp stops with HttpParserUpgrade
