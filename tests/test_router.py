@@ -22,6 +22,7 @@ import pytest
 
 from app.intake.events import IncomingCall, SipHeader
 from app.openai.callcontrol import CallGone, Operation, UpstreamRejected, UpstreamUnavailable
+from app.ops.later import answering
 from app.ops.metrics import Metrics
 from app.records.memory import InMemoryCallLog
 from app.router import CallRouter
@@ -1643,3 +1644,46 @@ async def test_a_retryable_failure_is_recorded_and_the_redelivery_updates_it() -
     assert (record.outcome, record.status, record.ended_at) == ("accepted", "answered", None)
     kinds = [e.kind for e in record.events]
     assert kinds == ["decision", "upstream_error", "decision", "accepted"]
+
+
+IN_CALL = """
+routes:
+  - name: agent
+    accept: {model: gpt-realtime, call: {end_call: true}}
+"""
+
+
+class SlowKeepingStore(MemoryClaimStore):
+    """Keeps an answer a few loop rounds after it is asked to (a SQLite commit in the next
+    batch, a round trip to Redis)."""
+
+    async def finish(self, ticket: Any, answer: Any, **kwargs: Any) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        await super().finish(ticket, answer, **kwargs)
+
+
+@pytest.mark.anyio
+async def test_an_in_call_end_while_the_answer_is_kept_is_not_overwritten() -> None:
+    """The call's session runs from the accept on: its writes to the record (here the
+    caller gone at once) come after the outcome's, even while the answer is being kept."""
+    harness = Harness(IN_CALL)
+    log = harness.call_log
+
+    class EndsAtOnce:
+        def start(self, call_id: str, features: Any, api: str = "realtime") -> bool:
+            async def session() -> None:
+                log.ended(call_id, "caller_gone")
+
+            asyncio.get_running_loop().create_task(session())
+            return True
+
+    harness.router._incall = EndsAtOnce()
+    harness.router._store = SlowKeepingStore(horizon_seconds=300, clock=harness.clock)
+    async with answering() as after:
+        answer = await harness.router.handle(delivery(9), harness.rules)
+        await after()
+    assert answer.body["outcome"] == "accepted"
+    record = await log.get("rtc_same_9")
+    assert record is not None
+    assert (record.status, record.end_reason) == ("ended", "caller_gone")

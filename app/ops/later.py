@@ -9,6 +9,10 @@ webhook's. The endpoint opens a list per request (`answering()`, in the request'
 context) and runs it once the answer is sent, in the request's task: the server counts the
 request as in flight until it is done, so a graceful shutdown waits for it. Outside a
 request (a test calling the router, the CLI) the work runs at once.
+
+The work that does not wait runs first, before the first wait yields to the loop: a call's
+in-call session runs from the accept on, and its writes to the call's record (its end)
+must come after the outcome's, which would otherwise overwrite them.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def after_answer(fn: Callable[..., None], *args: Any) -> None:
 
 
 async def when_answered(fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-    """`await fn(*args)` once this request's answer is sent, before its `after_answer`
+    """`await fn(*args)` once this request's answer is sent, after its `after_answer`
     work; awaited here outside a request, or after it."""
     pending = _pending.get()
     if pending is None or pending.done:
@@ -62,14 +66,23 @@ async def when_answered(fn: Callable[..., Awaitable[None]], *args: Any) -> None:
 @contextlib.asynccontextmanager
 async def answering() -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """Collect the request's after-answer work; the function yielded runs it (in order,
-    what waits first). Whatever was not run by the end (an exception, a cancellation) runs
+    what does not wait first). Whatever was not run by the end (an exception, a cancellation) runs
     then: a call's log line, its record and its kept answer are never lost for being late
     (a cancellation interrupts only the wait it lands in)."""
     pending = _Pending()
     token = _pending.set(pending)
 
+    def work() -> None:
+        while pending:
+            fn, args = pending.pop(0)
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("work after the answer failed", extra={"event": "webhook_error"})
+
     async def run() -> None:
         waits = pending.waits
+        work()  # before any wait yields: nothing else runs in between
         try:
             while waits:
                 fn, args = waits.pop(0)
@@ -80,14 +93,7 @@ async def answering() -> AsyncIterator[Callable[[], Awaitable[None]]]:
                         "work after the answer failed", extra={"event": "webhook_error"}
                     )
         finally:
-            while pending:
-                work, given = pending.pop(0)
-                try:
-                    work(*given)
-                except Exception:
-                    logger.exception(
-                        "work after the answer failed", extra={"event": "webhook_error"}
-                    )
+            work()  # added meanwhile, or left by a cancellation
 
     try:
         yield run
