@@ -271,7 +271,7 @@ class CallRouter:
                 claim, answer, remember=remember, uncertain=uncertain, deadline=stop
             )
         except StateUnavailable as exc:
-            # The lease runs out; a redelivery finds the claim as this delivery left it.
+            # Kept by the store to write when it can (Redis back, SQLite's file free).
             logger.error(
                 "answer not stored in the state store",
                 extra={

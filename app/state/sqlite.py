@@ -76,6 +76,8 @@ SWEEP_CHUNK: Final = 5000
 CLOSE_TIMEOUT: Final = 10.0
 LAST_WRITE_WAIT_MS: Final = 2000
 """How long stop()'s last write waits for another process's lock."""
+MAX_LATE: Final = 10_000
+"""Claims' last writes kept for the maintenance thread at most (the oldest given up)."""
 HANDOVER_POLL: Final = 0.1
 """How often stop(), waiting for the loop to hand the connection over, checks that it
 still runs (one that stopped never will)."""
@@ -205,6 +207,8 @@ class SqliteState:
         self._stopping = threading.Event()
         self._maintenance: threading.Thread | None = None
         self._ahead: _WalReadAhead | None = None
+        self._late: list[_Job] = []
+        """Claims' last writes that did not land in time (see later()); under _lock."""
 
     # --- lifetime -------------------------------------------------------------------
 
@@ -528,16 +532,46 @@ class SqliteState:
         tick = min(self.lease / 3, self._sweep_interval)
         next_sweep = time.monotonic()
         while not self._stopping.wait(tick):
+            self._guard(conn, self._write_late, "late write")
             self._guard(conn, self._beat, "heartbeat")
             if self.path != MEMORY:
                 self._guard(conn, self._checkpoint, "checkpoint")
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self._sweep_interval
                 self._guard(conn, self._sweep, "expiry")
+        self._guard(conn, self._write_late, "late write")  # before the store closes
         if conn is not self._conn and self.path != MEMORY:
             with contextlib.suppress(sqlite3.Error):
                 _checkpoint(conn)
             conn.close()
+
+    def later(self, op: Callable[..., None], *args: Any) -> None:
+        """`op(conn, *args)`, a claim's last write that did not land in time (the file
+        locked), written by the maintenance thread once the file takes it, at the stop at
+        the latest. Left undone, this process's heartbeat held the claim (`acting`) while
+        it lived: every redelivery answered 503, then 'uncertain' after a graceful stop."""
+        with self._lock:
+            self._late.append(_Job(op, args, None, 0.0))
+            del self._late[:-MAX_LATE]
+
+    def _write_late(self, conn: sqlite3.Connection) -> None:
+        with self._lock:
+            jobs, self._late = self._late, []
+        if not jobs:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                job.op(conn, *job.args)
+            conn.execute("COMMIT")
+        except BaseException:
+            with self._lock:
+                self._late[:0] = jobs  # tried again at the next tick
+            raise
+        logger.info(
+            "claims finished late",
+            extra={"event": "state_finished_late", "store": "sqlite", "claims": len(jobs)},
+        )
 
     def _guard(
         self, conn: sqlite3.Connection, task: Callable[[sqlite3.Connection], None], what: str
@@ -926,15 +960,19 @@ class SqliteClaimStore:
     ) -> None:
         state = self._state
         keys, claim_id = ticket.keys, ticket.claim_id
-        body = _dumps(answer.body)
+        op: Callable[..., None]
+        args: tuple[Any, ...]
+        if remember:
+            op, args = _done, (keys, claim_id, answer.status_code, _dumps(answer.body))
+        else:
+            # A key that was marked stays marked until the horizon.
+            marked = uncertain or ticket.uncertain
+            op, args = _free, (keys, claim_id, marked, state.clock() + state.horizon)
         try:
-            if remember:
-                await state.run(_done, keys, claim_id, answer.status_code, body, deadline=deadline)
-            else:
-                # A key that was marked stays marked until the horizon.
-                marked = uncertain or ticket.uncertain
-                expires = state.clock() + state.horizon
-                await state.run(_free, keys, claim_id, marked, expires, deadline=deadline)
+            await state.run(op, *args, deadline=deadline)
+        except StateUnavailable:
+            state.later(op, *args)  # not written: by the maintenance thread, off the loop
+            raise
         finally:
             local = self._local.pop(claim_id, None)
             if local is not None and not local.done():

@@ -24,7 +24,7 @@ import app.state.sqlite as state_sqlite
 from app.state.claims import StateUnavailable, Ticket
 from app.state.sqlite import SqliteClaimStore, SqliteState
 from tests.state.test_claim_acting import PLAN, rows
-from tests.state.test_claims import KEYS, soon
+from tests.state.test_claims import KEYS, ROUTED, soon
 from tests.support import InThread
 
 HANG = 30.0
@@ -227,3 +227,46 @@ async def test_stop_gives_up_on_a_loop_that_does_not_hand_over_and_leaves_it_ope
     await store.close()
     assert not store.state.running
     assert {key for key, (phase, *_) in rows(path).items() if phase == "acting"} >= set(KEYS)
+
+
+async def _not_kept_in_time(path: Path, lease_seconds: float) -> SqliteClaimStore:
+    """A store whose answer could not be kept: another process held the file's write lock
+    past the store timeout, then let go."""
+    state = SqliteState(path, horizon_seconds=60, lease_seconds=lease_seconds, timeout=0.05)
+    store = SqliteClaimStore(state)
+    await store.open()
+    ticket = await store.claim_acting(KEYS, soon(), PLAN)
+    assert isinstance(ticket, Ticket) and ticket.acting
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StateUnavailable):
+            await store.finish(ticket, ROUTED, remember=True, deadline=soon())
+        other.execute("COMMIT")
+    finally:
+        other.close()
+    return store
+
+
+@pytest.mark.anyio
+async def test_an_answer_not_kept_in_time_is_kept_by_the_stop(tmp_path: Path) -> None:
+    """Left `acting`, the heartbeat held it while the process lived (every redelivery
+    503), then a redelivery answered 'uncertain' after a graceful stop."""
+    store = await _not_kept_in_time(tmp_path / "state.db", lease_seconds=600)
+    await store.close()
+    assert {phase for phase, *_ in rows(tmp_path / "state.db").values()} == {"done"}
+    again = await (await quiet_store(tmp_path / "state.db")).claim(KEYS, soon())
+    assert again == ROUTED
+
+
+@pytest.mark.anyio
+async def test_an_answer_not_kept_in_time_is_kept_once_the_file_takes_it(tmp_path: Path) -> None:
+    store = await _not_kept_in_time(tmp_path / "state.db", lease_seconds=0.3)
+    try:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + HANG
+        while rows(tmp_path / "state.db")[KEYS[0]][0] != "done":
+            assert loop.time() < give_up, "the answer was never kept"
+            await asyncio.sleep(0.02)
+    finally:
+        await store.close()
