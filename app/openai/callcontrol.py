@@ -317,8 +317,9 @@ class CallControl:
                 failure = UpstreamUnavailable(operation, detail, status, uncertain=maybe_sent)
                 retry_after = None
             except httpx.RemoteProtocolError as exc:
-                # Mostly a stale keep-alive connection the server had closed, so it is sent
-                # again once; but it may have been read, so whatever follows is reported as
+                # A kept-alive connection the server had closed as the request went out
+                # (our connection tells a new one apart: AnswerCut), so it is sent again
+                # once; but it may have been read, so whatever follows is reported as
                 # uncertain (no fallback after it), and nothing more is sent after that.
                 self._observe(operation, "connection_error", self._clock() - started)
                 failure = UpstreamUnavailable(operation, _describe(exc), uncertain=True)

@@ -15,9 +15,11 @@ part of what h11 cost.
 
 What callers rely on, as h11 and httpcore do it:
 
-- an end of the connection before any byte of an answer: `RemoteProtocolError("Server
+- an end of a reused connection before any byte of an answer: `RemoteProtocolError("Server
   disconnected without sending a response.")` (a stale keep-alive connection: the only
-  failure call control sends a request again after); before the end of a body with a
+  failure call control sends a request again after); on a new connection, where h11 says
+  the same, `AnswerUnreadable` (no stale connection: the server took it for the request,
+  and may have read it); before the end of a body with a
   length (Content-Length, chunked): `RemoteProtocolError`; a body with neither ends there;
 - part of a head then the end, a malformed head, or one beyond `MAX_HEAD` bytes:
   `AnswerUnreadable` (a `RemoteProtocolError`: the server had read the request); a
@@ -29,7 +31,8 @@ What callers rely on, as h11 and httpcore do it:
   its line break dropped, the spaces or tabs after it kept (h11 makes them one space);
 - 1xx answers are skipped; a connection is reused only after a whole answer to a whole
   request, HTTP/1.1 without `Connection: close` (neither the request's nor the answer's),
-  other than a 408 (the server gave up on the request: it may still answer it);
+  other than a 408 (the server gave up on the request: it may still answer it) or an
+  answer with both Transfer-Encoding and Content-Length (h11 keeps both);
 - an idle connection the server sent anything on, or closed, has expired.
 
 Not supported (the pool never asks for them): 101 Switching Protocols and CONNECT (a
@@ -66,11 +69,12 @@ _CONTENT_LENGTH_MAX_DIGITS = 20
 
 
 class AnswerUnreadable(httpcore.RemoteProtocolError):
-    """The server sent part of an answer's head, or one that cannot be read, then failed:
-    it had read the request. Only a connection that ends before any byte of an answer
-    (a keep-alive connection the server had closed) is the plain RemoteProtocolError
-    "Server disconnected without sending a response." that a request may be sent again
-    after (app.openai.callcontrol)."""
+    """The server sent part of an answer's head, or one that cannot be read, then failed,
+    or ended a new connection without answering its first request: it may have read the
+    request. Only a reused connection that ends before any byte of an answer (a keep-alive
+    connection the server had closed) is the plain RemoteProtocolError "Server
+    disconnected without sending a response." that a request may be sent again after
+    (app.openai.callcontrol)."""
 
 
 class _State(enum.IntEnum):
@@ -236,6 +240,12 @@ class HTTP11Connection:
                 if not data:
                     if answered:
                         raise AnswerUnreadable("Server disconnected in the answer's head.")
+                    if self._request_count == 1:
+                        # A new connection cannot be a stale keep-alive one: the server
+                        # took it for this request, and may have read it.
+                        raise AnswerUnreadable(
+                            "Server disconnected a new connection without answering."
+                        )
                     raise httpcore.RemoteProtocolError(
                         "Server disconnected without sending a response."
                     )
@@ -409,6 +419,11 @@ class HTTP11Connection:
         elif status == 408:
             # The server gave up on the request, but may still read it and answer: the
             # connection is out of step (RFC 9110 15.5.9). h11 would keep it.
+            self._close = True
+        if self._chunked and self._length != _CLOSE_DELIMITED:
+            # Both framings: chunked wins, but the two may disagree on where the answer
+            # ends, and what follows would be the next request's (RFC 9112 6.3: handled
+            # as an error). h11 would keep the connection.
             self._close = True
         if self._head_request:
             # No body, whatever the head says; llhttp would wait for one, so the

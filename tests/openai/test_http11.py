@@ -163,10 +163,6 @@ SAME_ANSWERS: dict[str, list[bytes | Exception]] = {
     "Transfer-Encoding: Chunked (lowered in the headers)": [
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
     ],
-    "Transfer-Encoding and Content-Length: chunked wins": [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n"
-        b"2\r\nhi\r\n0\r\n\r\n"
-    ],
     "100 Continue first": [b"HTTP/1.1 100 Continue\r\n\r\n" + lengthed(b"ok")],
     "100 Continue in a read of its own": [b"HTTP/1.1 100 Continue\r\n\r\n", lengthed(b"ok")],
     "103 Early Hints with headers": [
@@ -210,9 +206,30 @@ async def test_answers_read_as_h11_reads_them(reads: list[bytes | Exception]) ->
     assert "error" not in got  # the cases above are all answers
 
 
+@pytest.mark.anyio
+async def test_an_answer_with_both_framings_is_read_as_chunked_and_the_connection_dropped() -> None:
+    """Transfer-Encoding wins over Content-Length, as in h11; but the two may disagree on
+    where the answer ends (RFC 9112 6.3: handled as an error, a response splitting
+    attempt), and on a kept connection what followed would be the next request's answer.
+    h11 keeps the connection; ours is closed."""
+    reads: list[bytes | Exception] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\n\r\n"
+    ]
+    theirs = await outcome("h11", reads)
+    ours = await outcome("ours", reads)
+    read = ("status", "headers", "body", "version", "reason", "sent")
+    assert {k: ours[k] for k in read} == {k: theirs[k] for k in read}
+    assert ours["body"] == b"hi"
+    assert (theirs["kept"], ours["kept"], ours["closed"]) == (True, False, True)
+
+
 SAME_FAILURES: dict[str, tuple[list[bytes | Exception], str | None]] = {
     # (reads, the message when callers read it)
-    "nothing, then the end": ([], "Server disconnected without sending a response."),
+    # A new connection's first request (as every case here): h11 says "without sending a
+    # response" as for a stale connection; ours says it was new (AnswerUnreadable: not
+    # sent again). A reused one: test_a_reused_connection_closed_unanswered_is_stale.
+    "nothing, then the end": ([], "Server disconnected a new connection without answering."),
     # Some of an answer came: the server had read the request. h11 says "without sending a
     # response" as for nothing at all; ours says where (AnswerUnreadable: not sent again).
     "part of a head, then the end": (
@@ -706,6 +723,44 @@ async def test_call_control_takes_an_answer_cut_after_its_head_as_its_head_says(
     assert len(server.requests) == (2 if resent else 1)
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("call_id", ["rtc_1", "rtc_%41"], ids=["direct", "through-httpx"])
+async def test_a_new_connection_closed_unanswered_is_uncertain_and_not_sent_again(
+    call_id: str,
+) -> None:
+    """No stale keep-alive connection: the server took this connection for the request
+    and may have read it (an accept, a refer the API did). It was sent again."""
+    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.001, max_backoff=0.002)
+    async with (
+        Server(close_after(b"")) as server,  # then 200 "ok"
+        build_http_client(f"http://127.0.0.1:{server.port}/v1", "sk") as http,
+    ):
+        control = CallControl(http, policy=policy)
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await control.accept(call_id, b"{}", time.monotonic() + 3)
+    assert caught.value.uncertain is True
+    assert "a new connection without answering" in caught.value.detail
+    assert (server.connections, len(server.requests)) == (1, 1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call_id", ["rtc_1", "rtc_%41"], ids=["direct", "through-httpx"])
+async def test_a_reused_connection_closed_unanswered_is_stale_and_sent_again_once(
+    call_id: str,
+) -> None:
+    """A kept-alive connection the server closed as the request went out (its idle
+    timeout): the request is sent again, once, on a new connection."""
+    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.001, max_backoff=0.002)
+    async with (
+        Server(lengthed(b"ok"), close_after(b"")) as server,  # then 200 "ok"
+        build_http_client(f"http://127.0.0.1:{server.port}/v1", "sk") as http,
+    ):
+        control = CallControl(http, policy=policy)
+        await control.accept(call_id, b"{}", time.monotonic() + 3)
+        await control.accept(call_id, b"{}", time.monotonic() + 3)
+    assert (server.connections, len(server.requests)) == (2, 3)
+
+
 def reset_after(data: bytes) -> Callable[[asyncio.StreamWriter], Awaitable[None]]:
     """Writes `data`, then resets the connection (RST, not a close)."""
 
@@ -767,10 +822,29 @@ async def test_garbage_is_a_protocol_error_and_the_connection_dropped() -> None:
 async def test_a_server_that_closes_without_answering() -> None:
     async with serving(close_after(b"")) as (server, transport):
         with pytest.raises(
-            httpx.RemoteProtocolError, match=r"^Server disconnected without sending a response\.$"
+            httpx.RemoteProtocolError, match=r"^Server disconnected a new connection without"
         ):
             await send(server, transport)
         assert pool_of(transport).connections == 0
+
+
+@pytest.mark.anyio
+async def test_a_reused_connection_closed_unanswered_is_stale() -> None:
+    """What call control sends again once: h11's message, as h11 says it."""
+    for kind in ("h11", "ours"):
+        connection = CONNECTIONS[kind](Scripted([lengthed(b"ok")]))
+        first = await connection.handle_async_request(
+            httpcore.Request(b"POST", "http://api.test/v1/x", headers=HEADERS, content=b"{}")
+        )
+        await first.aread()
+        await first.aclose()
+        assert connection.is_available()
+        with pytest.raises(httpcore.RemoteProtocolError) as caught:
+            await connection.handle_async_request(
+                httpcore.Request(b"POST", "http://api.test/v1/x", headers=HEADERS, content=b"{}")
+            )
+        assert type(caught.value) is httpcore.RemoteProtocolError, kind
+        assert str(caught.value) == "Server disconnected without sending a response."
 
 
 @pytest.mark.anyio
