@@ -6,6 +6,7 @@ OPENAI_WEBHOOK_SECRET); everything of ours is prefixed SWITCHBOARD_.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -15,6 +16,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MIN_ADMIN_TOKEN = 16
+PAST_DEADLINE_SECONDS = 4.5
+"""The most a webhook is answered after its call's deadline: the clean-ups that get time
+of their own (a fallback transfer that fails, then its hang-up: app.router.CLEANUP_SECONDS
+each) and the kept answer's grace (app.router.FINISH_GRACE_SECONDS)."""
+MIN_SHUTDOWN_SECONDS = 10
 
 
 class MissingWebhookSecret(Exception):
@@ -88,7 +94,8 @@ class Settings(BaseSettings):
 
     # --- Call control -------------------------------------------------------
     call_deadline_seconds: float = Field(default=5.0, gt=0)
-    """Overall budget for one call's API requests, retries included."""
+    """Overall budget for one call's API requests, retries included. A graceful stop waits
+    for the webhooks in flight accordingly (`shutdown_seconds`)."""
     upstream_timeout_seconds: float = Field(default=2.0, gt=0)
     """Timeout of a single API request."""
     dedupe_horizon_seconds: int = Field(default=72 * 3600, ge=1)
@@ -263,6 +270,15 @@ class Settings(BaseSettings):
         for secret in value:
             decode_secret(secret)  # raises ValueError with a precise message
         return value
+
+    @property
+    def shutdown_seconds(self) -> int:
+        """How long a graceful stop (SIGTERM) waits for the webhooks in flight before it
+        cancels them: the longest one can take, half a second to spare, and never less
+        than uvicorn's usual 10 s. A webhook cancelled after its request was sent is
+        answered 'uncertain' when redelivered (the call may be lost)."""
+        longest = self.call_deadline_seconds + PAST_DEADLINE_SECONDS + 0.5
+        return max(MIN_SHUTDOWN_SECONDS, math.ceil(longest))
 
     def check_can_serve(self) -> None:
         """Refuse to take webhooks that nobody verifies, unless told so explicitly."""

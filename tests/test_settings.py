@@ -127,3 +127,12 @@ def test_database_url(given: str, expected: str | None) -> None:
     value = settings(database_url=given).database_url
     assert (value.get_secret_value() if value else None) == expected
     assert "pw" not in repr(settings(database_url=given))
+
+
+def test_the_time_past_a_deadline_is_the_routers() -> None:
+    """Settings.shutdown_seconds counts on it: a fallback transfer that fails and its
+    hang-up (CLEANUP_SECONDS each), then the kept answer's grace."""
+    from app import router
+    from app.settings import PAST_DEADLINE_SECONDS
+
+    assert PAST_DEADLINE_SECONDS == 2 * router.CLEANUP_SECONDS + router.FINISH_GRACE_SECONDS

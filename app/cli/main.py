@@ -198,7 +198,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             port=settings.port,
             log_config=None,
             access_log=False,
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=settings.shutdown_seconds,
         )
         return 0
     from app.main import create_app
@@ -214,7 +214,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=settings.shutdown_seconds,
     )
     return 0
 

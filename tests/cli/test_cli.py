@@ -122,3 +122,29 @@ def test_serve_workers_get_time_to_start(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert seen["app"] == "app.cli.main:worker_app" and seen["workers"] == 2
     assert isinstance(seen["timeout_worker_healthcheck"], int)
     assert seen["timeout_worker_healthcheck"] >= 30
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(("deadline", "waits"), [(None, 10), ("2", 10), ("12", 17)])
+def test_serve_waits_at_a_stop_for_the_longest_webhook(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: str, deadline: str | None, waits: int
+) -> None:
+    """A graceful stop waits for the webhooks in flight: their deadline, the clean-ups and
+    the kept answer's grace past it. It waited 10 s whatever the deadline: above ~5 s,
+    a stop cancelled webhooks whose request had gone out, and their redeliveries answered
+    'uncertain' (the call lost)."""
+    import os
+
+    import uvicorn
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs, app=app))
+    monkeypatch.setattr("app.main.create_app", lambda settings, rules=None: "app")
+    monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("SWITCHBOARD_CALLS_DB", str(tmp_path / "calls.db"))
+    if deadline is not None:
+        monkeypatch.setenv("SWITCHBOARD_CALL_DEADLINE_SECONDS", deadline)
+    args = ["serve", "--workers", workers, "--routes", str(REPO / "routes.yaml")]
+    assert main(args) == 0
+    assert seen["timeout_graceful_shutdown"] == waits
