@@ -75,7 +75,8 @@ def create_app(
             else None,
             queue_max=settings.calls_queue_max,
             timeout=settings.database_timeout_seconds,
-            single_replica=settings.redis_url is None,  # replicas share Redis
+            single_replica=settings.single_replica,
+            recover_open_calls=settings.recover_open_calls,
         )
     metrics.watch_call_log(call_log)
     manager = RulesManager(

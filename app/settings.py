@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     dropped (and counted)."""
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     """PostgreSQL: time limit of each database operation (connect, a write batch, a read)."""
+    recover_open_calls: bool = True
+    """Internal: `serve --workers N` sets it false for its workers, having ended the calls a
+    previous run left open itself before starting them; a worker that uvicorn restarts
+    must not end the calls its siblings are handling. Not a setting to change."""
 
     # --- Replicas -----------------------------------------------------------
     redis_url: SecretStr | None = None
@@ -288,6 +292,11 @@ class Settings(BaseSettings):
                 "(whsec_...), or set SWITCHBOARD_INSECURE_SKIP_SIGNATURE=true for local "
                 "development only."
             )
+
+    @property
+    def single_replica(self) -> bool:
+        """No other replica shares the records' database (they would share Redis)."""
+        return self.redis_url is None
 
     @property
     def dry_run(self) -> bool:

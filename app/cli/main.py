@@ -178,14 +178,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"switchboard: cannot start, {settings.routes_file} is invalid:", file=sys.stderr)
         print(exc, file=sys.stderr)
         return 1
+    if workers > 1:
+        del rules  # checked here so that a bad file fails at once; each worker loads its own
+        if not _end_calls_left_open(settings):
+            return 1
     import uvicorn
 
     if workers > 1:
-        del rules  # checked here so that a bad file fails at once; each worker loads its own
         # The workers are new processes: they read their settings from the environment.
         os.environ.update(
             {f"SWITCHBOARD_{name.upper()}": str(value) for name, value in overrides.items()}
         )
+        # Ended above, once: a worker (one uvicorn restarts, too) must not end the calls
+        # the other workers are handling.
+        os.environ["SWITCHBOARD_RECOVER_OPEN_CALLS"] = "false"
         uvicorn.run(
             "app.cli.main:worker_app",
             factory=True,
@@ -220,6 +226,26 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 WORKER_START_SECONDS = 60
+
+
+def _end_calls_left_open(settings: Settings) -> bool:
+    """The calls a previous run left open ended by the supervisor, before the workers start;
+    False (said) if the call database cannot be used, as a worker's start would fail."""
+    from app.records.build import end_calls_left_open
+    from app.records.calllog import CallLogError
+
+    database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    try:
+        end_calls_left_open(
+            settings.calls_db,
+            database_url=database_url,
+            timeout=settings.database_timeout_seconds,
+            single_replica=settings.single_replica,
+        )
+    except CallLogError as exc:
+        print(f"switchboard: cannot start: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def worker_app() -> FastAPI:

@@ -28,7 +28,8 @@ when the database is unreachable the service starts anyway and the writer keeps 
 periodically (SKIP LOCKED chunks: replicas do not wait for each other). The calls left
 open by a previous run are ended at start-up (`unknown`, as the SQLite log does) only
 when this is the only replica (`recover_open_calls`): with replicas, another one may own
-them (the live-call registry carries them on).
+them (the live-call registry carries them on). `serve --workers N` ends them once, in its
+supervisor (`end_calls_left_open`), not in its workers.
 """
 
 from __future__ import annotations
@@ -242,11 +243,7 @@ class PostgresCallLog:
     @property
     def where(self) -> str:
         """The database, for logs: host, port and name, never the password."""
-        try:
-            parts = urlsplit(self._url)
-            return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
-        except ValueError:
-            return "postgresql"
+        return database_where(self._url)
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -694,6 +691,54 @@ def _runs(batch: Sequence[_Write]) -> Iterator[tuple[str, list[tuple[Any, ...]]]
     ranked.sort(key=lambda r: (r[0], r[1], r[2]))
     for (_, sql), group in itertools.groupby(ranked, key=lambda r: (r[0], r[1])):
         yield sql, [args for *_, args in group]
+
+
+async def end_calls_left_open(
+    url: str, *, time_limit: float = TIMEOUT, clock: Clock = time.time
+) -> int:
+    """End the calls a previous run left open, as a single replica's start does, on a
+    connection of its own: `serve --workers N`'s supervisor, once, before any worker starts.
+    A database that is away does not stop the start (as with start()): logged, and those
+    calls stay open. `time_limit`: of each operation but the migrations. Returns how
+    many were ended."""
+    started_at = clock()
+    try:
+        conn = await asyncpg.connect(
+            url, timeout=time_limit, server_settings={"application_name": "switchboard"}
+        )
+        try:
+            async with asyncio.timeout(SCHEMA_TIMEOUT):
+                await migrate(conn, load_migrations())
+            async with asyncio.timeout(time_limit):
+                count: int = await conn.fetchval(_RECOVER, started_at, pg_json(recovered_data()))
+        finally:
+            await conn.close(timeout=time_limit)
+    except Exception as exc:  # whatever failed, the workers start; their records queue
+        logger.error(
+            "call records database unavailable; the calls left open by the previous run "
+            "are not ended",
+            extra={
+                "event": "calllog_unavailable",
+                "database": database_where(url),
+                "error": describe_error(exc),
+            },
+        )
+        return 0
+    if count:
+        logger.warning(
+            "calls left open by the previous run marked ended (unknown)",
+            extra={"event": "calllog_recovered", "calls": count},
+        )
+    return count
+
+
+def database_where(url: str) -> str:
+    """The database, for logs: host, port and name, never the password."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+    except ValueError:
+        return "postgresql"
 
 
 def is_refused(exc: BaseException) -> bool:

@@ -23,7 +23,9 @@ connection; WAL mode lets them read while the writer writes. A read first waits 
 writes queued before it, so what was just written is what is read.
 
 `open()` creates the schema, ends every call that a previous run left `active` or
-`answered` (reason `unknown`: the process stopped before it saw the end), and deletes the
+`answered` (reason `unknown`: the process stopped before it saw the end) unless told not to
+(`recover_open_calls=False`: a `serve --workers N` worker, whose siblings write to the same
+file; the supervisor ran `end_calls_left_open()` once before starting them), and deletes the
 calls older than the retention; the writer thread then repeats the deletion hourly.
 `close()` refuses new writes and reads, lets the writer write what is queued and the reads
 in flight end, and only then are their connections closed (each by its owner when close()
@@ -187,13 +189,34 @@ class ManagedCallLog(CallLog, Protocol):
         ...
 
 
-def build_call_log(db: str, retention_days: int, *, clock: Clock = time.time) -> ManagedCallLog:
+def build_call_log(
+    db: str, retention_days: int, *, clock: Clock = time.time, recover_open_calls: bool = True
+) -> ManagedCallLog:
     """SWITCHBOARD_CALLS_DB -> the call log: `:memory:` keeps it in memory, else SQLite."""
     if db == MEMORY:
         from app.records.memory import InMemoryCallLog
 
         return InMemoryCallLog(retention_days=retention_days, clock=clock)
-    return SqliteCallLog(db, retention_days=retention_days, clock=clock)
+    return SqliteCallLog(
+        db, retention_days=retention_days, clock=clock, recover_open_calls=recover_open_calls
+    )
+
+
+def end_calls_left_open(db: str, *, clock: Clock = time.time) -> int:
+    """End the calls a previous run left open in SWITCHBOARD_CALLS_DB, without opening the
+    log: `serve --workers N`'s supervisor, once, before any worker starts. Blocking; raises
+    CallLogError as open() does. Returns how many were ended."""
+    if db == MEMORY:
+        return 0  # nothing outlives a process there
+    return SqliteCallLog(db, clock=clock).end_calls_left_open()
+
+
+def _log_recovered(count: int) -> None:
+    if count:
+        logger.warning(
+            "calls left open by the previous run marked ended (unknown)",
+            extra={"event": "calllog_recovered", "calls": count},
+        )
 
 
 class SqliteCallLog:
@@ -208,13 +231,17 @@ class SqliteCallLog:
         retention_interval: float = RETENTION_INTERVAL,
         idle_gap: float = IDLE_GAP,
         max_delay: float = MAX_DELAY,
+        recover_open_calls: bool = True,
     ) -> None:
+        """`recover_open_calls`: open() ends the calls left open, the file being this
+        process's alone; False where other live processes write to it too."""
         self.path = Path(path)
         self.retention_days = checked_retention(retention_days)
         self._clock = clock
         self._retention_interval = retention_interval
         self._idle_gap = idle_gap
         self._max_delay = max_delay
+        self._recover_open_calls = recover_open_calls
         # Writes, a read's barrier (set once what is before it is written), close()'s stop
         # (None). Appended under _state_lock, taken by the writer (deque is thread-safe).
         self._queue: deque[_Op | threading.Event | None] = deque()
@@ -247,18 +274,10 @@ class SqliteCallLog:
                 raise CallLogClosed("the call log is closed")
             if self._opened:
                 return
+            conn = self._open_prepared()
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = self._connect()
-            except (OSError, sqlite3.Error) as exc:
-                raise CallLogError(
-                    f"cannot open the call database {self.path}: {exc} "
-                    "(SWITCHBOARD_CALLS_DB must be a writable path)"
-                ) from exc
-            try:
-                self._prepare(conn)
                 deleted = self._expire(conn)
-                recovered = self._recover(conn)
+                recovered = self._recover(conn) if self._recover_open_calls else 0
             except sqlite3.Error as exc:
                 conn.close()
                 raise CallLogError(f"cannot use the call database {self.path}: {exc}") from exc
@@ -268,11 +287,7 @@ class SqliteCallLog:
             )
             self._writer.start()
             self._opened = True
-        if recovered:
-            logger.warning(
-                "calls left open by the previous run marked ended (unknown)",
-                extra={"event": "calllog_recovered", "calls": recovered},
-            )
+        _log_recovered(recovered)
         logger.info(
             "call log opened",
             extra={
@@ -282,6 +297,19 @@ class SqliteCallLog:
                 "expired_calls": deleted,
             },
         )
+
+    def end_calls_left_open(self) -> int:
+        """End the calls a previous run left open, on a connection of its own, and leave
+        the log unopened (see the module function). Blocking."""
+        conn = self._open_prepared()
+        try:
+            recovered = self._recover(conn)
+        except sqlite3.Error as exc:
+            raise CallLogError(f"cannot use the call database {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+        _log_recovered(recovered)
+        return recovered
 
     def close(self) -> None:
         """The writer writes what was queued and closes its connection; the reads in flight
@@ -370,6 +398,23 @@ class SqliteCallLog:
                 "connection when it ends",
                 extra={"event": "calllog_close_timeout", "reads": still},
             )
+
+    def _open_prepared(self) -> sqlite3.Connection:
+        """The write connection, on a file whose schema is this version's."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise CallLogError(
+                f"cannot open the call database {self.path}: {exc} "
+                "(SWITCHBOARD_CALLS_DB must be a writable path)"
+            ) from exc
+        try:
+            self._prepare(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise CallLogError(f"cannot use the call database {self.path}: {exc}") from exc
+        return conn
 
     def _connect(self) -> sqlite3.Connection:
         # check_same_thread=False: one thread uses a connection at a time, but close() may

@@ -148,3 +148,55 @@ def test_serve_waits_at_a_stop_for_the_longest_webhook(
     args = ["serve", "--workers", workers, "--routes", str(REPO / "routes.yaml")]
     assert main(args) == 0
     assert seen["timeout_graceful_shutdown"] == waits
+
+
+def test_serve_workers_end_the_calls_left_open_once_before_they_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: each worker ended them as it started, and so did a worker that uvicorn
+    # restarted after a crash: the calls live on the other worker were marked ended.
+    import os
+    import sqlite3
+
+    import uvicorn
+
+    from app.records.sqlite import SqliteCallLog
+    from app.settings import Settings
+    from tests.records.test_calllog import record
+
+    calls_db = tmp_path / "calls.db"
+    left = SqliteCallLog(calls_db, retention_days=36500)
+    left.open()
+    left.started(record("rtc_left_open"))
+    left.close()
+
+    def run(app: str, **kwargs: object) -> None:
+        with sqlite3.connect(calls_db) as conn:
+            seen["call"] = conn.execute("SELECT status, end_reason FROM calls").fetchall()
+        seen["workers"] = Settings()  # what each worker reads
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("SWITCHBOARD_CALLS_DB", str(calls_db))
+    monkeypatch.setenv("SWITCHBOARD_CALLS_RETENTION_DAYS", "36500")
+    assert main(["serve", "--workers", "2", "--routes", str(REPO / "routes.yaml")]) == 0
+    assert seen["call"] == [("ended", "unknown")]
+    workers = seen["workers"]
+    assert isinstance(workers, Settings) and workers.recover_open_calls is False
+    # One process (no --workers): its own start recovers.
+    assert Settings.model_fields["recover_open_calls"].default is True
+
+
+def test_serve_workers_refuse_a_call_database_they_cannot_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    (tmp_path / "calls.db").write_bytes(b"not a database" * 100)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: pytest.fail("started"))
+    monkeypatch.setenv("OPENAI_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("SWITCHBOARD_CALLS_DB", str(tmp_path / "calls.db"))
+    assert main(["serve", "--workers", "2", "--routes", str(REPO / "routes.yaml")]) == 1
+    assert "switchboard: cannot start: cannot use the call database" in capsys.readouterr().err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
 import subprocess
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import E2E_ROUTES, start_service, stop_service
+from tests.e2e.conftest import E2E_ROUTES, Service, start_service, stop_service, wait_until
 from tests.e2e.fake_openai import FakeOpenAI, Reply
 from tests.e2e.test_crash_e2e import Delivery, accepts, env
 from tests.support import new_id
@@ -21,6 +24,31 @@ pytestmark = pytest.mark.e2e
 def _workers(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(line) for line in out.stdout.split()]
+
+
+def _serving_workers(pid: int) -> set[int]:
+    """The worker processes (multiprocessing's spawn), not its resource tracker."""
+    found = set()
+    for child in _workers(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if b"multiprocessing.spawn" in cmdline:
+            found.add(child)
+    return found
+
+
+def _opened(service: Service) -> int:
+    """Call logs opened so far: one per worker start."""
+    return service.logs().count('"calllog_opened"')
+
+
+def _statuses(db: Path, calls: list[Delivery]) -> dict[str, tuple[str, str | None]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT call_id, status, end_reason FROM calls").fetchall()
+    ids = {d.call_id for d in calls}
+    return {call_id: (status, reason) for call_id, status, reason in rows if call_id in ids}
 
 
 def test_two_workers_share_the_port_and_act_once_per_call(tmp_path: Path) -> None:
@@ -52,3 +80,41 @@ def test_two_workers_share_the_port_and_act_once_per_call(tmp_path: Path) -> Non
         stop_service(service)
         fake.stop()
     assert service.process.returncode == 0, service.logs()
+
+
+def test_a_restarted_worker_leaves_the_other_workers_calls_open(tmp_path: Path) -> None:
+    """The calls left open by a previous run are ended once per start of the service, by
+    its supervisor: before, every worker ended them as it started, and a worker that
+    uvicorn restarted after a crash ended the calls live on the other worker (`unknown`)."""
+    fake = FakeOpenAI().start()
+    workdir = tmp_path / "node"
+    calls = [Delivery(new_id()) for _ in range(4)]
+    live = env(fake, SWITCHBOARD_CLAIM_LEASE_SECONDS="5")
+    service = start_service(workdir, E2E_ROUTES, env=live, args=("--workers", "2"))
+    try:
+        wait_until(lambda: _opened(service) >= 2, "both workers started", within=60)
+        for delivery in calls:
+            assert delivery.send_until_final(service).json()["outcome"] == "accepted"
+        # Accepted, and Switchboard does not stay on them: answered until the next start.
+        answered = {d.call_id: ("answered", None) for d in calls}
+        wait_until(lambda: _statuses(workdir / "calls.db", calls) == answered, "the records")
+        first = _serving_workers(service.process.pid)
+        assert len(first) == 2, first
+        os.kill(min(first), signal.SIGKILL)
+        wait_until(lambda: _serving_workers(service.process.pid) - first, "a new worker", within=30)
+        wait_until(lambda: _opened(service) >= 3, "the new worker's call log", within=60)
+        # Its open() is over, so is what it would have ended; the calls are still live.
+        assert _statuses(workdir / "calls.db", calls) == answered
+        assert all(d.send(service).json()["duplicate"] for d in calls)
+    finally:
+        stop_service(service)
+
+    # The next start of the service ends them once, before any worker starts.
+    restarted = start_service(workdir, E2E_ROUTES, env=live, args=("--workers", "2"))
+    try:
+        ended = {d.call_id: ("ended", "unknown") for d in calls}
+        assert _statuses(workdir / "calls.db", calls) == ended
+        assert restarted.logs().count('"calllog_recovered"') == 1
+    finally:
+        stop_service(restarted)
+        fake.stop()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from app.records import build
 from app.records.calllog import (
     CallApi,
     CallEvent,
@@ -25,7 +26,13 @@ from app.records.calllog import (
 )
 from app.records.memory import InMemoryCallLog
 from app.records.postgres import PostgresCallLog
-from app.records.sqlite import MEMORY, ManagedCallLog, SqliteCallLog, build_call_log
+from app.records.sqlite import (
+    MEMORY,
+    ManagedCallLog,
+    SqliteCallLog,
+    build_call_log,
+    end_calls_left_open,
+)
 from app.records.storage import DAY, RECOVERED_NOTE
 from tests.records.writer_support import counted_batches
 
@@ -359,6 +366,59 @@ async def test_restart_ends_the_calls_left_open(sqlite_logs: Logs) -> None:
     second.ended("rtc_active", "end_call")
     again = await second.get("rtc_active")
     assert again is not None and again.end_reason == "unknown"
+
+
+@pytest.mark.anyio
+async def test_a_worker_opening_without_recovery_leaves_the_others_calls_open(
+    sqlite_logs: Logs,
+) -> None:
+    # `serve --workers 2`: a worker that uvicorn restarted opened the file its sibling was
+    # writing to and ended the sibling's live calls (`unknown`). Workers open it without
+    # the recovery now; the supervisor ran it once before starting them.
+    live = sqlite_logs.new()
+    live.started(record("rtc_active"))
+    live.started(record("rtc_answered", status="answered"))
+    assert await live.get("rtc_active") is not None  # written
+    restarted = build.build_call_log(  # the real clock: NOW is more than 30 days ago
+        str(sqlite_logs.path), 36500, database_url=None, recover_open_calls=False
+    )
+    assert isinstance(restarted, SqliteCallLog)
+    restarted.open()
+    sqlite_logs.made.append(restarted)
+    for log in (restarted, live):
+        calls = await log.recent()
+        assert [(r.call_id, r.status, r.end_reason) for r in calls] == [
+            ("rtc_active", "active", None),
+            ("rtc_answered", "answered", None),
+        ]
+
+
+@pytest.mark.anyio
+async def test_the_supervisor_ends_the_calls_left_open_before_the_workers_open(
+    sqlite_logs: Logs,
+) -> None:
+    first = sqlite_logs.new()
+    first.started(record("rtc_active"))
+    first.started(record("rtc_done"))
+    first.ended("rtc_done", "end_call")
+    first.close()  # the service stops with a call in progress
+    sqlite_logs.clock.advance(60)
+    assert end_calls_left_open(str(sqlite_logs.path), clock=sqlite_logs.clock) == 1
+    assert end_calls_left_open(str(sqlite_logs.path), clock=sqlite_logs.clock) == 0, "done"
+    worker = sqlite_logs.new(recover_open_calls=False)
+    active = await worker.get("rtc_active")
+    assert active is not None
+    assert (active.status, active.end_reason, active.ended_at) == ("ended", "unknown", NOW)
+    assert active.events[-1] == CallEvent(
+        NOW + 60, "ended", {"reason": "unknown", "note": RECOVERED_NOTE}
+    )
+    assert end_calls_left_open(MEMORY) == 0  # nothing outlives a process there
+
+
+def test_the_supervisor_refuses_a_call_database_it_cannot_use(tmp_path: Path) -> None:
+    (tmp_path / "calls.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(CallLogError, match="cannot use the call database"):
+        build.end_calls_left_open(str(tmp_path / "calls.db"))
 
 
 @pytest.mark.anyio

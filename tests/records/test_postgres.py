@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from app.ops.metrics import Metrics
+from app.records import build
 from app.records.build import build_call_log, close_call_log, open_call_log
 from app.records.calllog import CallEvent, CallLogError, CallRecord
 from app.records.memory import InMemoryCallLog
@@ -29,6 +30,7 @@ from app.records.postgres import (
     CallLogUnavailable,
     PostgresCallLog,
     _runs,
+    end_calls_left_open,
     pg_json,
     pg_text,
 )
@@ -615,6 +617,58 @@ async def test_restart_of_a_single_replica_ends_the_calls_left_open(
     second.ended("rtc_active", "end_call")  # the first end won
     again = await second.get("rtc_active")
     assert again is not None and again.end_reason == "unknown"
+
+
+@pytest.mark.anyio
+async def test_a_worker_of_a_single_replica_leaves_the_other_workers_calls_open(
+    pg_url: str, open_logs: Any
+) -> None:
+    # `serve --workers 2` on one node: a worker that uvicorn restarted ended the calls live
+    # on its sibling (all started before its own start). Workers never recover now.
+    live = await open_logs(pg_url)
+    live.started(record("rtc_active"))
+    await written(live)
+    worker = build_call_log(
+        "unused.db", 30, database_url=pg_url, single_replica=True, recover_open_calls=False
+    )
+    await open_call_log(worker)
+    try:
+        active = await worker.get("rtc_active")
+        assert active is not None and (active.status, active.end_reason) == ("active", None)
+    finally:
+        await close_call_log(worker)
+
+
+@pytest.mark.anyio
+async def test_the_supervisor_ends_the_calls_left_open_on_postgresql(
+    pg_url: str, open_logs: Any
+) -> None:
+    clock = [NOW]
+    first = await open_logs(pg_url, clock=lambda: clock[0])
+    first.started(record("rtc_active"))
+    await first.aclose()  # the service stops with a call in progress
+    clock[0] += 60
+    assert await end_calls_left_open(pg_url, clock=lambda: clock[0]) == 1
+    assert await end_calls_left_open(pg_url, clock=lambda: clock[0]) == 0, "done"
+    worker = await open_logs(pg_url, clock=lambda: clock[0])
+    active = await worker.get("rtc_active")
+    assert active is not None
+    assert (active.status, active.end_reason, active.ended_at) == ("ended", "unknown", NOW)
+    assert active.events[-1] == CallEvent(
+        NOW + 60, "ended", {"reason": "unknown", "note": RECOVERED_NOTE}
+    )
+
+
+def test_the_supervisor_starts_without_a_database_and_leaves_replicas_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    away = url(free_port())
+    assert build.end_calls_left_open("x.db", database_url=away, single_replica=False) == 0
+    assert not caplog.records, "replicas: not even tried"
+    caplog.set_level(logging.INFO, "switchboard.calllog")
+    assert build.end_calls_left_open("x.db", database_url=away, timeout=1.0) == 0
+    (line,) = [r for r in caplog.records if r.__dict__.get("event") == "calllog_unavailable"]
+    assert "not ended" in line.getMessage()
 
 
 # --- retention, build ---------------------------------------------------------------------
