@@ -27,6 +27,11 @@ writes queued before it, so what was just written is what is read.
 (`recover_open_calls=False`: a `serve --workers N` worker, whose siblings write to the same
 file; the supervisor ran `end_calls_left_open()` once before starting them), and deletes the
 calls older than the retention; the writer thread then repeats the deletion hourly.
+A write the disk refuses (full, locked, an I/O error), or that fails for any other reason
+than its own data (a damaged file, a defect), is held in memory with the ones after it and
+tried again with a growing pause; a failure outside the writes is logged and the writer
+goes on after a pause too: it only stops at close().
+
 `close()` refuses new writes and reads, lets the writer write what is queued and the reads
 in flight end, and only then are their connections closed (each by its owner when close()
 gives up waiting): a connection closed under one of its statements crashes the process.
@@ -109,6 +114,17 @@ and need not grow to the 2 MB default."""
 RETRY_FIRST: Final = 0.5
 RETRY_MAX: Final = 30.0
 """Pauses between two tries of the held writes: doubling from the first to the last."""
+_DATA_ERRORS: Final = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,  # a value it cannot bind
+    ValueError,  # text it cannot encode (a lone surrogate)
+    TypeError,
+    OverflowError,
+    RecursionError,  # event data nested too deep to encode
+)
+"""What a write raises for its own data: that one is dropped alone. Anything else (the
+disk refusing, a damaged file, a defect) holds the writes, to be tried again."""
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS calls (
@@ -265,6 +281,7 @@ class SqliteCallLog:
         self._retry_at = 0.0
         self._retry_pause = RETRY_FIRST
         self._lost = dict.fromkeys(DROP_REASONS, 0)
+        self._stopping = False  # the writer took close()'s stop marker
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -606,8 +623,8 @@ class SqliteCallLog:
 
     def _write_until_stopped(self, conn: sqlite3.Connection) -> None:
         next_expiry = time.monotonic() + self._retention_interval
-        stop = False
-        while not stop:
+        pause = RETRY_FIRST  # after a failure outside the writes
+        while not self._stopping:
             now = time.monotonic()
             wake = min(next_expiry, now + self._max_delay)
             if self._held:
@@ -619,23 +636,24 @@ class SqliteCallLog:
             self._wakes += 1
             gap_from = self._idle_from
             self._idle_from = _NEVER  # an idle loop does not call it back while it writes
-            stop, took = self._write_queued(conn)
+            took = False
+            try:
+                took = self._write_queued(conn)
+                if time.monotonic() >= next_expiry:
+                    next_expiry = time.monotonic() + self._retention_interval
+                    self._expire_logged(conn)
+            except Exception:
+                # A defect: the writer goes on (what it took is held, _batch), after a
+                # doubling pause, so that it neither stops writing nor spins.
+                logger.exception(
+                    "the call log writer failed: it goes on after a pause",
+                    extra={"event": "calllog_writer_failed", "pause": pause},
+                )
+                self._wake.wait(pause)
+                pause = min(RETRY_MAX, pause * 2)
+            else:
+                pause = RETRY_FIRST
             self._idle_from = time.monotonic() + self._idle_gap if took else gap_from
-            if time.monotonic() >= next_expiry:
-                next_expiry = time.monotonic() + self._retention_interval
-                try:
-                    deleted = self._expire(conn)
-                except sqlite3.Error as exc:
-                    logger.error(
-                        "call log retention failed",
-                        extra={"event": "calllog_write_failed", "error": str(exc)},
-                    )
-                else:
-                    if deleted:
-                        logger.info(
-                            "expired calls deleted",
-                            extra={"event": "calllog_expired", "calls": deleted},
-                        )
         # Anything that slipped in after the stop marker (nothing should: close() orders it).
         leftovers = self._take_queued()
         if leftovers:
@@ -650,30 +668,45 @@ class SqliteCallLog:
             )
             self._held.clear()
 
-    def _write_queued(self, conn: sqlite3.Connection) -> tuple[bool, bool]:
+    def _expire_logged(self, conn: sqlite3.Connection) -> None:
+        try:
+            deleted = self._expire(conn)
+        except sqlite3.Error as exc:
+            logger.error(
+                "call log retention failed",
+                extra={"event": "calllog_write_failed", "error": str(exc)},
+            )
+        else:
+            if deleted:
+                logger.info(
+                    "expired calls deleted", extra={"event": "calllog_expired", "calls": deleted}
+                )
+
+    def _write_queued(self, conn: sqlite3.Connection) -> bool:
         """What is queued now, written in order (MAX_BATCH operations a transaction), the
         reads that waited for it let go; what comes meanwhile waits for the next wake-up.
-        Returns (the stop marker was reached, anything was taken)."""
+        Sets _stopping at the stop marker; returns whether anything was taken."""
         ops: list[_Op] = []
         barriers: list[threading.Event] = []
-        stop = False
         taken = len(self._queue)
-        for _ in range(taken):
-            item = self._queue.popleft()
-            if item is None:
-                stop = True  # the last: close() queues nothing after it
-                break
-            if isinstance(item, threading.Event):
-                barriers.append(item)
-                continue
-            ops.append(item)
-            if len(ops) >= MAX_BATCH:
-                self._batch(conn, ops, stop=False)
-                ops = []
-                self._release(barriers)
-        self._batch(conn, ops, stop)
-        self._release(barriers)
-        return stop, taken > 0
+        try:
+            for _ in range(taken):
+                item = self._queue.popleft()
+                if item is None:
+                    self._stopping = True  # the last: close() queues nothing after it
+                    break
+                if isinstance(item, threading.Event):
+                    barriers.append(item)
+                    continue
+                ops.append(item)
+                if len(ops) >= MAX_BATCH:
+                    self._batch(conn, ops, stop=False)
+                    ops = []
+                    self._release(barriers)
+            self._batch(conn, ops, self._stopping)
+        finally:
+            self._release(barriers)  # also after a failure: the reads go on (held writes too)
+        return taken > 0
 
     def _batch(self, conn: sqlite3.Connection, ops: list[_Op], stop: bool) -> None:
         if self._held:
@@ -681,7 +714,13 @@ class SqliteCallLog:
             if stop or time.monotonic() >= self._retry_at:
                 self._replay(conn)
         elif ops:
-            self._apply(conn, ops)
+            try:
+                self._apply(conn, ops)
+            except Exception:
+                # A defect past the writes (they catch what the connection raises): kept,
+                # written twice at worst rather than lost.
+                self._hold(ops)
+                raise
 
     @staticmethod
     def _release(barriers: list[threading.Event]) -> None:
@@ -697,30 +736,28 @@ class SqliteCallLog:
             self._hold(ops[written:])
             self._refused(refusal)
 
-    def _write(
-        self, conn: sqlite3.Connection, ops: Sequence[_Op]
-    ) -> tuple[int, sqlite3.OperationalError | None]:
+    def _write(self, conn: sqlite3.Connection, ops: Sequence[_Op]) -> tuple[int, Exception | None]:
         """One transaction; if it fails for its data, one per operation, so that a bad one
-        (data that cannot be stored) loses only itself. Stops at a refusal of the disk:
-        returns how many operations, from the first, are done with (written or rejected),
-        and the refusal if there was one."""
+        (data that cannot be stored) loses only itself. Stops at any other failure (the
+        disk refusing, a damaged file, a defect): returns how many operations, from the
+        first, are done with (written or rejected), and that failure if there was one."""
         try:
             with conn:
                 for op in ops:
                     op(conn)
             return len(ops), None
-        except sqlite3.OperationalError as exc:
+        except _DATA_ERRORS:
+            pass  # one of them cannot be stored: found below
+        except Exception as exc:
             return 0, exc
-        except Exception:  # noqa: S110 - one of them cannot be stored: found below
-            pass
         for i, op in enumerate(ops):
             try:
                 with conn:
                     op(conn)
-            except sqlite3.OperationalError as exc:
-                return i, exc
-            except Exception as exc:
+            except _DATA_ERRORS as exc:
                 self._reject(exc)
+            except Exception as exc:
+                return i, exc
         return len(ops), None
 
     def _hold(self, ops: list[_Op]) -> None:
@@ -736,10 +773,16 @@ class SqliteCallLog:
         self._retry_at = time.monotonic() + self._retry_pause
         self._retry_pause = min(RETRY_MAX, self._retry_pause * 2)
         if first:
+            # The disk's refusals are expected (full, locked); anything else is a damaged
+            # file or a defect, and its traceback says which.
+            expected = isinstance(exc, sqlite3.OperationalError)
             logger.error(
-                "call log writes refused by the disk: held in memory and tried again",
+                "call log writes refused by the disk: held in memory and tried again"
+                if expected
+                else "call log writes failed: held in memory and tried again",
+                exc_info=None if expected else exc,
                 extra={
-                    "event": "calllog_write_failed",
+                    "event": "calllog_write_failed" if expected else "calllog_writer_failed",
                     "error": str(exc),
                     "path": str(self.path),
                     "held": len(self._held),
