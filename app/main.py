@@ -30,7 +30,7 @@ from app.ops.admin import CallsControl, install_admin
 from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
 from app.records.build import build_call_log, close_call_log, open_call_log
-from app.records.calllog import CallLog, WritesWhenIdle
+from app.records.calllog import CallLog, ReportsBacklog, WritesWhenIdle
 from app.router import CallRouter, Pairing
 from app.rules import RuleSet
 from app.settings import Settings
@@ -263,7 +263,12 @@ def create_app(
         except StateUnavailable:
             # Its error names the store's host: GET /admin/status shows it.
             return JSONResponse({"status": "not ready", "detail": "state store unavailable"}, 503)
-        return JSONResponse({"status": "ready", "rules_version": rules.version})
+        ready = {"status": "ready", "rules_version": rules.version}
+        if isinstance(call_log, ReportsBacklog) and call_log.backlog().stalled:
+            # Said, still 200: calls route without their records, and an instance taken
+            # out of the load balancer for its call log would miss calls.
+            ready["call_log"] = "not writing"
+        return JSONResponse(ready)
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

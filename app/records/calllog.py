@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 CallStatus = Literal["active", "answered", "ended"]
 """active: in progress with a sideband; answered: accepted, no sideband to see the end;
@@ -86,6 +86,11 @@ DROP_REASONS: tuple[str, ...] = (
 )
 
 
+STALLED_AFTER: Final = 60.0
+"""Seconds writes may wait with nothing written before the call log counts as not writing
+(two of SQLite's longest retry pauses; a busy file gives up after 10 s)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Backlog:
     """What a call log that writes to a server has not written (yet, or ever)."""
@@ -96,6 +101,14 @@ class Backlog:
     """Writes lost since start-up, by reason (DROP_REASONS)."""
     available: bool
     """False while the database cannot be reached (or before it ever was)."""
+    stalled_for: float = 0.0
+    """Seconds since the writer last had everything written, while writes wait (0 when
+    none do); only SQLite's says."""
+
+    @property
+    def stalled(self) -> bool:
+        """Writes have waited STALLED_AFTER with nothing written: the log is not writing."""
+        return self.stalled_for >= STALLED_AFTER
 
 
 @runtime_checkable

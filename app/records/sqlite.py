@@ -30,7 +30,10 @@ calls older than the retention; the writer thread then repeats the deletion hour
 A write the disk refuses (full, locked, an I/O error), or that fails for any other reason
 than its own data (a damaged file, a defect), is held in memory with the ones after it and
 tried again with a growing pause; a failure outside the writes is logged and the writer
-goes on after a pause too: it only stops at close().
+goes on after a pause too: it only stops at close(). What waits is bounded (QUEUE_MAX not
+yet taken, HELD_MAX held), counted when dropped, and shown by backlog(): queued, and
+stalled once nothing has been written for STALLED_AFTER while writes wait (a writer
+stuck, or stopped).
 
 `close()` refuses new writes and reads, lets the writer write what is queued and the reads
 in flight end, and only then are their connections closed (each by its owner when close()
@@ -52,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
+from app.records import calllog
 from app.records.calllog import (
     DROP_REASONS,
     Backlog,
@@ -114,6 +118,11 @@ and need not grow to the 2 MB default."""
 RETRY_FIRST: Final = 0.5
 RETRY_MAX: Final = 30.0
 """Pauses between two tries of the held writes: doubling from the first to the last."""
+QUEUE_MAX: Final = 100_000
+"""Writes queued for the writer at most (about 0.5 KB each): reached only if it takes none
+(stuck in a statement, or stopped); a write past it is dropped and counted."""
+DROP_LOG_INTERVAL: Final = 60.0
+"""A full queue's drops are logged at most this often."""
 _DATA_ERRORS: Final = (
     sqlite3.IntegrityError,
     sqlite3.DataError,
@@ -248,6 +257,7 @@ class SqliteCallLog:
         idle_gap: float = IDLE_GAP,
         max_delay: float = MAX_DELAY,
         recover_open_calls: bool = True,
+        queue_max: int = QUEUE_MAX,
     ) -> None:
         """`recover_open_calls`: open() ends the calls left open, the file being this
         process's alone; False where other live processes write to it too."""
@@ -261,6 +271,9 @@ class SqliteCallLog:
         # Writes, a read's barrier (set once what is before it is written), close()'s stop
         # (None). Appended under _state_lock, taken by the writer (deque is thread-safe).
         self._queue: deque[_Op | threading.Event | None] = deque()
+        self._queue_max = queue_max
+        self._queue_full = 0  # writes _submit dropped (under _state_lock)
+        self._full_logged_at = -DROP_LOG_INTERVAL
         self._wake = threading.Event()  # the writer's: set by idle(), a read, close()
         self._idle_from = 0.0  # monotonic: when idle() may wake the writer again
         self._wakes = 0  # the writer's wake-ups, timed or not (tests count them)
@@ -282,6 +295,8 @@ class SqliteCallLog:
         self._retry_pause = RETRY_FIRST
         self._lost = dict.fromkeys(DROP_REASONS, 0)
         self._stopping = False  # the writer took close()'s stop marker
+        # Monotonic: the writer's last moment with nothing held (read by backlog()).
+        self._caught_up_at = time.monotonic()
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -299,6 +314,7 @@ class SqliteCallLog:
                 conn.close()
                 raise CallLogError(f"cannot use the call database {self.path}: {exc}") from exc
             self._write_conn = conn
+            self._caught_up_at = time.monotonic()
             self._writer = threading.Thread(
                 target=self._write_loop, name="switchboard-calllog", daemon=True
             )
@@ -513,13 +529,36 @@ class SqliteCallLog:
 
     def _submit(self, op: _Op) -> None:
         with self._state_lock:
-            if not self._closed:
+            closed = self._closed
+            if not closed and len(self._queue) < self._queue_max:
                 self._queue.append(op)  # no wake-up: the writer comes when the loop is idle
                 return
-            self._dropped += 1
-            first = self._dropped == 1
-        if first:
-            logger.warning("call log write after close dropped", extra={"event": "calllog_dropped"})
+            if closed:
+                self._dropped += 1
+                count = self._dropped
+            else:
+                # The writer takes nothing: memory stays bounded, and the writes already
+                # queued keep each call's story whole up to here.
+                self._queue_full += 1
+                count = self._queue_full
+        if closed:
+            if count == 1:
+                logger.warning(
+                    "call log write after close dropped", extra={"event": "calllog_dropped"}
+                )
+            return
+        now = time.monotonic()
+        if now - self._full_logged_at >= DROP_LOG_INTERVAL:
+            self._full_logged_at = now
+            logger.error(
+                "call log queue full (the writer takes nothing): writes dropped",
+                extra={
+                    "event": "calllog_dropped",
+                    "reason": "queue_full",
+                    "dropped_total": count,
+                    "queue_max": self._queue_max,
+                },
+            )
 
     def started(self, record: CallRecord) -> None:
         ended_at = end_time(record, self._clock())
@@ -653,6 +692,8 @@ class SqliteCallLog:
                 pause = min(RETRY_MAX, pause * 2)
             else:
                 pause = RETRY_FIRST
+                if not self._held:
+                    self._caught_up_at = time.monotonic()
             self._idle_from = time.monotonic() + self._idle_gap if took else gap_from
         # Anything that slipped in after the stop marker (nothing should: close() orders it).
         leftovers = self._take_queued()
@@ -820,7 +861,20 @@ class SqliteCallLog:
         )
 
     def backlog(self) -> Backlog:
-        return Backlog(queued=len(self._held), dropped=dict(self._lost), available=not self._held)
+        # Queued too: behind a writer that takes nothing, they are what waits.
+        waiting = len(self._queue) + len(self._held)
+        dropped = dict(self._lost)
+        dropped["queue_full"] += self._queue_full
+        writer = self._writer
+        stopped = writer is not None and not writer.is_alive() and not self._closed
+        stalled_for = time.monotonic() - self._caught_up_at if waiting else 0.0
+        stalled = stalled_for >= calllog.STALLED_AFTER
+        return Backlog(
+            queued=waiting,
+            dropped=dropped,
+            available=not (self._held or stopped or stalled),
+            stalled_for=stalled_for,
+        )
 
     # --- reads: in worker threads -------------------------------------------------------
 

@@ -13,9 +13,12 @@ import respx
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.records import calllog
+from app.records.sqlite import SqliteCallLog
 from app.rules import compile_rules
 from app.settings import MissingWebhookSecret, Settings
 from app.state.claims import MemoryClaimStore, StateUnavailable
+from tests.records.test_sqlite_held_writes import eventually, record, refuse_writes
 from tests.support import (
     OTHER_SECRET,
     SECRET,
@@ -405,6 +408,30 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert detail.json()["routes"] == 4
     assert detail.json()["dry_run"] is False
     assert client.get("/admin/status").status_code == 401
+
+
+def test_readiness_says_when_the_call_log_is_not_writing(
+    api: respx.Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes refused past STALLED_AFTER: /readyz says so (still 200: calls route without
+    their records), and stops saying it once they are written. Before: nothing said."""
+    monkeypatch.setattr(calllog, "STALLED_AFTER", 0.3)
+    with client_for(api) as client:
+        log = client.app.state.call_log  # type: ignore[attr-defined]
+        assert isinstance(log, SqliteCallLog)
+        refuse_writes(log, True)
+        log.started(record(1))
+        eventually(lambda: "call_log" in client.get("/readyz").json(), "the stall reported")
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {
+            "status": "ready",
+            "rules_version": ready.json()["rules_version"],
+            "call_log": "not writing",
+        }
+        refuse_writes(log, False)
+        eventually(lambda: "call_log" not in client.get("/readyz").json(), "the writes written")
+        assert set(client.get("/readyz").json()) == {"status", "rules_version"}
 
 
 def test_metrics_are_precreated_and_hold_no_numbers(client: TestClient) -> None:

@@ -1,7 +1,8 @@
-"""The SQLite call log's writer on errors no one expects: it keeps the records and goes on.
-Before, an error of the connection other than the disk's refusal dropped every write as if
-its data were bad, and one outside the writes (the hourly retention, a batch's own code)
-ended the writer thread."""
+"""The SQLite call log's writer on errors no one expects: it keeps the records and goes on,
+and what waits is bounded and shown (backlog(), the metrics). Before, an error of the
+connection other than the disk's refusal dropped every write as if its data were bad, one
+outside the writes (the hourly retention) ended the writer thread, and the queue behind a
+writer that took nothing grew without bound while the metrics said up, nothing queued."""
 
 from __future__ import annotations
 
@@ -14,14 +15,17 @@ from typing import Any
 import pytest
 
 from app.ops.metrics import Metrics
+from app.records import calllog
 from app.records import sqlite as sqlite_log
 from app.records.sqlite import SqliteCallLog
 from tests.records.test_sqlite_held_writes import (
     eventually,
     held,
     record,
+    refuse_writes,
     stored,
 )
+from tests.records.writer_support import HANG, held_batches
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +147,90 @@ def test_a_defect_in_a_batch_keeps_its_writes(
     finally:
         log.close()
     assert sum(log.backlog().dropped.values()) == 0
+
+
+def test_writes_behind_a_stuck_writer_are_shown_and_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer that takes nothing (stuck in a statement): the writes wait, counted in
+    `queued`, up to the bound; the ones past it are dropped, counted and logged; the call
+    log is reported stalled past STALLED_AFTER. Before: queued 0, up, no bound."""
+    monkeypatch.setattr(calllog, "STALLED_AFTER", 0.2)
+    log = SqliteCallLog(tmp_path / "calls.db", max_delay=0.01, queue_max=5)
+    log.open()
+    metrics = Metrics()
+    metrics.watch_call_log(log)
+    entered, release = held_batches(log, monkeypatch)
+    try:
+        log.started(record(0))
+        assert entered.wait(HANG)  # the writer is stuck in this batch
+        with caplog.at_level(logging.ERROR, logger="switchboard.calllog"):
+            for n in range(1, 9):
+                log.started(record(n))
+        backlog = log.backlog()
+        assert (backlog.queued, backlog.dropped["queue_full"]) == (5, 3)
+        assert sample(metrics, "switchboard_call_records_queued") == 5
+        assert (
+            metrics.registry.get_sample_value(
+                "switchboard_call_records_dropped_total", {"reason": "queue_full"}
+            )
+            == 3
+        )
+        drops = [r for r in caplog.records if getattr(r, "event", "") == "calllog_dropped"]
+        assert len(drops) == 1  # one line, not one per write
+        eventually(lambda: log.backlog().stalled, "the call log reported stalled")
+        assert sample(metrics, "switchboard_call_records_database_up") == 0
+        release.set()
+        eventually(lambda: log.backlog().queued == 0, "the queued writes written")
+        assert log.backlog().available and not log.backlog().stalled
+        assert stored(log, *range(6))
+        assert not stored(log, 6) and not stored(log, 8)  # the newest ones were dropped
+    finally:
+        release.set()
+        log.close()
+
+
+def test_refused_writes_stall_the_call_log_past_the_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(calllog, "STALLED_AFTER", 0.3)
+    log = SqliteCallLog(tmp_path / "calls.db")
+    log.open()
+    try:
+        refuse_writes(log, True)
+        log.started(record(1))
+        eventually(lambda: held(log) == 1, "the write held")
+        eventually(lambda: log.backlog().stalled, "the call log reported stalled")
+        assert log.backlog().stalled_for >= 0.3
+        refuse_writes(log, False)
+        eventually(lambda: log.backlog().queued == 0, "the write written")
+        assert not log.backlog().stalled and log.backlog().stalled_for == 0
+    finally:
+        log.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_thread_that_ended_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the thread ends anyway (an exception no handler takes: SystemExit here), the
+    call log says so: not up, the writes waiting counted. Before: up, nothing queued."""
+    log = SqliteCallLog(tmp_path / "calls.db")
+
+    def ended(conn: sqlite3.Connection) -> None:
+        raise SystemExit
+
+    monkeypatch.setattr(log, "_write_until_stopped", ended)
+    log.open()
+    writer = log._writer
+    assert writer is not None
+    writer.join(HANG)
+    metrics = Metrics()
+    metrics.watch_call_log(log)
+    log.started(record(1))
+    log.ended("rtc_1", "hung_up")
+    assert (log.backlog().queued, log.backlog().available) == (2, False)
+    assert sample(metrics, "switchboard_call_records_queued") == 2
+    assert sample(metrics, "switchboard_call_records_database_up") == 0
+    log.close()
+    assert log.backlog().dropped["shutdown"] == 2
