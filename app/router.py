@@ -32,11 +32,11 @@ from app.ops.metrics import Metrics
 from app.records.calllog import CallEvent, CallLog, CallRecord, CallStatus
 from app.rules import Accept, Action, Decision, Refer, Reject, RuleSet, caller_key
 from app.rules.ruleset import CallFeatures
-from app.sip.dialog import dialog_keys
+from app.sip.dialog import dialog_key
 from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
 from app.state.claims import Answer, ClaimLost, ClaimStore, Plan, StateUnavailable, Ticket
 from app.state.handlers import PREFIX, DialogHandlers
-from app.state.ratelimit import RateLimiter, RateLimits
+from app.state.ratelimit import RateLimiter, RateLimits, Twin
 
 logger = logging.getLogger("switchboard.call")
 
@@ -100,7 +100,6 @@ class _Decided:
     """Parsing and matching (switchboard_decision_latency_seconds, `decide_ms`)."""
     identity: CallIdentity
     dialog: str | None
-    call_dialog: str | None
     decision: Decision
 
 
@@ -355,12 +354,10 @@ class CallRouter:
         headers = Headers(call.sip_headers)
         identity = identify(headers, self._policy, call.media_security)
         # Both events of one call decide alike: splits and rate limits key on the dialog.
-        # A verdict is remembered for the horizon, so it keys on a real dialog (Call-ID)
-        # only: identical INVITEs without one must not all replay the first verdict.
-        dialog, call_dialog = dialog_keys(headers)
+        dialog = dialog_key(headers)
         decision = rules.decide(identity, datetime.now(UTC), dialog or call.call_id)
         seconds = time.perf_counter() - started
-        return _Decided(seconds, identity, dialog, call_dialog, decision)
+        return _Decided(seconds, identity, dialog, decision)
 
     def _plan(self, call: IncomingCall, decided: _Decided) -> Plan | None:
         """What the claim can carry: the dialog taken and `acting`, when this event is
@@ -383,10 +380,7 @@ class CallRouter:
         on time.monotonic() for the state store's calls."""
         identity, dialog, decide_seconds = made.identity, made.dialog, made.seconds
         decision = await self._limit(
-            made.decision,
-            identity,
-            made.call_dialog or call.call_id,
-            self._until(deadline, until),
+            call, made.decision, identity, dialog, self._until(deadline, until)
         )
         handler: Api | None
         if ticket.acting or ticket.handler == call.api:
@@ -512,13 +506,26 @@ class CallRouter:
         )
 
     async def _limit(
-        self, decision: Decision, identity: CallIdentity, call_id: str, deadline: float
+        self,
+        call: IncomingCall,
+        decision: Decision,
+        identity: CallIdentity,
+        dialog: str | None,
+        deadline: float,
     ) -> Decision:
         limit = decision.rate_limit
         if limit is None:
             return decision
         caller = caller_key(identity) or "anonymous"
-        if await self._limiter.allow(decision.route, caller, limit, call_id, deadline=deadline):
+        # One count per INVITE: the other API's event, if one comes, takes this verdict.
+        # The dialog is the caller's: a verdict kept under it alone was replayed to every
+        # INVITE reusing its Call-ID and From tag (the limit bypassed).
+        others = self._pairing.expected - {call.api}
+        twin = Twin.of(dialog, call.api, min(others)) if dialog and others else None
+        allowed = await self._limiter.allow(
+            decision.route, caller, limit, call.call_id, deadline=deadline, twin=twin
+        )
+        if allowed:
             return decision
         self._metrics.rate_limited.labels(decision.route).inc()
         # The caller did not get the split arm's action: do not count it as that arm.

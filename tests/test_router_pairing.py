@@ -23,9 +23,10 @@ from app.router import CallRouter, Pairing
 from app.rules import compile_rules
 from app.sip.identity import IdentityPolicy
 from app.state.claims import Answer, ClaimStore, MemoryClaimStore
+from app.state.ratelimit import RateLimiter, RateLimits
 from app.state.redis import connect
-from app.state.redisstore import RedisClaimStore, RedisState
-from app.state.sqlite import SqliteClaimStore, SqliteState
+from app.state.redisstore import RedisClaimStore, RedisRateLimiter, RedisState
+from app.state.sqlite import SqliteClaimStore, SqliteRateLimiter, SqliteState
 
 ROUTES = """
 sessions:
@@ -90,17 +91,22 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 def new_store() -> ClaimStore:
+    return new_state()[0]
+
+
+def new_state() -> tuple[ClaimStore, RateLimits]:
+    """The claim store and the rate limits on it, as the service builds them."""
     if _redis:
         # Not started (no lease renewal): a scenario is over long before a lease (5 s).
         redis_state = RedisState(connect(_redis[0]), horizon_seconds=300, prefix=f"t{next(_ids)}:")
         _opened.append(redis_state)
-        return RedisClaimStore(redis_state)
+        return RedisClaimStore(redis_state), RedisRateLimiter(redis_state)
     if not _sqlite:
-        return MemoryClaimStore(horizon_seconds=300)
+        return MemoryClaimStore(horizon_seconds=300), RateLimiter()
     state = SqliteState(_sqlite[0] / f"state-{next(_ids)}.db", horizon_seconds=300)
     state.start()  # blocking, as a test may: the router's store is ready
     _opened.append(state)
-    return SqliteClaimStore(state)
+    return SqliteClaimStore(state), SqliteRateLimiter(state)
 
 
 class Recorder:
@@ -139,11 +145,13 @@ class Harness:
         self.live = Recorder("live", delay)
         self.metrics = Metrics()
         self.rules = RULES
+        store, limits = new_state()
         self.router = CallRouter(
             controller=self.realtime,
             live_controller=self.live,
             pairing=Pairing(expected=expected, wait_seconds=wait),
-            store=new_store(),
+            store=store,
+            limiter=limits,
             metrics=self.metrics,
             policy=IdentityPolicy(default_region="US"),
             deadline_seconds=5.0,
@@ -412,3 +420,34 @@ async def test_a_one_api_project_takes_no_dialog_claim() -> None:
     both = Harness()
     await both.deliver(pair("+18005550101")[0])
     assert len(both.router._store) == 3  # type: ignore[arg-type]
+
+
+LIMITED = compile_rules(
+    ROUTES
+    + """  - name: limited
+    match: {called: "+18005550105"}
+    accept: realtime-desk
+    rate_limit: {calls: 2, per: 10m}
+""",
+    "routes.yaml",
+    region="US",
+)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("call_id_header", [None, "same@host", ""], ids=["own", "reused", "none"])
+async def test_a_rate_limit_counts_each_invite_once_whatever_its_call_id(
+    order: str, call_id_header: str | None
+) -> None:
+    # The caller chooses Call-ID and From tag: INVITEs that all reuse one (or, without a
+    # Call-ID, are identical) each count once, their two events agreeing. A reused Call-ID
+    # got the first INVITE's 'allowed' for every later one (the limit bypassed); without
+    # a Call-ID each event counted on its own (a call counted twice, its events disagreeing).
+    h = Harness(delay=0.01)
+    h.rules = LIMITED
+    for _ in range(4):
+        await deliver_both(h, pair("+18005550105", call_id_header=call_id_header), order)
+    acted = [(op, detail) for r in (h.realtime, h.live) for op, _, detail in r.requests]
+    assert [op for op, _ in acted] == ["accept", "accept", "reject", "reject"]
+    assert [detail for _, detail in acted[2:]] == [486, 486]  # over the limit: any API

@@ -22,15 +22,8 @@ _TAG = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.IGNORECASE)
 def dialog_key(headers: Iterable[tuple[str, str]]) -> str | None:
     """A short digest of Call-ID and the From tag. Without a Call-ID (SIP requires one, but
     the caller controls the INVITE), a digest of every header in order: both events carry
-    the same headers, so they still get the same key. None only for no headers at all."""
-    return dialog_keys(headers)[0]
-
-
-def dialog_keys(headers: Iterable[tuple[str, str]]) -> tuple[str | None, str | None]:
-    """(dialog_key, the same only when it comes from a Call-ID, else None). What is
-    remembered per call for long (a rate limit's verdict) keys on the second: identical
-    INVITEs without a Call-ID must not share one. `headers`: a Headers (the router's, parsed
-    once per call) or any (name, value) pairs."""
+    the same headers, so they still get the same key. None only for no headers at all.
+    `headers`: a Headers (the router's, parsed once per call) or any (name, value) pairs."""
     if not isinstance(headers, Headers):
         headers = Headers(headers)
     call_ids = headers.get_all("call-id")
@@ -40,12 +33,11 @@ def dialog_keys(headers: Iterable[tuple[str, str]]) -> tuple[str | None, str | N
         # The tag is after the address (a display name or URI may hold ";tag=" text).
         params = from_value.rpartition(">")[2] if ">" in from_value else from_value
         tag = _TAG.search(params)
-        key = _digest(f"call-id\0{call_id}\0{tag.group(1) if tag else ''}")
-        return key, key
+        return _digest(f"call-id\0{call_id}\0{tag.group(1) if tag else ''}")
     if len(headers):
         text = "\0".join(f"{canonical_name(name)}:{value}" for name, value in headers)
-        return _digest(f"headers\0{text}"), None
-    return None, None
+        return _digest(f"headers\0{text}")
+    return None
 
 
 def _digest(text: str) -> str:

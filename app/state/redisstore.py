@@ -17,7 +17,8 @@ Keys, under a prefix (`switchboard:` by default):
   takes over (app.state.claims).
 - `mark:<key>`  a request for this key may have taken effect (no fallback after it).
 - `rate:<route>:<caller>`  a list of the caller's last `calls` call times (ms), newest
-  first, expiring a window after the newest; `verdict:<call_id>` the verdict a call got.
+  first, expiring a window after the newest; `verdict:<call_id>` the verdict a call got
+  (`verdict:<dialog>><api>`: one left for the other event of its INVITE, taken once).
 
 Every command has a timeout (SWITCHBOARD_STATE_TIMEOUT_SECONDS), also bounded by the
 call's deadline; a Redis that does not answer is StateUnavailable, and the webhook is
@@ -50,6 +51,7 @@ from app.state.claims import (
     poll_until,
     wait_for_answer,
 )
+from app.state.ratelimit import Twin
 from app.state.redis import RedisUnavailable, check
 
 logger = logging.getLogger("switchboard.state")
@@ -233,13 +235,22 @@ return renewed
 """
 )
 
-# KEYS: the caller's hits list, [the call's verdict]. ARGV: calls, per_ms, horizon_ms
+# KEYS: the caller's hits list, [the call's verdict, [the verdict the other event of its
+# INVITE left it (taken once), the one left for that event]]. ARGV: calls, per_ms, horizon_ms
 _RATE: Final = (
     _NOW
     + """
 if KEYS[2] then
   local earlier = redis.call('GET', KEYS[2])
   if earlier then return tonumber(earlier) end
+end
+if KEYS[3] then
+  local left = redis.call('GET', KEYS[3])
+  if left then
+    redis.call('DEL', KEYS[3])
+    redis.call('SET', KEYS[2], left, 'PX', ARGV[3])
+    return tonumber(left)
+  end
 end
 local calls = tonumber(ARGV[1])
 local over = 0
@@ -252,6 +263,7 @@ redis.call('LTRIM', KEYS[1], 0, calls - 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local allowed = 1 - over
 if KEYS[2] then redis.call('SET', KEYS[2], allowed, 'PX', ARGV[3]) end
+if KEYS[4] then redis.call('SET', KEYS[4], allowed, 'PX', ARGV[3]) end
 return allowed
 """
 )
@@ -638,10 +650,13 @@ class RedisRateLimiter:
         call_id: str = "",
         *,
         deadline: float | None = None,
+        twin: Twin | None = None,
     ) -> bool:
         state = self._state
         keys = [f"{state.prefix}rate:{len(route)}:{route}:{caller}"]
         if call_id:
             keys.append(f"{state.prefix}verdict:{call_id}")
+            if twin is not None:  # the router's events always have an id
+                keys += (f"{state.prefix}verdict:{key}" for key in twin)
         args = [limit.calls, _ms(limit.per_seconds), state.horizon_ms]
         return bool(int(await state.call(state.rate_script, keys, args, deadline)))

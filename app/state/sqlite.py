@@ -62,6 +62,7 @@ from app.state.claims import (
     new_owner_id,
     wait_for_answer,
 )
+from app.state.ratelimit import Twin
 
 logger = logging.getLogger("switchboard.state")
 
@@ -1136,14 +1137,21 @@ class SqliteRateLimiter:
         call_id: str = "",
         *,
         deadline: float | None = None,
+        twin: Twin | None = None,
     ) -> bool:
         state = self._state
         now = state.clock()
         key = f"{route}\0{caller}"
         horizon = now + state.horizon
         return await state.run(
-            lambda conn: _count(conn, key, limit, call_id, now, horizon), deadline=deadline
+            lambda conn: _count(conn, key, limit, call_id, now, horizon, twin), deadline=deadline
         )
+
+
+_VERDICT: Final = "SELECT allowed FROM rate_verdicts WHERE call_id = ? AND expires > ?"
+_KEEP_VERDICT: Final = (
+    "INSERT OR REPLACE INTO rate_verdicts (call_id, allowed, expires) VALUES (?, ?, ?)"
+)
 
 
 def _count(
@@ -1153,12 +1161,19 @@ def _count(
     call_id: str,
     now: float,
     horizon: float,
+    twin: Twin | None = None,
 ) -> bool:
     if call_id:
-        row = conn.execute(
-            "SELECT allowed FROM rate_verdicts WHERE call_id = ? AND expires > ?", (call_id, now)
-        ).fetchone()
+        row = conn.execute(_VERDICT, (call_id, now)).fetchone()
         if row is not None:
+            return bool(row[0])
+    if twin is not None:
+        # The verdict the other event of this INVITE left: taken once (app.state.ratelimit).
+        row = conn.execute(_VERDICT, (twin.take, now)).fetchone()
+        if row is not None:
+            conn.execute("DELETE FROM rate_verdicts WHERE call_id = ?", (twin.take,))
+            if call_id:
+                conn.execute(_KEEP_VERDICT, (call_id, row[0], horizon))
             return bool(row[0])
     row = conn.execute(
         "SELECT hits FROM rate_hits WHERE key = ? AND expires > ?", (key, now)
@@ -1171,9 +1186,9 @@ def _count(
         "INSERT OR REPLACE INTO rate_hits (key, hits, expires) VALUES (?, ?, ?)",
         (key, json.dumps(hits), now + limit.per_seconds),
     )
+    allowed = 0 if over else 1
     if call_id:
-        conn.execute(
-            "INSERT OR REPLACE INTO rate_verdicts (call_id, allowed, expires) VALUES (?, ?, ?)",
-            (call_id, 0 if over else 1, horizon),
-        )
+        conn.execute(_KEEP_VERDICT, (call_id, allowed, horizon))
+    if twin is not None:
+        conn.execute(_KEEP_VERDICT, (twin.leave, allowed, horizon))
     return not over

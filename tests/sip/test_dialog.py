@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.sip.dialog import dialog_key, dialog_keys
+from app.sip.dialog import dialog_key
 
 FROM = ("From", "<sip:+14155550123@trunk.example.com>;tag=a1")
 TO = ("To", "<sip:+18005550100@sip.api.openai.com>")
@@ -40,13 +40,3 @@ def test_a_lone_surrogate_in_a_header_does_not_raise() -> None:
     # JSON may carry \\ud800 (UTF-8 cannot): the key is made all the same.
     assert dialog_key([FROM, ("Call-ID", "a\ud800b")]) is not None
     assert dialog_key([FROM, ("X-Foo", "a\ud800b")]) is not None
-
-
-def test_only_a_call_id_makes_a_key_to_remember_a_call_by() -> None:
-    # A rate limit's verdict is kept per call for the horizon: identical INVITEs without a
-    # Call-ID must not share one (the first verdict would be replayed to all of them).
-    with_id = [FROM, TO, ("Call-ID", "abc@10.0.0.1")]
-    assert dialog_keys(with_id) == (dialog_key(with_id), dialog_key(with_id))
-    without = [FROM, TO]
-    assert dialog_keys(without) == (dialog_key(without), None)
-    assert dialog_keys([]) == (None, None)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app.rules import RateLimit, Reject
-from app.state.ratelimit import RateLimiter, RateLimits
+from app.state.ratelimit import RateLimiter, RateLimits, Twin
 from app.state.redis import connect
 from app.state.redisstore import RedisRateLimiter, RedisState
 from app.state.sqlite import SqliteRateLimiter, SqliteState
@@ -121,3 +121,22 @@ async def test_a_pause_as_long_as_the_window_lets_the_caller_in(limiters: Make) 
     else:
         getattr(limiters, "clock").now += per  # noqa: B009
     assert await limiter.allow("r", "x", limit)
+
+
+@pytest.mark.anyio
+async def test_the_two_events_of_one_invite_share_a_verdict_once(limiters: Make) -> None:
+    # One INVITE: a Realtime and a Live event, tied by the SIP dialog (the caller's). The
+    # first counts, the other takes its verdict; an INVITE reusing the dialog is counted.
+    one, other = limiters(), limiters()
+    one_limit = RateLimit(calls=1, per_seconds=60.0, over_limit=Reject(486))
+
+    def twin(api: str) -> Twin:
+        return Twin.of("d1", api, "live" if api == "realtime" else "realtime")
+
+    assert await one.allow("r", "x", one_limit, "rtc_1", twin=twin("realtime"))
+    assert await other.allow("r", "x", one_limit, "live_1", twin=twin("live"))  # not counted
+    assert await other.allow("r", "x", one_limit, "live_1", twin=twin("live"))  # redelivered
+    # Another INVITE with the same Call-ID and From tag: counted (over), both its events.
+    assert not await other.allow("r", "x", one_limit, "live_2", twin=twin("live"))
+    assert not await one.allow("r", "x", one_limit, "rtc_2", twin=twin("realtime"))
+    assert not await one.allow("r", "x", one_limit, "rtc_3", twin=twin("realtime"))
