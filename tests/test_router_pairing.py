@@ -140,12 +140,13 @@ class Harness:
         expected: frozenset[Api] = frozenset(("realtime", "live")),
         wait: float = 0.3,
         delay: float = 0.0,
+        state: tuple[ClaimStore, RateLimits] | None = None,
     ) -> None:
         self.realtime = Recorder("realtime", delay)
         self.live = Recorder("live", delay)
         self.metrics = Metrics()
         self.rules = RULES
-        store, limits = new_state()
+        store, limits = state or new_state()
         self.router = CallRouter(
             controller=self.realtime,
             live_controller=self.live,
@@ -451,3 +452,39 @@ async def test_a_rate_limit_counts_each_invite_once_whatever_its_call_id(
     acted = [(op, detail) for r in (h.realtime, h.live) for op, _, detail in r.requests]
     assert [op for op, _ in acted] == ["accept", "accept", "reject", "reject"]
     assert [detail for _, detail in acted[2:]] == [486, 486]  # over the limit: any API
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("called", ["+18005550100", "+18005550101", "+18005550103"])
+async def test_the_two_events_at_two_replicas_act_once(order: str, called: str) -> None:
+    """Each event at another process on the shared store: no in-process wake-up, the one
+    that does not act learns the handler from the store."""
+    if not (_sqlite or _redis):
+        pytest.skip("one process's memory")
+    states: list[tuple[ClaimStore, RateLimits]] = []
+    if _sqlite:  # both replicas on one file
+        sqlite_state = SqliteState(_sqlite[0] / "shared.db", horizon_seconds=300)
+        sqlite_state.start()
+        _opened.append(sqlite_state)
+        states = [(SqliteClaimStore(sqlite_state), SqliteRateLimiter(sqlite_state))] * 2
+    else:
+        prefix = f"t{next(_ids)}:"
+        for _ in range(2):
+            redis_state = RedisState(connect(_redis[0]), horizon_seconds=300, prefix=prefix)
+            _opened.append(redis_state)
+            states.append((RedisClaimStore(redis_state), RedisRateLimiter(redis_state)))
+    one, other = (Harness(wait=0.2, delay=0.02, state=state) for state in states)
+    realtime, live = pair(called)
+    first, second = (realtime, live) if order != "live-first" else (live, realtime)
+    at = {realtime.call_id: one, live.call_id: other}
+
+    async def later(event: IncomingCall, pause: float) -> Answer:
+        await asyncio.sleep(pause)
+        return await at[event.call_id].deliver(event)
+
+    await asyncio.gather(later(first, 0), later(second, 0 if order == "concurrent" else 0.05))
+    acted = one.acted() + other.acted()
+    assert len(acted) == 1, acted
+    if called != "+18005550103":
+        assert acted[0][:2] == ("live" if called == "+18005550100" else "realtime", "accept")
