@@ -355,7 +355,11 @@ class CallRouter:
         identity = identify(headers, self._policy, call.media_security)
         # Both events of one call decide alike: splits and rate limits key on the dialog.
         dialog = dialog_key(headers)
-        decision = rules.decide(identity, datetime.now(UTC), dialog or call.call_id)
+        # Without one (no headers) nothing ties the two events, so nothing of this event's
+        # own may choose: an arm keyed on the API's id sent a cross-API split's two events
+        # to different arms (accepted through both APIs, or through neither).
+        untied = call.call_id if not self._pairing.expected - {call.api} else ""
+        decision = rules.decide(identity, datetime.now(UTC), dialog or untied)
         seconds = time.perf_counter() - started
         return _Decided(seconds, identity, dialog, decision)
 

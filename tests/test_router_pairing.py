@@ -378,6 +378,31 @@ async def test_a_cross_api_split_of_an_anonymous_caller_without_call_id_acts_onc
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("order", ORDERS)
+async def test_a_cross_api_split_of_a_call_without_any_header_acts_once(order: str) -> None:
+    # Nothing ties the two events: each must still pick the same arm (it was keyed on the
+    # API's own id: both accepted, or neither acted, about half the time).
+    rules = compile_rules(
+        ROUTES
+        + """  - name: ab
+    split:
+      - {weight: 50, accept: live-desk}
+      - {weight: 50, accept: realtime-desk}
+""",
+        "routes.yaml",
+        region="US",
+    )
+    for _ in range(10):
+        h = Harness(delay=0.01, wait=0.05)
+        h.rules = rules
+        n = next(_ids)
+        realtime = IncomingCall(f"wh_r{n}", f"rtc_{n}", (), None, api="realtime")
+        live = IncomingCall(f"wh_l{n}", f"live_{n}", (), None, api="live")
+        await deliver_both(h, (realtime, live), order)
+        assert [op for _, op, _ in h.acted()] == ["accept"]
+
+
+@pytest.mark.anyio
 async def test_without_any_header_a_reject_goes_through_one_api_only() -> None:
     h = Harness(wait=0.05)
     realtime = IncomingCall("wh_x", "rtc_x", (), None)
