@@ -380,8 +380,9 @@ move.
 
 ### End to end, sixth round (2026-12-04, 18:00-19:30): the target's floor, the tail, SQLite
 
-No change to the service this round. The benchmark gained a row (the pass-through, above),
-and five experiments settled what the fifth round left open. Interleaved runs of 6-10 s
+No change to the service's speed this round (its changes since were fixes found by
+reviews: the git log). The benchmark gained a row (the pass-through, above), and five
+experiments settled what the fifth round left open. Interleaved runs of 6-10 s
 windows at saturation and 10 s at 200 calls/s, and a report run at 18:36 (f42aad5, a
 slower hour: Switchboard 0.86 ms a call at saturation against 0.67 at 17:36); the tables
 above are from the latest run.
