@@ -383,18 +383,19 @@ move.
 No change to the service's speed this round (its changes since were fixes found by
 reviews: the git log). The benchmark gained a row (the pass-through, above), and five
 experiments settled what the fifth round left open. Interleaved runs of 6-10 s
-windows at saturation and 10 s at 200 calls/s, and a report run at 18:36 (f42aad5, a
-slower hour: Switchboard 0.86 ms a call at saturation against 0.67 at 17:36); the tables
-above are from the latest run.
+windows at saturation and 10 s at 200 calls/s, and report runs at 18:36 (f42aad5, a
+slower hour: Switchboard 0.86 ms a call at saturation against 0.67 at 17:36) and 19:22
+(e692639, after the evening's fixes); the tables above are from the latest run.
 
 **A floor under the latency target.** The pass-through, in the same harness on the same
-core, had a router-added p50 of 373-465 µs and a p99 of 662-1169 µs in three runs (two A/B
-runs and the 18:36 report) where Switchboard had 1297-1472 and 3656-4094 µs. A Python
-process that only moves the bytes (two loopback hops each way, woken for each) already
-spends 0.7-1.2 ms at p99 on this machine: a 1 ms p99 is this machine's floor for any
-Python router before any of the work a router is for. What Switchboard does between the
-hops (uvicorn, the signature, parsing and decision, the durable claim, its HTTP client:
-the fifth round's breakdown below) costs ~0.9-1.0 ms more at p50 on a core that was idle.
+core, had a router-added p50 of 349-465 µs and a p99 of 662-1169 µs in four runs (two A/B
+runs and the reports at 18:36 and 19:22) where Switchboard had 1181-1472 and 3590-4094 µs.
+A Python process that only moves the bytes (two loopback hops each way, woken for each)
+already spends 0.7-1.2 ms at p99 on this machine: a 1 ms p99 is this machine's floor for
+any Python router before any of the work a router is for. What Switchboard does between
+the hops (uvicorn, the signature, parsing and decision, the durable claim, its HTTP
+client: the fifth round's breakdown below) costs 0.8-1.0 ms more at p50 on a core that
+was idle.
 
 **The tail has no single removable cause.** perf on the service's core (every process,
 with CLOCK_MONOTONIC timestamps, so each sample falls in a call's window): in the windows
@@ -430,7 +431,7 @@ getpid costs 0.26 µs here, a pwrite 1.3-1.5 µs, an fcntl 0.5 µs; on a core th
 interleaved pairs at saturation (three of 6 s windows, five of 10 s): calls per
 CPU-second with SQLite from +4% to -37% of memory's, median -20%; the least disturbed run
 of each store (0.80 against 0.58 ms a call) -27%. The report's state table is one pair:
--4% (met) at 18:36, -18% at 17:36, +3% at 17:09. perf of the event loop's thread (samples
+-24% at 19:22, -4% (met) at 18:36, -18% at 17:36, +3% at 17:09. perf of the event loop's thread (samples
 a call, at 2 kHz): the Python ones are the same with either store (1.30); the extra is
 libsqlite3 (0.22), the kernel (0.09: pwrite, pread, fcntl) and libc (0.05: page copies).
 That is SQLite's own work for three random keys a call (the delivery's two and the
@@ -444,10 +445,15 @@ index): 9.1 frames a call instead of 10.4, not worth migrating every claims tabl
 would meet 10%: a small row per key and one row per claim holding its answer and context
 once, a schema change whose start-up migration grows with the table; not done.
 
-**`--workers 2`: 1.56x at 18:36** (1.84x and 1.86x in the fifth round's runs): two
-workers did 0.98x of one worker's calls per CPU-second, on 1.75 cores against 1.10; as
-the fifth round found, the ratio is what the load generator and the stand-in leave of the
-two cores, and it moves with the machine.
+**`--workers 2`: 1.56x at 18:36 and 1.54x at 19:22** (1.84x and 1.86x in the fifth
+round's runs). Per CPU-second two workers did 0.98-0.99x of one worker's calls, on
+1.74-1.75 cores against 1.10-1.12: one worker takes 1.1 cores (its loop, and the call
+log's and state's threads), so at the same efficiency 1.8x would need 2.0 of the two
+cores, which the load generator and the stand-in share. The fifth round's 1.84-1.86x had
+two workers 18-21% more efficient per CPU-second than one; today's runs had them even.
+Exactly once across the workers held in every run (2,000 calls delivered twice at once,
+none acted on twice). The target needs cores the load does not use; on this machine it is
+met or not with the per-CPU efficiency of the moment.
 
 ### End to end, fifth round (2026-12-04, 16:00-17:15): what changed, what is left
 
