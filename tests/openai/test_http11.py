@@ -692,6 +692,17 @@ async def test_a_success_with_a_folded_header_is_a_success_not_a_protocol_error(
     assert (server.connections, len(server.requests)) == (1, 2)
 
 
+@contextlib.asynccontextmanager
+async def call_control(*answers: Answer) -> AsyncIterator[tuple[Server, CallControl]]:
+    """Call control on a Server of `answers` (then 200 "ok"), retrying at once."""
+    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.001, max_backoff=0.002)
+    async with (
+        Server(*answers) as server,
+        build_http_client(f"http://127.0.0.1:{server.port}/v1", "sk") as http,
+    ):
+        yield server, CallControl(http, policy=policy)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("head", "resent"),
@@ -708,12 +719,7 @@ async def test_call_control_takes_an_answer_cut_after_its_head_as_its_head_says(
     read the request. A 429 or 5xx head is retried as such an answer is; any other is
     not sent again, and the delivery is uncertain."""
     cut = close_after(head + b"\r\nContent-Length: 10\r\n\r\n{}")
-    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.001, max_backoff=0.002)
-    async with (
-        Server(cut) as server,  # then 200 "ok"
-        build_http_client(f"http://127.0.0.1:{server.port}/v1", "sk") as http,
-    ):
-        control = CallControl(http, policy=policy)
+    async with call_control(cut) as (server, control):  # then 200 "ok"
         if resent:
             await control.accept("rtc_1", b"{}", time.monotonic() + 3)
         else:
@@ -730,12 +736,7 @@ async def test_a_new_connection_closed_unanswered_is_uncertain_and_not_sent_agai
 ) -> None:
     """No stale keep-alive connection: the server took this connection for the request
     and may have read it (an accept, a refer the API did). It was sent again."""
-    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.001, max_backoff=0.002)
-    async with (
-        Server(close_after(b"")) as server,  # then 200 "ok"
-        build_http_client(f"http://127.0.0.1:{server.port}/v1", "sk") as http,
-    ):
-        control = CallControl(http, policy=policy)
+    async with call_control(close_after(b"")) as (server, control):  # then 200 "ok"
         with pytest.raises(UpstreamUnavailable) as caught:
             await control.accept(call_id, b"{}", time.monotonic() + 3)
     assert caught.value.uncertain is True
@@ -750,12 +751,7 @@ async def test_a_reused_connection_closed_unanswered_is_stale_and_sent_again_onc
 ) -> None:
     """A kept-alive connection the server closed as the request went out (its idle
     timeout): the request is sent again, once, on a new connection."""
-    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.001, max_backoff=0.002)
-    async with (
-        Server(lengthed(b"ok"), close_after(b"")) as server,  # then 200 "ok"
-        build_http_client(f"http://127.0.0.1:{server.port}/v1", "sk") as http,
-    ):
-        control = CallControl(http, policy=policy)
+    async with call_control(lengthed(b"ok"), close_after(b"")) as (server, control):
         await control.accept(call_id, b"{}", time.monotonic() + 3)
         await control.accept(call_id, b"{}", time.monotonic() + 3)
     assert (server.connections, len(server.requests)) == (2, 3)
@@ -792,12 +788,7 @@ async def test_call_control_takes_an_answer_reset_after_its_head_as_its_head_say
     429 head is retried. It was a ReadError, taken as a broken connection: 'uncertain',
     not sent again, where the API had said it did nothing."""
     cut = reset_after(head + b"\r\nContent-Length: 10\r\n\r\n{}")
-    policy = RetryPolicy(attempt_timeout=2.0, base_backoff=0.001, max_backoff=0.002)
-    async with (
-        Server(cut) as server,  # then 200 "ok"
-        build_http_client(f"http://127.0.0.1:{server.port}/v1", "sk") as http,
-    ):
-        control = CallControl(http, policy=policy)
+    async with call_control(cut) as (server, control):  # then 200 "ok"
         if resent:
             await control.accept(call_id, b"{}", time.monotonic() + 3)
         else:

@@ -36,6 +36,13 @@ from app.openai.callcontrol import (
 from app.openai.transport import AsyncioStream, Pool, PoolTransport
 
 CALL_ID = "rtc_0123456789abcdef"
+BOTH_PATHS = pytest.mark.parametrize(
+    "call_id",
+    [
+        pytest.param(CALL_ID, id="direct"),
+        pytest.param("rtc_%41", id="through-httpx"),  # a path httpx quotes: client's path
+    ],
+)
 PATH = f"/realtime/calls/{CALL_ID}/accept"
 FAST = RetryPolicy(attempt_timeout=5.0, base_backoff=0.001, max_backoff=0.002)
 BODY = b'{"ok":true}'
@@ -418,13 +425,7 @@ async def test_refused_connections_are_retried_and_certain() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    "call_id",
-    [
-        pytest.param(CALL_ID, id="direct"),
-        pytest.param("rtc_%41", id="through-httpx"),  # a path httpx quotes: client's path
-    ],
-)
+@BOTH_PATHS
 async def test_an_answer_cut_short_is_uncertain_and_not_sent_again(call_id: str) -> None:
     """The server read the request and dropped the connection mid-answer: its head came
     (here a 200: the API did it), so this is no stale keep-alive connection and the
@@ -444,13 +445,7 @@ async def test_an_answer_cut_short_is_uncertain_and_not_sent_again(call_id: str)
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("action", ["half-head", "garbled"])
-@pytest.mark.parametrize(
-    "call_id",
-    [
-        pytest.param(CALL_ID, id="direct"),
-        pytest.param("rtc_%41", id="through-httpx"),
-    ],
-)
+@BOTH_PATHS
 async def test_an_answer_cut_or_garbled_in_its_head_is_uncertain_and_not_sent_again(
     action: str, call_id: str
 ) -> None:
@@ -718,13 +713,7 @@ async def test_a_call_id_httpx_would_quote_sends_the_bytes_of_the_httpx_client()
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    "call_id",
-    [
-        pytest.param(CALL_ID, id="direct"),
-        pytest.param("rtc_%41", id="through-httpx"),
-    ],
-)
+@BOTH_PATHS
 async def test_an_error_answer_nested_too_deep_for_json_is_still_its_status(call_id: str) -> None:
     """json.loads raises RecursionError (no ValueError) on a body nested a few thousand
     deep: it left call control as no CallControlError, the webhook was answered 500 and
@@ -747,13 +736,7 @@ async def test_an_error_answer_nested_too_deep_for_json_is_still_its_status(call
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    "call_id",
-    [
-        pytest.param(CALL_ID, id="direct"),
-        pytest.param("rtc_%41", id="through-httpx"),
-    ],
-)
+@BOTH_PATHS
 async def test_an_answer_whose_body_cannot_be_decoded_is_still_its_status(call_id: str) -> None:
     """`content-encoding: gzip` on a body that is not gzip: httpx's DecodingError was
     taken as a broken connection ('uncertain', not sent again). A 503 was not retried, a
