@@ -431,9 +431,10 @@ getpid costs 0.26 µs here, a pwrite 1.3-1.5 µs, an fcntl 0.5 µs; on a core th
 interleaved pairs at saturation (three of 6 s windows, five of 10 s): calls per
 CPU-second with SQLite from +4% to -37% of memory's, median -20%; the least disturbed run
 of each store (0.80 against 0.58 ms a call) -27%. The report's state table is one pair:
--24% at 19:22, -4% (met) at 18:36, -18% at 17:36, +3% at 17:09. perf of the event loop's thread (samples
-a call, at 2 kHz): the Python ones are the same with either store (1.30); the extra is
-libsqlite3 (0.22), the kernel (0.09: pwrite, pread, fcntl) and libc (0.05: page copies).
+-24% at 19:22, -4% (met) at 18:36, -18% at 17:36, +3% at 17:09. perf of the event loop's
+thread (samples a call, at 2 kHz): the Python ones are the same with either store (1.30);
+the extra is libsqlite3 (0.22), the kernel (0.09: pwrite, pread, fcntl) and libc (0.05:
+page copies).
 That is SQLite's own work for three random keys a call (the delivery's two and the
 dialog's) in a table whose rows carry the kept answer and the context, each key its own
 copy: few rows per 4 KB leaf, so inserts split pages often (~8.4 frames for a claim's
