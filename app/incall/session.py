@@ -590,7 +590,7 @@ class CallSession:
         raw = call.arguments
         try:
             arguments = json.loads(raw) if isinstance(raw, str) and raw else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # the model's text, nested past the stack
             arguments = None
         self._event("tool_call", {"name": name, "arguments": arguments})
         if name == TRANSFER_TOOL and self.features.transfers:

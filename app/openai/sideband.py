@@ -77,7 +77,7 @@ class WebSocketSideband:
             async for message in self._connection:
                 try:
                     event = json.loads(message)
-                except ValueError:
+                except (ValueError, RecursionError):  # also nested past the stack
                     continue  # not ours to crash on
                 if isinstance(event, dict):
                     yield event

@@ -1289,3 +1289,22 @@ def test_recent_ids_keep_the_newest_only() -> None:
     ids.add("call_997")  # seen again: the newest now
     ids.add("call_1000")
     assert "call_997" in ids and "call_998" not in ids
+
+
+# --- crafted events -----------------------------------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+"""JSON nested past the interpreter's recursion limit: json.loads raises RecursionError."""
+
+
+@pytest.mark.parametrize(
+    "step",
+    [SendRaw(DEEP), *function_call("transfer_call", DEEP, via="response")],
+    ids=["event", "tool-arguments"],
+)
+async def test_json_nested_too_deep_is_ignored_not_a_crash(harness: Harness, step: Any) -> None:
+    """Before: the RecursionError ended the session ("error"), leaving the call unwatched."""
+    features = CallFeatures(transfers=TRANSFERS, dtmf={"0": None})
+    call_id = harness.start(features, [step, dtmf("0")])
+    assert await harness.ended(call_id) == "dtmf"
+    assert harness.controller.for_call(call_id) == [("hangup", None)]
