@@ -356,6 +356,9 @@ class CallSession:
         self._children: set[asyncio.Task[Any]] = set()
         self._actions: set[asyncio.Task[str]] = set()
         self._hung_up = False
+        """Hung up, or a hangup in flight (set before its request: no transfer starts)."""
+        self._acting = asyncio.Lock()
+        """One call-control request (REFER, hangup) at a time: the next sees its outcome."""
         self._transferring = False
         self._transferred = False
 
@@ -716,17 +719,22 @@ class CallSession:
 
     async def _refer_now(self, uri: str, *, destination: str | None, reason: str) -> str:
         controller = self.manager.controller_for(self.api)
-        try:
-            await controller.refer(self.call_id, uri, self.manager.clock() + API_DEADLINE)
-            outcome = "referred"
-        except CallGone:
-            outcome = "caller_gone"
-        except Exception as exc:  # recorded as failed; also a client closed at shutdown
-            outcome = "failed"
-            self._event("error", {"error": str(exc)})
+        async with self._acting:
+            if self._hung_up:  # while the transfer line was said: the call is over
+                data = {"destination": destination or uri, "outcome": "call_left", "by": reason}
+                self._event("transfer", data)
+                return "call_left"
+            try:
+                await controller.refer(self.call_id, uri, self.manager.clock() + API_DEADLINE)
+                outcome = "referred"
+                self._transferred = True  # before the lock is let go
+            except CallGone:
+                outcome = "caller_gone"
+            except Exception as exc:  # recorded as failed; also a client closed at shutdown
+                outcome = "failed"
+                self._event("error", {"error": str(exc)})
         self._transfer_recorded(destination or uri, outcome, reason, uri=uri)
         if outcome == "referred":
-            self._transferred = True
             self.end_reason = self.end_reason or "transferred"
         elif outcome == "failed" and reason == "route":
             await self.hangup("refer_failed")  # a bare transfer session must not linger
@@ -745,21 +753,24 @@ class CallSession:
         return await self._settle(self._hangup(reason))
 
     async def _hangup(self, reason: str) -> str:
-        if self._hung_up:
-            return "already_hung_up"
-        if self._transferred:
-            return "call_left"  # transferred away: not ours to hang up any more
-        self._hung_up = True
-        try:
-            controller = self.manager.controller_for(self.api)
-            await controller.hangup(self.call_id, self.manager.clock() + API_DEADLINE)
-            outcome = "hung_up"
-        except CallGone:
-            outcome = "caller_gone"
-        except Exception as exc:  # recorded as failed; also a client closed at shutdown
-            outcome = "failed"
-            self._hung_up = False
-            self._event("error", {"error": str(exc)})
+        # After the REFER or hangup in flight: its outcome decides (one that failed leaves
+        # this hangup to be tried, e.g. the time limit's).
+        async with self._acting:
+            if self._hung_up:
+                return "already_hung_up"
+            if self._transferred:
+                return "call_left"  # transferred away: not ours to hang up any more
+            self._hung_up = True
+            try:
+                controller = self.manager.controller_for(self.api)
+                await controller.hangup(self.call_id, self.manager.clock() + API_DEADLINE)
+                outcome = "hung_up"
+            except CallGone:
+                outcome = "caller_gone"
+            except Exception as exc:  # recorded as failed; also a client closed at shutdown
+                outcome = "failed"
+                self._hung_up = False
+                self._event("error", {"error": str(exc)})
         self.manager.metrics.hangups.labels(reason).inc()
         self._event("hangup", {"reason": reason, "outcome": outcome}, always=outcome != "failed")
         if outcome != "failed":

@@ -1308,3 +1308,59 @@ async def test_json_nested_too_deep_is_ignored_not_a_crash(harness: Harness, ste
     call_id = harness.start(features, [step, dtmf("0")])
     assert await harness.ended(call_id) == "dtmf"
     assert harness.controller.for_call(call_id) == [("hangup", None)]
+
+
+@pytest.mark.parametrize("first", ["transfer", "hangup"])
+async def test_a_transfer_and_a_hangup_racing_act_once(first: str) -> None:
+    """An operator's transfer and hangup (or the time limit, a key) at once: whichever
+    asked first acts, the other is told the call left. Before, a hangup went out while a
+    REFER was in flight, and a transfer whose line was being said sent its REFER after the
+    call was hung up."""
+    async with FakeRealtime(api_key=API_KEY, respond_delay=0.3) as fake:
+        controller, log, metrics = FakeController(fake), RecordingCallLog(), Metrics()
+        manager = make_manager(fake, controller, log, metrics)
+        call_id = new_id()
+        fake.call(call_id, [])
+        message = "Say it." if first == "hangup" else None
+        manager.start(call_id, CallFeatures(transfers=TRANSFERS, transfer_message=message))
+        await eventually(lambda: "sideband_connected" in log.kinds(call_id), "the sideband")
+        controller.gate = asyncio.Event()  # requests wait
+        transfer = asyncio.create_task(manager.transfer(call_id, "sales"))
+        if first == "transfer":
+            await eventually(lambda: controller.ops, "the REFER")
+            hangup = asyncio.create_task(manager.hangup(call_id))
+        else:
+            await eventually(lambda: fake.types(call_id), "the transfer line")
+            hangup = asyncio.create_task(manager.hangup(call_id))
+            await eventually(lambda: controller.ops, "the hangup")
+        await asyncio.sleep(0.5)  # the line is said meanwhile
+        assert len(controller.ops) == 1
+        controller.gate.set()
+        outcomes = {"transfer": await transfer, "hangup": await hangup}
+        assert outcomes == (
+            {"transfer": "referred", "hangup": "call_left"}
+            if first == "transfer"
+            else {"transfer": "call_left", "hangup": "hung_up"}
+        )
+        assert len(controller.ops) == 1
+        await manager.shutdown()
+        assert fake.errors == []
+
+
+async def test_the_time_limit_holds_when_a_hangup_in_flight_at_the_limit_fails(
+    harness: Harness,
+) -> None:
+    """end_call's hangup is in flight as the limit comes, then fails: the limit's own
+    hangup goes out. Before, it was told "already_hung_up" and gave up: no limit."""
+    call_id = new_id()
+    harness.controller.fail(
+        "hangup", call_id, UpstreamUnavailable("hangup", "HTTP 503: overloaded", 503)
+    )
+    harness.controller.gate = asyncio.Event()
+    features = CallFeatures(end_call=True, max_duration=MaxDuration(seconds=0.3))
+    harness.start(features, function_call("end_call", {}), call_id=call_id)
+    await eventually(lambda: harness.controller.ops, "end_call's hangup")
+    await asyncio.sleep(0.4)  # the limit comes while it is in flight
+    harness.controller.gate.set()
+    assert await harness.ended(call_id) == "max_duration"
+    assert [d["outcome"] for d in harness.log.data(call_id, "hangup")] == ["failed", "hung_up"]
