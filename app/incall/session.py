@@ -54,6 +54,9 @@ REGISTRY_DEADLINE = 2.0
 MAX_EVENTS_PER_CALL = 500
 """Events a session records for one call; past it they are counted, not written (a caller
 pressing keys for an hour, a sideband dropping again and again, an error flood)."""
+MAX_EVENT_DATA_CHARS = 4000
+"""The JSON of one recorded event's data, at most: upstream errors and the model's tool
+arguments are recorded as sent, and a frame may hold megabytes."""
 MAX_HANDLED_TOOL_CALLS = 256
 """Tool call ids remembered per call to act once on each (the most recent ones)."""
 HANGUP_TRIES = 3
@@ -526,7 +529,7 @@ class CallSession:
         """Record an event of this call, up to the manager's `max_events`; `always`: what
         ended or moved the call (few by construction), written past the cap too."""
         if always:
-            self.manager.call_log.event(self.call_id, kind, data)
+            self.manager.call_log.event(self.call_id, kind, _bounded(data))
             return
         limit = self.manager.max_events
         if self.events_recorded >= limit:
@@ -537,7 +540,7 @@ class CallSession:
             self.manager.call_log.event(self.call_id, "events_capped", {"limit": limit})
             self.events_dropped += 1  # this one is not written, the cap is
             return
-        self.manager.call_log.event(self.call_id, kind, data)
+        self.manager.call_log.event(self.call_id, kind, _bounded(data))
 
     # --- what the agent says ----------------------------------------------------------------
 
@@ -806,6 +809,17 @@ class CallSession:
         self._children.add(task)
         task.add_done_callback(self._children.discard)
         return task
+
+
+def _bounded(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`data`, or its JSON cut to MAX_EVENT_DATA_CHARS when longer (or nested too deep)."""
+    if data is None:
+        return None
+    try:
+        text = json.dumps(data, default=str, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return {"truncated": "(not encodable)"}
+    return data if len(text) <= MAX_EVENT_DATA_CHARS else {"truncated": text[:MAX_EVENT_DATA_CHARS]}
 
 
 _BLOCKED = {

@@ -1364,3 +1364,22 @@ async def test_the_time_limit_holds_when_a_hangup_in_flight_at_the_limit_fails(
     harness.controller.gate.set()
     assert await harness.ended(call_id) == "max_duration"
     assert [d["outcome"] for d in harness.log.data(call_id, "hangup")] == ["failed", "hung_up"]
+
+
+async def test_what_a_call_records_of_huge_events_is_bounded(harness: Harness) -> None:
+    """Upstream errors and tool arguments are recorded as sent: 500 of them at 1 MB each
+    was 500 MB of one call's record, queued in memory first. Now each is cut short."""
+    call_id = harness.start(
+        CallFeatures(transfers=TRANSFERS, dtmf={"0": None}),
+        [
+            error("x" * 1_000_000),
+            *function_call("transfer_call", {"destination": "y" * 1_000_000}, via="response"),
+            dtmf("0"),
+        ],
+    )
+    assert await harness.ended(call_id) == "dtmf"
+    events = harness.log[call_id].events
+    assert [kind for kind, _ in events][-2:] == ["dtmf", "hangup"]
+    assert max(len(json.dumps(data)) for _, data in events) < 5_000
+    (recorded,) = harness.log.data(call_id, "error")
+    assert recorded["truncated"].startswith('{"type": "invalid_request_error"')
