@@ -480,6 +480,10 @@ class CallSession:
                 self._event("sideband_dropped", {"error": str(exc)})
             with contextlib.suppress(Exception):
                 await sideband.close()
+            if self._actions:
+                # A hangup or REFER under way decides: one that fails leaves the call on,
+                # to rejoin (and the timer, a child of this session, to try again).
+                await asyncio.wait(list(self._actions))
             if self._hung_up or self._transferred:
                 return  # the call is over for us: nothing to rejoin
             if rejoins >= policy.max_rejoins:

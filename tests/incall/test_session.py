@@ -1383,3 +1383,25 @@ async def test_what_a_call_records_of_huge_events_is_bounded(harness: Harness) -
     assert max(len(json.dumps(data)) for _, data in events) < 5_000
     (recorded,) = harness.log.data(call_id, "error")
     assert recorded["truncated"].startswith('{"type": "invalid_request_error"')
+
+
+async def test_the_time_limit_holds_when_the_sideband_drops_during_a_failing_hangup(
+    harness: Harness,
+) -> None:
+    """The limit's hangup is slow and fails; the sideband drops meanwhile. Before, the
+    drop ended the session (a hangup was under way), which cancelled the timer's retries:
+    the call went on with no limit, recorded as ended."""
+    call_id = new_id()
+    harness.controller.fail(
+        "hangup", call_id, UpstreamUnavailable("hangup", "HTTP 503: overloaded", 503)
+    )
+    harness.controller.gate = asyncio.Event()
+    harness.start(
+        CallFeatures(greeting=True, max_duration=MaxDuration(seconds=0.2)),
+        [WaitFor("response.create"), Sleep(0.4), Drop()],
+        call_id=call_id,
+    )
+    await eventually(lambda: "sideband_dropped" in harness.log.kinds(call_id), "the drop")
+    harness.controller.gate.set()
+    assert await harness.ended(call_id) == "max_duration"
+    assert [d["outcome"] for d in harness.log.data(call_id, "hangup")] == ["failed", "hung_up"]
