@@ -664,8 +664,9 @@ class CallSession:
         seconds = self.limit_seconds  # less than the limit for a call taken over
         if limit.warning_before and seconds > limit.warning_before:
             await asyncio.sleep(seconds - limit.warning_before)
-            if limit.warning and await self._send(self.dialect.warning(limit.warning)):
-                self._event("warning")
+            if limit.warning:
+                # Not awaited: a sideband that takes nothing in must not hold the hangup.
+                self._spawn(self._warn(limit.warning))
             await asyncio.sleep(limit.warning_before)
         else:
             await asyncio.sleep(seconds)
@@ -675,6 +676,10 @@ class CallSession:
                 await asyncio.sleep(self.manager.rejoin.pause(attempt))
             if await self.hangup("max_duration") != "failed":
                 return
+
+    async def _warn(self, warning: str) -> None:
+        if await self._send(self.dialect.warning(warning)):
+            self._event("warning")
 
     async def _announce_and_refer(self, target: str) -> None:
         if self.features.announce and not self.resumed:

@@ -1405,3 +1405,44 @@ async def test_the_time_limit_holds_when_the_sideband_drops_during_a_failing_han
     harness.controller.gate.set()
     assert await harness.ended(call_id) == "max_duration"
     assert [d["outcome"] for d in harness.log.data(call_id, "hangup")] == ["failed", "hung_up"]
+
+
+class StalledSideband:
+    """A sideband that stays up but takes nothing: each send waits (a full TCP window)."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        await self.closed.wait()
+        return
+        yield {}
+
+    async def close(self) -> None:
+        self.closed.set()
+
+
+class StalledConnector:
+    async def connect(self, call_id: str) -> Sideband:
+        return StalledSideband()
+
+
+async def test_the_time_limit_does_not_wait_for_its_warning_to_be_sent(harness: Harness) -> None:
+    """Before, the timer awaited the warning's send: a sideband that stalled held the
+    hangup for as long as the send took (until the socket's keepalive gave up)."""
+    manager = make_manager(
+        harness.fake,
+        harness.controller,
+        harness.log,
+        harness.metrics,
+        connector=StalledConnector(),
+    )
+    call_id = new_id()
+    limit = MaxDuration(seconds=0.3, warning_before=0.15, warning="Say goodbye.")
+    manager.start(call_id, CallFeatures(max_duration=limit))
+    await eventually(lambda: harness.log.data(call_id, "hangup"), "the hangup", within=2.0)
+    assert harness.log.data(call_id, "hangup") == [{"reason": "max_duration", "outcome": "hung_up"}]
+    await manager.shutdown()
