@@ -46,6 +46,9 @@ CONNECT_DELAYS = (0.2, 0.5, 1.0)
 """Pauses between sideband connection attempts: brief, the caller is on the line."""
 SAY_TIMEOUT = 8.0
 """How long to wait for the agent to finish a line before transferring anyway."""
+SEND_TIMEOUT = 2.0
+"""Bound on one send on the sideband: one that stalls (a peer taking nothing in, until the
+socket's keepalive gives up) must not hold a transfer or a hangup behind it."""
 END_CALL_DELAY = 1.5
 """After `end_call`, let the goodbye play out before hanging up."""
 API_DEADLINE = 5.0
@@ -585,8 +588,10 @@ class CallSession:
         if self.sideband is None:
             return False
         try:
-            await self.sideband.send(event)
-        except SidebandError:
+            # A single frame: cancelling it while it drains leaves the connection sound.
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await self.sideband.send(event)
+        except (SidebandError, TimeoutError):
             return False
         return True
 

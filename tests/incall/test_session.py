@@ -1410,24 +1410,28 @@ async def test_the_time_limit_holds_when_the_sideband_drops_during_a_failing_han
 class StalledSideband:
     """A sideband that stays up but takes nothing: each send waits (a full TCP window)."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: list[dict[str, Any]]) -> None:
         self.closed = asyncio.Event()
+        self._events = events
 
     async def send(self, event: dict[str, Any]) -> None:
         await asyncio.Event().wait()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
+        for event in self._events:
+            yield event
         await self.closed.wait()
-        return
-        yield {}
 
     async def close(self) -> None:
         self.closed.set()
 
 
 class StalledConnector:
+    def __init__(self, *events: dict[str, Any]) -> None:
+        self._events = list(events)
+
     async def connect(self, call_id: str) -> Sideband:
-        return StalledSideband()
+        return StalledSideband(self._events)
 
 
 async def test_the_time_limit_does_not_wait_for_its_warning_to_be_sent(harness: Harness) -> None:
@@ -1445,4 +1449,31 @@ async def test_the_time_limit_does_not_wait_for_its_warning_to_be_sent(harness: 
     manager.start(call_id, CallFeatures(max_duration=limit))
     await eventually(lambda: harness.log.data(call_id, "hangup"), "the hangup", within=2.0)
     assert harness.log.data(call_id, "hangup") == [{"reason": "max_duration", "outcome": "hung_up"}]
+    await manager.shutdown()
+
+
+@pytest.mark.parametrize("how", ["tool", "operator"])
+async def test_a_stalled_sideband_does_not_hold_a_transfer(
+    harness: Harness, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, each send (the tool's answer, the transfer line) waited as long as the
+    socket took, and the REFER behind it with them (until the keepalive gave up)."""
+    monkeypatch.setattr("app.incall.session.SEND_TIMEOUT", 0.1)
+    _, response_done = function_call_events("transfer_call", {"destination": "sales"})
+    manager = make_manager(
+        harness.fake,
+        harness.controller,
+        harness.log,
+        harness.metrics,
+        connector=StalledConnector(*([response_done] if how == "tool" else [])),
+    )
+    call_id = new_id()
+    manager.start(call_id, CallFeatures(transfers=TRANSFERS, transfer_message="Say it."))
+    await eventually(lambda: "sideband_connected" in harness.log.kinds(call_id), "the sideband")
+    if how == "tool":
+        await eventually(lambda: harness.controller.ops, "the REFER", within=2.0)
+    else:
+        async with asyncio.timeout(2.0):
+            assert await manager.transfer(call_id, "sales") == "referred"
+    assert harness.controller.for_call(call_id) == [("refer", SALES)]
     await manager.shutdown()
