@@ -19,6 +19,7 @@ from websockets.exceptions import (
     InvalidStatus,
     WebSocketException,
 )
+from websockets.frames import CloseCode
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -74,14 +75,18 @@ class WebSocketSideband:
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         try:
-            async for message in self._connection:
+            while True:  # not `async for`: it ends quietly on a 1001 too
+                message = await self._connection.recv()
                 try:
                     event = json.loads(message)
                 except (ValueError, RecursionError):  # also nested past the stack
                     continue  # not ours to crash on
                 if isinstance(event, dict):
                     yield event
-        except ConnectionClosedOK:
+        except ConnectionClosedOK as exc:
+            if exc.rcvd is not None and exc.rcvd.code == CloseCode.GOING_AWAY:
+                # The server is going away (a restart), not the call ending: rejoin.
+                raise SidebandError(f"sideband closed: {exc}") from None
             return
         except ConnectionClosed as exc:
             raise SidebandError(f"sideband dropped: {exc}") from None

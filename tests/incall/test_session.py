@@ -1477,3 +1477,15 @@ async def test_a_stalled_sideband_does_not_hold_a_transfer(
             assert await manager.transfer(call_id, "sales") == "referred"
     assert harness.controller.for_call(call_id) == [("refer", SALES)]
     await manager.shutdown()
+
+
+async def test_a_sideband_closed_as_going_away_is_rejoined(harness: Harness) -> None:
+    """1001 is the server going away (a restart, a drained balancer), not the call ending
+    (1000). Before, websockets reads both as a clean close: the session ended, its time
+    limit and keys with it, while the call went on."""
+    features = CallFeatures(greeting=True, dtmf={"0": None})
+    call_id = harness.start(
+        features, [WaitFor("response.create"), Close(1001, "going away")], [dtmf("0")]
+    )
+    assert await harness.ended(call_id) == "dtmf"
+    assert len(harness.fake.sidebands(call_id)) == 2
