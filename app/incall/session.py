@@ -218,6 +218,7 @@ class InCallManager:
         task.add_done_callback(self._leaving.discard)
 
     async def _run(self, session: CallSession, live: LiveCall, resumed: bool) -> None:
+        registering: asyncio.Task[None] | None = None
         try:
             if resumed:
                 self.metrics.live_calls.labels("taken_over").inc()
@@ -226,7 +227,10 @@ class InCallManager:
                     session.call_id, "resumed", {"replica": self._replica(), "from": live.owner}
                 )
             elif self.registry is not None:
-                await self._registry("register", self.registry.register(live), session.call_id)
+                # Alongside, not first: the greeting and the time limit never wait on it.
+                registering = asyncio.create_task(
+                    self._registry("register", self.registry.register(live), session.call_id)
+                )
             await session.run()
         except Exception:  # a bug in one call must not touch the others
             logger.exception("in-call handling failed", extra={"call_id": session.call_id})
@@ -241,6 +245,8 @@ class InCallManager:
             if not session.detached:
                 self.metrics.call_duration.observe(self.clock() - session.started)
                 self.call_log.ended(session.call_id, session.end_reason or "ended")
+            if registering is not None:
+                await asyncio.wait([registering])  # released after it is registered
             if self.registry is not None and not session.lost:
                 # Shutting down: hand the call over now. Otherwise it is over for us.
                 leave = self.registry.disown if session.handover else self.registry.release

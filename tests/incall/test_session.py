@@ -31,6 +31,7 @@ from app.openai.sideband import Sideband, SidebandError, WebSocketConnector
 from app.ops.metrics import Metrics
 from app.records.calllog import CallApi, CallLog, CallRecord, CallStatus
 from app.rules.ruleset import CallFeatures, Destination, MaxDuration
+from app.state.livecalls import LiveCall, MemoryLiveCalls
 from tests.e2e.fake_realtime import (
     Close,
     Drop,
@@ -1489,3 +1490,29 @@ async def test_a_sideband_closed_as_going_away_is_rejoined(harness: Harness) -> 
     )
     assert await harness.ended(call_id) == "dtmf"
     assert len(harness.fake.sidebands(call_id)) == 2
+
+
+async def test_a_slow_registry_does_not_hold_the_call(harness: Harness) -> None:
+    """Before, the call was registered first (bounded at 2 s), and only then greeted and
+    its time limit started: a slow registry made the caller wait, and the limit late."""
+    gate = asyncio.Event()
+
+    class SlowRegistry(MemoryLiveCalls):
+        async def register(self, call: LiveCall) -> None:
+            await gate.wait()
+            await super().register(call)
+
+    registry = SlowRegistry("r1", lease_seconds=10)
+    manager = make_manager(
+        harness.fake, harness.controller, harness.log, harness.metrics, registry=registry
+    )
+    call_id = new_id()
+    harness.fake.call(call_id, [])
+    manager.start(call_id, CallFeatures(greeting=True, max_duration=MaxDuration(seconds=0.2)))
+    await eventually(lambda: harness.log.data(call_id, "hangup"), "the hangup", within=1.5)
+    assert harness.fake.types(call_id) == ["response.create"]  # greeted meanwhile
+    gate.set()
+    assert await harness.ended(call_id) == "max_duration"
+    await eventually(lambda: call_id not in manager, "the session to finish")
+    assert call_id not in registry.hub.entries  # registered, then released
+    await manager.shutdown()
