@@ -512,7 +512,11 @@ class CallSession:
                 return
             rejoined = await self._connect()
             if rejoined is None:
-                self.end_reason = self.end_reason or "sideband_lost"
+                # Refused with 404: the call ended while the sideband was away (nothing
+                # to wait for, nor to hang up at its limit); else it may go on without us.
+                self.end_reason = self.end_reason or (
+                    "caller_gone" if self._gone else "sideband_lost"
+                )
                 return
             self.sideband = rejoined
 

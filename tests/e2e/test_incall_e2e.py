@@ -329,12 +329,12 @@ def test_a_dropped_sideband_is_rejoined(incall: Service, fakes: Fakes) -> None:
     assert fakes.ops(call_id)[1:] == [("hangup", None)]
 
 
-def test_a_dropped_sideband_that_cannot_be_rejoined(incall: Service, fakes: Fakes) -> None:
+def test_a_sideband_whose_call_is_gone_when_rejoined(incall: Service, fakes: Fakes) -> None:
     call_id = new_id()
     fakes.realtime.call(call_id, [WaitFor("response.create"), Drop()], Refuse(404))
     call(incall, call_id, FRONT_DESK)
     found = ended(incall, call_id)
-    assert found["end_reason"] == "sideband_lost"
+    assert found["end_reason"] == "caller_gone"  # the 404: the call ended meanwhile
     assert kinds(found).index("sideband_dropped") < kinds(found).index("sideband_failed")
     assert [r.status for r in fakes.realtime.refusals if r.call_id == call_id] == [404]
     metrics = HTTP.get(f"{incall.url}/metrics").text

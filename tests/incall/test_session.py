@@ -658,8 +658,27 @@ async def test_a_dropped_sideband_is_rejoined(harness: Harness, breaks: Any) -> 
 
 @pytest.mark.parametrize("breaks", [Drop(), Close(1011)], ids=["drop", "1011"])
 async def test_a_dropped_sideband_that_cannot_be_rejoined(harness: Harness, breaks: Any) -> None:
-    call_id = harness.start(CallFeatures(greeting=True), [breaks], Refuse(404))
+    refused = (Refuse(503), Refuse(500), Refuse(503))  # the first try and its 2 retries
+    call_id = harness.start(CallFeatures(greeting=True), [breaks], *refused)
     assert await harness.ended(call_id) == "sideband_lost"
+    assert [r.status for r in harness.fake.refusals] == [503, 500, 503]
+    assert "sideband_dropped" in harness.log.kinds(call_id)
+    assert harness.log.kinds(call_id)[-1] == "sideband_failed"
+    assert metric(harness.metrics, "switchboard_sideband_failures_total", stage="dropped") == 1
+    assert metric(harness.metrics, "switchboard_sideband_failures_total", stage="connect") == 1
+
+
+@pytest.mark.parametrize("breaks", [Drop(), Close(1001)], ids=["drop", "1001"])
+async def test_a_sideband_whose_call_is_gone_when_rejoined_ends_the_call_at_once(
+    harness: Harness, breaks: Any
+) -> None:
+    """A rejoin refused with 404: the call ended while the sideband was away. It was left
+    'sideband_lost', its max-duration timer running on to hang up a call long gone at its
+    limit (and the call counted live until then)."""
+    features = CallFeatures(greeting=True, max_duration=MaxDuration(seconds=30))
+    call_id = harness.start(features, [WaitFor("response.create"), breaks], Refuse(404))
+    assert await asyncio.wait_for(harness.ended(call_id), 5) == "caller_gone"
+    assert harness.controller.for_call(call_id) == []  # no hangup of a call gone
     assert [r.status for r in harness.fake.refusals] == [404]  # a 404 is not retried
     assert "sideband_dropped" in harness.log.kinds(call_id)
     assert harness.log.kinds(call_id)[-1] == "sideband_failed"
