@@ -9,7 +9,9 @@ a file in one step (write another, rename it over) never shows a reader half a f
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -95,6 +97,28 @@ class Snapshot:
         return None
 
 
+class NotAFile(OSError):
+    """Not a regular file: a FIFO, a device, a socket, a directory."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading, or NotAFile (an OSError). Opening a FIFO with no writer
+    would block the loading thread for good (and every reload after it waits for it); a
+    device such as /dev/zero never ends. Opened non-blocking, to look before reading."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise NotAFile(errno.EINVAL, "not a regular file (a FIFO or a device)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_started(stream: BinaryIO) -> tuple[os.stat_result, int]:
     """Before reading from `stream`: its stat, and the time (for Snapshot.finish)."""
     return os.fstat(stream.fileno()), time.time_ns()
@@ -115,7 +139,7 @@ def read_rules_text(path: Path, snapshot: Snapshot | None = None) -> str:
     noted there, or FileChanged if it was written while being read."""
     file = str(path)
     try:
-        with path.open("rb") as stream:
+        with open_regular(path) as stream:
             started = read_started(stream)
             if started[0].st_size > MAX_FILE_BYTES:
                 raise RulesError([too_large(file)])

@@ -19,11 +19,11 @@ from collections.abc import Container, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import phonenumbers
 
-from app.rules.files import Snapshot, read_started
+from app.rules.files import Snapshot, open_regular, read_started
 from app.rules.lookup import listed
 from app.sip.identity import to_e164
 
@@ -397,6 +397,9 @@ def _exact_numbers(
 
 
 CHUNK_BYTES = 1 << 16
+MAX_LIST_BYTES: Final = 256 << 20
+"""A list file larger than this is refused (a million numbers take 13 MB): a sparse or
+ever-growing file would otherwise be read until memory runs out."""
 
 
 def _read_text(path: Path, digest: Hash | None, snapshot: Snapshot | None = None) -> list[str]:
@@ -410,9 +413,11 @@ def _read_text(path: Path, digest: Hash | None, snapshot: Snapshot | None = None
     pieces: list[str] = []
     pending: list[bytes] = []  # the start of a line not ended yet
     checksum = 0
-    with path.open("rb") as file:
+    with open_regular(path) as file:
         started = read_started(file)
-        while block := file.read(CHUNK_BYTES):
+        total = started[0].st_size
+        while total <= MAX_LIST_BYTES and (block := file.read(CHUNK_BYTES)):
+            total = max(total, file.tell())
             if digest is not None:
                 digest.update(block)
             if snapshot is not None:
@@ -424,6 +429,10 @@ def _read_text(path: Path, digest: Hash | None, snapshot: Snapshot | None = None
             pending.append(block[:cut])
             pieces.append(_decode(b"".join(pending), first=not pieces))
             pending = [block[cut:]]
+        if total > MAX_LIST_BYTES:
+            raise ListFileError(
+                [(None, f"{path} is larger than {MAX_LIST_BYTES >> 20} MiB: not read")]
+            )
         if snapshot is not None:
             snapshot.finish(path, file, started, checksum)
     tail = b"".join(pending)

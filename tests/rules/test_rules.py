@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from app.rules import (
     compile_rules,
     load_rules,
 )
+from app.rules.numbers import MAX_LIST_BYTES
 from app.sip.identity import CallIdentity, Headers, IdentityPolicy, identify
 
 FILE = "routes.yaml"
@@ -1256,13 +1258,20 @@ def test_several_duplicate_keys_are_all_reported() -> None:
     ]
 
 
+def _fifo(directory: Path) -> Path:
+    os.mkfifo(directory / "routes.yaml")
+    return directory / "routes.yaml"
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
         pytest.param(lambda d: d / "missing.yaml", "No such file or directory", id="missing"),
         pytest.param(lambda d: d, "Is a directory", id="directory"),
+        pytest.param(_fifo, "not a regular file (a FIFO or a device)", id="fifo"),
     ],
 )
+@pytest.mark.timeout(20)  # a FIFO with no writer used to block the load for good
 def test_load_rules_unreadable_file(make: Any, reason: str, tmp_path: Path) -> None:
     path = make(tmp_path)
     with pytest.raises(RulesError) as caught:
@@ -1271,6 +1280,44 @@ def test_load_rules_unreadable_file(make: Any, reason: str, tmp_path: Path) -> N
         ConfigIssue(str(path), None, None, "", f"cannot read: {reason}"),
     )
     assert str(caught.value) == f"{path}: cannot read: {reason}"
+
+
+def _list_file(kind: str, path: Path) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        with path.open("wb") as file:  # sparse: nothing is written to disk
+            file.truncate(MAX_LIST_BYTES + 1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("fifo", "not a regular file (a FIFO or a device)"),
+        ("device", "not a regular file (a FIFO or a device)"),
+        ("huge", f"is larger than {MAX_LIST_BYTES >> 20} MiB: not read"),
+    ],
+)
+@pytest.mark.timeout(20)
+def test_a_list_file_that_never_ends_is_refused_without_reading_it(
+    kind: str, reason: str, tmp_path: Path
+) -> None:
+    """A FIFO blocked the load for good (and every reload after it); /dev/zero or a huge
+    sparse file was read until memory ran out."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "lists: {spam: {file: spam.txt}}\n"
+        "routes: [{name: spam, match: {caller: {list: spam}}, reject: 603}]\n",
+        encoding="utf-8",
+    )
+    _list_file(kind, tmp_path / "spam.txt")
+    with pytest.raises(RulesError) as caught:
+        load_rules(routes, region="US")
+    (issue,) = caught.value.issues
+    assert issue.file == str(tmp_path / "spam.txt")
+    assert reason in issue.message
 
 
 def test_load_rules_not_utf8(tmp_path: Path) -> None:
