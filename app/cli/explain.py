@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from app.cli.simulate import invite_headers
@@ -29,6 +29,23 @@ class Explanation:
     now: datetime
     checks: tuple[RouteCheck, ...]
     decision: Decision
+
+
+def checked_time(value: datetime, offset_hint: str) -> datetime:
+    """A sample call's time, or ValueError: naive, or too near datetime's limits (years 1
+    and 9999) for a schedule, which looks at the day before and after in its timezone."""
+    if value.tzinfo is None:
+        raise ValueError(offset_hint)
+    try:
+        year = value.astimezone(UTC).year
+    except OverflowError:
+        year = datetime.min.year
+    if not datetime.min.year < year < datetime.max.year:
+        raise ValueError(f"the time must be in the years {MIN_YEAR} to {MAX_YEAR}")
+    return value
+
+
+MIN_YEAR, MAX_YEAR = datetime.min.year + 1, datetime.max.year - 1
 
 
 def sample_call(

@@ -347,7 +347,7 @@ def _load(path: Path, settings: Settings) -> RuleSet | None:
 def _explain(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime
 
-    from app.cli.explain import explain, sample_call, to_json, to_text
+    from app.cli.explain import checked_time, explain, sample_call, to_json, to_text
     from app.cli.simulate import parse_header_block, parse_header_line
 
     try:
@@ -359,9 +359,12 @@ def _explain(args: argparse.Namespace, settings: Settings) -> int:
                 else args.headers_file.read_text(encoding="utf-8")
             )
             headers += parse_header_block(raw)
-        now = datetime.fromisoformat(args.time) if args.time else datetime.now(UTC)
-        if now.tzinfo is None:
-            raise ValueError("--time needs a UTC offset, e.g. 2026-11-24T10:00:00-08:00")
+        hint = "--time needs a UTC offset, e.g. 2026-11-24T10:00:00-08:00"
+        now = (
+            checked_time(datetime.fromisoformat(args.time), hint)
+            if args.time
+            else datetime.now(UTC)
+        )
     except (OSError, ValueError) as exc:
         print(f"switchboard explain: {exc}", file=sys.stderr)
         return 2

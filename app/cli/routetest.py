@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from app.cli.explain import action_fields, sample_call
+from app.cli.explain import action_fields, checked_time, sample_call
 from app.cli.simulate import parse_header_line
 from app.rules import RulesError, RuleSet
 from app.rules.source import parse_yaml
@@ -46,9 +46,8 @@ class SampleCall(BaseModel):
     @field_validator("time")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("give the time with its UTC offset, e.g. 2026-11-24T10:00:00-08:00")
-        return value
+        hint = "give the time with its UTC offset, e.g. 2026-11-24T10:00:00-08:00"
+        return value if value is None else checked_time(value, hint)
 
     def header_items(self) -> list[tuple[str, str]]:
         if isinstance(self.headers, dict):

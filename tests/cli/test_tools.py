@@ -94,10 +94,13 @@ def test_explain_outside_the_schedule_falls_to_default(capsys: pytest.CaptureFix
     [
         (["--time", "2026-11-24T10:00:00"], "--time needs a UTC offset"),
         (["--time", "yesterday"], "Invalid isoformat string"),
+        (["--time", "9999-12-31T23:59:59-14:00"], "in the years 2 to 9998"),
+        (["--time", "0001-01-01T00:00:00-14:00"], "in the years 2 to 9998"),
         (["-H", "nocolon"], "expected 'Name: value'"),
         (["--headers-file", "missing.txt"], "No such file"),
     ],
-    ids=["naive-time", "bad-time", "bad-header", "missing-file"],
+    # The extreme times were an OverflowError's traceback (a schedule's day before/after).
+    ids=["naive-time", "bad-time", "last-year", "first-year", "bad-header", "missing-file"],
 )
 def test_explain_bad_input(
     args: list[str], message: str, capsys: pytest.CaptureFixture[str]
@@ -164,10 +167,11 @@ def test_test_fails_with_a_diff(workdir: Path, capsys: pytest.CaptureFixture[str
     [
         ("- name: x\n  expect: {route: a, colour: red}\n", "expect.colour: Extra inputs"),
         ("- name: x\n  time: 2026-11-24T10:00:00\n  expect: {}\n", "UTC offset"),
+        ("- name: x\n  time: 9999-12-31T23:00:00-08:00\n  expect: {}\n", "years 2 to 9998"),
         ("- name: x\n  headers: [nocolon]\n  expect: {}\n", "expected 'Name: value'"),
         ("- [unclosed\n", "invalid YAML"),
     ],
-    ids=["unknown-key", "naive-time", "bad-header", "bad-yaml"],
+    ids=["unknown-key", "naive-time", "last-year", "bad-header", "bad-yaml"],
 )
 def test_test_bad_file(
     workdir: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]
