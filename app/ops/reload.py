@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 # Symlink hops followed when working out what to watch (Linux gives up after 40 too).
 MAX_LINKS = 40
+# Errors of a refused reload kept for its log line and the admin API.
+MAX_REPORTED_ERRORS = 100
 # Pause before re-arming a watch that failed (its directory vanished, out of watches...).
 REARM_DELAY = 1.0
 MAX_REARM_DELAY = 30.0
@@ -73,6 +75,26 @@ class ReloadStatus:
             "rules_version": self.rules_version,
             "errors": list(self.errors),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused load's errors, made in the worker thread and at most MAX_REPORTED_ERRORS
+    of them: a file of 100,000 bad routes is as many errors, whose formatting and log line
+    took ~200 ms on the event loop (and every GET /admin/status sent all of them)."""
+
+    errors: tuple[str, ...]
+    files: tuple[str, ...]
+    """Every file an error is in (watched until the next reload)."""
+
+    @classmethod
+    def of(cls, exc: RulesError, path: Path) -> Refusal:
+        issues = exc.issues
+        errors = [str(issue) for issue in issues[:MAX_REPORTED_ERRORS]]
+        if len(issues) > MAX_REPORTED_ERRORS:
+            more = len(issues) - MAX_REPORTED_ERRORS
+            errors.append(f"{path}: and {more:,} more errors (`switchboard check` lists them)")
+        return cls(tuple(errors), tuple(dict.fromkeys(issue.file for issue in issues)))
 
 
 class RulesManager:
@@ -176,13 +198,12 @@ class RulesManager:
 
     async def _reload_now(self, trigger: str, *, quiet: bool) -> ReloadStatus:
         try:
-            rules = await asyncio.to_thread(self._load_and_freeze, self.path)
-        except RulesError as exc:
-            files = tuple(dict.fromkeys(issue.file for issue in exc.issues))
-            return self._failed(trigger, [str(issue) for issue in exc.issues], files)
+            rules = await asyncio.to_thread(self._load_or_refusal, self.path)
         except Exception as exc:  # a compiler bug must not cost the serving rules either
             error = f"{self.path}: cannot load: {type(exc).__name__}: {exc}"
             return self._failed(trigger, [error], (), exc_info=exc)
+        if isinstance(rules, Refusal):
+            return self._failed(trigger, list(rules.errors), rules.files)
         previous = self._current
         if previous is not None and (rules.version, rules.files) == (
             previous.version,
@@ -234,6 +255,13 @@ class RulesManager:
                 rules = self._load(path)
                 freeze_long_lived(full=False)
         return rules
+
+    def _load_or_refusal(self, path: Path) -> RuleSet | Refusal:
+        """In the worker thread: the rules, or why they were refused (see Refusal)."""
+        try:
+            return self._load_and_freeze(path)
+        except RulesError as exc:
+            return Refusal.of(exc, path)
 
     def _unchanged(self, trigger: str, version: str, *, quiet: bool) -> ReloadStatus:
         if quiet:
