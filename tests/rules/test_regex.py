@@ -18,7 +18,7 @@ import pytest
 from app.cli.main import main
 from app.ops.admin import describe_condition
 from app.rules import RulesError, compile_rules
-from app.rules.regex import Regex, RegexError, compile_regex
+from app.rules.regex import MAX_PATTERN, SHOWN_CHARS, Regex, RegexError, compile_regex
 from tests.rules.fresh import run_python
 from tests.rules.test_matchers import NOON, hit, invite, one_route
 
@@ -173,6 +173,24 @@ def test_unsupported_constructs_are_refused_where_written(pattern: str, message:
     )
     assert errors[1].startswith(f"{PREFIX} {message}"), errors[1]
     assert len(errors) == 2
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("a" * (MAX_PATTERN + 1), f"longer than {MAX_PATTERN:,} characters: split it over"),
+        ("a" * 5000 + "(?=x)", "lookahead (?= at position 5000 is not supported"),
+    ],
+    ids=["too-long", "long-unsupported"],
+)
+def test_a_long_pattern_is_quoted_by_its_start(pattern: str, message: str) -> None:
+    """An 8 MB pattern was parsed by RE2 in one call holding the GIL (220 ms of stalled
+    event loop during a reload), and quoted whole in the error, the log and /admin/status."""
+    with pytest.raises(RegexError) as caught:
+        compile_regex(pattern)
+    shown = f"'{'a' * SHOWN_CHARS}'... ({len(pattern):,} characters)"
+    assert str(caught.value).startswith(f"invalid regular expression {shown}: {message}")
+    assert len(str(caught.value)) < 400
 
 
 def test_check_names_the_construct(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
