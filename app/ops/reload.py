@@ -39,6 +39,7 @@ T = TypeVar("T")
 MAX_LINKS = 40
 # Errors of a refused reload kept for its log line and the admin API.
 MAX_REPORTED_ERRORS = 100
+MAX_ERROR_CHARS = 1000
 # Pause before re-arming a watch that failed (its directory vanished, out of watches...).
 REARM_DELAY = 1.0
 MAX_REARM_DELAY = 30.0
@@ -90,11 +91,18 @@ class Refusal:
     @classmethod
     def of(cls, exc: RulesError, path: Path) -> Refusal:
         issues = exc.issues
-        errors = [str(issue) for issue in issues[:MAX_REPORTED_ERRORS]]
+        errors = [_shortened(str(issue)) for issue in issues[:MAX_REPORTED_ERRORS]]
         if len(issues) > MAX_REPORTED_ERRORS:
             more = len(issues) - MAX_REPORTED_ERRORS
             errors.append(f"{path}: and {more:,} more errors (`switchboard check` lists them)")
         return cls(tuple(errors), tuple(dict.fromkeys(issue.file for issue in issues)))
+
+
+def _shortened(error: str) -> str:
+    # A message may quote the value it is about: a 16 MB `refer:` string is as long.
+    if len(error) <= MAX_ERROR_CHARS:
+        return error
+    return f"{error[:MAX_ERROR_CHARS]}... ({len(error):,} characters)"
 
 
 class RulesManager:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.ops.metrics import Metrics
-from app.ops.reload import MAX_REPORTED_ERRORS, RulesManager
+from app.ops.reload import MAX_ERROR_CHARS, MAX_REPORTED_ERRORS, RulesManager
 from app.rules import compile_rules
 from tests.rules.test_yaml_bounds import bomb
 
@@ -68,3 +68,18 @@ async def test_a_file_of_many_errors_reports_the_first_hundred_and_the_count(
             f"{routes}: and 900 more errors (`switchboard check` lists them)"
         )
         assert manager.current is not None and manager.current.version == version(RULES_A)
+
+
+@pytest.mark.anyio
+async def test_an_error_quoting_a_huge_value_is_shortened(tmp_path: Path) -> None:
+    """The 2 MB value was quoted whole: into the log line (formatted on the event loop)
+    and every GET /admin/status."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(RULES_A)
+    manager = RulesManager(routes, region="US", metrics=Metrics())
+    async with manager.running(watch=False, debounce_ms=50, sighup=False):
+        routes.write_text(f"routes:\n  - name: a\n    refer: '{'x' * 2_000_000}'\n")
+        (error,) = (await manager.reload("admin")).errors
+        assert error.startswith(f"{routes}:3:5: routes[0].refer: 'xxx")
+        assert error.endswith(" characters)")
+        assert len(error) < MAX_ERROR_CHARS + 50
