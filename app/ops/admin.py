@@ -8,12 +8,14 @@ closed, rather than a 404 that looks like a wrong URL or an old version.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import hmac
 import json
 import logging
 import re
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Annotated, Any, Protocol
@@ -29,6 +31,7 @@ from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
 from app.records.calllog import CallApi, CallLog, CallLogError, CallRecord, CallStatus
 from app.rules import RuleSet
+from app.rules.gcpause import full_collections_paused, switching_often
 from app.state.claims import StateUnavailable
 from app.state.livecalls import LiveCallError
 
@@ -175,16 +178,22 @@ def install_admin(
             }
         )
 
+    described = RulesJson()
+
     @app.get("/admin/routes", dependencies=[Depends(authorize)])
-    async def routes() -> dict[str, Any]:
+    async def routes() -> Response:
         rules = manager.current
         last = manager.last_reload
-        return {
-            "rules": describe_rules(rules) if rules is not None else None,
-            "last_reload": last.as_dict() if last is not None else None,
-            "watching": manager.watching,
-            "watched_files": list(manager.watched_files()),
-        }
+        # ~0.7 s of Python at 10,000 routes: in a worker thread, once per rules.
+        rules_json = await asyncio.to_thread(described.of, rules)
+        rest = _dumps(
+            {
+                "last_reload": last.as_dict() if last is not None else None,
+                "watching": manager.watching,
+                "watched_files": list(manager.watched_files()),
+            }
+        )
+        return Response(b'{"rules":' + rules_json + b"," + rest[1:], media_type="application/json")
 
     @app.get("/admin/calls", dependencies=[Depends(authorize)])
     async def calls(
@@ -283,6 +292,43 @@ def describe_call(record: CallRecord, *, events: bool = False) -> dict[str, Any]
 def _json(data: Mapping[str, Any]) -> Any:
     """Event data as JSON can carry it (a custom call log may hold other values)."""
     return json.loads(json.dumps(dict(data), default=str))
+
+
+def _dumps(value: Any) -> bytes:
+    # As FastAPI's JSONResponse renders.
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.encode()
+
+
+class RulesJson:
+    """GET /admin/routes' `rules`, rendered for the rules last asked about. Built a route
+    at a time: one json.dumps of the whole (~130 ms at 10,000 routes) would hold the GIL
+    throughout, and the event loop with it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[str, float] | None = None
+        self._json = b"null"
+
+    def of(self, rules: RuleSet | None) -> bytes:
+        if rules is None:
+            return b"null"
+        key = (rules.version, rules.loaded_at)  # not the rules: the old ones must go
+        with self._lock:
+            if key != self._key:
+                # As a load does (app.ops.reload): what it allocates must not set off a
+                # full collection, which holds the GIL over every object alive.
+                with switching_often(), full_collections_paused():
+                    self._json = _rules_json(rules)
+                self._key = key
+            return self._json
+
+
+def _rules_json(rules: RuleSet) -> bytes:
+    described = describe_rules(rules)
+    routes = b",".join(_dumps(route) for route in described.pop("routes"))
+    head = _dumps(described)
+    return head[:-1] + b',"routes":[' + routes + b"]}"
 
 
 def describe_rules(rules: RuleSet) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import watchfiles
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.ops import admin
 from app.ops.metrics import Metrics
 from app.ops.reload import RulesManager
 from app.rules import RuleSet, compile_rules
@@ -189,6 +190,35 @@ def test_admin_routes_shows_the_active_rules(client: TestClient, routes: Path) -
     assert body["last_reload"] is None
     assert body["watching"] is False
     assert body["watched_files"] == [str(routes)]
+
+
+def test_admin_routes_is_described_off_the_event_loop_once_per_rules(
+    client: TestClient, routes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 10,000 routes describing them took ~0.6 s and rendering the JSON ~0.1 s, on the
+    event loop, at every request: no call was routed meanwhile."""
+    on_loop: list[bool] = []
+
+    def describe_route(route: Any) -> dict[str, Any]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            on_loop.append(False)
+        else:
+            on_loop.append(True)
+        return original(route)
+
+    original = admin.describe_route
+    monkeypatch.setattr(admin, "describe_route", describe_route)
+    first = client.get("/admin/routes", headers=AUTH)
+    assert client.get("/admin/routes", headers=AUTH).json() == first.json()
+    assert on_loop == [False, False]  # two routes, described once
+    routes.write_text(RULES_B)
+    assert client.post("/admin/reload", headers=AUTH).status_code == 200
+    body = client.get("/admin/routes", headers=AUTH).json()
+    assert body["rules"]["version"] == version(RULES_B)
+    assert body["last_reload"]["result"] == "success"
+    assert len(on_loop) > 2
 
 
 # --- reloads ---------------------------------------------------------------------------------
