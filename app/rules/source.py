@@ -74,7 +74,7 @@ def parse_yaml(text: str, file: str) -> Document:
         raise RulesError([too_large(file)])
     if _FAST_LOADER is not None:
         try:
-            return _parse(_FAST_LOADER(text), file)
+            return _parse(_loader(_FAST_LOADER, text, file), file)
         except RulesError as exc:
             if not exc.issues or not exc.issues[0].message.startswith("invalid YAML"):
                 raise
@@ -82,15 +82,27 @@ def parse_yaml(text: str, file: str) -> Document:
                 raise  # the other parser would only recurse that deep first
             fast_error = exc
         try:
-            return _parse(yaml.SafeLoader(text), file)
+            return _parse(_loader(yaml.SafeLoader, text, file), file)
         except RecursionError:
             # The pure-Python composer recurses once per level of nesting; libyaml, which
             # stops at 1,000 levels, has said what is wrong.
             raise fast_error from None
     try:
-        return _parse(yaml.SafeLoader(text), file)
+        return _parse(_loader(yaml.SafeLoader, text, file), file)
     except RecursionError:
         raise RulesError([ConfigIssue(file, None, None, "", _TOO_DEEP)]) from None
+
+
+def _loader(make: type[yaml.SafeLoader], text: str, file: str) -> yaml.SafeLoader:
+    """`make(text)`, or RulesError: the pure-Python reader refuses control characters (a
+    NUL, as in a file whose end was never written) as it is made, before any parse."""
+    try:
+        return make(text)
+    except yaml.reader.ReaderError as exc:
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - before.rfind("\n")
+        message = f"invalid YAML: the character U+{exc.character:04X} is not allowed"
+        raise RulesError([ConfigIssue(file, line, column, "", message)]) from None
 
 
 def too_large(file: str) -> ConfigIssue:

@@ -51,6 +51,18 @@ def test_check_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "cannot read: No such file or directory" in capsys.readouterr().err
 
 
+def test_check_reports_a_file_whose_end_was_never_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file whose last block is still zeros (preallocated, or a crash mid-write): the
+    YAML reader refused the NUL as it was made, outside the parse: a traceback."""
+    path = tmp_path / "routes.yaml"
+    path.write_bytes(b"routes:\n  - {name: a, reject: 486}\n\0\0\0\0")
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:3:1: invalid YAML: the character U+0000 is not allowed" in err
+
+
 def test_check_defaults_to_the_configured_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
