@@ -454,6 +454,14 @@ def _taken(pieces: list[str]) -> Iterator[str]:
 def _csv_rows(chunks: Iterable[str], column: int) -> Iterable[tuple[int, str]]:
     # The lines io.StringIO(text) would give, without ever holding the whole text as one.
     lines = (line for chunk in chunks for line in io.StringIO(chunk))
-    for line_no, row in enumerate(csv.reader(lines), start=1):
+    reader = csv.reader(lines)
+    rows = enumerate(reader, start=1)
+    while True:
+        try:
+            line_no, row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a field over csv's limit (128 KiB), a NUL in strict mode
+            raise ListFileError([(reader.line_num, f"line {reader.line_num}: {exc}")]) from None
         if row and not row[0].lstrip().startswith("#"):
             yield line_no, row[column - 1] if len(row) >= column else ""

@@ -1320,6 +1320,24 @@ def test_a_list_file_that_never_ends_is_refused_without_reading_it(
     assert reason in issue.message
 
 
+def test_a_csv_field_over_the_csv_limit_is_an_error_at_its_line(tmp_path: Path) -> None:
+    """csv.Error escaped the list's error handling: check printed a traceback, and the
+    service logged the reload as a compiler bug."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "lists: {vips: {file: vips.csv, column: 2}}\n"
+        "routes: [{name: vip, match: {caller: {list: vips}}, reject: 486}]\n",
+        encoding="utf-8",
+    )
+    notes = "x" * 200_000  # a CRM export's notes column
+    (tmp_path / "vips.csv").write_text(f'name,phone,notes\nAnn,+14155550100,"{notes}"\n')
+    with pytest.raises(RulesError) as caught:
+        load_rules(routes, region="US")
+    assert [str(issue) for issue in caught.value.issues] == [
+        f"{tmp_path / 'vips.csv'}:2: lists.vips: line 2: field larger than field limit (131072)"
+    ]
+
+
 def test_load_rules_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "routes.yaml"
     path.write_bytes(b"routes: []\n# caf\xe9\n")
