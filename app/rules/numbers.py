@@ -402,6 +402,9 @@ MAX_LIST_BYTES: Final = 256 << 20
 ever-growing file would otherwise be read until memory runs out."""
 
 
+EMPTY_HINT: Final = "a list with no numbers needs a line, e.g. a # comment"
+
+
 def _read_text(path: Path, digest: Hash | None, snapshot: Snapshot | None = None) -> list[str]:
     """The file as UTF-8 text (a byte order mark dropped), in pieces of about CHUNK_BYTES,
     each cut just after a "\n" (a byte that in UTF-8 is never part of another character).
@@ -435,6 +438,10 @@ def _read_text(path: Path, digest: Hash | None, snapshot: Snapshot | None = None
             )
         if snapshot is not None:
             snapshot.finish(path, file, started, checksum)
+        if file.tell() == 0:
+            # What `export > list.txt` leaves until its first line: used, it would empty
+            # a blocklist for as long as the export takes.
+            raise ListFileError([(None, f"{path} is empty (0 bytes): {EMPTY_HINT}")])
     tail = b"".join(pending)
     if tail:
         pieces.append(_decode(tail, first=not pieces))

@@ -10,6 +10,7 @@ import pytest
 from app.ops.metrics import Metrics
 from app.ops.reload import MAX_ERROR_CHARS, MAX_REPORTED_ERRORS, RulesManager
 from app.rules import compile_rules
+from app.rules.numbers import EMPTY_HINT
 from tests.rules.test_yaml_bounds import bomb
 
 RULES_A = "routes:\n  - name: a\n    reject: 486\n"
@@ -83,3 +84,27 @@ async def test_an_error_quoting_a_huge_value_is_shortened(tmp_path: Path) -> Non
         assert error.startswith(f"{routes}:3:5: routes[0].refer: 'xxx")
         assert error.endswith(" characters)")
         assert len(error) < MAX_ERROR_CHARS + 50
+
+
+@pytest.mark.anyio
+async def test_a_list_file_truncated_to_zero_bytes_is_not_used(tmp_path: Path) -> None:
+    """`export > blocked.txt` leaves the file empty until the export's first line: that
+    empty blocklist went live (every blocked caller let through meanwhile)."""
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        "lists: {blocked: {file: blocked.txt}}\n"
+        "routes: [{name: blocked, match: {caller: {list: blocked}}, reject: 603}]\n"
+    )
+    blocked = tmp_path / "blocked.txt"
+    blocked.write_text("+14155550100\n")
+    manager = RulesManager(routes, region="US", metrics=Metrics())
+    async with manager.running(watch=False, debounce_ms=50, sighup=False):
+        serving = manager.current
+        blocked.write_bytes(b"")
+        refused = await manager.reload("admin")
+        assert refused.errors == (
+            f"{blocked}: lists.blocked: {blocked} is empty (0 bytes): {EMPTY_HINT}",
+        )
+        assert manager.current is serving
+        blocked.write_text("# nobody blocked for now\n")  # an empty list, said so
+        assert (await manager.reload("admin")).result == "success"
