@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import ValidationError
@@ -158,6 +160,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         _print_setting_errors(exc, flags=True)
         return 2
     configure_logging(settings.log_level)
+    if hasattr(signal, "SIGHUP"):
+        # Until the app (or the workers' supervisor) takes SIGHUP as "reload", from here
+        # through loading the rules, it must not end the process.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     workers: int = args.workers
     if workers > 1 and not _state_is_shared(settings):
         print(
@@ -192,6 +198,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # Ended above, once: a worker (one uvicorn restarts, too) must not end the calls
         # the other workers are handling.
         os.environ["SWITCHBOARD_RECOVER_OPEN_CALLS"] = "false"
+        # uvicorn.run makes its supervisor from this name: ours passes SIGHUP on.
+        # (`uvicorn.main` is the package's function of that name: the module is looked up.)
+        setattr(importlib.import_module("uvicorn.main"), "Multiprocess", _supervisor_class())  # noqa: B010
         uvicorn.run(
             "app.cli.main:worker_app",
             factory=True,
@@ -211,9 +220,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     app = create_app(settings, rules=rules)
     del rules  # this frame lasts as long as the server: do not pin the first rules after a reload
-    if hasattr(signal, "SIGHUP"):
-        # Until the app takes SIGHUP as "reload" (at start-up), it must not end the process.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     uvicorn.run(
         app,
         host=settings.host,
@@ -226,6 +232,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 WORKER_START_SECONDS = 60
+
+
+def _supervisor_class() -> type[Any]:
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        """uvicorn's, but SIGHUP (the documented reload) is passed to each worker, whose
+        RulesManager reloads. uvicorn replaced every worker instead: their calls' in-call
+        sessions were dropped, and a bad edit showed only as a worker that did not start
+        (no rules_reload_failed, no metric, nothing in /admin/status)."""
+
+        def handle_hup(self) -> None:
+            for process in self.processes:
+                if process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
+
+    return Supervisor
 
 
 def _end_calls_left_open(settings: Settings) -> bool:
@@ -253,6 +277,9 @@ def worker_app() -> FastAPI:
     from app.main import create_app
     from app.ops.logs import configure_logging
 
+    if hasattr(signal, "SIGHUP"):
+        # A reload passed on by the supervisor before this worker takes it must not end it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = Settings()
     configure_logging(settings.log_level)
     return create_app(settings)

@@ -118,3 +118,23 @@ def test_a_restarted_worker_leaves_the_other_workers_calls_open(tmp_path: Path) 
     finally:
         stop_service(restarted)
         fake.stop()
+
+
+def test_sighup_reloads_each_worker_rather_than_replacing_it(tmp_path: Path) -> None:
+    """`kill -HUP` (the documented reload) made uvicorn's supervisor replace every worker:
+    their calls' in-call sessions were dropped, and a bad edit showed only as a worker
+    that did not start (no rules_reload_failed, no metric)."""
+    fake = FakeOpenAI().start()
+    service = start_service(tmp_path / "data", E2E_ROUTES, env=env(fake), args=("--workers", "2"))
+    try:
+        wait_until(lambda: _opened(service) >= 2, "both workers started", within=60)
+        workers = _serving_workers(service.process.pid)
+        assert len(workers) == 2, workers
+        os.kill(service.process.pid, signal.SIGHUP)
+        wait_until(
+            lambda: service.logs().count('"rules_reload_requested"') >= 2, "both reloads", 30
+        )
+        assert _serving_workers(service.process.pid) == workers
+    finally:
+        stop_service(service)
+        fake.stop()
