@@ -37,19 +37,23 @@ class Upstream:
         self.idle: list[Connection] = []
 
     async def accept(self, call_id: bytes) -> int:
-        reader, writer = self.idle.pop() if self.idle else await self._connect()
-        writer.write(
-            b"POST %s/realtime/calls/%s/accept HTTP/1.1\r\nhost: %s\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-            % (self.prefix, call_id, self.host.encode(), len(_SESSION), _SESSION)
-        )
-        head, length = await _read_head(reader)
-        await reader.readexactly(length)
+        if self.idle:
+            reader, writer = self.idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(
+                b"POST %s/realtime/calls/%s/accept HTTP/1.1\r\nhost: %s\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (self.prefix, call_id, self.host.encode(), len(_SESSION), _SESSION)
+            )
+            head, length = await _read_head(reader)
+            await reader.readexactly(length)
+        except BaseException:
+            writer.close()  # out of step: never back in the pool
+            raise
         self.idle.append((reader, writer))
         return int(head.split(b" ", 2)[1])
-
-    async def _connect(self) -> Connection:
-        return await asyncio.open_connection(self.host, self.port)
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, int]:
